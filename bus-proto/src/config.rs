@@ -1,0 +1,301 @@
+//! Validated configuration.
+//!
+//! [`Config`] holds every knob with a documented default;
+//! [`Config::validate`] turns it into a [`ValidConfig`], the only form the
+//! state machines accept, or a [`ConfigError`] naming the field and value.
+//! Zero values that would busy-loop or evict everything are refused, and so
+//! are orderings that cannot work (hazard 28). Nothing is checked later at
+//! runtime, so nothing panics there.
+
+use crate::dedup::DedupLimits;
+use crate::wire::MAX_MESSAGE_SIZE_LIMIT;
+use crate::wire::layout::HEADER_SIZE_U32;
+use alloc::format;
+use alloc::string::String;
+use core::time::Duration;
+
+/// Largest allowed `max_batch`: within Linux's `IOV_MAX` of 1024 iovecs at
+/// two slices (header, body) per frame (hazard 23).
+pub const MAX_BATCH_LIMIT: usize = 512;
+
+/// Bus configuration. Field docs give the default and the accepted range.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Largest frame, header included, in bytes. Default 1 MiB;
+    /// `256..=64 MiB`.
+    pub max_message_size: u32,
+    /// Most frames per vectored write. Default 64; `1..=512`.
+    pub max_batch: usize,
+    /// Frames a connection's send queue holds before `send` reports
+    /// backpressure. Default 1024; `>= max_batch`.
+    pub send_queue_frames: usize,
+    /// Sent frames a connection may have queued, in bytes. Default 64 MiB;
+    /// `>= max_message_size`.
+    pub send_queue_bytes: usize,
+    /// Idle time after which a ping is sent. Default 1 s; `>= 10 ms`.
+    #[serde(rename = "heartbeat_interval_ms", with = "millis")]
+    pub heartbeat_interval: Duration,
+    /// Silence after which a connection is declared dead. Default 5 s;
+    /// `>= 2 * heartbeat_interval`.
+    #[serde(rename = "liveness_timeout_ms", with = "millis")]
+    pub liveness_timeout: Duration,
+    /// Deadline for completing a handshake. Default 10 s; `>= 10 ms`.
+    #[serde(rename = "handshake_timeout_ms", with = "millis")]
+    pub handshake_timeout: Duration,
+    /// Accepted wall-clock skew of a dialer's timestamp, either way.
+    /// Default 30 s; `1 s..=1 h`.
+    #[serde(rename = "freshness_window_ms", with = "millis")]
+    pub freshness_window: Duration,
+    /// One bounded grace period for a graceful close (flush, close frames),
+    /// after which the connection is dropped regardless. Default 2 s;
+    /// `>= 1 ms`.
+    #[serde(rename = "close_grace_ms", with = "millis")]
+    pub close_grace: Duration,
+    /// First reconnect delay. Default 100 ms; `>= 1 ms`.
+    #[serde(rename = "reconnect_min_ms", with = "millis")]
+    pub reconnect_min: Duration,
+    /// Reconnect delay cap. Default 10 s; `>= reconnect_min`.
+    #[serde(rename = "reconnect_max_ms", with = "millis")]
+    pub reconnect_max: Duration,
+    /// Handshakes in progress before new connections are refused.
+    /// Default 64; `>= 1`.
+    pub max_handshakes_in_flight: usize,
+    /// Peers tracked by the replay store. Default 4096; `>= 1`.
+    pub max_replay_peers: usize,
+    /// Use keyed tags instead of checksums after the handshake. Default false.
+    pub authenticated_frames: bool,
+    /// Requests remembered per client. Default 64; `1..=65536`.
+    pub dedup_entries_per_client: usize,
+    /// Client sessions held by the dedup window. Default 4096; `>= 1`.
+    pub dedup_max_clients: usize,
+    /// Bytes of cached replies. Default 256 MiB; `>= max_message_size`.
+    pub dedup_max_cached_bytes: usize,
+    /// Dedup entry lifetime and session idle timeout. Default 300 s; `>= 1 s`.
+    #[serde(rename = "dedup_ttl_ms", with = "millis")]
+    pub dedup_ttl: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let dedup = DedupLimits::default();
+        Config {
+            max_message_size: 1 << 20,
+            max_batch: 64,
+            send_queue_frames: 1024,
+            send_queue_bytes: 64 << 20,
+            heartbeat_interval: Duration::from_secs(1),
+            liveness_timeout: Duration::from_secs(5),
+            handshake_timeout: Duration::from_secs(10),
+            freshness_window: Duration::from_secs(30),
+            close_grace: Duration::from_secs(2),
+            reconnect_min: Duration::from_millis(100),
+            reconnect_max: Duration::from_secs(10),
+            max_handshakes_in_flight: 64,
+            max_replay_peers: 4096,
+            authenticated_frames: false,
+            dedup_entries_per_client: dedup.entries_per_client,
+            dedup_max_clients: dedup.max_clients,
+            dedup_max_cached_bytes: dedup.max_cached_bytes,
+            dedup_ttl: dedup.ttl,
+        }
+    }
+}
+
+/// A configuration field is invalid.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// A field is out of range or breaks an ordering with another field.
+    #[error("config field `{field}` = {value}: {rule}")]
+    Invalid {
+        /// The field.
+        field: &'static str,
+        /// Its value, as configured.
+        value: String,
+        /// The rule it breaks.
+        rule: String,
+    },
+    /// The TOML text could not be parsed.
+    #[error("config file: {0}")]
+    Parse(String),
+}
+
+/// A configuration that passed [`Config::validate`] (the default does).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ValidConfig(Config);
+
+impl core::ops::Deref for ValidConfig {
+    type Target = Config;
+    fn deref(&self) -> &Config {
+        &self.0
+    }
+}
+
+impl ValidConfig {
+    /// The dedup window limits.
+    pub fn dedup_limits(&self) -> DedupLimits {
+        DedupLimits {
+            entries_per_client: self.dedup_entries_per_client,
+            max_clients: self.dedup_max_clients,
+            max_cached_bytes: self.dedup_max_cached_bytes,
+            ttl: self.dedup_ttl,
+        }
+    }
+}
+
+fn invalid(
+    field: &'static str,
+    value: impl core::fmt::Debug,
+    rule: impl Into<String>,
+) -> ConfigError {
+    ConfigError::Invalid {
+        field,
+        value: format!("{value:?}"),
+        rule: rule.into(),
+    }
+}
+
+fn at_least<T: PartialOrd + core::fmt::Debug>(
+    field: &'static str,
+    value: T,
+    min: T,
+) -> Result<(), ConfigError> {
+    if value < min {
+        return Err(invalid(field, value, format!("must be at least {min:?}")));
+    }
+    Ok(())
+}
+
+fn at_most<T: PartialOrd + core::fmt::Debug>(
+    field: &'static str,
+    value: T,
+    max: T,
+) -> Result<(), ConfigError> {
+    if value > max {
+        return Err(invalid(field, value, format!("must be at most {max:?}")));
+    }
+    Ok(())
+}
+
+impl Config {
+    /// Checks every field; the first failure is returned.
+    pub fn validate(self) -> Result<ValidConfig, ConfigError> {
+        let c = &self;
+        at_least("max_message_size", c.max_message_size, HEADER_SIZE_U32)?;
+        at_most(
+            "max_message_size",
+            c.max_message_size,
+            MAX_MESSAGE_SIZE_LIMIT,
+        )?;
+        at_least("max_batch", c.max_batch, 1)?;
+        at_most("max_batch", c.max_batch, MAX_BATCH_LIMIT)?;
+        if c.send_queue_frames < c.max_batch {
+            return Err(invalid(
+                "send_queue_frames",
+                c.send_queue_frames,
+                format!("must be at least max_batch ({})", c.max_batch),
+            ));
+        }
+        if c.send_queue_bytes < c.max_message_size as usize {
+            return Err(invalid(
+                "send_queue_bytes",
+                c.send_queue_bytes,
+                format!(
+                    "must hold one frame of max_message_size ({})",
+                    c.max_message_size
+                ),
+            ));
+        }
+        at_least(
+            "heartbeat_interval_ms",
+            c.heartbeat_interval,
+            Duration::from_millis(10),
+        )?;
+        if c.liveness_timeout < c.heartbeat_interval.saturating_mul(2) {
+            return Err(invalid(
+                "liveness_timeout_ms",
+                c.liveness_timeout,
+                format!(
+                    "must be at least twice heartbeat_interval ({:?})",
+                    c.heartbeat_interval
+                ),
+            ));
+        }
+        at_least(
+            "handshake_timeout_ms",
+            c.handshake_timeout,
+            Duration::from_millis(10),
+        )?;
+        at_least(
+            "freshness_window_ms",
+            c.freshness_window,
+            Duration::from_secs(1),
+        )?;
+        at_most(
+            "freshness_window_ms",
+            c.freshness_window,
+            Duration::from_secs(3600),
+        )?;
+        at_least("close_grace_ms", c.close_grace, Duration::from_millis(1))?;
+        at_least(
+            "reconnect_min_ms",
+            c.reconnect_min,
+            Duration::from_millis(1),
+        )?;
+        if c.reconnect_max < c.reconnect_min {
+            return Err(invalid(
+                "reconnect_max_ms",
+                c.reconnect_max,
+                format!("must be at least reconnect_min ({:?})", c.reconnect_min),
+            ));
+        }
+        at_least("max_handshakes_in_flight", c.max_handshakes_in_flight, 1)?;
+        at_least("max_replay_peers", c.max_replay_peers, 1)?;
+        at_least("dedup_entries_per_client", c.dedup_entries_per_client, 1)?;
+        at_most(
+            "dedup_entries_per_client",
+            c.dedup_entries_per_client,
+            65536,
+        )?;
+        at_least("dedup_max_clients", c.dedup_max_clients, 1)?;
+        if c.dedup_max_cached_bytes < c.max_message_size as usize {
+            return Err(invalid(
+                "dedup_max_cached_bytes",
+                c.dedup_max_cached_bytes,
+                format!(
+                    "must hold one reply of max_message_size ({})",
+                    c.max_message_size
+                ),
+            ));
+        }
+        at_least("dedup_ttl_ms", c.dedup_ttl, Duration::from_secs(1))?;
+        Ok(ValidConfig(self))
+    }
+
+    /// Parses TOML (durations as integer `*_ms` fields, unknown fields
+    /// refused), fills the rest with defaults, and validates.
+    ///
+    /// ```
+    /// use bus_proto::config::Config;
+    /// let config = Config::from_toml("max_batch = 32\nheartbeat_interval_ms = 500\n")?;
+    /// assert_eq!(config.max_batch, 32);
+    /// let err = Config::from_toml("heartbeat_interval_ms = 0").unwrap_err();
+    /// assert!(err.to_string().contains("heartbeat_interval_ms"));
+    /// # Ok::<(), bus_proto::config::ConfigError>(())
+    /// ```
+    pub fn from_toml(text: &str) -> Result<ValidConfig, ConfigError> {
+        let config: Config =
+            toml::from_str(text).map_err(|e| ConfigError::Parse(format!("{e}")))?;
+        config.validate()
+    }
+}
+
+/// Durations as integer milliseconds.
+mod millis {
+    use core::time::Duration;
+    use serde::{Deserialize, Deserializer};
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        u64::deserialize(d).map(Duration::from_millis)
+    }
+}

@@ -1,0 +1,245 @@
+//! The 32-byte pre-shared key.
+
+use super::mac::context;
+use crate::entropy::Entropy;
+use subtle::ConstantTimeEq;
+use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
+
+/// Hex characters in a key's text form.
+pub const KEY_HEX_LEN: usize = 64;
+
+/// A 32-byte pre-shared key. Zeroized on drop; `Debug` shows only its
+/// [`Fingerprint`]; equality is constant-time.
+///
+/// ```
+/// use bus_proto::crypto::Key;
+/// let key: Key = " 000102030405060708090A0B0C0D0E0F101112131415161718191a1b1c1d1e1f\n".parse()?;
+/// assert_eq!(format!("{key:?}"), format!("Key({})", key.fingerprint()));
+/// assert!("00zz".parse::<Key>().is_err());
+/// # Ok::<(), bus_proto::crypto::KeyError>(())
+/// ```
+#[derive(Clone, Zeroize, ZeroizeOnDrop)]
+pub struct Key([u8; 32]);
+
+/// A public 8-byte digest of a key, so operators can tell whether two nodes
+/// hold the same key without showing it.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Fingerprint([u8; 8]);
+
+impl core::fmt::Display for Fingerprint {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let mut hex = [0u8; 16];
+        let _ = hex::encode_to_slice(self.0, &mut hex);
+        f.write_str(core::str::from_utf8(&hex).unwrap_or("?"))
+    }
+}
+
+impl core::fmt::Debug for Fingerprint {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "Fingerprint({self})")
+    }
+}
+
+/// A key could not be parsed or loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// The trimmed text is not 64 bytes long.
+    #[error("key must be {KEY_HEX_LEN} hex characters, found {found} (after trimming whitespace)")]
+    Length {
+        /// Length found, in bytes.
+        found: usize,
+    },
+    /// A byte of the text is not a hex digit.
+    #[error("key has non-hex byte {byte:#04x} ({}) at offset {offset}", char::from(*byte).escape_default())]
+    InvalidHex {
+        /// Offset in the original (untrimmed) text.
+        offset: usize,
+        /// The offending byte.
+        byte: u8,
+    },
+    /// Neither or both of the environment variable and the file were given.
+    #[cfg(feature = "std")]
+    #[error("give exactly one key source: an environment variable or a key file (got {given})")]
+    Source {
+        /// How many sources were given (0 or 2).
+        given: usize,
+    },
+    /// The environment variable is missing or not Unicode.
+    #[cfg(feature = "std")]
+    #[error("key environment variable {name}: {source}")]
+    Env {
+        /// Variable name.
+        name: std::string::String,
+        /// Why it could not be read.
+        source: std::env::VarError,
+    },
+    /// The key file could not be read.
+    #[cfg(feature = "std")]
+    #[error("key file {}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The key file is readable or writable by group or others.
+    #[cfg(feature = "std")]
+    #[error("key file {} has mode {mode:o}: group/other access is refused, run `chmod 600` on it", path.display())]
+    Permissions {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// The key file's content is not a key.
+    #[cfg(feature = "std")]
+    #[error("key file {}: {source}", path.display())]
+    File {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong with its content.
+        source: std::boxed::Box<KeyError>,
+    },
+}
+
+impl Key {
+    /// A key from raw bytes.
+    pub const fn from_bytes(bytes: [u8; 32]) -> Self {
+        Key(bytes)
+    }
+
+    /// A fresh random key.
+    pub fn generate(entropy: &mut impl Entropy) -> Self {
+        let mut key = Key([0; 32]);
+        entropy.fill_bytes(&mut key.0);
+        key
+    }
+
+    /// Parses 64 hex characters, case-insensitive, surrounding whitespace
+    /// ignored. Errors name the offset and byte in the original text.
+    pub fn from_hex(text: &str) -> Result<Self, KeyError> {
+        let trimmed = text.trim();
+        let lead = text.len() - text.trim_start().len();
+        if trimmed.len() != KEY_HEX_LEN {
+            return Err(KeyError::Length {
+                found: trimmed.len(),
+            });
+        }
+        let mut key = Key([0; 32]);
+        hex::decode_to_slice(trimmed, &mut key.0).map_err(|e| match e {
+            hex::FromHexError::InvalidHexCharacter { index, .. } => KeyError::InvalidHex {
+                offset: lead + index,
+                byte: trimmed.as_bytes()[index],
+            },
+            // Unreachable after the length check; report it as one anyway.
+            _ => KeyError::Length {
+                found: trimmed.len(),
+            },
+        })?;
+        Ok(key)
+    }
+
+    /// The key as 64 lowercase hex characters, zeroized on drop.
+    pub fn to_hex(&self) -> Zeroizing<alloc::string::String> {
+        Zeroizing::new(hex::encode(self.0))
+    }
+
+    /// The key's public fingerprint.
+    pub fn fingerprint(&self) -> Fingerprint {
+        let digest = blake3::derive_key(context::FINGERPRINT, &self.0);
+        let mut out = [0u8; 8];
+        out.copy_from_slice(&digest[..8]);
+        Fingerprint(out)
+    }
+
+    pub(crate) fn secret_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl core::str::FromStr for Key {
+    type Err = KeyError;
+    fn from_str(s: &str) -> Result<Self, KeyError> {
+        Key::from_hex(s)
+    }
+}
+
+impl PartialEq for Key {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.ct_eq(&other.0).into()
+    }
+}
+
+impl Eq for Key {}
+
+impl core::fmt::Debug for Key {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "Key({})", self.fingerprint())
+    }
+}
+
+#[cfg(feature = "std")]
+mod load {
+    use super::{Key, KeyError};
+    use std::boxed::Box;
+    use std::path::Path;
+    use std::string::String;
+    use zeroize::Zeroizing;
+
+    /// Longest key file read; a key is 64 characters plus whitespace.
+    const MAX_KEY_FILE: u64 = 4096;
+
+    impl Key {
+        /// Loads the key from exactly one source: the environment variable
+        /// `env` or the file `file`.
+        pub fn load(env: Option<&str>, file: Option<&Path>) -> Result<Key, KeyError> {
+            match (env, file) {
+                (Some(name), None) => Key::from_env(name),
+                (None, Some(path)) => Key::from_file(path),
+                (None, None) => Err(KeyError::Source { given: 0 }),
+                (Some(_), Some(_)) => Err(KeyError::Source { given: 2 }),
+            }
+        }
+
+        /// Reads the key from an environment variable.
+        pub fn from_env(name: &str) -> Result<Key, KeyError> {
+            let value = Zeroizing::new(std::env::var(name).map_err(|source| KeyError::Env {
+                name: name.into(),
+                source,
+            })?);
+            Key::from_hex(&value)
+        }
+
+        /// Reads the key from a file. On Unix the file must not be
+        /// accessible to group or others (mode `600` or stricter): a key
+        /// that other local users can read is not a secret, so this is an
+        /// error rather than a warning.
+        pub fn from_file(path: &Path) -> Result<Key, KeyError> {
+            use std::io::Read;
+            let io = |source| KeyError::Io {
+                path: path.into(),
+                source,
+            };
+            let file = std::fs::File::open(path).map_err(io)?;
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                let mode = file.metadata().map_err(io)?.permissions().mode() & 0o777;
+                if mode & 0o077 != 0 {
+                    return Err(KeyError::Permissions {
+                        path: path.into(),
+                        mode,
+                    });
+                }
+            }
+            let mut text = Zeroizing::new(String::new());
+            file.take(MAX_KEY_FILE)
+                .read_to_string(&mut text)
+                .map_err(io)?;
+            Key::from_hex(&text).map_err(|e| KeyError::File {
+                path: path.into(),
+                source: Box::new(e),
+            })
+        }
+    }
+}

@@ -1,0 +1,48 @@
+//! Keys, MACs and nonces.
+//!
+//! [`Key`] is a 32-byte pre-shared key; [`KeyRing`] picks which key signs and
+//! which keys verify for a given peer; [`MacKey`] is a purpose-bound key
+//! derived from a [`Key`] with BLAKE3's `derive_key`, and [`Tag`] is its
+//! output, compared only in constant time.
+
+mod key;
+mod keyring;
+pub mod mac;
+
+pub use key::{Fingerprint, KEY_HEX_LEN, Key, KeyError};
+pub use keyring::{KeyRing, KeySet, PeerId};
+pub use mac::{MacError, MacKey, Tag};
+
+use crate::entropy::Entropy;
+
+/// A 32-byte single-use random value (handshakes).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct Nonce([u8; 32]);
+
+impl Nonce {
+    /// From raw bytes.
+    pub const fn from_bytes(bytes: [u8; 32]) -> Self {
+        Nonce(bytes)
+    }
+
+    /// The raw bytes.
+    pub const fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// A fresh nonce from `entropy`.
+    pub fn generate(entropy: &mut impl Entropy) -> Self {
+        let mut b = [0u8; 32];
+        entropy.fill_bytes(&mut b);
+        Nonce(b)
+    }
+}
+
+impl core::fmt::Debug for Nonce {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let mut hex = [0u8; 64];
+        // Infallible: the buffer is exactly twice the input.
+        let _ = hex::encode_to_slice(self.0, &mut hex);
+        write!(f, "Nonce({})", core::str::from_utf8(&hex).unwrap_or("?"))
+    }
+}

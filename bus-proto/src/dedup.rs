@@ -1,0 +1,400 @@
+//! The request dedup window: at-most-once execution of client requests.
+//!
+//! # What is guaranteed
+//!
+//! For each client id, the window remembers its last `entries_per_client`
+//! requests (in flight or completed, with the reply) and the highest request
+//! number it has forgotten (the *floor*). While the client's session is held:
+//!
+//! - a request that is in flight is reported [`Lookup::InFlight`] (drop the
+//!   duplicate);
+//! - a completed request is answered with its cached reply
+//!   ([`Lookup::Cached`]) and not executed again;
+//! - a request at or below the floor is [`Lookup::Stale`]: its reply is gone,
+//!   so it is refused rather than executed a second time.
+//!
+//! So within a session, a request number is executed at most once, full stop.
+//! The guarantee ends when the session ends, which happens when:
+//!
+//! - the client is idle for longer than `ttl` (entries older than `ttl` are
+//!   also dropped, raising the floor, so their retries become `Stale`);
+//! - the number of sessions or of cached reply bytes exceeds its cap, and
+//!   this client is the least recently active one (its id is returned to the
+//!   caller, which should tell the client it was evicted);
+//! - [`DedupWindow::evict_client`] is called (the node's disconnect policy);
+//! - the process exits: the window lives in memory only.
+//!
+//! A request retried after its session ended is `Fresh` again. Clients must
+//! use one id across reconnects (hazard 18) for any of this to apply.
+//!
+//! # Bounds
+//!
+//! At most `max_clients` sessions of at most `entries_per_client` entries,
+//! and at most `max_cached_bytes` of reply bodies in total. When a cap is
+//! reached the least recently active *other* sessions are evicted; a client
+//! whose window is full of in-flight requests is refused
+//! ([`DedupError::WindowFull`]) rather than having a tracked entry dropped.
+
+use crate::time::Instant;
+use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
+use alloc::vec::Vec;
+use bytes::Bytes;
+use core::time::Duration;
+
+/// Limits of a [`DedupWindow`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DedupLimits {
+    /// Requests remembered per client (ring size).
+    pub entries_per_client: usize,
+    /// Client sessions held.
+    pub max_clients: usize,
+    /// Total bytes of cached replies.
+    pub max_cached_bytes: usize,
+    /// Lifetime of an entry, and idle time after which a session ends.
+    pub ttl: Duration,
+}
+
+impl Default for DedupLimits {
+    fn default() -> Self {
+        DedupLimits {
+            entries_per_client: 64,
+            max_clients: 4096,
+            max_cached_bytes: 256 << 20,
+            ttl: Duration::from_secs(300),
+        }
+    }
+}
+
+/// What the window knows about a request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Lookup {
+    /// Never seen (in this session): execute it, after [`DedupWindow::mark_in_flight`].
+    Fresh,
+    /// Being executed: drop the duplicate.
+    InFlight,
+    /// Completed: answer with this reply, do not execute.
+    Cached(Bytes),
+    /// Completed and forgotten: refuse it, do not execute.
+    Stale,
+}
+
+/// A dedup operation was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DedupError {
+    /// `mark_in_flight` on a request that is not fresh.
+    #[error("client {client:#x} request {request} is not fresh ({state:?})")]
+    NotFresh {
+        /// Client id.
+        client: u128,
+        /// Request number.
+        request: u64,
+        /// What the window knows about it.
+        state: Lookup,
+    },
+    /// The client's oldest entry is still in flight, so no slot can be freed.
+    #[error("client {client:#x} has {in_flight} requests in flight, the window's whole capacity")]
+    WindowFull {
+        /// Client id.
+        client: u128,
+        /// Requests in flight.
+        in_flight: usize,
+    },
+    /// `complete` on a request that is not in flight (never marked, already
+    /// completed, or its session ended meanwhile).
+    #[error("client {client:#x} request {request} is not in flight")]
+    NotInFlight {
+        /// Client id.
+        client: u128,
+        /// Request number.
+        request: u64,
+    },
+    /// The reply alone exceeds `max_cached_bytes`; it is not cached and its
+    /// retries will be `Stale`.
+    #[error("reply of {len} bytes exceeds max_cached_bytes {max}")]
+    ReplyTooLarge {
+        /// Reply length.
+        len: usize,
+        /// The cap.
+        max: usize,
+    },
+}
+
+#[derive(Clone, Debug)]
+enum State {
+    InFlight,
+    Done(Bytes),
+}
+
+#[derive(Clone, Debug)]
+struct Entry {
+    request: u64,
+    state: State,
+    at: Instant,
+}
+
+#[derive(Clone, Debug)]
+struct Session {
+    entries: VecDeque<Entry>,
+    floor: Option<u64>,
+    last_active: Instant,
+}
+
+impl Session {
+    fn forget_front(&mut self, cached_bytes: &mut usize) {
+        if let Some(e) = self.entries.pop_front() {
+            if let State::Done(b) = &e.state {
+                *cached_bytes -= b.len();
+            }
+            self.floor = Some(self.floor.map_or(e.request, |f| f.max(e.request)));
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        self.entries
+            .iter()
+            .map(|e| match &e.state {
+                State::Done(b) => b.len(),
+                State::InFlight => 0,
+            })
+            .sum()
+    }
+}
+
+/// Client ids evicted by an operation; tell those clients their session ended.
+pub type Evicted = Vec<u128>;
+
+/// The dedup window. All times are inputs; see the [module docs](self) for
+/// exactly what it guarantees.
+#[derive(Clone, Debug)]
+pub struct DedupWindow {
+    limits: DedupLimits,
+    sessions: BTreeMap<u128, Session>,
+    /// `(last_active, client)` for every session: the LRU order.
+    lru: BTreeSet<(Instant, u128)>,
+    cached_bytes: usize,
+}
+
+impl DedupWindow {
+    /// An empty window. Limits of zero are raised to one.
+    pub fn new(limits: DedupLimits) -> Self {
+        DedupWindow {
+            limits: DedupLimits {
+                entries_per_client: limits.entries_per_client.max(1),
+                max_clients: limits.max_clients.max(1),
+                ..limits
+            },
+            sessions: BTreeMap::new(),
+            lru: BTreeSet::new(),
+            cached_bytes: 0,
+        }
+    }
+
+    /// Sessions held.
+    pub fn clients(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Bytes of cached replies held.
+    pub fn cached_bytes(&self) -> usize {
+        self.cached_bytes
+    }
+
+    /// What is known about `(client, request)`.
+    pub fn lookup(&mut self, client: u128, request: u64, now: Instant) -> Lookup {
+        let Some(session) = self.touch(client, now) else {
+            return Lookup::Fresh;
+        };
+        match session.entries.iter().find(|e| e.request == request) {
+            Some(Entry {
+                state: State::InFlight,
+                ..
+            }) => Lookup::InFlight,
+            // A cheap `Bytes` clone: the caller owns it, the window keeps its own (hazard 19).
+            Some(Entry {
+                state: State::Done(reply),
+                ..
+            }) => Lookup::Cached(reply.clone()),
+            None if session.floor.is_some_and(|f| request <= f) => Lookup::Stale,
+            None => Lookup::Fresh,
+        }
+    }
+
+    /// Records that a fresh request is being executed. Returns the clients
+    /// evicted to make room for a new session.
+    pub fn mark_in_flight(
+        &mut self,
+        client: u128,
+        request: u64,
+        now: Instant,
+    ) -> Result<Evicted, DedupError> {
+        let state = self.lookup(client, request, now);
+        if state != Lookup::Fresh {
+            return Err(DedupError::NotFresh {
+                client,
+                request,
+                state,
+            });
+        }
+        let mut evicted = Vec::new();
+        if !self.sessions.contains_key(&client) {
+            while self.sessions.len() >= self.limits.max_clients {
+                match self.evict_lru(client) {
+                    Some(c) => evicted.push(c),
+                    None => break,
+                }
+            }
+            self.sessions.insert(
+                client,
+                Session {
+                    entries: VecDeque::new(),
+                    floor: None,
+                    last_active: now,
+                },
+            );
+            self.lru.insert((now, client));
+        }
+        let cap = self.limits.entries_per_client;
+        let Some(session) = self.sessions.get_mut(&client) else {
+            return Ok(evicted);
+        };
+        if session.entries.len() >= cap {
+            if matches!(session.entries.front(), Some(e) if matches!(e.state, State::InFlight)) {
+                let in_flight = session
+                    .entries
+                    .iter()
+                    .filter(|e| matches!(e.state, State::InFlight))
+                    .count();
+                return Err(DedupError::WindowFull { client, in_flight });
+            }
+            session.forget_front(&mut self.cached_bytes);
+        }
+        session.entries.push_back(Entry {
+            request,
+            state: State::InFlight,
+            at: now,
+        });
+        Ok(evicted)
+    }
+
+    /// Records the reply of an in-flight request, evicting the least recently
+    /// active other sessions if the byte cap requires it.
+    pub fn complete(
+        &mut self,
+        client: u128,
+        request: u64,
+        reply: Bytes,
+        now: Instant,
+    ) -> Result<Evicted, DedupError> {
+        let not_in_flight = DedupError::NotInFlight { client, request };
+        let max = self.limits.max_cached_bytes;
+        let Some(session) = self.touch(client, now) else {
+            return Err(not_in_flight);
+        };
+        let Some(index) = session
+            .entries
+            .iter()
+            .position(|e| e.request == request && matches!(e.state, State::InFlight))
+        else {
+            return Err(not_in_flight);
+        };
+        if reply.len() > max {
+            if let Some(e) = session.entries.remove(index) {
+                session.floor = Some(session.floor.map_or(e.request, |f| f.max(e.request)));
+            }
+            return Err(DedupError::ReplyTooLarge {
+                len: reply.len(),
+                max,
+            });
+        }
+        let mut evicted = Vec::new();
+        while self.cached_bytes + reply.len() > max {
+            match self.evict_lru(client) {
+                Some(c) => evicted.push(c),
+                None => break,
+            }
+        }
+        let Some(session) = self.sessions.get_mut(&client) else {
+            return Err(not_in_flight);
+        };
+        // Still over: only this client's own older replies are left to drop.
+        while self.cached_bytes + reply.len() > max {
+            let Some(front) = session
+                .entries
+                .iter()
+                .position(|e| matches!(e.state, State::Done(_)))
+            else {
+                break;
+            };
+            if let Some(e) = session.entries.remove(front) {
+                if let State::Done(b) = &e.state {
+                    self.cached_bytes -= b.len();
+                }
+                session.floor = Some(session.floor.map_or(e.request, |f| f.max(e.request)));
+            }
+        }
+        let Some(entry) = session.entries.iter_mut().find(|e| e.request == request) else {
+            return Err(not_in_flight);
+        };
+        self.cached_bytes += reply.len();
+        entry.state = State::Done(reply);
+        entry.at = now;
+        Ok(evicted)
+    }
+
+    /// Ends a client's session (e.g. on disconnect, per the node's policy).
+    /// Returns whether it existed.
+    pub fn evict_client(&mut self, client: u128) -> bool {
+        match self.sessions.remove(&client) {
+            Some(session) => {
+                self.lru.remove(&(session.last_active, client));
+                self.cached_bytes -= session.bytes();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Ends every session idle for longer than the TTL; returns how many.
+    /// Costs `O(expired * log n)`: it walks the LRU order from the oldest.
+    pub fn expire(&mut self, now: Instant) -> usize {
+        let mut count = 0;
+        while let Some(&(at, client)) = self.lru.first() {
+            if now.saturating_duration_since(at) <= self.limits.ttl {
+                break;
+            }
+            self.evict_client(client);
+            count += 1;
+        }
+        count
+    }
+
+    /// Refreshes a session's activity and drops what the TTL expired. Returns
+    /// `None` if there is no (live) session.
+    fn touch(&mut self, client: u128, now: Instant) -> Option<&mut Session> {
+        let ttl = self.limits.ttl;
+        let last = self.sessions.get(&client)?.last_active;
+        if now.saturating_duration_since(last) > ttl {
+            self.evict_client(client);
+            return None;
+        }
+        let session = self.sessions.get_mut(&client)?;
+        while session.entries.front().is_some_and(|e| {
+            matches!(e.state, State::Done(_)) && now.saturating_duration_since(e.at) > ttl
+        }) {
+            session.forget_front(&mut self.cached_bytes);
+        }
+        if now > last {
+            self.lru.remove(&(last, client));
+            self.lru.insert((now, client));
+            session.last_active = now;
+        }
+        Some(session)
+    }
+
+    /// Evicts the least recently active session other than `keep`.
+    fn evict_lru(&mut self, keep: u128) -> Option<u128> {
+        let victim = self.lru.iter().map(|&(_, c)| c).find(|&c| c != keep)?;
+        self.evict_client(victim);
+        Some(victim)
+    }
+}

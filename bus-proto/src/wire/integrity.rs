@@ -1,0 +1,78 @@
+//! Checksums (default) and keyed tags (authenticated-frames mode).
+//!
+//! Checksum mode uses xxh3-128: it detects corruption at ~20 ns per header,
+//! where BLAKE3 would cost more than pushing the frame through loopback TCP.
+//! It does not resist tampering. Authenticated mode replaces both checksum
+//! fields with keyed BLAKE3 tags truncated to 128 bits, under two keys derived
+//! from one session secret so a body tag can never stand in for a header tag.
+
+use crate::crypto::mac::context;
+use subtle::ConstantTimeEq;
+use zeroize::{Zeroize, ZeroizeOnDrop};
+
+/// How the two 128-bit integrity fields of every header are computed.
+#[derive(Clone, Debug, Default)]
+pub enum Integrity {
+    /// xxh3-128 checksums: corruption detection only.
+    #[default]
+    Checksum,
+    /// Keyed BLAKE3 tags under per-session keys.
+    Authenticated(FrameKeys),
+}
+
+/// The pair of keys behind authenticated frames. Zeroized on drop.
+#[derive(Clone, Zeroize, ZeroizeOnDrop)]
+pub struct FrameKeys {
+    header: [u8; 32],
+    body: [u8; 32],
+}
+
+impl core::fmt::Debug for FrameKeys {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("FrameKeys(<redacted>)")
+    }
+}
+
+impl FrameKeys {
+    /// Derives the header and body tag keys from one session secret.
+    pub fn derive(session_secret: &[u8; 32]) -> Self {
+        FrameKeys {
+            header: blake3::derive_key(context::FRAME_HEADER, session_secret),
+            body: blake3::derive_key(context::FRAME_BODY, session_secret),
+        }
+    }
+}
+
+fn truncate(hash: blake3::Hash) -> u128 {
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&hash.as_bytes()[..16]);
+    u128::from_le_bytes(out)
+}
+
+impl Integrity {
+    /// True in authenticated-frames mode.
+    pub const fn is_authenticated(&self) -> bool {
+        matches!(self, Integrity::Authenticated(_))
+    }
+
+    /// The value for the header field, over header bytes `16..256`.
+    pub fn header_sum(&self, checksummed: &[u8]) -> u128 {
+        match self {
+            Integrity::Checksum => xxhash_rust::xxh3::xxh3_128(checksummed),
+            Integrity::Authenticated(k) => truncate(blake3::keyed_hash(&k.header, checksummed)),
+        }
+    }
+
+    /// The value for the body field.
+    pub fn body_sum(&self, body: &[u8]) -> u128 {
+        match self {
+            Integrity::Checksum => xxhash_rust::xxh3::xxh3_128(body),
+            Integrity::Authenticated(k) => truncate(blake3::keyed_hash(&k.body, body)),
+        }
+    }
+}
+
+/// Constant-time equality of two integrity values (tags may be secret-dependent).
+pub(crate) fn sums_equal(a: u128, b: u128) -> bool {
+    a.to_le_bytes().ct_eq(&b.to_le_bytes()).into()
+}
