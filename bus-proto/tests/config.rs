@@ -1,0 +1,221 @@
+//! Configuration validation and parsing: every rule names its field.
+
+use bus_proto::config::*;
+use std::time::Duration;
+
+fn field_of(err: ConfigError) -> &'static str {
+    match err {
+        ConfigError::Invalid { field, .. } => field,
+        other => panic!("expected a field error, got {other:?}"),
+    }
+}
+
+#[test]
+fn defaults_are_valid() {
+    let valid = Config::default().validate().unwrap();
+    assert_eq!(valid.max_batch, 64);
+    assert_eq!(valid.dedup_limits().entries_per_client, 64);
+    assert_eq!(ValidConfig::default(), valid);
+}
+
+/// Hazard 28: zero values that would busy-loop or evict everything, and
+/// impossible orderings, are refused with the field named.
+#[test]
+fn each_rule_names_its_field() {
+    let d = Config::default;
+    let cases: Vec<(Config, &str)> = vec![
+        (
+            Config {
+                max_message_size: 255,
+                ..d()
+            },
+            "max_message_size",
+        ),
+        (
+            Config {
+                max_message_size: (64 << 20) + 1,
+                ..d()
+            },
+            "max_message_size",
+        ),
+        (
+            Config {
+                max_batch: 0,
+                ..d()
+            },
+            "max_batch",
+        ),
+        (
+            Config {
+                max_batch: 513,
+                ..d()
+            },
+            "max_batch",
+        ),
+        (
+            Config {
+                max_batch: 64,
+                send_queue_frames: 63,
+                ..d()
+            },
+            "send_queue_frames",
+        ),
+        (
+            Config {
+                send_queue_bytes: 1000,
+                ..d()
+            },
+            "send_queue_bytes",
+        ),
+        (
+            Config {
+                heartbeat_interval: Duration::ZERO,
+                ..d()
+            },
+            "heartbeat_interval_ms",
+        ),
+        (
+            Config {
+                liveness_timeout: Duration::from_millis(1999),
+                heartbeat_interval: Duration::from_secs(1),
+                ..d()
+            },
+            "liveness_timeout_ms",
+        ),
+        (
+            Config {
+                handshake_timeout: Duration::ZERO,
+                ..d()
+            },
+            "handshake_timeout_ms",
+        ),
+        (
+            Config {
+                freshness_window: Duration::ZERO,
+                ..d()
+            },
+            "freshness_window_ms",
+        ),
+        (
+            Config {
+                freshness_window: Duration::from_secs(3601),
+                ..d()
+            },
+            "freshness_window_ms",
+        ),
+        (
+            Config {
+                close_grace: Duration::ZERO,
+                ..d()
+            },
+            "close_grace_ms",
+        ),
+        (
+            Config {
+                reconnect_min: Duration::ZERO,
+                ..d()
+            },
+            "reconnect_min_ms",
+        ),
+        (
+            Config {
+                reconnect_max: Duration::from_millis(50),
+                ..d()
+            },
+            "reconnect_max_ms",
+        ),
+        (
+            Config {
+                max_handshakes_in_flight: 0,
+                ..d()
+            },
+            "max_handshakes_in_flight",
+        ),
+        (
+            Config {
+                max_replay_peers: 0,
+                ..d()
+            },
+            "max_replay_peers",
+        ),
+        (
+            Config {
+                dedup_entries_per_client: 0,
+                ..d()
+            },
+            "dedup_entries_per_client",
+        ),
+        (
+            Config {
+                dedup_entries_per_client: 65537,
+                ..d()
+            },
+            "dedup_entries_per_client",
+        ),
+        (
+            Config {
+                dedup_max_clients: 0,
+                ..d()
+            },
+            "dedup_max_clients",
+        ),
+        (
+            Config {
+                dedup_max_cached_bytes: 1000,
+                ..d()
+            },
+            "dedup_max_cached_bytes",
+        ),
+        (
+            Config {
+                dedup_ttl: Duration::ZERO,
+                ..d()
+            },
+            "dedup_ttl_ms",
+        ),
+    ];
+    for (config, field) in cases {
+        let err = config.validate().unwrap_err();
+        assert!(err.to_string().contains(field), "{err}");
+        assert_eq!(field_of(err), field);
+    }
+}
+
+#[test]
+fn the_error_shows_the_value_and_the_rule() {
+    let err = Config {
+        max_batch: 1000,
+        ..Config::default()
+    }
+    .validate()
+    .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "config field `max_batch` = 1000: must be at most 512"
+    );
+}
+
+#[test]
+fn toml_fills_defaults_and_converts_milliseconds() {
+    let c = Config::from_toml("max_batch = 16\nheartbeat_interval_ms = 250\nliveness_timeout_ms = 1000\nauthenticated_frames = true\n").unwrap();
+    assert_eq!(c.max_batch, 16);
+    assert_eq!(c.heartbeat_interval, Duration::from_millis(250));
+    assert!(c.authenticated_frames);
+    assert_eq!(c.max_message_size, Config::default().max_message_size);
+    assert_eq!(Config::from_toml("").unwrap(), ValidConfig::default());
+}
+
+#[test]
+fn toml_refuses_unknown_fields_wrong_types_and_invalid_values() {
+    for (text, needle) in [
+        ("max_bach = 3", "max_bach"),
+        ("max_batch = \"many\"", "max_batch"),
+        ("max_batch = -1", "max_batch"),
+        ("heartbeat_interval = 5", "heartbeat_interval"),
+        ("reconnect_min_ms = 0", "reconnect_min_ms"),
+        ("[section", "config file"),
+    ] {
+        let err = Config::from_toml(text).unwrap_err();
+        assert!(err.to_string().contains(needle), "{text:?}: {err}");
+    }
+}

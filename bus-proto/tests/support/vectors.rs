@@ -1,0 +1,124 @@
+//! The inputs of the test vectors in `PROTOCOL.md`, shared by the `vectors`
+//! example (which prints them) and the `vectors` test (which checks them).
+
+use bus_proto::crypto::mac::context;
+use bus_proto::crypto::{Key, MacKey};
+use bus_proto::wire::{Frame, FrameKeys, Header, Integrity, Kind, RequestHeader};
+use bytes::Bytes;
+
+/// One vector: a name and the bytes it must produce.
+pub struct Vector {
+    pub name: &'static str,
+    pub bytes: Vec<u8>,
+    /// The frame and integrity it encodes, for decode checks (MAC vectors have none).
+    pub frame: Option<(Frame, Integrity)>,
+}
+
+pub const CLUSTER: u128 = 0x0123_4567_89ab_cdef_fedc_ba98_7654_3210;
+pub const KEY_HEX: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+pub const MAX: u32 = 1 << 20;
+
+fn frame_vector(name: &'static str, frame: Frame, integrity: Integrity) -> Vector {
+    let mut bytes = Vec::new();
+    frame.encode(&integrity, MAX).expect("vector frames are valid").write_to(&mut bytes);
+    Vector { name, bytes, frame: Some((frame, integrity)) }
+}
+
+pub fn all() -> Vec<Vector> {
+    let key = Key::from_hex(KEY_HEX).expect("valid key");
+    let ping = Frame::control(Header {
+        cluster: CLUSTER,
+        view: 7,
+        release: 1,
+        replica: 2,
+        sequence: 1,
+        kind: Kind::Ping { token: 0x1122_3344_5566_7788 },
+    });
+    let request = Frame {
+        header: Header {
+            cluster: CLUSTER,
+            view: 0,
+            release: 1,
+            replica: 255,
+            sequence: 5,
+            kind: Kind::Request(RequestHeader {
+                client: 0xa1a2_a3a4_a5a6_a7a8_a9aa_abac_adae_afb0,
+                request: 42,
+                operation: 3,
+            }),
+        },
+        body: Bytes::from_static(b"transfer 10 from a to b"),
+    };
+    let message = Frame {
+        header: Header {
+            cluster: CLUSTER,
+            view: 1,
+            release: 1,
+            replica: 0,
+            sequence: 9,
+            kind: Kind::Message { operation: 0xdead_beef },
+        },
+        body: Bytes::from_static(b"authenticated body"),
+    };
+    let handshake_key = MacKey::derive(&key, context::HANDSHAKE);
+    let mut tag = [0u8; 32];
+    handshake_key.sign(&[b"bus-proto test vector"]).write_to(&mut tag);
+    vec![
+        frame_vector("ping-checksum", ping, Integrity::Checksum),
+        frame_vector("request-checksum", request, Integrity::Checksum),
+        frame_vector(
+            "message-authenticated",
+            message,
+            Integrity::Authenticated(FrameKeys::derive(&[0x42; 32])),
+        ),
+        Vector { name: "key-fingerprint", bytes: hex_bytes(&key.fingerprint().to_string()), frame: None },
+        Vector {
+            name: "handshake-key",
+            bytes: blake3::derive_key(context::HANDSHAKE, &hex_bytes(KEY_HEX)).to_vec(),
+            frame: None,
+        },
+        Vector { name: "handshake-mac", bytes: tag.to_vec(), frame: None },
+        Vector {
+            name: "frame-header-key",
+            bytes: blake3::derive_key(context::FRAME_HEADER, &[0x42; 32]).to_vec(),
+            frame: None,
+        },
+        Vector { name: "xxh3-128-empty", bytes: xxhash_rust::xxh3::xxh3_128(b"").to_le_bytes().to_vec(), frame: None },
+    ]
+}
+
+pub fn hex_bytes(text: &str) -> Vec<u8> {
+    hex::decode(text).expect("valid hex")
+}
+
+/// The `PROTOCOL.md` block for a vector: 32 bytes (64 hex digits) a line.
+pub fn render(v: &Vector) -> String {
+    let mut out = format!("```vector\nname = {}\n", v.name);
+    for chunk in v.bytes.chunks(32) {
+        out.push_str(&hex::encode(chunk));
+        out.push('\n');
+    }
+    out.push_str("```\n");
+    out
+}
+
+/// Parses every `vector` block of a document into (name, bytes).
+pub fn parse(doc: &str) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut lines = doc.lines();
+    while let Some(line) = lines.next() {
+        if line.trim() != "```vector" {
+            continue;
+        }
+        let name = lines.next().and_then(|l| l.strip_prefix("name = ")).expect("vector block starts with a name");
+        let mut hex = String::new();
+        for l in lines.by_ref() {
+            if l.trim() == "```" {
+                break;
+            }
+            hex.push_str(l.trim());
+        }
+        out.push((name.to_string(), hex_bytes(&hex)));
+    }
+    out
+}
