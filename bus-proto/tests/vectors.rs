@@ -16,7 +16,10 @@ fn protocol_md_vectors_match_the_code() {
     let computed = vectors::all();
     let names: Vec<&str> = documented.iter().map(|(n, _)| n.as_str()).collect();
     let expected: Vec<&str> = computed.iter().map(|v| v.name).collect();
-    assert_eq!(names, expected, "PROTOCOL.md lists other vectors than the code");
+    assert_eq!(
+        names, expected,
+        "PROTOCOL.md lists other vectors than the code"
+    );
     for ((name, bytes), v) in documented.iter().zip(&computed) {
         assert_eq!(
             hex::encode(bytes),
@@ -32,7 +35,9 @@ fn documented_frames_decode_to_their_inputs() {
         let Some(v) = vectors::all().into_iter().find(|v| v.name == name) else {
             panic!("unknown vector {name}");
         };
-        let Some((frame, integrity)) = v.frame else { continue };
+        let Some((frame, integrity)) = v.frame else {
+            continue;
+        };
         let mut decoder = FrameDecoder::new(integrity, vectors::MAX);
         decoder.feed(&bytes);
         assert_eq!(decoder.next_frame().unwrap(), Some(frame), "vector {name}");

@@ -386,6 +386,18 @@ pub(crate) fn zeroed(
     range: Range<usize>,
 ) -> Result<(), DecodeError> {
     let start = range.start;
+    // OR whole words first (the common, valid case); locate the byte only on failure.
+    let bytes = &h[range.clone()];
+    let words = bytes.chunks_exact(8);
+    let tail = words.remainder().iter().fold(0u8, |acc, &b| acc | b);
+    let word = |c: &[u8]| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(c);
+        u64::from_le_bytes(w)
+    };
+    if words.fold(0u64, |acc, c| acc | word(c)) == 0 && tail == 0 {
+        return Ok(());
+    }
     match h[range].iter().position(|&b| b != 0) {
         None => Ok(()),
         Some(i) => Err(DecodeError::ReservedNonZero {

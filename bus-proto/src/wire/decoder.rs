@@ -8,9 +8,9 @@
 use super::error::DecodeError;
 use super::frame::Frame;
 use super::header::{Header, Parsed};
-use super::integrity::{Integrity, sums_equal};
+use super::integrity::Integrity;
 use super::layout::HEADER_SIZE;
-use bytes::BytesMut;
+use bytes::{Buf, Bytes, BytesMut};
 
 /// Turns a byte stream into validated frames.
 ///
@@ -115,29 +115,31 @@ impl FrameDecoder {
     }
 
     fn step(&mut self) -> Result<Option<Frame>, DecodeError> {
-        if self.pending.is_none() {
-            let Some(head) = self.buf.first_chunk::<HEADER_SIZE>() else {
-                return Ok(None);
-            };
-            let (header, parsed) = Header::parse(head, &self.integrity, self.max_message_size)?;
-            let size = parsed.size as usize;
-            if self.buf.len() < size {
-                // Bounded: `size` passed the limit check in `parse`.
-                self.buf.reserve(size - self.buf.len());
+        let (header, parsed) = match self.pending.take() {
+            Some(pending) => pending,
+            None => {
+                let Some(head) = self.buf.first_chunk::<HEADER_SIZE>() else {
+                    return Ok(None);
+                };
+                Header::parse(head, &self.integrity, self.max_message_size)?
             }
-            self.pending = Some((header, parsed));
-        }
-        let Some((_, parsed)) = &self.pending else {
-            return Ok(None);
         };
         let size = parsed.size as usize;
         if self.buf.len() < size {
+            // Bounded: `size` passed the limit check in `parse`.
+            self.buf.reserve(size - self.buf.len());
+            self.pending = Some((header, parsed));
             return Ok(None);
         }
-        let body = self.buf.split_to(size).split_off(HEADER_SIZE).freeze();
+        let body = if size == HEADER_SIZE {
+            self.buf.advance(HEADER_SIZE);
+            Bytes::new()
+        } else {
+            self.buf.split_to(size).split_off(HEADER_SIZE).freeze()
+        };
         let computed = self.integrity.body_sum(&body);
         let expected = parsed.body_sum;
-        if !sums_equal(expected, computed) {
+        if !self.integrity.matches(expected, computed) {
             return Err(match self.integrity {
                 Integrity::Checksum => DecodeError::BodyChecksum {
                     received: expected,
@@ -147,9 +149,6 @@ impl FrameDecoder {
                 Integrity::Authenticated(_) => DecodeError::BodyTag { size: body.len() },
             });
         }
-        let Some((header, _)) = self.pending.take() else {
-            return Ok(None);
-        };
         Ok(Some(Frame { header, body }))
     }
 }

@@ -2,7 +2,7 @@
 
 use super::command::{Command, Kind, array, zeroed};
 use super::error::{DecodeError, EncodeError};
-use super::integrity::{Integrity, sums_equal};
+use super::integrity::Integrity;
 use super::layout::*;
 use super::{PROTOCOL_VERSION, REPLICA_NONE};
 
@@ -115,7 +115,7 @@ impl Header {
     ) -> Result<(Header, Parsed), DecodeError> {
         let received = u128::from_le_bytes(array(h, CHECKSUM));
         let computed = integrity.header_sum(&h[CHECKSUMMED]);
-        if !sums_equal(received, computed) {
+        if !integrity.matches(received, computed) {
             return Err(match integrity {
                 Integrity::Checksum => DecodeError::HeaderChecksum { received, computed },
                 Integrity::Authenticated(_) => DecodeError::HeaderTag,

@@ -72,7 +72,22 @@ impl Integrity {
     }
 }
 
-/// Constant-time equality of two integrity values (tags may be secret-dependent).
-pub(crate) fn sums_equal(a: u128, b: u128) -> bool {
-    a.to_le_bytes().ct_eq(&b.to_le_bytes()).into()
+impl Integrity {
+    /// Whether a received integrity value matches the computed one. Tags are
+    /// compared in constant time (two 64-bit halves, no early exit);
+    /// checksums are not secret and compare directly.
+    pub(crate) fn matches(&self, received: u128, computed: u128) -> bool {
+        match self {
+            Integrity::Checksum => received == computed,
+            Integrity::Authenticated(_) => {
+                let (r, c) = (received.to_le_bytes(), computed.to_le_bytes());
+                let half = |b: &[u8; 16], i: usize| {
+                    let mut w = [0u8; 8];
+                    w.copy_from_slice(&b[i * 8..i * 8 + 8]);
+                    u64::from_le_bytes(w)
+                };
+                (half(&r, 0).ct_eq(&half(&c, 0)) & half(&r, 1).ct_eq(&half(&c, 1))).into()
+            }
+        }
+    }
 }

@@ -20,8 +20,15 @@ pub const MAX: u32 = 1 << 20;
 
 fn frame_vector(name: &'static str, frame: Frame, integrity: Integrity) -> Vector {
     let mut bytes = Vec::new();
-    frame.encode(&integrity, MAX).expect("vector frames are valid").write_to(&mut bytes);
-    Vector { name, bytes, frame: Some((frame, integrity)) }
+    frame
+        .encode(&integrity, MAX)
+        .expect("vector frames are valid")
+        .write_to(&mut bytes);
+    Vector {
+        name,
+        bytes,
+        frame: Some((frame, integrity)),
+    }
 }
 
 pub fn all() -> Vec<Vector> {
@@ -32,7 +39,9 @@ pub fn all() -> Vec<Vector> {
         release: 1,
         replica: 2,
         sequence: 1,
-        kind: Kind::Ping { token: 0x1122_3344_5566_7788 },
+        kind: Kind::Ping {
+            token: 0x1122_3344_5566_7788,
+        },
     });
     let request = Frame {
         header: Header {
@@ -56,13 +65,17 @@ pub fn all() -> Vec<Vector> {
             release: 1,
             replica: 0,
             sequence: 9,
-            kind: Kind::Message { operation: 0xdead_beef },
+            kind: Kind::Message {
+                operation: 0xdead_beef,
+            },
         },
         body: Bytes::from_static(b"authenticated body"),
     };
     let handshake_key = MacKey::derive(&key, context::HANDSHAKE);
     let mut tag = [0u8; 32];
-    handshake_key.sign(&[b"bus-proto test vector"]).write_to(&mut tag);
+    handshake_key
+        .sign(&[b"bus-proto test vector"])
+        .write_to(&mut tag);
     vec![
         frame_vector("ping-checksum", ping, Integrity::Checksum),
         frame_vector("request-checksum", request, Integrity::Checksum),
@@ -71,19 +84,31 @@ pub fn all() -> Vec<Vector> {
             message,
             Integrity::Authenticated(FrameKeys::derive(&[0x42; 32])),
         ),
-        Vector { name: "key-fingerprint", bytes: hex_bytes(&key.fingerprint().to_string()), frame: None },
+        Vector {
+            name: "key-fingerprint",
+            bytes: hex_bytes(&key.fingerprint().to_string()),
+            frame: None,
+        },
         Vector {
             name: "handshake-key",
             bytes: blake3::derive_key(context::HANDSHAKE, &hex_bytes(KEY_HEX)).to_vec(),
             frame: None,
         },
-        Vector { name: "handshake-mac", bytes: tag.to_vec(), frame: None },
+        Vector {
+            name: "handshake-mac",
+            bytes: tag.to_vec(),
+            frame: None,
+        },
         Vector {
             name: "frame-header-key",
             bytes: blake3::derive_key(context::FRAME_HEADER, &[0x42; 32]).to_vec(),
             frame: None,
         },
-        Vector { name: "xxh3-128-empty", bytes: xxhash_rust::xxh3::xxh3_128(b"").to_le_bytes().to_vec(), frame: None },
+        Vector {
+            name: "xxh3-128-empty",
+            bytes: xxhash_rust::xxh3::xxh3_128(b"").to_le_bytes().to_vec(),
+            frame: None,
+        },
     ]
 }
 
@@ -110,7 +135,10 @@ pub fn parse(doc: &str) -> Vec<(String, Vec<u8>)> {
         if line.trim() != "```vector" {
             continue;
         }
-        let name = lines.next().and_then(|l| l.strip_prefix("name = ")).expect("vector block starts with a name");
+        let name = lines
+            .next()
+            .and_then(|l| l.strip_prefix("name = "))
+            .expect("vector block starts with a name");
         let mut hex = String::new();
         for l in lines.by_ref() {
             if l.trim() == "```" {
