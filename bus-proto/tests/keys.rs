@@ -11,7 +11,7 @@ fn hex_keys_parse_trimmed_and_case_insensitive() {
     let lower = Key::from_hex(HEX).unwrap();
     let upper = Key::from_hex(&format!("\t {}\r\n", HEX.to_uppercase())).unwrap();
     assert_eq!(lower, upper);
-    let bytes: [u8; 32] = core::array::from_fn(|i| i as u8);
+    let bytes: [u8; 32] = core::array::from_fn(|i| u8::try_from(i).unwrap());
     assert_eq!(lower, Key::from_bytes(bytes));
     assert_eq!(Key::from_hex(&lower.to_hex()).unwrap(), lower);
 }
