@@ -140,8 +140,10 @@ struct Session {
 }
 
 impl Session {
-    fn forget_front(&mut self, cached_bytes: &mut usize) {
-        if let Some(e) = self.entries.pop_front() {
+    /// Forgets entry `index`: its bytes leave the cache and its request
+    /// number joins the floor, so a retry of it is `Stale`, never `Fresh`.
+    fn remove(&mut self, index: usize, cached_bytes: &mut usize) {
+        if let Some(e) = self.entries.remove(index) {
             if let State::Done(b) = &e.state {
                 *cached_bytes -= b.len();
             }
@@ -266,7 +268,7 @@ impl DedupWindow {
                     .count();
                 return Err(DedupError::WindowFull { client, in_flight });
             }
-            session.forget_front(&mut self.cached_bytes);
+            session.remove(0, &mut self.cached_bytes);
         }
         session.entries.push_back(Entry {
             request,
@@ -298,8 +300,8 @@ impl DedupWindow {
             return Err(not_in_flight);
         };
         if reply.len() > max {
-            if let Some(e) = session.entries.remove(index) {
-                session.floor = Some(session.floor.map_or(e.request, |f| f.max(e.request)));
+            if let Some(session) = self.sessions.get_mut(&client) {
+                session.remove(index, &mut self.cached_bytes);
             }
             return Err(DedupError::ReplyTooLarge {
                 len: reply.len(),
@@ -325,12 +327,7 @@ impl DedupWindow {
             else {
                 break;
             };
-            if let Some(e) = session.entries.remove(front) {
-                if let State::Done(b) = &e.state {
-                    self.cached_bytes -= b.len();
-                }
-                session.floor = Some(session.floor.map_or(e.request, |f| f.max(e.request)));
-            }
+            session.remove(front, &mut self.cached_bytes);
         }
         let Some(entry) = session.entries.iter_mut().find(|e| e.request == request) else {
             return Err(not_in_flight);
@@ -381,7 +378,7 @@ impl DedupWindow {
         while session.entries.front().is_some_and(|e| {
             matches!(e.state, State::Done(_)) && now.saturating_duration_since(e.at) > ttl
         }) {
-            session.forget_front(&mut self.cached_bytes);
+            session.remove(0, &mut self.cached_bytes);
         }
         if now > last {
             self.lru.remove(&(last, client));

@@ -28,9 +28,7 @@ pub struct Fingerprint([u8; 8]);
 
 impl core::fmt::Display for Fingerprint {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        let mut hex = [0u8; 16];
-        let _ = hex::encode_to_slice(self.0, &mut hex);
-        f.write_str(core::str::from_utf8(&hex).unwrap_or("?"))
+        super::write_hex(f, &self.0)
     }
 }
 

@@ -56,9 +56,7 @@ impl core::fmt::Debug for Tag {
 
 impl core::fmt::Display for Tag {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        let mut hex = [0u8; 64];
-        let _ = hex::encode_to_slice(self.0, &mut hex);
-        f.write_str(core::str::from_utf8(&hex).unwrap_or("?"))
+        super::write_hex(f, &self.0)
     }
 }
 

@@ -40,9 +40,17 @@ impl Nonce {
 
 impl core::fmt::Debug for Nonce {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        let mut hex = [0u8; 64];
-        // Infallible: the buffer is exactly twice the input.
-        let _ = hex::encode_to_slice(self.0, &mut hex);
-        write!(f, "Nonce({})", core::str::from_utf8(&hex).unwrap_or("?"))
+        f.write_str("Nonce(")?;
+        write_hex(f, &self.0)?;
+        f.write_str(")")
     }
+}
+
+/// Writes up to 32 public bytes (nonces, tags, fingerprints) as lowercase hex
+/// without allocating.
+pub(crate) fn write_hex(f: &mut core::fmt::Formatter<'_>, bytes: &[u8]) -> core::fmt::Result {
+    let mut buf = [0u8; 64];
+    let out = buf.get_mut(..bytes.len() * 2).ok_or(core::fmt::Error)?;
+    hex::encode_to_slice(bytes, out).map_err(|_| core::fmt::Error)?;
+    f.write_str(core::str::from_utf8(out).map_err(|_| core::fmt::Error)?)
 }

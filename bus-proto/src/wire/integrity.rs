@@ -74,20 +74,11 @@ impl Integrity {
 
 impl Integrity {
     /// Whether a received integrity value matches the computed one. Tags are
-    /// compared in constant time (two 64-bit halves, no early exit);
-    /// checksums are not secret and compare directly.
+    /// compared in constant time; checksums are not secret and compare directly.
     pub(crate) fn matches(&self, received: u128, computed: u128) -> bool {
         match self {
             Integrity::Checksum => received == computed,
-            Integrity::Authenticated(_) => {
-                let (r, c) = (received.to_le_bytes(), computed.to_le_bytes());
-                let half = |b: &[u8; 16], i: usize| {
-                    let mut w = [0u8; 8];
-                    w.copy_from_slice(&b[i * 8..i * 8 + 8]);
-                    u64::from_le_bytes(w)
-                };
-                (half(&r, 0).ct_eq(&half(&c, 0)) & half(&r, 1).ct_eq(&half(&c, 1))).into()
-            }
+            Integrity::Authenticated(_) => received.ct_eq(&computed).into(),
         }
     }
 }
