@@ -48,9 +48,11 @@ extern crate alloc;
 extern crate std;
 
 pub mod config;
+pub mod connection;
 pub mod crypto;
 pub mod dedup;
 pub mod entropy;
+pub mod handshake;
 pub mod replay;
 pub mod time;
 pub mod wire;

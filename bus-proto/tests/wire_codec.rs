@@ -32,8 +32,9 @@ fn arb_kind() -> impl Strategy<Value = Kind> {
                     mac: Tag::from_bytes(mac),
                 })
             ),
-        (bytes32, bytes32).prop_map(|(n, m)| Kind::Welcome(Welcome {
+        (bytes32, any::<bool>(), bytes32).prop_map(|(n, auth, m)| Kind::Welcome(Welcome {
             nonce: Nonce::from_bytes(n),
+            authenticated_frames: auth,
             mac: Tag::from_bytes(m)
         })),
         bytes32.prop_map(|m| Kind::Confirm {

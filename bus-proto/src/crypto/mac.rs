@@ -31,6 +31,11 @@ impl Tag {
         Tag(bytes)
     }
 
+    /// The bytes, for feeding into a later MAC of the same transcript.
+    pub(crate) const fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
     /// Writes the tag into a 32-byte wire field.
     ///
     /// # Panics

@@ -31,7 +31,7 @@ impl Nonce {
     }
 
     /// A fresh nonce from `entropy`.
-    pub fn generate(entropy: &mut impl Entropy) -> Self {
+    pub fn generate(entropy: &mut (impl Entropy + ?Sized)) -> Self {
         let mut b = [0u8; 32];
         entropy.fill_bytes(&mut b);
         Nonce(b)

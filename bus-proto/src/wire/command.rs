@@ -146,6 +146,9 @@ pub struct Hello {
 pub struct Welcome {
     /// Acceptor's fresh nonce.
     pub nonce: Nonce,
+    /// Authenticated frames follow the handshake (the dialer asked, or the
+    /// acceptor requires them).
+    pub authenticated_frames: bool,
     /// Acceptor's MAC over the handshake transcript.
     pub mac: Tag,
 }
@@ -246,6 +249,7 @@ impl Kind {
             Kind::Welcome(m) => {
                 use area::welcome::*;
                 h[NONCE].copy_from_slice(m.nonce.as_bytes());
+                h[FLAGS][0] = u8::from(m.authenticated_frames);
                 m.mac.write_to(&mut h[MAC]);
             }
             Kind::Confirm { mac } => mac.write_to(&mut h[area::confirm::MAC]),
@@ -280,21 +284,14 @@ impl Kind {
                 use area::hello::*;
                 zeroed(command, h, RESERVED_A)?;
                 zeroed(command, h, RESERVED_B)?;
-                let flags = h[FLAGS][0];
-                if flags > 1 {
-                    return Err(DecodeError::InvalidField {
-                        command,
-                        field: "flags",
-                        value: u128::from(flags),
-                    });
-                }
+                let flags = flag_bit(command, h[FLAGS][0])?;
                 Kind::Hello(Hello {
                     plane: Plane::from_wire(h[PLANE][0])?,
                     dialer: u128::from_le_bytes(array(h, DIALER)),
                     acceptor: u128::from_le_bytes(array(h, ACCEPTOR)),
                     nonce: Nonce::from_bytes(array(h, NONCE)),
                     timestamp: UnixNanos::from_nanos(u64::from_le_bytes(array(h, TIMESTAMP))),
-                    authenticated_frames: flags == 1,
+                    authenticated_frames: flags,
                     mac: Tag::from_bytes(array(h, MAC)),
                 })
             }
@@ -303,6 +300,7 @@ impl Kind {
                 zeroed(command, h, RESERVED)?;
                 Kind::Welcome(Welcome {
                     nonce: Nonce::from_bytes(array(h, NONCE)),
+                    authenticated_frames: flag_bit(command, h[FLAGS][0])?,
                     mac: Tag::from_bytes(array(h, MAC)),
                 })
             }
@@ -368,6 +366,19 @@ impl Kind {
                 }
             }
         })
+    }
+}
+
+/// A flags byte whose only defined bit is bit 0.
+fn flag_bit(command: Command, flags: u8) -> Result<bool, DecodeError> {
+    match flags {
+        0 => Ok(false),
+        1 => Ok(true),
+        _ => Err(DecodeError::InvalidField {
+            command,
+            field: "flags",
+            value: u128::from(flags),
+        }),
     }
 }
 

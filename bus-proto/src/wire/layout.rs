@@ -81,8 +81,10 @@ pub mod area {
         pub const NONCE: Range<usize> = field(AREA_START, 32);
         /// Acceptor's MAC (32 bytes).
         pub const MAC: Range<usize> = field(160, 32);
+        /// Bit 0: authenticated frames follow the handshake (1 byte).
+        pub const FLAGS: Range<usize> = field(192, 1);
         /// Reserved, zero.
-        pub const RESERVED: Range<usize> = field(192, 64);
+        pub const RESERVED: Range<usize> = field(193, 63);
     }
 
     /// `confirm` (dialer's key confirmation).
@@ -199,7 +201,12 @@ const _: () = {
         HEADER_SIZE
     ));
     assert!(tiles(
-        &[welcome::NONCE, welcome::MAC, welcome::RESERVED],
+        &[
+            welcome::NONCE,
+            welcome::MAC,
+            welcome::FLAGS,
+            welcome::RESERVED
+        ],
         AREA_START,
         HEADER_SIZE
     ));

@@ -1,0 +1,223 @@
+//! Received frames: validation against the connection's state.
+
+use super::{CloseCause, Closing, Connection, Event, Phase, Side, Violation};
+use crate::crypto::PeerId;
+use crate::handshake::IncomingHello;
+use crate::time::Instant;
+use crate::wire::{
+    CloseReason, Command, DecodeError, Frame, FrameKeys, Integrity, Kind, Plane, RejectStatus,
+};
+use alloc::boxed::Box;
+
+impl Connection {
+    /// Decodes and handles every complete frame buffered, stopping at a
+    /// parked `hello` or a close.
+    pub(super) fn process(&mut self, now: Instant) {
+        while self.closed.is_none() && !matches!(self.phase, Phase::HelloParked(_)) {
+            match self.decoder.next_frame() {
+                Ok(Some(frame)) => {
+                    self.last_received = now;
+                    self.stats.frames_received += 1;
+                    self.on_frame(now, frame);
+                }
+                Ok(None) => break,
+                Err(e) => self.on_decode_error(e),
+            }
+        }
+    }
+
+    fn on_decode_error(&mut self, e: DecodeError) {
+        if matches!(self.phase, Phase::AwaitingHello) {
+            if let DecodeError::UnsupportedProtocol { command, .. } = e {
+                if command == Command::Hello.to_wire() {
+                    // A dialer speaking another version learns which we speak.
+                    self.queue_handshake(Kind::Reject(crate::wire::Reject {
+                        status: RejectStatus::UnsupportedVersion,
+                        protocol_min: crate::wire::PROTOCOL_VERSION,
+                        protocol_max: crate::wire::PROTOCOL_VERSION,
+                    }));
+                    self.finish(CloseCause::Refused(RejectStatus::UnsupportedVersion));
+                    return;
+                }
+            }
+        }
+        self.fail(CloseCause::Decode(e), CloseReason::ProtocolViolation);
+    }
+
+    /// A violation before the peer authenticated is closed silently and
+    /// classed unauthenticated; after, the peer is told.
+    fn violation(&mut self, v: Violation) {
+        if self.is_established() {
+            self.fail(CloseCause::Violation(v), CloseReason::ProtocolViolation);
+        } else {
+            self.finish(CloseCause::Unauthenticated(v));
+        }
+    }
+
+    fn unexpected(&mut self, command: Command) {
+        let state = self.phase.name();
+        self.violation(Violation::Unexpected { command, state });
+    }
+
+    fn on_frame(&mut self, now: Instant, frame: Frame) {
+        let h = &frame.header;
+        if h.sequence != self.recv_seq {
+            let expected = self.recv_seq;
+            return self.violation(Violation::Sequence {
+                expected,
+                received: h.sequence,
+            });
+        }
+        self.recv_seq = self.recv_seq.saturating_add(1);
+        let command = h.command();
+        // Header fields are checked once the peer's identity is known; a
+        // `reject` is unauthenticated whatever it says, so it is not.
+        let identity_known = !matches!(self.phase, Phase::AwaitingHello);
+        if identity_known && command != Command::Reject {
+            if h.cluster != self.cluster {
+                let (expected, received) = (self.cluster, h.cluster);
+                return self.violation(Violation::Cluster { expected, received });
+            }
+            if h.replica != self.peer_replica {
+                let (expected, received) = (self.peer_replica, h.replica);
+                return self.violation(Violation::Replica { expected, received });
+            }
+        }
+        match core::mem::replace(&mut self.phase, Phase::Closed) {
+            Phase::AwaitingHello => match frame.header.kind {
+                Kind::Hello(hello) => {
+                    self.phase = Phase::HelloParked(Box::new(IncomingHello {
+                        cluster: frame.header.cluster,
+                        replica: frame.header.replica,
+                        hello,
+                        binding: self.binding,
+                    }));
+                }
+                _ => {
+                    self.phase = Phase::AwaitingHello;
+                    self.unexpected(command);
+                }
+            },
+            Phase::Dialing(handshake) => match &frame.header.kind {
+                Kind::Welcome(welcome) => match handshake.on_welcome(welcome) {
+                    Ok(done) => {
+                        self.phase = Phase::Established;
+                        self.queue_handshake(Kind::Confirm {
+                            mac: done.confirm_mac,
+                        });
+                        self.established(now, done.frame_keys);
+                    }
+                    Err(e) => self.finish(CloseCause::Handshake(e)),
+                },
+                Kind::Reject(reject) => self.finish(CloseCause::Rejected(*reject)),
+                _ => {
+                    self.phase = Phase::Dialing(handshake);
+                    self.unexpected(command);
+                }
+            },
+            Phase::Welcomed(handshake) => match &frame.header.kind {
+                Kind::Confirm { mac } => match handshake.on_confirm(mac) {
+                    Ok(keys) => {
+                        self.phase = Phase::Established;
+                        self.established(now, keys);
+                    }
+                    Err(e) => self.finish(CloseCause::Handshake(e)),
+                },
+                _ => {
+                    self.phase = Phase::Welcomed(handshake);
+                    self.unexpected(command);
+                }
+            },
+            Phase::Established => {
+                self.phase = Phase::Established;
+                self.on_established_frame(frame);
+            }
+            parked @ (Phase::HelloParked(_) | Phase::Closed) => self.phase = parked,
+        }
+    }
+
+    /// Switches both directions to the negotiated integrity mode and the
+    /// full size limit. Called right after the last handshake frame of each
+    /// direction is encoded (ours) or decoded (theirs).
+    fn established(&mut self, now: Instant, keys: Option<FrameKeys>) {
+        let integrity = keys.map_or(Integrity::Checksum, Integrity::Authenticated);
+        self.decoder.set_integrity(integrity.clone());
+        self.decoder
+            .set_max_message_size(self.limits.max_message_size);
+        self.integrity_out = integrity;
+        self.last_received = now;
+        self.last_sent = now;
+        // The acceptor learned the peer at admission; the dialer dialled it.
+        let peer = *self.peer.get_or_insert(PeerId::Replica(self.peer_replica));
+        self.events.push_back(Event::Established {
+            peer,
+            authenticated_frames: self.integrity_out.is_authenticated(),
+        });
+    }
+
+    fn on_established_frame(&mut self, frame: Frame) {
+        let command = frame.header.command();
+        match &frame.header.kind {
+            Kind::Ping { token } => self.pong = Some(*token),
+            Kind::Pong { token } => {
+                // The token is our monotonic time when we pinged.
+                let sent = Instant::from_nanos(*token);
+                self.rtt = Some(self.last_received.saturating_duration_since(sent));
+            }
+            Kind::Close { reason } => self.on_peer_close(*reason),
+            Kind::Message { .. } if self.plane == Some(Plane::Replica) => {
+                self.events.push_back(Event::Message(frame));
+            }
+            Kind::Request(r)
+                if self.plane == Some(Plane::Client) && self.side == Side::Acceptor =>
+            {
+                match self.peer {
+                    Some(PeerId::Client(id)) if r.client != id => {
+                        let received = r.client;
+                        self.violation(Violation::Client {
+                            expected: id,
+                            received,
+                        });
+                    }
+                    _ => self.events.push_back(Event::Message(frame)),
+                }
+            }
+            Kind::Reply(r) if self.plane == Some(Plane::Client) && self.side == Side::Dialer => {
+                match self.local_client {
+                    Some(id) if r.client != id => {
+                        let received = r.client;
+                        self.violation(Violation::Client {
+                            expected: id,
+                            received,
+                        });
+                    }
+                    _ => self.events.push_back(Event::Message(frame)),
+                }
+            }
+            _ => self.unexpected(command),
+        }
+    }
+
+    fn on_peer_close(&mut self, reason: CloseReason) {
+        match self.closing.as_mut() {
+            Some(closing) => {
+                closing.peer_reason = Some(reason);
+                if closing.close_sent {
+                    let ours = closing.reason;
+                    self.finish(CloseCause::Local(ours));
+                }
+            }
+            None => {
+                // Answer with our own `close` after flushing what is queued,
+                // within the grace period.
+                self.closing = Some(Closing {
+                    reason,
+                    deadline: self.last_received.saturating_add(self.limits.close_grace),
+                    close_sent: false,
+                    peer_reason: Some(reason),
+                    initiated_by_peer: true,
+                });
+            }
+        }
+    }
+}

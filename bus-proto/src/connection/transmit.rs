@@ -1,0 +1,92 @@
+//! Batched output: the bytes of up to `max_batch` frames, ready for one
+//! vectored write.
+
+use alloc::vec::Vec;
+use bytes::{Bytes, BytesMut};
+
+/// Bodies up to this size are copied next to their header: one contiguous
+/// segment costs less than an extra iovec for small frames.
+const COPY_BODY_MAX: usize = 512;
+
+/// Frames to write, as segments in order.
+///
+/// Write every segment, in order, with as many vectored writes as it takes.
+/// A short or failed write must tear the connection down: the batch is not
+/// atomic, and resuming after a lost segment would desynchronise frame
+/// boundaries (hazard 23). Segments are `Bytes`, so readiness runtimes can
+/// borrow them as `IoSlice`s and completion runtimes can take ownership
+/// ([`Transmit::into_segments`]) without copying.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Transmit {
+    segments: Vec<Bytes>,
+    frames: usize,
+    len: usize,
+}
+
+impl Transmit {
+    /// The segments, in write order. At most `2 * max_batch` of them, within
+    /// the OS iovec limit for `max_batch <= 512`.
+    pub fn segments(&self) -> &[Bytes] {
+        &self.segments
+    }
+
+    /// The segments, owned (for completion-based runtimes).
+    pub fn into_segments(self) -> Vec<Bytes> {
+        self.segments
+    }
+
+    /// Frames in this batch.
+    pub fn frames(&self) -> usize {
+        self.frames
+    }
+
+    /// Total bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Never true for a transmit returned by a connection.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Appends all bytes to `out` (tests, simple transports).
+    pub fn write_to(&self, out: &mut Vec<u8>) {
+        for segment in &self.segments {
+            out.extend_from_slice(segment);
+        }
+    }
+}
+
+/// Accumulates frames: headers and small bodies into one buffer, large
+/// bodies as their own zero-copy segments.
+#[derive(Default)]
+pub(crate) struct TransmitBuilder {
+    buf: BytesMut,
+    out: Transmit,
+}
+
+impl TransmitBuilder {
+    pub(crate) fn frames(&self) -> usize {
+        self.out.frames
+    }
+
+    pub(crate) fn push(&mut self, header: &[u8], body: &Bytes) {
+        self.buf.extend_from_slice(header);
+        if body.len() <= COPY_BODY_MAX {
+            self.buf.extend_from_slice(body);
+        } else {
+            self.out.segments.push(self.buf.split().freeze());
+            self.out.segments.push(body.clone());
+        }
+        self.out.frames += 1;
+        self.out.len += header.len() + body.len();
+    }
+
+    pub(crate) fn finish(mut self) -> Option<Transmit> {
+        if !self.buf.is_empty() {
+            self.out.segments.push(self.buf.freeze());
+        }
+        (self.out.frames > 0).then_some(self.out)
+    }
+}
