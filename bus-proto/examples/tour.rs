@@ -3,11 +3,13 @@
 //!
 //! `cargo run --release -p bus-proto --example tour`
 
-use bus_proto::config::Config;
+use bus_proto::config::{Config, ValidConfig};
+use bus_proto::connection::{Connection, DialParams, Event};
 use bus_proto::crypto::mac::context;
 use bus_proto::crypto::{Key, KeyRing, MacKey, Nonce, PeerId};
 use bus_proto::dedup::{DedupWindow, Lookup};
 use bus_proto::entropy::SeededEntropy;
+use bus_proto::handshake::{Binding, Gate, GateParams};
 use bus_proto::replay::{NonceStore, ReplayWindow1024};
 use bus_proto::time::{Instant, UnixNanos};
 use bus_proto::wire::{
@@ -17,6 +19,108 @@ use bytes::Bytes;
 use std::time::Duration;
 
 const CLUSTER: u128 = 0xB05;
+
+/// Moves all of `from`'s output into `to`; returns the frames carried.
+fn carry(from: &mut Connection, to: &mut Connection, now: Instant) -> usize {
+    let mut frames = 0;
+    while let Some(t) = from.poll_transmit(now) {
+        frames += t.frames();
+        for segment in t.segments() {
+            to.handle_input(now, segment);
+        }
+    }
+    frames
+}
+
+fn print_events(who: &str, conn: &mut Connection) {
+    while let Some(event) = conn.poll_event() {
+        match event {
+            Event::Message(f) => println!("{who}: message {:?}", String::from_utf8_lossy(&f.body)),
+            other => println!("{who}: {other:?}"),
+        }
+    }
+}
+
+/// Dials replica 1 from replica 0 with `dialer_keys`, through `gate`.
+fn dial_through(
+    config: &ValidConfig,
+    gate: &mut Gate,
+    dialer_keys: &KeyRing,
+    entropy: &mut SeededEntropy,
+    wall: UnixNanos,
+) -> Result<(Connection, Connection, Vec<u8>), Box<dyn std::error::Error>> {
+    let now = Instant::ZERO;
+    let params = DialParams {
+        cluster: CLUSTER,
+        local: PeerId::Replica(0),
+        acceptor: 1,
+        keys: dialer_keys,
+        binding: Binding::NONE,
+    };
+    let mut dialer = Connection::dial(now, wall, config, params, entropy)?;
+    let mut acceptor = Connection::accept(now, config, Binding::NONE);
+    let mut hello = Vec::new();
+    while let Some(t) = dialer.poll_transmit(now) {
+        t.write_to(&mut hello);
+    }
+    acceptor.handle_input(now, &hello);
+    if let Some(incoming) = acceptor.take_hello() {
+        let admission = gate.admit(wall, incoming, entropy);
+        println!("gate: {:?}", admission.outcome());
+        acceptor.admit(now, admission);
+    }
+    carry(&mut acceptor, &mut dialer, now);
+    carry(&mut dialer, &mut acceptor, now);
+    Ok((dialer, acceptor, hello))
+}
+
+fn handshake_tour(config: &ValidConfig) -> Result<(), Box<dyn std::error::Error>> {
+    step("8. a mutual handshake: hello -> welcome -> confirm, then authenticated frames");
+    let strict = Config {
+        authenticated_frames: true,
+        ..(**config).clone()
+    }
+    .validate()?;
+    let keys = KeyRing::new(Key::from_bytes([0x5A; 32]));
+    let mut entropy = SeededEntropy::new(8);
+    let wall = UnixNanos::from_nanos(1_767_225_600_000_000_000);
+    let params = GateParams {
+        cluster: CLUSTER,
+        local: 1,
+        replica_count: 3,
+        accept_clients: true,
+    };
+    let mut gate = Gate::new(&strict, params, keys.clone());
+    let (mut dialer, mut acceptor, captured) =
+        dial_through(&strict, &mut gate, &keys, &mut entropy, wall)?;
+    dialer.send(
+        Kind::Message { operation: 1 },
+        Bytes::from_static(b"prepare op 7"),
+    )?;
+    carry(&mut dialer, &mut acceptor, Instant::ZERO);
+    print_events("replica 0", &mut dialer);
+    print_events("replica 1", &mut acceptor);
+
+    step("9. an impostor with the wrong key is refused, and learns only that");
+    let impostor = KeyRing::new(Key::from_bytes([0x66; 32]));
+    let (mut dialer, _, _) = dial_through(&strict, &mut gate, &impostor, &mut entropy, wall)?;
+    print_events("impostor", &mut dialer);
+
+    step("10. a captured hello replayed on a new connection is dropped without an answer");
+    let mut replayed = Connection::accept(Instant::ZERO, &strict, Binding::NONE);
+    replayed.handle_input(Instant::ZERO, &captured);
+    if let Some(incoming) = replayed.take_hello() {
+        let admission = gate.admit(wall, incoming, &mut entropy);
+        println!("gate: {:?}", admission.outcome());
+        replayed.admit(Instant::ZERO, admission);
+    }
+    print_events("replica 1", &mut replayed);
+    println!(
+        "replica 1 answered the replay with {} bytes",
+        replayed.poll_transmit(Instant::ZERO).map_or(0, |t| t.len())
+    );
+    Ok(())
+}
 
 fn step(title: &str) {
     println!("\n== {title}");
@@ -176,6 +280,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             std::str::from_utf8(&reply)?
         );
     }
+
+    handshake_tour(&config)?;
 
     println!(
         "\nSpecification: PROTOCOL.md. Figures: cargo run --release -p bus-proto --example bench"

@@ -15,6 +15,39 @@
 //! until `None` (write each batch completely), [`Connection::poll_event`]
 //! until `None`, then [`Connection::poll_timeout`] (sleep until it, then call
 //! `handle_timeout`). Once [`Connection::is_drained`] is true, drop the socket.
+//!
+//! # Transports
+//!
+//! A connection consumes and produces one ordered plaintext byte stream, so
+//! every transport is a layer around it and the connection API stays the
+//! same:
+//!
+//! - **TLS** (rustls) and **WebSocket** (tungstenite) are byte-stream layers
+//!   *under* framing: socket bytes go through the layer, and the plaintext
+//!   (or binary-message payloads, which need not align with frames) goes to
+//!   `handle_input`; each [`Transmit`]'s segments are written into the
+//!   layer. The connection is created once the TLS handshake is done, with
+//!   [`Binding::from_bytes`] of a TLS exporter value, so the PSK handshake is
+//!   bound to that TLS session. Close-notify and WebSocket close frames share
+//!   the connection's `close_grace` deadline.
+//! - **QUIC** (quinn-proto): one UDP endpoint demultiplexes datagrams into
+//!   QUIC connections; each carries one bidirectional stream whose bytes are
+//!   this connection's input and output, bound with QUIC's exporter.
+//! - Every transport feeds the same [`FrameDecoder`], so `max_message_size`
+//!   is enforced once for all of them (hazard 2).
+//!
+//! Readiness runtimes read into the spare capacity of
+//! [`Connection::read_buffer`] and borrow [`Transmit::segments`] as
+//! `IoSlice`s; completion runtimes (owned buffers) take the read buffer with
+//! `core::mem::take`, put it back after the read, and write
+//! [`Transmit::into_segments`]. Neither copies more than the other.
+//!
+//! # Callbacks
+//!
+//! There are none: events are values the caller pulls with `poll_event`, so
+//! a handler can never re-enter the state machine while it holds a borrow,
+//! and `Closed` is queued exactly once by the one function that closes
+//! (hazard 22).
 
 mod error;
 mod inbound;

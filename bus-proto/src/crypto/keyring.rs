@@ -17,7 +17,8 @@ pub enum PeerId {
 pub struct KeySet {
     /// Signs and verifies.
     pub current: Key,
-    /// Verifies only, so peers not yet rotated still get in.
+    /// Verify-only: during a rotation, the key the other nodes sign with
+    /// (old or new) that this node does not sign with.
     pub previous: Option<Key>,
 }
 
@@ -40,9 +41,14 @@ impl KeySet {
 ///
 /// A peer with its own key set is verified *only* under it: the cluster key
 /// no longer admits that identity, so a member holding the cluster key
-/// cannot impersonate it (hazard 11). Rotation without downtime: install the
-/// new key as `current` with the old one as `previous` on every node, then
-/// drop `previous` once all nodes sign with the new key.
+/// cannot impersonate it (hazard 11). The key set for a connection is named
+/// by the other replica on the replica plane and by the client on the client
+/// plane, so both ends look up the same key.
+///
+/// Rotation without a refused dial, in three phases: (1) on every node, add
+/// the new key as the verify-only `previous`; (2) node by node, make the new
+/// key `current` and the old one `previous`; (3) once every node signs with
+/// the new key, drop `previous`.
 ///
 /// ```
 /// use bus_proto::crypto::{Key, KeyRing, PeerId};
