@@ -555,3 +555,24 @@ fn authenticated_frames_follow_when_either_side_requires_them() {
     let (dialer, acceptor) = establish(&plain);
     assert!(!dialer.authenticated_frames() && !acceptor.authenticated_frames());
 }
+
+#[test]
+fn frames_after_the_peers_close_are_a_violation() {
+    let (_dialer, mut acceptor) = establish(&config());
+    let mut bytes = crafted(
+        2,
+        Kind::Close {
+            reason: CloseReason::Shutdown,
+        },
+        b"",
+    );
+    bytes.extend_from_slice(&crafted(3, Kind::Message { operation: 1 }, b"after close"));
+    acceptor.handle_input(T0, &bytes);
+    assert_eq!(
+        closed(&mut acceptor),
+        vec![CloseCause::Violation(Violation::Unexpected {
+            command: Command::Message,
+            state: "after the peer's close"
+        })]
+    );
+}

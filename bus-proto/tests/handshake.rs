@@ -695,3 +695,102 @@ fn fix_checksum(bytes: &mut [u8]) {
     let sum = xxhash_rust::xxh3::xxh3_128(&bytes[16..HEADER_SIZE]);
     bytes[..16].copy_from_slice(&sum.to_le_bytes());
 }
+
+#[test]
+fn clients_filling_the_replay_store_cannot_lock_out_replicas() {
+    let ring = KeyRing::new(key(1));
+    let small = Config {
+        max_replay_peers: 4,
+        ..Config::default()
+    }
+    .validate()
+    .unwrap();
+    let params = GateParams {
+        cluster: CLUSTER,
+        local: 3,
+        replica_count: 4,
+        accept_clients: true,
+    };
+    let mut gate = Gate::new(&small, params, ring.clone());
+    for (i, client) in (100u128..104).enumerate() {
+        let h = hello(
+            PeerId::Client(client),
+            3,
+            &ring,
+            Binding::NONE,
+            wall(0),
+            i as u64,
+        );
+        assert!(matches!(
+            present(&mut gate, &h, wall(0)),
+            AdmissionOutcome::Accepted { .. }
+        ));
+    }
+    let fifth = hello(PeerId::Client(104), 3, &ring, Binding::NONE, wall(0), 50);
+    assert_eq!(
+        present(&mut gate, &fifth, wall(0)),
+        rejected(RejectStatus::Busy)
+    );
+    for replica in 0..3u8 {
+        let h = hello(
+            PeerId::Replica(replica),
+            3,
+            &ring,
+            Binding::NONE,
+            wall(0),
+            60 + u64::from(replica),
+        );
+        assert_eq!(
+            present(&mut gate, &h, wall(0)),
+            AdmissionOutcome::Accepted {
+                peer: PeerId::Replica(replica)
+            }
+        );
+    }
+}
+
+#[test]
+fn bytes_after_the_hello_before_the_answer_close_the_dial() {
+    let ring = KeyRing::new(key(1));
+    let legit = hello(PeerId::Replica(0), 1, &ring, Binding::NONE, wall(0), 1);
+    let mut conn = Connection::accept(Instant::ZERO, &config(), Binding::NONE);
+    conn.handle_input(Instant::ZERO, &legit);
+    assert!(conn.take_hello().is_some());
+    conn.handle_input(Instant::ZERO, &[0u8; 4096]);
+    assert_eq!(
+        conn.poll_event(),
+        Some(Event::Closed {
+            reason: CloseCause::Unauthenticated(bus_proto::connection::Violation::EarlyData {
+                bytes: 4096
+            })
+        })
+    );
+    assert_eq!(conn.read_buffer().len(), 0, "the early bytes were dropped");
+}
+
+#[test]
+fn an_admission_only_applies_to_a_parked_hello() {
+    let mut pair = Setup::replicas(5, config()).build();
+    pair.drive_for(Duration::from_secs(1));
+    assert!(pair.acceptor.conn.is_established());
+    // A second admission (e.g. a stale one) must not reset the connection.
+    let ring = KeyRing::new(key(7));
+    let again = hello(PeerId::Replica(0), 1, &ring, Binding::NONE, wall(0), 77);
+    let mut other = Connection::accept(Instant::ZERO, &config(), Binding::NONE);
+    other.handle_input(Instant::ZERO, &again);
+    let admission = pair.gate.admit(
+        wall(0),
+        other.take_hello().unwrap(),
+        &mut SeededEntropy::new(3),
+    );
+    assert!(matches!(
+        admission.outcome(),
+        AdmissionOutcome::Accepted { .. }
+    ));
+    pair.acceptor.conn.admit(pair.now, admission);
+    assert!(pair.acceptor.conn.is_established());
+    pair.acceptor.outbox.push_back("still here".into());
+    pair.drive_for(Duration::from_secs(1));
+    assert_eq!(pair.dialer.received.len(), 1);
+    assert!(pair.acceptor.closed.is_empty() && pair.dialer.closed.is_empty());
+}

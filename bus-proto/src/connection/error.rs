@@ -92,6 +92,12 @@ pub enum Violation {
         /// The one received.
         received: u64,
     },
+    /// Bytes arrived after the `hello` before it was answered.
+    #[error("{bytes} bytes sent before the welcome")]
+    EarlyData {
+        /// Bytes buffered.
+        bytes: usize,
+    },
     /// A frame names another cluster.
     #[error("frame for cluster {received:#x}, this connection is in {expected:#x}")]
     Cluster {

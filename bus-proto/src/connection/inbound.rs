@@ -13,6 +13,12 @@ impl Connection {
     /// Decodes and handles every complete frame buffered, stopping at a
     /// parked `hello` or a close.
     pub(super) fn process(&mut self, now: Instant) {
+        if matches!(self.phase, Phase::HelloParked(_)) && self.decoder.buffered() > 0 {
+            // An honest dialer sends nothing between `hello` and `welcome`;
+            // refuse to buffer an unauthenticated stream while we decide.
+            let bytes = self.decoder.buffered();
+            return self.finish(CloseCause::Unauthenticated(Violation::EarlyData { bytes }));
+        }
         while self.closed.is_none() && !matches!(self.phase, Phase::HelloParked(_)) {
             match self.decoder.next_frame() {
                 Ok(Some(frame)) => {
@@ -61,7 +67,8 @@ impl Connection {
 
     fn on_frame(&mut self, now: Instant, frame: Frame) {
         let h = &frame.header;
-        if h.sequence != self.recv_seq {
+        // `u64::MAX` is never valid, so the counter cannot pin at its maximum.
+        if h.sequence != self.recv_seq || h.sequence == u64::MAX {
             let expected = self.recv_seq;
             return self.violation(Violation::Sequence {
                 expected,
@@ -157,6 +164,13 @@ impl Connection {
 
     fn on_established_frame(&mut self, frame: Frame) {
         let command = frame.header.command();
+        if self.closing.is_some_and(|c| c.peer_reason.is_some()) {
+            // The peer's `close` is its last frame.
+            return self.violation(Violation::Unexpected {
+                command,
+                state: "after the peer's close",
+            });
+        }
         match &frame.header.kind {
             Kind::Ping { token } => self.pong = Some(*token),
             Kind::Pong { token } => {

@@ -368,6 +368,9 @@ impl Connection {
     /// queued; an ignored dial closes without an answer. Ignored unless a
     /// `hello` is waiting.
     pub fn admit(&mut self, now: Instant, admission: Admission) {
+        if !matches!(self.phase, Phase::HelloParked(_)) {
+            return;
+        }
         let Phase::HelloParked(hello) = core::mem::replace(&mut self.phase, Phase::AwaitingHello)
         else {
             return;

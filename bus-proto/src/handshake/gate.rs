@@ -116,7 +116,11 @@ impl core::fmt::Debug for Admission {
 pub struct Gate {
     params: GateParams,
     keys: KeyRing,
-    replay: NonceStore<PeerId, NONCE_RING_SLOTS>,
+    /// Replicas: one ring per configured replica, so never full.
+    replica_replay: NonceStore<u8, NONCE_RING_SLOTS>,
+    /// Clients: `max_replay_peers` rings; a full store refuses new clients
+    /// with `Busy` but can never lock a replica out.
+    client_replay: NonceStore<u128, NONCE_RING_SLOTS>,
     freshness: Duration,
     require_authenticated_frames: bool,
 }
@@ -127,7 +131,11 @@ impl Gate {
         Gate {
             params,
             keys,
-            replay: NonceStore::new(config.max_replay_peers, config.freshness_window),
+            replica_replay: NonceStore::new(
+                usize::from(params.replica_count),
+                config.freshness_window,
+            ),
+            client_replay: NonceStore::new(config.max_replay_peers, config.freshness_window),
             freshness: config.freshness_window,
             require_authenticated_frames: config.authenticated_frames,
         }
@@ -138,9 +146,9 @@ impl Gate {
         &self.params
     }
 
-    /// Dialers with nonces in the replay store.
+    /// Dialers with nonces in the replay stores.
     pub fn replay_peers(&self) -> usize {
-        self.replay.peer_count()
+        self.replica_replay.peer_count() + self.client_replay.peer_count()
     }
 
     /// Decides on a `hello`. `wall` is the current wall-clock time; `entropy`
@@ -180,24 +188,34 @@ impl Gate {
         if !hello.timestamp.is_fresh(wall, self.freshness) {
             return Err(Verdict::Reject(RejectStatus::StaleTimestamp));
         }
-        if self.replay.check(peer, &hello.nonce).is_err() {
+        let seen = match peer {
+            PeerId::Replica(id) => self.replica_replay.check(id, &hello.nonce),
+            PeerId::Client(id) => self.client_replay.check(id, &hello.nonce),
+        };
+        if seen.is_err() {
             return Err(Verdict::Ignore(IgnoreReason::Replayed));
         }
         let fields = HelloFields::new(p.cluster, hello, &incoming.binding);
         let keys = self
             .keys
             .verifying_keys(peer)
-            .map(HandshakeKeys::derive)
-            .find(|keys| keys.hello_mac(&fields) == hello.mac)
+            .find_map(|key| HandshakeKeys::verify_hello(key, &fields, &hello.mac))
             .ok_or(Verdict::Reject(RejectStatus::BadMac))?;
-        self.replay
-            .record(peer, hello.nonce, hello.timestamp, wall)
-            .map_err(|e| match e {
-                ReplayError::Replayed { .. } => Verdict::Ignore(IgnoreReason::Replayed),
-                ReplayError::PeerSaturated { .. } | ReplayError::StoreFull { .. } => {
-                    Verdict::Reject(RejectStatus::Busy)
-                }
-            })?;
+        let recorded = match peer {
+            PeerId::Replica(id) => {
+                self.replica_replay
+                    .record(id, hello.nonce, hello.timestamp, wall)
+            }
+            PeerId::Client(id) => self
+                .client_replay
+                .record(id, hello.nonce, hello.timestamp, wall),
+        };
+        recorded.map_err(|e| match e {
+            ReplayError::Replayed { .. } => Verdict::Ignore(IgnoreReason::Replayed),
+            ReplayError::PeerSaturated { .. } | ReplayError::StoreFull { .. } => {
+                Verdict::Reject(RejectStatus::Busy)
+            }
+        })?;
         let acceptor_nonce = Nonce::generate(entropy);
         let authenticated_frames = hello.authenticated_frames || self.require_authenticated_frames;
         let welcome_mac = keys.welcome_mac(&WelcomeFields {

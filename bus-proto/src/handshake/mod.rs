@@ -35,8 +35,19 @@ pub const NONCE_RING_SLOTS: usize = 32;
 /// Transport binding bytes mixed into every handshake MAC: all zero for
 /// plain TCP, the TLS exporter value under TLS, so a handshake relayed
 /// through a TLS man-in-the-middle fails (hazard 10).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
 pub struct Binding([u8; 32]);
+
+impl core::fmt::Debug for Binding {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        // Exporter output is keying material: say only whether there is one.
+        if *self == Binding::NONE {
+            f.write_str("Binding(none)")
+        } else {
+            f.write_str("Binding(<redacted>)")
+        }
+    }
+}
 
 impl Binding {
     /// No binding: a plain byte stream.

@@ -62,6 +62,17 @@ impl HandshakeKeys {
         }
     }
 
+    /// The keys of `psk` if `mac` is its `hello` MAC over `fields`. Derives
+    /// the session key only after the MAC verified, so a forged `hello`
+    /// costs one derivation and one MAC per candidate key.
+    pub(crate) fn verify_hello(psk: &Key, fields: &HelloFields, mac: &Tag) -> Option<Self> {
+        let mac_key = MacKey::derive(psk, context::HANDSHAKE);
+        (mac_key.sign(&[LABEL_HELLO, &fields.0]) == *mac).then(|| HandshakeKeys {
+            mac: mac_key,
+            session: MacKey::derive(psk, context::SESSION),
+        })
+    }
+
     /// `hello.mac`.
     pub(crate) fn hello_mac(&self, fields: &HelloFields) -> Tag {
         self.mac.sign(&[LABEL_HELLO, &fields.0])

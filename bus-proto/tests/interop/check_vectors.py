@@ -42,4 +42,26 @@ check(blake3.blake3(b"bus-proto test vector", key=hk).digest() == vec["handshake
 fp = blake3.blake3(key, derive_key_context="bus-proto v1 key fingerprint").digest()[:8]
 check(fp == vec["key-fingerprint"], "key-fingerprint")
 check(vec["xxh3-128-empty"] == xxh(b""), "xxh3-128-empty")
+# The handshake (§8.2), from the frames' own fields.
+h, w, c, m = (vec[f"handshake-{n}"] for n in ("hello", "welcome", "confirm", "first-message"))
+for name, f in (("hello", h), ("welcome", w), ("confirm", c)):
+    check(len(f) == 256 and f[0:16] == xxh(f[16:256]) and f[16:32] == xxh(b""), f"handshake-{name} checksums")
+check([h[62], w[62], c[62], m[62]] == [1, 2, 3, 8], "handshake commands")
+check([int.from_bytes(f[64:72], "little") for f in (h, w, c, m)] == [0, 0, 1, 2], "handshake sequences")
+T = h[60:62] + h[200:201] + h[32:48] + h[128:144] + h[144:160] + h[160:192] + h[192:200] + h[201:202] + bytes(32)
+check(len(T) == 124 and int.from_bytes(h[192:200], "little") == 1767225600000000000, "handshake transcript")
+mac_h = blake3.blake3(b"hello\0\0\0" + T, key=hk).digest()
+check(h[208:240] == mac_h, "hello mac")
+nonce_a, mac_w, flags_w = w[128:160], w[160:192], w[192:193]
+check(flags_w == b"\x01", "welcome flags: authenticated frames")
+check(mac_w == blake3.blake3(b"welcome\0" + T + mac_h + nonce_a + flags_w, key=hk).digest(), "welcome mac")
+check(c[128:160] == blake3.blake3(b"confirm\0" + T + mac_h + nonce_a + flags_w + mac_w, key=hk).digest(), "confirm mac")
+ks = blake3.blake3(key, derive_key_context="bus-proto v1 session secret").digest()
+S = blake3.blake3(b"session\0" + T + mac_h + nonce_a + flags_w + mac_w, key=ks).digest()
+kh = blake3.blake3(S, derive_key_context="bus-proto v1 frame header tag").digest()
+kb = blake3.blake3(S, derive_key_context="bus-proto v1 frame body tag").digest()
+check(m[256:] == b"first message", "first message body")
+check(m[16:32] == blake3.blake3(m[256:], key=kb).digest()[:16], "first message body tag")
+check(m[0:16] == blake3.blake3(m[16:256], key=kh).digest()[:16], "first message header tag")
+
 print(f"interop: {len(vec)} vectors recomputed independently from PROTOCOL.md")

@@ -110,7 +110,85 @@ pub fn all() -> Vec<Vector> {
             frame: None,
         },
     ]
+    .into_iter()
+    .chain(handshake(&key))
+    .collect()
 }
+
+/// A complete handshake with authenticated frames, from real connections:
+/// replica 0 dials replica 1, then sends one message.
+fn handshake(key: &Key) -> Vec<Vector> {
+    use bus_proto::config::Config;
+    use bus_proto::connection::{Connection, DialParams};
+    use bus_proto::crypto::{KeyRing, PeerId};
+    use bus_proto::entropy::SeededEntropy;
+    use bus_proto::handshake::{Binding, Gate, GateParams};
+    use bus_proto::time::{Instant, UnixNanos};
+
+    let config = Config {
+        authenticated_frames: true,
+        ..Config::default()
+    }
+    .validate()
+    .expect("valid config");
+    let keys = KeyRing::new(key.clone());
+    let mut entropy = SeededEntropy::new(2026);
+    let (now, wall) = (Instant::ZERO, UnixNanos::from_nanos(HANDSHAKE_WALL));
+    let params = DialParams {
+        cluster: CLUSTER,
+        local: PeerId::Replica(0),
+        acceptor: 1,
+        keys: &keys,
+        binding: Binding::NONE,
+    };
+    let mut dialer = Connection::dial(now, wall, &config, params, &mut entropy).expect("dial");
+    let mut acceptor = Connection::accept(now, &config, Binding::NONE);
+    let mut gate = Gate::new(
+        &config,
+        GateParams {
+            cluster: CLUSTER,
+            local: 1,
+            replica_count: 2,
+            accept_clients: false,
+        },
+        keys,
+    );
+    let out = |conn: &mut Connection| {
+        let mut bytes = Vec::new();
+        while let Some(t) = conn.poll_transmit(now) {
+            t.write_to(&mut bytes);
+        }
+        bytes
+    };
+    let hello = out(&mut dialer);
+    acceptor.handle_input(now, &hello);
+    let incoming = acceptor.take_hello().expect("hello parked");
+    acceptor.admit(now, gate.admit(wall, incoming, &mut entropy));
+    let welcome = out(&mut acceptor);
+    dialer.handle_input(now, &welcome);
+    dialer
+        .send(
+            Kind::Message { operation: 1 },
+            Bytes::from_static(b"first message"),
+        )
+        .expect("queued");
+    let both = out(&mut dialer);
+    let (confirm, message) = both.split_at(256);
+    let named = |name, bytes: &[u8]| Vector {
+        name,
+        bytes: bytes.to_vec(),
+        frame: None,
+    };
+    vec![
+        named("handshake-hello", &hello),
+        named("handshake-welcome", &welcome),
+        named("handshake-confirm", confirm),
+        named("handshake-first-message", message),
+    ]
+}
+
+/// Wall clock of the handshake vector's `hello` (2026-01-01T00:00:00Z).
+pub const HANDSHAKE_WALL: u64 = 1_767_225_600_000_000_000;
 
 pub fn hex_bytes(text: &str) -> Vec<u8> {
     hex::decode(text).expect("valid hex")
