@@ -81,40 +81,18 @@ impl HandshakeKeys {
     /// `welcome.mac`: binds the whole `hello` (its tag included), the
     /// acceptor's nonce and the negotiated flags.
     pub(crate) fn welcome_mac(&self, t: &WelcomeFields<'_>) -> Tag {
-        self.mac.sign(&[
-            LABEL_WELCOME,
-            &t.hello.0,
-            t.hello_mac.as_bytes(),
-            t.acceptor_nonce.as_bytes(),
-            &[u8::from(t.authenticated_frames)],
-        ])
+        t.sign(&self.mac, LABEL_WELCOME, &[])
     }
 
     /// `confirm.mac`: everything `welcome.mac` covers plus `welcome.mac`.
     pub(crate) fn confirm_mac(&self, t: &WelcomeFields<'_>, welcome_mac: &Tag) -> Tag {
-        self.mac.sign(&[
-            LABEL_CONFIRM,
-            &t.hello.0,
-            t.hello_mac.as_bytes(),
-            t.acceptor_nonce.as_bytes(),
-            &[u8::from(t.authenticated_frames)],
-            welcome_mac.as_bytes(),
-        ])
+        t.sign(&self.mac, LABEL_CONFIRM, welcome_mac.as_bytes())
     }
 
     /// The session secret `S`: unique per handshake (both nonces), known only
     /// to holders of the pre-shared key.
     pub(crate) fn session_secret(&self, t: &WelcomeFields<'_>, welcome_mac: &Tag) -> [u8; 32] {
-        *self
-            .session
-            .sign(&[
-                LABEL_SESSION,
-                &t.hello.0,
-                t.hello_mac.as_bytes(),
-                t.acceptor_nonce.as_bytes(),
-                &[u8::from(t.authenticated_frames)],
-                welcome_mac.as_bytes(),
-            ])
+        *t.sign(&self.session, LABEL_SESSION, welcome_mac.as_bytes())
             .as_bytes()
     }
 }
@@ -125,4 +103,18 @@ pub(crate) struct WelcomeFields<'a> {
     pub(crate) hello_mac: &'a Tag,
     pub(crate) acceptor_nonce: &'a Nonce,
     pub(crate) authenticated_frames: bool,
+}
+
+impl WelcomeFields<'_> {
+    /// `MAC(key, label ‖ T ‖ mac_h ‖ nonce_a ‖ flags_w ‖ tail)`.
+    fn sign(&self, key: &MacKey, label: &[u8; 8], tail: &[u8]) -> Tag {
+        key.sign(&[
+            label,
+            &self.hello.0,
+            self.hello_mac.as_bytes(),
+            self.acceptor_nonce.as_bytes(),
+            &[u8::from(self.authenticated_frames)],
+            tail,
+        ])
+    }
 }
