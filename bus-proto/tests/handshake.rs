@@ -144,6 +144,10 @@ const fn rejected(status: RejectStatus) -> AdmissionOutcome {
     AdmissionOutcome::Rejected(status)
 }
 
+fn accepted(outcome: AdmissionOutcome) -> bool {
+    matches!(outcome, AdmissionOutcome::Accepted { .. })
+}
+
 const REPLAYED: AdmissionOutcome = AdmissionOutcome::Ignored(IgnoreReason::Replayed);
 
 #[test]
@@ -182,10 +186,7 @@ fn replay_store_outlives_a_listener_restart() {
     let ring = KeyRing::new(key(1));
     let mut gate = gate(1, ring.clone());
     let captured = hello(PeerId::Replica(0), 1, &ring, Binding::NONE, wall(0), 1);
-    assert!(matches!(
-        present(&mut gate, &captured, wall(0)),
-        AdmissionOutcome::Accepted { .. }
-    ));
+    assert!(accepted(present(&mut gate, &captured, wall(0))));
     // Every `present` uses a new connection: only the gate carries state.
     for at in [1, 10, 29, 30] {
         assert_eq!(
@@ -206,16 +207,10 @@ fn replay_state_is_per_peer_so_a_noisy_peer_cannot_evict_another() {
     let ring = KeyRing::new(key(1));
     let mut gate = gate(3, ring.clone());
     let first = hello(PeerId::Replica(0), 3, &ring, Binding::NONE, wall(0), 0);
-    assert!(matches!(
-        present(&mut gate, &first, wall(0)),
-        AdmissionOutcome::Accepted { .. }
-    ));
+    assert!(accepted(present(&mut gate, &first, wall(0))));
     for seed in 1..bus_proto::handshake::NONCE_RING_SLOTS as u64 {
         let h = hello(PeerId::Replica(0), 3, &ring, Binding::NONE, wall(0), seed);
-        assert!(matches!(
-            present(&mut gate, &h, wall(0)),
-            AdmissionOutcome::Accepted { .. }
-        ));
+        assert!(accepted(present(&mut gate, &h, wall(0))));
     }
     // Replica 0 filled its ring within the window: refused, not evicting.
     let noisy = hello(PeerId::Replica(0), 3, &ring, Binding::NONE, wall(1), 1000);
@@ -238,10 +233,7 @@ fn replay_state_is_per_peer_so_a_noisy_peer_cannot_evict_another() {
     );
     // Once replica 0's nonces are stale, it gets in again.
     let later = hello(PeerId::Replica(0), 3, &ring, Binding::NONE, wall(40), 2000);
-    assert!(matches!(
-        present(&mut gate, &later, wall(40)),
-        AdmissionOutcome::Accepted { .. }
-    ));
+    assert!(accepted(present(&mut gate, &later, wall(40))));
 }
 
 /// Entropy that yields only zero bytes.
@@ -721,10 +713,7 @@ fn clients_filling_the_replay_store_cannot_lock_out_replicas() {
             wall(0),
             i as u64,
         );
-        assert!(matches!(
-            present(&mut gate, &h, wall(0)),
-            AdmissionOutcome::Accepted { .. }
-        ));
+        assert!(accepted(present(&mut gate, &h, wall(0))));
     }
     let fifth = hello(PeerId::Client(104), 3, &ring, Binding::NONE, wall(0), 50);
     assert_eq!(

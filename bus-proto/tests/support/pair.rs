@@ -118,7 +118,7 @@ pub struct Pair {
     pub faults: Faults,
     pub admissions: Vec<AdmissionOutcome>,
     /// Whole frames seen on the wire, both directions, for replays.
-    pub captured: Vec<Vec<u8>>,
+    pub captured: VecDeque<Vec<u8>>,
     pub forged_sent: u64,
     pub resets: u64,
     /// Skew added to the acceptor's wall clock.
@@ -186,7 +186,7 @@ impl Setup {
             gate,
             faults: self.faults,
             admissions: Vec::new(),
-            captured: Vec::new(),
+            captured: VecDeque::new(),
             forged_sent: 0,
             resets: 0,
             acceptor_skew: 0,
@@ -354,11 +354,11 @@ impl Pair {
             }
             if self.roll(self.faults.replay_frame_per_mille) && !self.captured.is_empty() {
                 let i = self.index(self.captured.len());
-                stream.extend_from_slice(&self.captured[i].clone());
+                stream.extend_from_slice(&self.captured[i]);
             }
-            self.captured.push(frame.clone());
+            self.captured.push_back(frame.clone());
             if self.captured.len() > 256 {
-                self.captured.remove(0);
+                self.captured.pop_front();
             }
             self.pipes[direction].frames_seen += 1;
             if !self.roll(self.faults.drop_frame_per_mille) {
