@@ -61,6 +61,10 @@ pub struct Config {
     /// Handshakes in progress before new connections are refused.
     /// Default 64; `>= 1`.
     pub max_handshakes_in_flight: usize,
+    /// Connections a node holds at once (dialled, accepted, established);
+    /// an accept beyond it is refused. Default 1024;
+    /// `>= max_handshakes_in_flight`.
+    pub max_connections: usize,
     /// Peers tracked by the replay store. Default 4096; `>= 1`.
     pub max_replay_peers: usize,
     /// Use keyed tags instead of checksums after the handshake. Default false.
@@ -74,6 +78,14 @@ pub struct Config {
     /// Dedup entry lifetime and session idle timeout. Default 300 s; `>= 1 s`.
     #[serde(rename = "dedup_ttl_ms", with = "millis")]
     pub dedup_ttl: Duration,
+    /// Client: requests outstanding at once; more are refused. Default 64;
+    /// `1..=send_queue_frames`, so a reconnect can resend them all. Keep it
+    /// at most `dedup_entries_per_client` so every retry finds its entry.
+    pub client_max_outstanding: usize,
+    /// Client: how long a request may stay unanswered (resends included)
+    /// before it is reported expired. Default 30 s; `>= 1 ms`.
+    #[serde(rename = "request_timeout_ms", with = "millis")]
+    pub request_timeout: Duration,
 }
 
 impl Default for Config {
@@ -92,12 +104,15 @@ impl Default for Config {
             reconnect_min: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(10),
             max_handshakes_in_flight: 64,
+            max_connections: 1024,
             max_replay_peers: 4096,
             authenticated_frames: false,
             dedup_entries_per_client: dedup.entries_per_client,
             dedup_max_clients: dedup.max_clients,
             dedup_max_cached_bytes: dedup.max_cached_bytes,
             dedup_ttl: dedup.ttl,
+            client_max_outstanding: 64,
+            request_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -250,6 +265,16 @@ impl Config {
             ));
         }
         at_least("max_handshakes_in_flight", c.max_handshakes_in_flight, 1)?;
+        if c.max_connections < c.max_handshakes_in_flight {
+            return Err(invalid(
+                "max_connections",
+                c.max_connections,
+                format!(
+                    "must be at least max_handshakes_in_flight ({})",
+                    c.max_handshakes_in_flight
+                ),
+            ));
+        }
         at_least("max_replay_peers", c.max_replay_peers, 1)?;
         at_least("dedup_entries_per_client", c.dedup_entries_per_client, 1)?;
         at_most(
@@ -269,6 +294,22 @@ impl Config {
             ));
         }
         at_least("dedup_ttl_ms", c.dedup_ttl, Duration::from_secs(1))?;
+        at_least("client_max_outstanding", c.client_max_outstanding, 1)?;
+        if c.client_max_outstanding > c.send_queue_frames {
+            return Err(invalid(
+                "client_max_outstanding",
+                c.client_max_outstanding,
+                format!(
+                    "must be at most send_queue_frames ({})",
+                    c.send_queue_frames
+                ),
+            ));
+        }
+        at_least(
+            "request_timeout_ms",
+            c.request_timeout,
+            Duration::from_millis(1),
+        )?;
         Ok(ValidConfig(self))
     }
 

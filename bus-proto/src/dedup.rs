@@ -31,9 +31,11 @@
 //!
 //! At most `max_clients` sessions of at most `entries_per_client` entries,
 //! and at most `max_cached_bytes` of reply bodies in total. When a cap is
-//! reached the least recently active *other* sessions are evicted; a client
-//! whose window is full of in-flight requests is refused
-//! ([`DedupError::WindowFull`]) rather than having a tracked entry dropped.
+//! reached the least recently active *other* sessions are evicted. A full
+//! window forgets its oldest completed entry; a window full of requests in
+//! flight refuses new ones ([`DedupError::WindowFull`]) rather than dropping
+//! a tracked entry. A request left in flight for longer than `ttl` is
+//! forgotten (its reply may never come; its retries are `Stale`).
 
 use crate::time::Instant;
 use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -260,15 +262,17 @@ impl DedupWindow {
             return Ok(evicted);
         };
         if session.entries.len() >= cap {
-            if matches!(session.entries.front(), Some(e) if matches!(e.state, State::InFlight)) {
-                let in_flight = session
-                    .entries
-                    .iter()
-                    .filter(|e| matches!(e.state, State::InFlight))
-                    .count();
+            // Forget the oldest completed entry; requests in flight stay
+            // tracked, so a window full of them refuses instead.
+            let Some(oldest_done) = session
+                .entries
+                .iter()
+                .position(|e| matches!(e.state, State::Done(_)))
+            else {
+                let in_flight = session.entries.len();
                 return Err(DedupError::WindowFull { client, in_flight });
-            }
-            session.remove(0, &mut self.cached_bytes);
+            };
+            session.remove(oldest_done, &mut self.cached_bytes);
         }
         session.entries.push_back(Entry {
             request,
@@ -351,6 +355,14 @@ impl DedupWindow {
         }
     }
 
+    /// When [`DedupWindow::expire`] will next end a session.
+    pub fn next_expiry(&self) -> Option<Instant> {
+        self.lru.first().map(|&(at, _)| {
+            at.saturating_add(self.limits.ttl)
+                .saturating_add(Duration::from_nanos(1))
+        })
+    }
+
     /// Ends every session idle for longer than the TTL; returns how many.
     /// Costs `O(expired * log n)`: it walks the LRU order from the oldest.
     pub fn expire(&mut self, now: Instant) -> usize {
@@ -375,9 +387,14 @@ impl DedupWindow {
             return None;
         }
         let session = self.sessions.get_mut(&client)?;
-        while session.entries.front().is_some_and(|e| {
-            matches!(e.state, State::Done(_)) && now.saturating_duration_since(e.at) > ttl
-        }) {
+        // Expired entries leave from the front (an older one behind a newer
+        // completion waits its turn). One left in flight for longer than the
+        // TTL is forgotten too: its reply may never come; retries are `Stale`.
+        while session
+            .entries
+            .front()
+            .is_some_and(|e| now.saturating_duration_since(e.at) > ttl)
+        {
             session.remove(0, &mut self.cached_bytes);
         }
         if now > last {

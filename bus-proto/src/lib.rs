@@ -9,6 +9,8 @@
 //! | module | what it holds |
 //! |---|---|
 //! | [`wire`] | the 256-byte header, frames, checksums/tags, the incremental decoder |
+//! | [`node`] | a replica's connections, peer table, dial schedule, client plane, routing |
+//! | [`client`] | the client side: one connection, outstanding requests, resends |
 //! | [`connection`] | one connection's state machine: queues, batching, heartbeats, close |
 //! | [`handshake`] | the mutual handshake and the acceptor's [`Gate`](handshake::Gate) |
 //! | [`crypto`] | pre-shared keys, key rings, BLAKE3 MACs, nonces |
@@ -143,12 +145,14 @@ extern crate alloc;
 #[cfg(feature = "std")]
 extern crate std;
 
+pub mod client;
 pub mod config;
 pub mod connection;
 pub mod crypto;
 pub mod dedup;
 pub mod entropy;
 pub mod handshake;
+pub mod node;
 pub mod replay;
 pub mod time;
 pub mod wire;

@@ -64,3 +64,13 @@ impl UnixNanos {
         self.abs_diff(now) <= window
     }
 }
+
+/// Both clocks read at one moment: what the node and client state machines
+/// take as "now". The two stay distinct types inside.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Now {
+    /// Monotonic time, for timers.
+    pub mono: Instant,
+    /// Wall-clock time, for handshake freshness.
+    pub wall: UnixNanos,
+}

@@ -173,6 +173,34 @@ fn each_rule_names_its_field() {
             },
             "dedup_ttl_ms",
         ),
+        (
+            Config {
+                max_connections: 10,
+                ..d()
+            },
+            "max_connections",
+        ),
+        (
+            Config {
+                client_max_outstanding: 0,
+                ..d()
+            },
+            "client_max_outstanding",
+        ),
+        (
+            Config {
+                client_max_outstanding: 2000,
+                ..d()
+            },
+            "client_max_outstanding",
+        ),
+        (
+            Config {
+                request_timeout: Duration::ZERO,
+                ..d()
+            },
+            "request_timeout_ms",
+        ),
     ];
     for (config, field) in cases {
         let err = config.validate().unwrap_err();

@@ -16,7 +16,7 @@ use bus_proto::handshake::{Binding, Gate, GateParams};
 use bus_proto::time::Instant;
 use bus_proto::wire::{
     CloseReason, Command, DecodeError, Frame, FrameDecoder, HEADER_SIZE, Header, Integrity, Kind,
-    RequestHeader,
+    ReplyStatus, RequestHeader,
 };
 use bytes::Bytes;
 use std::time::Duration;
@@ -504,7 +504,13 @@ fn client_plane_carries_requests_and_replies_for_that_client_only() {
     };
     assert_eq!(frame.header.kind, Kind::Request(request));
     acceptor
-        .send(Kind::Reply(request), Bytes::from_static(b"value"))
+        .send(
+            Kind::Reply {
+                request,
+                status: ReplyStatus::Ok,
+            },
+            Bytes::from_static(b"value"),
+        )
         .unwrap();
     pump(&mut acceptor, &mut dialer, T0);
     assert!(matches!(events(&mut dialer).as_slice(), [Event::Message(f)] if f.body == "value"));

@@ -77,7 +77,7 @@ impl Model {
         }
         let s = &mut self.sessions[i];
         while let Some(e) = s.entries.first() {
-            if e.reply.is_some() && now.saturating_duration_since(e.at) > ttl {
+            if now.saturating_duration_since(e.at) > ttl {
                 let e = s.entries.remove(0);
                 raise(&mut s.floor, e.request);
             } else {
@@ -138,10 +138,10 @@ impl Model {
         let i = self.idx(client).unwrap();
         let s = &mut self.sessions[i];
         if s.entries.len() >= cap {
-            if s.entries[0].reply.is_none() {
+            let Some(oldest_done) = s.entries.iter().position(|e| e.reply.is_some()) else {
                 return Err(());
-            }
-            let e = s.entries.remove(0);
+            };
+            let e = s.entries.remove(oldest_done);
             raise(&mut s.floor, e.request);
         }
         s.entries.push(MEntry {
@@ -429,6 +429,34 @@ fn a_window_full_of_in_flight_requests_refuses_new_ones() {
         })
     );
     assert_eq!(w.lookup(1, 1, t(0)), Lookup::InFlight);
+}
+
+/// A slow request at the front does not block the window while later ones
+/// complete: the oldest *completed* entry makes room.
+#[test]
+fn a_slow_request_in_flight_does_not_block_a_window_of_completed_ones() {
+    let mut w = DedupWindow::new(limits(3, 10, 1000, 60_000));
+    w.mark_in_flight(1, 1, t(0)).unwrap();
+    run(&mut w, 1, 2, b"two", t(1));
+    run(&mut w, 1, 3, b"three", t(2));
+    w.mark_in_flight(1, 4, t(3)).unwrap();
+    assert_eq!(w.lookup(1, 1, t(3)), Lookup::InFlight);
+    assert_eq!(w.lookup(1, 2, t(3)), Lookup::Stale);
+    assert_eq!(
+        w.lookup(1, 3, t(3)),
+        Lookup::Cached(Bytes::from_static(b"three"))
+    );
+}
+
+/// A request the application never answers is forgotten after the TTL, so
+/// it cannot hold a window slot forever; its retry is `Stale`, not run again.
+#[test]
+fn a_request_in_flight_past_the_ttl_is_forgotten_as_stale() {
+    let mut w = DedupWindow::new(limits(2, 10, 1000, 100));
+    w.mark_in_flight(1, 1, t(0)).unwrap();
+    run(&mut w, 1, 2, b"two", t(50));
+    assert_eq!(w.lookup(1, 1, t(101)), Lookup::Stale);
+    w.mark_in_flight(1, 3, t(120)).unwrap();
 }
 
 /// Hazard 19: a cached reply handed out stays intact when the store changes.

@@ -61,13 +61,20 @@ fn arb_kind() -> impl Strategy<Value = Kind> {
                 operation,
             })
         }),
-        (any::<u128>(), 0..u64::MAX, any::<u32>()).prop_map(|(client, request, operation)| {
-            Kind::Reply(RequestHeader {
-                client,
-                request,
-                operation,
-            })
-        }),
+        (
+            any::<u128>(),
+            0..u64::MAX,
+            any::<u32>(),
+            prop::sample::select(ReplyStatus::ALL)
+        )
+            .prop_map(|(client, request, operation, status)| Kind::Reply {
+                request: RequestHeader {
+                    client,
+                    request,
+                    operation,
+                },
+                status,
+            }),
     ]
 }
 
@@ -481,7 +488,10 @@ fn request_number_u64_max_is_refused_both_ways() {
     );
     let ok = Frame::control(Header::new(
         1,
-        Kind::Reply(RequestHeader { request: 1, ..r }),
+        Kind::Reply {
+            request: RequestHeader { request: 1, ..r },
+            status: ReplyStatus::Ok,
+        },
     ));
     let mut h = encoded_header(&ok);
     h[layout::area::request::REQUEST].copy_from_slice(&u64::MAX.to_le_bytes());

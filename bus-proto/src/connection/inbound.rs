@@ -196,7 +196,9 @@ impl Connection {
                     _ => self.events.push_back(Event::Message(frame)),
                 }
             }
-            Kind::Reply(r) if self.plane == Some(Plane::Client) && self.side == Side::Dialer => {
+            Kind::Reply { request: r, .. }
+                if self.plane == Some(Plane::Client) && self.side == Side::Dialer =>
+            {
                 match self.local_client {
                     Some(id) if r.client != id => {
                         let received = r.client;

@@ -122,6 +122,20 @@ wire_enum! {
     }
 }
 
+wire_enum! {
+    /// What a `reply` carries (`reply.status`).
+    ReplyStatus: u16, UnknownReplyStatus {
+        /// The application's reply to the request; the body is the reply.
+        Ok = 0,
+        /// The request number is at or below what the node's dedup window
+        /// has forgotten: it is not executed again, and its reply is gone.
+        Stale = 1,
+        /// The client's dedup window is full of requests in flight: this one
+        /// was not executed; retry it after earlier ones complete.
+        Busy = 2,
+    }
+}
+
 /// `hello`: the dialer's first handshake message.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Hello {
@@ -212,7 +226,12 @@ pub enum Kind {
     /// Client-plane request.
     Request(RequestHeader),
     /// Client-plane reply.
-    Reply(RequestHeader),
+    Reply {
+        /// The `client` and `request` of the request answered.
+        request: RequestHeader,
+        /// Whether the body is the application's reply.
+        status: ReplyStatus,
+    },
 }
 
 impl Kind {
@@ -228,7 +247,7 @@ impl Kind {
             Kind::Close { .. } => Command::Close,
             Kind::Message { .. } => Command::Message,
             Kind::Request(_) => Command::Request,
-            Kind::Reply(_) => Command::Reply,
+            Kind::Reply { .. } => Command::Reply,
         }
     }
 
@@ -268,11 +287,14 @@ impl Kind {
             Kind::Message { operation } => {
                 h[area::message::OPERATION].copy_from_slice(&operation.to_le_bytes());
             }
-            Kind::Request(r) | Kind::Reply(r) => {
+            Kind::Request(r) | Kind::Reply { request: r, .. } => {
                 use area::request::*;
                 h[CLIENT].copy_from_slice(&r.client.to_le_bytes());
                 h[REQUEST].copy_from_slice(&r.request.to_le_bytes());
                 h[OPERATION].copy_from_slice(&r.operation.to_le_bytes());
+                if let Kind::Reply { status, .. } = self {
+                    h[STATUS].copy_from_slice(&status.to_wire().to_le_bytes());
+                }
             }
         }
     }
@@ -360,9 +382,13 @@ impl Kind {
                     });
                 }
                 if command == Command::Request {
+                    zeroed(command, h, STATUS)?;
                     Kind::Request(r)
                 } else {
-                    Kind::Reply(r)
+                    Kind::Reply {
+                        request: r,
+                        status: ReplyStatus::from_wire(u16::from_le_bytes(array(h, STATUS)))?,
+                    }
                 }
             }
         })

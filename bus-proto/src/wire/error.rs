@@ -121,6 +121,12 @@ pub enum DecodeError {
         /// The reason.
         value: u16,
     },
+    /// Unknown status in a `reply`.
+    #[error("unknown reply status {value}")]
+    UnknownReplyStatus {
+        /// The status.
+        value: u16,
+    },
     /// A command-specific field holds a value the protocol forbids.
     #[error("{command:?} field `{field}` has invalid value {value}")]
     InvalidField {

@@ -60,7 +60,7 @@ impl Header {
                 body: body_len,
             });
         }
-        if let Kind::Request(r) | Kind::Reply(r) = &self.kind {
+        if let Kind::Request(r) | Kind::Reply { request: r, .. } = &self.kind {
             if r.request == u64::MAX {
                 return Err(EncodeError::InvalidField {
                     command,

@@ -145,8 +145,10 @@ pub mod area {
         pub const REQUEST: Range<usize> = field(144, 8);
         /// Application-chosen operation tag (u32).
         pub const OPERATION: Range<usize> = field(152, 4);
+        /// `reply` status (u16); zero in a `request`.
+        pub const STATUS: Range<usize> = field(156, 2);
         /// Reserved, zero.
-        pub const RESERVED: Range<usize> = field(156, 100);
+        pub const RESERVED: Range<usize> = field(158, 98);
     }
 }
 
@@ -245,6 +247,7 @@ const _: () = {
             request::CLIENT,
             request::REQUEST,
             request::OPERATION,
+            request::STATUS,
             request::RESERVED
         ],
         AREA_START,

@@ -13,7 +13,8 @@ mod integrity;
 pub mod layout;
 
 pub use command::{
-    CloseReason, Command, Hello, Kind, Plane, Reject, RejectStatus, RequestHeader, Welcome,
+    CloseReason, Command, Hello, Kind, Plane, Reject, RejectStatus, ReplyStatus, RequestHeader,
+    Welcome,
 };
 pub use decoder::FrameDecoder;
 pub use error::{DecodeError, EncodeError, ErrorClass};

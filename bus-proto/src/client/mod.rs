@@ -1,0 +1,605 @@
+//! The client side of the client plane, sans-IO like the node.
+//!
+//! A [`Client`] keeps one connection to one replica (its *target*),
+//! numbers its requests, and correlates replies by request number. Its id
+//! stays the same across reconnects, and requests still outstanding when a
+//! connection drops are resent, with the same numbers, on the next one, so
+//! the node's dedup window answers a request it already executed from its
+//! cache instead of executing it again (hazard 18).
+//!
+//! Outstanding requests are bounded (`client_max_outstanding`: more are
+//! refused with [`RequestError::TooManyOutstanding`]) and expire after
+//! `request_timeout` ([`ClientEvent::Failed`] with
+//! [`RequestFailure::Expired`]). A reply that matches nothing outstanding
+//! is dropped and counted (hazard 27). Reconnects back off like the node's
+//! dials.
+//!
+//! The driving loop is the node's: after every input drain
+//! [`Client::poll_transmit`], [`Client::poll_action`],
+//! [`Client::poll_event`], then sleep until [`Client::poll_timeout`].
+//!
+//! # Ids and restarts
+//!
+//! A node remembers the requests of an id for `dedup_ttl`. A process that
+//! reuses an id must continue its request numbers; a new process should
+//! draw a new id ([`Client::random_id`]).
+
+mod outstanding;
+
+use crate::config::ValidConfig;
+use crate::connection::{CloseCause, Connection, DialParams, Event, Transmit};
+use crate::crypto::{KeyRing, PeerId};
+use crate::entropy::Entropy;
+use crate::handshake::Binding;
+use crate::node::table::{Entry, Origin, Socket, Table};
+use crate::node::{Action, Backoff, ConnectionId, SocketError};
+use crate::time::{Instant, Now};
+use crate::wire::{CloseReason, EncodeError, Header, Kind, ReplyStatus, RequestHeader};
+use alloc::boxed::Box;
+use alloc::collections::VecDeque;
+use bytes::{Bytes, BytesMut};
+use outstanding::{Outstanding, Pending};
+
+/// Who a client is and whom it talks to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientParams {
+    /// The cluster id.
+    pub cluster: u128,
+    /// This client's id; keep it for the life of the process.
+    pub id: u128,
+    /// The replica to connect to.
+    pub target: u8,
+}
+
+/// What the client reports to the application.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClientEvent {
+    /// Connected and authenticated to `replica`.
+    Connected {
+        /// The replica.
+        replica: u8,
+    },
+    /// The connection ended; outstanding requests are resent on the next.
+    Disconnected {
+        /// Why.
+        cause: CloseCause,
+    },
+    /// The reply to a request.
+    Reply {
+        /// The request number [`Client::request`] returned.
+        request: u64,
+        /// The reply's operation tag.
+        operation: u32,
+        /// The reply.
+        body: Bytes,
+    },
+    /// A request ended without a reply.
+    Failed {
+        /// The request number.
+        request: u64,
+        /// Why.
+        reason: RequestFailure,
+    },
+}
+
+/// Why a request ended without a reply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RequestFailure {
+    /// No reply within `request_timeout`. It may or may not have executed.
+    Expired,
+    /// The node no longer remembers this request number: it will not run it
+    /// again, and its reply is gone. It may or may not have executed.
+    Stale,
+    /// The node's window for this client was full; it did not execute.
+    Busy,
+}
+
+/// Why a request was not accepted. Nothing was recorded.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    /// `client_max_outstanding` requests are waiting for replies.
+    #[error("{outstanding} requests outstanding, the limit is {max}")]
+    TooManyOutstanding {
+        /// Requests outstanding.
+        outstanding: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The request cannot be encoded (too large).
+    #[error(transparent)]
+    Encode(#[from] EncodeError),
+    /// The client is shutting down.
+    #[error("the client is shutting down")]
+    ShuttingDown,
+    /// Request numbers are exhausted (after 2^64 - 1 requests).
+    #[error("request numbers are exhausted")]
+    Exhausted,
+}
+
+/// Counters since the client started.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClientStats {
+    /// Connections attempted.
+    pub dials: u64,
+    /// Requests sent again on a new connection.
+    pub resent: u64,
+    /// Replies that matched no outstanding request, dropped.
+    pub unmatched_replies: u64,
+    /// Requests that expired.
+    pub expired: u64,
+}
+
+/// The client state machine. See the [module docs](self).
+pub struct Client {
+    config: ValidConfig,
+    params: ClientParams,
+    keys: KeyRing,
+    entropy: Box<dyn Entropy + Send>,
+    table: Table,
+    /// The current connection (connecting or open).
+    current: Option<ConnectionId>,
+    /// When to dial next, while there is no connection.
+    due: Option<Instant>,
+    backoff: Backoff,
+    established: bool,
+    next_request: u64,
+    outstanding: Outstanding,
+    /// Some outstanding request is not on the current connection yet.
+    unsent: bool,
+    events: VecDeque<ClientEvent>,
+    shutting_down: bool,
+    stats: ClientStats,
+}
+
+impl core::fmt::Debug for Client {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Client")
+            .field("params", &self.params)
+            .field("established", &self.established)
+            .field("outstanding", &self.outstanding.len())
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// A client that connects to `params.target` at `now`.
+    pub fn new(
+        now: Now,
+        config: &ValidConfig,
+        params: ClientParams,
+        keys: KeyRing,
+        entropy: Box<dyn Entropy + Send>,
+    ) -> Client {
+        Client {
+            config: config.clone(),
+            params,
+            keys,
+            entropy,
+            // The current connection, plus one still flushing its close.
+            table: Table::new(2),
+            current: None,
+            due: Some(now.mono),
+            backoff: Backoff::new(config.reconnect_min, config.reconnect_max),
+            established: false,
+            next_request: 0,
+            outstanding: Outstanding::new(config.client_max_outstanding),
+            unsent: false,
+            events: VecDeque::new(),
+            shutting_down: false,
+            stats: ClientStats::default(),
+        }
+    }
+
+    /// A fresh client id from `entropy` (the OS generator in production).
+    pub fn random_id(entropy: &mut dyn Entropy) -> u128 {
+        let mut b = [0u8; 16];
+        entropy.fill_bytes(&mut b);
+        u128::from_le_bytes(b)
+    }
+
+    /// This client's id, the same for every connection.
+    pub fn id(&self) -> u128 {
+        self.params.id
+    }
+
+    /// Whether a connection is established.
+    pub fn is_connected(&self) -> bool {
+        self.established
+    }
+
+    /// Requests waiting for replies.
+    pub fn outstanding(&self) -> usize {
+        self.outstanding.len()
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> ClientStats {
+        self.stats
+    }
+
+    /// Connections held (at most two: the current one and one closing).
+    pub fn connections(&self) -> usize {
+        self.table.len()
+    }
+
+    /// Queues a request and returns its number. It is sent now if
+    /// connected, else once connected, and resent after a reconnect until
+    /// answered or expired.
+    pub fn request(&mut self, now: Now, operation: u32, body: Bytes) -> Result<u64, RequestError> {
+        if self.shutting_down {
+            return Err(RequestError::ShuttingDown);
+        }
+        if self.outstanding.is_full() {
+            return Err(RequestError::TooManyOutstanding {
+                outstanding: self.outstanding.len(),
+                max: self.config.client_max_outstanding,
+            });
+        }
+        let number = self.next_request;
+        if number == u64::MAX {
+            return Err(RequestError::Exhausted);
+        }
+        let header = RequestHeader {
+            client: self.params.id,
+            request: number,
+            operation,
+        };
+        Header::new(self.params.cluster, Kind::Request(header))
+            .check(body.len(), self.config.max_message_size)?;
+        self.next_request += 1;
+        self.outstanding.insert(
+            number,
+            Pending {
+                operation,
+                body,
+                deadline: now.mono.saturating_add(self.config.request_timeout),
+                sent_on: None,
+            },
+        );
+        self.unsent = true;
+        self.flush();
+        Ok(number)
+    }
+
+    /// Moves to another replica: the current connection closes and the
+    /// next one goes to `replica`. Outstanding requests are resent there
+    /// (that replica's dedup window does not know them).
+    pub fn retarget(&mut self, now: Now, replica: u8) {
+        self.params.target = replica;
+        self.backoff.reset();
+        match self.current {
+            Some(id) => self.close_current(now.mono, id),
+            None => self.due = Some(now.mono),
+        }
+    }
+
+    /// The socket for an [`Action::Connect`] is open.
+    pub fn connected(
+        &mut self,
+        now: Now,
+        id: ConnectionId,
+        binding: Binding,
+    ) -> Result<(), SocketError> {
+        match self.table.get(id).map(|e| &e.socket) {
+            None => return Err(SocketError::UnknownConnection(id)),
+            Some(Socket::Open(_)) => return Err(SocketError::NotConnecting(id)),
+            Some(Socket::Connecting { .. }) => {}
+        }
+        let params = DialParams {
+            cluster: self.params.cluster,
+            local: PeerId::Client(self.params.id),
+            acceptor: self.params.target,
+            keys: &self.keys,
+            binding,
+        };
+        match Connection::dial(now.mono, now.wall, &self.config, params, &mut *self.entropy) {
+            Ok(conn) => {
+                if let Some(entry) = self.table.get_mut(id) {
+                    entry.socket = Socket::Open(Box::new(conn));
+                }
+                self.table.touch(id);
+                Ok(())
+            }
+            Err(error) => {
+                self.connect_failed(now, id);
+                Err(SocketError::Dial {
+                    connection: id,
+                    error,
+                })
+            }
+        }
+    }
+
+    /// The connect for an [`Action::Connect`] failed; retried after a
+    /// backoff. Stale ids are ignored.
+    pub fn connect_failed(&mut self, now: Now, id: ConnectionId) {
+        if let Some(Entry {
+            socket: Socket::Connecting { .. },
+            ..
+        }) = self.table.get(id)
+        {
+            self.table.remove(id);
+            self.lost(now.mono, id);
+        }
+    }
+
+    /// Bytes read from `id`'s socket, in order.
+    pub fn handle_input(
+        &mut self,
+        now: Now,
+        id: ConnectionId,
+        bytes: &[u8],
+    ) -> Result<(), SocketError> {
+        let conn = self
+            .table
+            .conn_mut(id)
+            .ok_or(SocketError::UnknownConnection(id))?;
+        conn.handle_input(now.mono, bytes);
+        self.settle(now.mono, id);
+        Ok(())
+    }
+
+    /// `id`'s receive buffer; see [`Connection::read_buffer`].
+    pub fn read_buffer(&mut self, id: ConnectionId) -> Option<&mut BytesMut> {
+        self.table.conn_mut(id).map(|c| c.read_buffer())
+    }
+
+    /// Processes bytes appended to [`Client::read_buffer`].
+    pub fn handle_read(&mut self, now: Now, id: ConnectionId) -> Result<(), SocketError> {
+        let conn = self
+            .table
+            .conn_mut(id)
+            .ok_or(SocketError::UnknownConnection(id))?;
+        conn.handle_read(now.mono);
+        self.settle(now.mono, id);
+        Ok(())
+    }
+
+    /// `id`'s socket reached EOF or failed.
+    pub fn handle_eof(&mut self, now: Now, id: ConnectionId) {
+        match self.table.get(id).map(|e| &e.socket) {
+            Some(Socket::Open(_)) => {
+                if let Some(conn) = self.table.conn_mut(id) {
+                    conn.handle_eof(now.mono);
+                }
+                self.settle(now.mono, id);
+            }
+            Some(Socket::Connecting { .. }) => self.connect_failed(now, id),
+            None => {}
+        }
+    }
+
+    /// Runs every timer due at `now`. Harmless when called early.
+    pub fn handle_timeout(&mut self, now: Now) {
+        while let Some(id) = self.table.pop_expired(now.mono) {
+            match self.table.get(id).map(|e| &e.socket) {
+                Some(Socket::Connecting { deadline }) if *deadline <= now.mono => {
+                    self.connect_failed(now, id);
+                }
+                Some(Socket::Open(_)) => {
+                    if let Some(conn) = self.table.conn_mut(id) {
+                        conn.handle_timeout(now.mono);
+                    }
+                    self.settle(now.mono, id);
+                }
+                _ => self.table.touch(id),
+            }
+        }
+        while let Some((request, _)) = self.outstanding.pop_expired(now.mono) {
+            self.stats.expired += 1;
+            self.events.push_back(ClientEvent::Failed {
+                request,
+                reason: RequestFailure::Expired,
+            });
+        }
+        if self.due.is_some_and(|at| at <= now.mono) && !self.shutting_down {
+            self.due = None;
+            self.dial(now.mono);
+        }
+    }
+
+    /// Closes gracefully; outstanding requests are dropped without events.
+    pub fn shutdown(&mut self, now: Now) {
+        self.shutting_down = true;
+        self.due = None;
+        if let Some(id) = self.current {
+            self.close_current(now.mono, id);
+        }
+    }
+
+    /// The next batch to write, and to which connection.
+    #[must_use]
+    pub fn poll_transmit(&mut self, now: Now) -> Option<(ConnectionId, Transmit)> {
+        loop {
+            let id = self.table.first_ready()?;
+            if let Some(conn) = self.table.conn_mut(id) {
+                let transmit = conn.poll_transmit(now.mono);
+                self.settle(now.mono, id);
+                if let Some(transmit) = transmit {
+                    // The queue has room again for requests a flush left.
+                    self.flush();
+                    return Some((id, transmit));
+                }
+            }
+            self.table.pop_ready();
+        }
+    }
+
+    /// The next socket action.
+    #[must_use]
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.table.poll_action()
+    }
+
+    /// The next application event.
+    #[must_use]
+    pub fn poll_event(&mut self) -> Option<ClientEvent> {
+        self.events.pop_front()
+    }
+
+    /// When to call [`Client::handle_timeout`] next.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        [
+            self.table.next_timeout(),
+            self.due,
+            self.outstanding.next_deadline(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    fn dial(&mut self, now: Instant) {
+        let deadline = now.saturating_add(self.config.handshake_timeout);
+        match self.table.insert(Entry {
+            origin: Origin::Dialed(self.params.target),
+            socket: Socket::Connecting { deadline },
+            announced: false,
+        }) {
+            Some(id) => {
+                self.stats.dials += 1;
+                self.current = Some(id);
+                self.table.push_action(Action::Connect {
+                    connection: id,
+                    replica: self.params.target,
+                });
+            }
+            // The previous connection is still flushing its close.
+            None => self.schedule(now),
+        }
+    }
+
+    fn close_current(&mut self, now: Instant, id: ConnectionId) {
+        match self.table.get(id).map(|e| &e.socket) {
+            Some(Socket::Connecting { .. }) => {
+                self.table.remove(id);
+                self.lost(now, id);
+            }
+            Some(Socket::Open(_)) => {
+                if let Some(conn) = self.table.conn_mut(id) {
+                    conn.close(now, CloseReason::Shutdown);
+                }
+                self.settle(now, id);
+            }
+            None => {}
+        }
+    }
+
+    /// Handles `id`'s events, reschedules it, frees it once it is over.
+    fn settle(&mut self, now: Instant, id: ConnectionId) {
+        while let Some(event) = self.table.conn_mut(id).and_then(|c| c.poll_event()) {
+            match event {
+                Event::Established { .. } => {
+                    self.established = true;
+                    self.backoff.reset();
+                    if let Some(entry) = self.table.get_mut(id) {
+                        entry.announced = true;
+                    }
+                    self.events.push_back(ClientEvent::Connected {
+                        replica: self.params.target,
+                    });
+                    self.unsent = true;
+                    self.flush();
+                }
+                Event::Message(frame) => {
+                    if let Kind::Reply { request, status } = frame.header.kind {
+                        self.on_reply(request, status, frame.body);
+                    }
+                }
+                Event::Closed { reason } => {
+                    let announced = self.table.get(id).is_some_and(|e| e.announced);
+                    if announced {
+                        self.events
+                            .push_back(ClientEvent::Disconnected { cause: reason });
+                    }
+                    self.lost(now, id);
+                }
+            }
+        }
+        match self.table.conn_mut(id) {
+            Some(conn) if conn.is_drained() => {
+                self.table.remove(id);
+            }
+            Some(_) => self.table.touch(id),
+            None => {}
+        }
+    }
+
+    /// The current connection `id` is gone: dial again after a backoff.
+    fn lost(&mut self, now: Instant, id: ConnectionId) {
+        if self.current != Some(id) {
+            return;
+        }
+        self.current = None;
+        self.established = false;
+        if !self.shutting_down {
+            self.schedule(now);
+        }
+    }
+
+    fn schedule(&mut self, now: Instant) {
+        let delay = self.backoff.next_delay(&mut *self.entropy);
+        self.due = Some(now.saturating_add(delay));
+    }
+
+    fn on_reply(&mut self, request: RequestHeader, status: ReplyStatus, body: Bytes) {
+        if self.outstanding.take(request.request).is_none() {
+            self.stats.unmatched_replies += 1;
+            return;
+        }
+        let number = request.request;
+        self.events.push_back(match status {
+            ReplyStatus::Ok => ClientEvent::Reply {
+                request: number,
+                operation: request.operation,
+                body,
+            },
+            ReplyStatus::Stale => ClientEvent::Failed {
+                request: number,
+                reason: RequestFailure::Stale,
+            },
+            ReplyStatus::Busy => ClientEvent::Failed {
+                request: number,
+                reason: RequestFailure::Busy,
+            },
+        });
+    }
+
+    /// Queues every outstanding request not yet on the current connection.
+    /// A full queue leaves the rest for the next flush.
+    fn flush(&mut self) {
+        if !self.unsent {
+            return;
+        }
+        let Some(id) = self.current.filter(|_| self.established) else {
+            return;
+        };
+        let Some(conn) = self.table.conn_mut(id) else {
+            return;
+        };
+        let (client, mut resent, mut all) = (self.params.id, 0, true);
+        for (&number, pending) in self.outstanding.unsent_on(id) {
+            let header = RequestHeader {
+                client,
+                request: number,
+                operation: pending.operation,
+            };
+            if conn
+                .send(Kind::Request(header), pending.body.clone())
+                .is_err()
+            {
+                all = false;
+                break;
+            }
+            if pending.sent_on.is_some() {
+                resent += 1;
+            }
+            pending.sent_on = Some(id);
+        }
+        self.unsent = !all;
+        self.stats.resent += resent;
+        self.table.touch(id);
+    }
+}

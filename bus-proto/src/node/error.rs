@@ -1,0 +1,148 @@
+//! What the node refuses, and why.
+
+use super::ConnectionId;
+use crate::connection::DialError;
+use crate::wire::EncodeError;
+
+/// Why [`Node::new`](super::Node::new) refused its parameters.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum NodeError {
+    /// The node's replica id is not below `replica_count`.
+    #[error("replica id {replica} is not below replica_count {replica_count}")]
+    ReplicaOutOfRange {
+        /// The id.
+        replica: u8,
+        /// The cluster size.
+        replica_count: u8,
+    },
+    /// `replica_count` leaves no room for the client marker `255`.
+    #[error("replica_count {0} exceeds 255")]
+    TooManyReplicas(u8),
+}
+
+/// Why a socket input could not be taken.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SocketError {
+    /// The id names no connection (it ended, or was never issued): drop
+    /// the socket.
+    #[error("{0} is not a live connection")]
+    UnknownConnection(ConnectionId),
+    /// `connected` for a connection that is not waiting for its socket.
+    #[error("{0} is not waiting for a socket")]
+    NotConnecting(ConnectionId),
+    /// The connection could not start its handshake.
+    #[error("{connection}: {error}")]
+    Dial {
+        /// The connection, now closed.
+        connection: ConnectionId,
+        /// Why.
+        error: DialError,
+    },
+}
+
+/// Why an inbound connection was refused; the adapter drops the socket at
+/// once, before reading anything.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AcceptError {
+    /// `max_handshakes_in_flight` handshakes are already under way
+    /// (slowloris, hazard 12).
+    #[error("{in_flight} handshakes in flight, the limit is {max}")]
+    HandshakesInFlight {
+        /// Handshakes under way.
+        in_flight: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// `max_connections` connections are held.
+    #[error("{held} connections held, the limit is {max}")]
+    TooManyConnections {
+        /// Connections held.
+        held: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The node is shutting down.
+    #[error("the node is shutting down")]
+    ShuttingDown,
+}
+
+/// Why a message to a replica was not queued. Nothing was queued.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RouteError {
+    /// No such replica in this cluster.
+    #[error("replica {replica} is not in this cluster of {replica_count}")]
+    UnknownReplica {
+        /// The destination.
+        replica: u8,
+        /// The cluster size.
+        replica_count: u8,
+    },
+    /// The destination is this node.
+    #[error("replica {0} is this node")]
+    Local(u8),
+    /// No established connection to the replica right now; the node keeps
+    /// dialling it (or waits for it to dial).
+    #[error("replica {0} is not connected")]
+    Disconnected(u8),
+    /// The connection's send queue is full; retry after it drains.
+    #[error("replica {replica}: send queue full ({queued_frames} frames, {queued_bytes} bytes)")]
+    Backpressure {
+        /// The destination.
+        replica: u8,
+        /// Frames queued.
+        queued_frames: usize,
+        /// Bytes queued.
+        queued_bytes: usize,
+    },
+    /// The frame cannot be encoded (too large).
+    #[error("replica {replica}: {error}")]
+    Encode {
+        /// The destination.
+        replica: u8,
+        /// Why.
+        error: EncodeError,
+    },
+}
+
+/// Why a reply was not sent.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ReplyError {
+    /// The client has no connection right now. The reply is kept in the
+    /// dedup window (unless `cached` is false: the session ended or the
+    /// reply exceeds the cache), so the client's retry after it reconnects
+    /// is answered from there.
+    #[error("client {client:#x} is not connected (reply cached: {cached})")]
+    Disconnected {
+        /// The client.
+        client: u128,
+        /// Whether the retry will find the reply.
+        cached: bool,
+    },
+    /// The client's connection queue is full. Nothing was recorded: call
+    /// `reply` again later.
+    #[error("client {client:#x}: send queue full ({queued_frames} frames, {queued_bytes} bytes)")]
+    Backpressure {
+        /// The client.
+        client: u128,
+        /// Frames queued.
+        queued_frames: usize,
+        /// Bytes queued.
+        queued_bytes: usize,
+    },
+    /// This request was already answered; the first reply stands.
+    #[error("client {client:#x} request {request} was already answered")]
+    AlreadyReplied {
+        /// The client.
+        client: u128,
+        /// The request number.
+        request: u64,
+    },
+    /// The reply cannot be encoded (too large); nothing was recorded.
+    #[error("client {client:#x}: {error}")]
+    Encode {
+        /// The client.
+        client: u128,
+        /// Why.
+        error: EncodeError,
+    },
+}

@@ -1,0 +1,781 @@
+//! A replica's node: every connection it holds, the peer table and dial
+//! schedule, the client plane with its dedup window, and routing.
+//!
+//! A [`Node`] owns its [`Connection`]s and addresses them by
+//! [`ConnectionId`]. It is sans-IO like a connection: the adapter opens and
+//! closes sockets when asked ([`Node::poll_action`]), moves bytes
+//! ([`Node::handle_input`], [`Node::poll_transmit`]), and sleeps until
+//! [`Node::poll_timeout`]. The application sends with [`Node::send`] and
+//! [`Node::reply`] and reads [`Node::poll_event`].
+//!
+//! # Driving loop
+//!
+//! After every input (`accept`, `connected`, `connect_failed`,
+//! `handle_input`, `handle_eof`, `handle_timeout`, `send`, `reply`,
+//! `shutdown`), drain in this order:
+//!
+//! 1. [`Node::poll_transmit`] until `None`: write each batch to its
+//!    connection's socket, whole;
+//! 2. [`Node::poll_action`] until `None`: open or close sockets (a
+//!    `Disconnect` comes after that connection's last transmit);
+//! 3. [`Node::poll_event`] until `None`: hand events to the application;
+//! 4. [`Node::poll_timeout`]: call `handle_timeout` then (early is harmless).
+//!
+//! # Why the node owns its connections
+//!
+//! Consensus replicas are event loops, and one owner makes every
+//! cross-connection rule a plain function call with no locks or callbacks:
+//! a duplicate connection is refused against the registry in the same step
+//! that established it; a retried request is checked against the dedup
+//! window before the application sees it; a reply finds the client's
+//! current connection. Per-message work is a slab index and a queue push.
+//! An adapter that wants a task per socket keeps the node behind one lock
+//! and drains [`Node::poll_transmit_for`] per connection.
+//!
+//! # Replica plane
+//!
+//! The lower id dials the higher (the directional rule), so each pair has
+//! one dialer. The dialer never dials a peer that is connected or mid-dial;
+//! after a failure it waits an exponentially growing, capped, jittered
+//! delay ([`Backoff`]). The registry holds one connection per peer: a
+//! second one from the same peer is closed with `Duplicate` and the first
+//! is untouched; removal compares [`ConnectionId`]s, so a late loser cannot
+//! remove a newer connection (hazard 21). Each connection the application
+//! was told about with [`NodeEvent::PeerConnected`] ends with exactly one
+//! [`NodeEvent::PeerDisconnected`] (hazard 22). Messages are delivered at
+//! most once, in order, per connection; nothing is resent across
+//! connections: the replication protocol above repairs gaps.
+//!
+//! # Client plane
+//!
+//! Clients dial a node with a stable client id. A new connection from a
+//! client replaces its previous one (newest wins: a client redials only
+//! when it believes the old connection dead). Requests pass the
+//! [dedup window](crate::dedup) first: a completed request is answered from
+//! the cache without reaching the application, one in flight is dropped,
+//! a forgotten one gets a `Stale` reply. **Session policy:** on disconnect
+//! the client's route is released at once; its dedup session is kept until
+//! `dedup_ttl` of inactivity or the caps evict it, so a retry after a
+//! reconnect is still answered from the cache (hazard 18).
+
+mod backoff;
+mod clients;
+mod error;
+mod peers;
+pub(crate) mod table;
+
+pub use backoff::Backoff;
+pub use error::{AcceptError, NodeError, ReplyError, RouteError, SocketError};
+pub use table::{Action, ConnectionId};
+
+use crate::config::ValidConfig;
+use crate::connection::{CloseCause, Connection, Event};
+use crate::crypto::{KeyRing, PeerId};
+use crate::dedup::DedupWindow;
+use crate::entropy::Entropy;
+use crate::handshake::{Binding, Gate, GateParams};
+use crate::time::{Instant, Now};
+use crate::wire::{CloseReason, Kind, RequestHeader};
+use alloc::boxed::Box;
+use alloc::collections::{BTreeMap, VecDeque};
+use bytes::{Bytes, BytesMut};
+use peers::Peers;
+use table::{Entry, Origin, Socket, Table};
+
+/// Who a node is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NodeParams {
+    /// The cluster id.
+    pub cluster: u128,
+    /// This node's replica id, `< replica_count`.
+    pub replica: u8,
+    /// Replicas in the cluster, ids `0..replica_count`; at most 255.
+    pub replica_count: u8,
+    /// Whether clients may connect.
+    pub accept_clients: bool,
+}
+
+/// What the node reports to the application.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NodeEvent {
+    /// A replica connection was established and registered.
+    PeerConnected {
+        /// The peer.
+        replica: u8,
+        /// Its connection.
+        connection: ConnectionId,
+    },
+    /// A registered replica connection ended; exactly once per
+    /// `PeerConnected`.
+    PeerDisconnected {
+        /// The peer.
+        replica: u8,
+        /// The connection that ended.
+        connection: ConnectionId,
+        /// Why.
+        cause: CloseCause,
+    },
+    /// A message from a replica, in order.
+    Message {
+        /// The sender.
+        from: u8,
+        /// The connection it arrived on.
+        connection: ConnectionId,
+        /// The header's `view`.
+        view: u32,
+        /// The application's operation tag.
+        operation: u32,
+        /// The body.
+        body: Bytes,
+    },
+    /// A client connection was established.
+    ClientConnected {
+        /// The client.
+        client: u128,
+        /// Its connection.
+        connection: ConnectionId,
+    },
+    /// A client connection ended; exactly once per `ClientConnected`.
+    ClientDisconnected {
+        /// The client.
+        client: u128,
+        /// The connection that ended.
+        connection: ConnectionId,
+        /// Why.
+        cause: CloseCause,
+    },
+    /// A client request to execute: it passed the dedup window, so it is
+    /// the first time the application sees it. Answer with [`Node::reply`].
+    Request {
+        /// Client, request number and operation.
+        request: RequestHeader,
+        /// The body.
+        body: Bytes,
+    },
+}
+
+/// Counters since the node started.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NodeStats {
+    /// Inbound connections refused before reading (caps, shutdown).
+    pub accepts_refused: u64,
+    /// Connections that closed before the handshake completed.
+    pub handshakes_failed: u64,
+    /// Second connections from a registered replica, closed as duplicates.
+    pub duplicates_refused: u64,
+    /// Dials started.
+    pub dials: u64,
+    /// Requests handed to the application.
+    pub requests: u64,
+    /// Retried requests answered from the dedup cache.
+    pub dedup_hits: u64,
+    /// Duplicates of requests in flight, dropped.
+    pub duplicates_dropped: u64,
+    /// Requests answered `Stale`.
+    pub stale: u64,
+    /// Requests answered `Busy` (the client's window was full).
+    pub busy: u64,
+    /// Client sessions evicted at the dedup caps.
+    pub sessions_evicted: u64,
+}
+
+/// A replica's node. See the [module docs](self).
+pub struct Node {
+    config: ValidConfig,
+    params: NodeParams,
+    keys: KeyRing,
+    gate: Gate,
+    entropy: Box<dyn Entropy + Send>,
+    table: Table,
+    peers: Peers,
+    /// Established client connections, by client id (the routing table).
+    clients: BTreeMap<u128, ConnectionId>,
+    dedup: DedupWindow,
+    /// Drained by the application after every input, so it holds at most
+    /// what one input produced.
+    events: VecDeque<NodeEvent>,
+    /// Accepted connections still in their handshake.
+    handshakes: usize,
+    shutting_down: bool,
+    stats: NodeStats,
+}
+
+impl core::fmt::Debug for Node {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Node")
+            .field("params", &self.params)
+            .field("connections", &self.table.len())
+            .field("clients", &self.clients.len())
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Node {
+    /// A node that starts dialling its higher-numbered peers at `now`.
+    /// `entropy` supplies handshake nonces and backoff jitter (the OS
+    /// generator in production).
+    pub fn new(
+        now: Now,
+        config: &ValidConfig,
+        params: NodeParams,
+        keys: KeyRing,
+        entropy: Box<dyn Entropy + Send>,
+    ) -> Result<Node, NodeError> {
+        if params.replica_count == u8::MAX {
+            return Err(NodeError::TooManyReplicas(params.replica_count));
+        }
+        if params.replica >= params.replica_count {
+            return Err(NodeError::ReplicaOutOfRange {
+                replica: params.replica,
+                replica_count: params.replica_count,
+            });
+        }
+        let gate = Gate::new(
+            config,
+            GateParams {
+                cluster: params.cluster,
+                local: params.replica,
+                replica_count: params.replica_count,
+                accept_clients: params.accept_clients,
+            },
+            keys.clone(),
+        );
+        Ok(Node {
+            config: config.clone(),
+            params,
+            keys,
+            gate,
+            entropy,
+            // Dialled peers need slots even when clients fill the accept cap.
+            table: Table::new(
+                config
+                    .max_connections
+                    .saturating_add(usize::from(params.replica_count)),
+            ),
+            peers: Peers::new(now.mono, config, params.replica, params.replica_count),
+            clients: BTreeMap::new(),
+            dedup: DedupWindow::new(config.dedup_limits()),
+            events: VecDeque::new(),
+            handshakes: 0,
+            shutting_down: false,
+            stats: NodeStats::default(),
+        })
+    }
+
+    /// Who this node is.
+    pub fn params(&self) -> &NodeParams {
+        &self.params
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> NodeStats {
+        self.stats
+    }
+
+    /// Connections held (connecting, in handshake, established, closing).
+    pub fn connections(&self) -> usize {
+        self.table.len()
+    }
+
+    /// Accepted connections still in their handshake.
+    pub fn handshakes_in_flight(&self) -> usize {
+        self.handshakes
+    }
+
+    /// Whether replica `replica` has a registered connection.
+    pub fn is_connected(&self, replica: u8) -> bool {
+        self.peers.connected(replica).is_some()
+    }
+
+    /// Consecutive failed dials of `replica` since it was last connected
+    /// (the backoff exponent).
+    pub fn dial_failures(&self, replica: u8) -> u32 {
+        self.peers.failures(replica)
+    }
+
+    /// The connection serving client `client`, if any.
+    pub fn client_connection(&self, client: u128) -> Option<ConnectionId> {
+        self.clients.get(&client).copied()
+    }
+
+    /// The dedup window (read-only: for metrics and tests).
+    pub fn dedup(&self) -> &DedupWindow {
+        &self.dedup
+    }
+
+    /// The handshake gate (read-only: for metrics and tests).
+    pub fn gate(&self) -> &Gate {
+        &self.gate
+    }
+
+    /// The connection behind `id` (read-only: for metrics and tests).
+    pub fn connection(&mut self, id: ConnectionId) -> Option<&Connection> {
+        self.table.conn_mut(id).map(|c| &*c)
+    }
+
+    /// An inbound socket was accepted. Refused (drop the socket unread)
+    /// when `max_handshakes_in_flight` or `max_connections` is reached.
+    /// `binding` is the transport's channel binding ([`Binding::NONE`] for
+    /// plain TCP).
+    pub fn accept(&mut self, now: Now, binding: Binding) -> Result<ConnectionId, AcceptError> {
+        let refused = if self.shutting_down {
+            Some(AcceptError::ShuttingDown)
+        } else if self.handshakes >= self.config.max_handshakes_in_flight {
+            Some(AcceptError::HandshakesInFlight {
+                in_flight: self.handshakes,
+                max: self.config.max_handshakes_in_flight,
+            })
+        } else if self.table.len() >= self.config.max_connections {
+            Some(AcceptError::TooManyConnections {
+                held: self.table.len(),
+                max: self.config.max_connections,
+            })
+        } else {
+            None
+        };
+        if let Some(error) = refused {
+            self.stats.accepts_refused += 1;
+            return Err(error);
+        }
+        let conn = Connection::accept(now.mono, &self.config, binding);
+        let id = self
+            .table
+            .insert(Entry {
+                origin: Origin::Accepted,
+                socket: Socket::Open(Box::new(conn)),
+                announced: false,
+            })
+            .ok_or(AcceptError::TooManyConnections {
+                held: self.table.len(),
+                max: self.config.max_connections,
+            })?;
+        self.handshakes += 1;
+        Ok(id)
+    }
+
+    /// The socket for an [`Action::Connect`] is open: the handshake starts.
+    pub fn connected(
+        &mut self,
+        now: Now,
+        id: ConnectionId,
+        binding: Binding,
+    ) -> Result<(), SocketError> {
+        let entry = self
+            .table
+            .get(id)
+            .ok_or(SocketError::UnknownConnection(id))?;
+        let (Origin::Dialed(replica), Socket::Connecting { .. }) = (entry.origin, &entry.socket)
+        else {
+            return Err(SocketError::NotConnecting(id));
+        };
+        let params = crate::connection::DialParams {
+            cluster: self.params.cluster,
+            local: PeerId::Replica(self.params.replica),
+            acceptor: replica,
+            keys: &self.keys,
+            binding,
+        };
+        match Connection::dial(now.mono, now.wall, &self.config, params, &mut *self.entropy) {
+            Ok(conn) => {
+                if let Some(entry) = self.table.get_mut(id) {
+                    entry.socket = Socket::Open(Box::new(conn));
+                }
+                self.table.touch(id);
+                Ok(())
+            }
+            Err(error) => {
+                self.dial_failed(now.mono, id);
+                Err(SocketError::Dial {
+                    connection: id,
+                    error,
+                })
+            }
+        }
+    }
+
+    /// The connect for an [`Action::Connect`] failed; the peer is dialled
+    /// again after a backoff. Stale ids are ignored.
+    pub fn connect_failed(&mut self, now: Now, id: ConnectionId) {
+        if matches!(
+            self.table.get(id),
+            Some(Entry {
+                socket: Socket::Connecting { .. },
+                ..
+            })
+        ) {
+            self.dial_failed(now.mono, id);
+        }
+    }
+
+    /// Bytes read from `id`'s socket, in order.
+    pub fn handle_input(
+        &mut self,
+        now: Now,
+        id: ConnectionId,
+        bytes: &[u8],
+    ) -> Result<(), SocketError> {
+        let conn = self
+            .table
+            .conn_mut(id)
+            .ok_or(SocketError::UnknownConnection(id))?;
+        conn.handle_input(now.mono, bytes);
+        self.after_input(now, id);
+        Ok(())
+    }
+
+    /// `id`'s receive buffer, to read into without a copy; then call
+    /// [`Node::handle_read`]. See [`Connection::read_buffer`].
+    pub fn read_buffer(&mut self, id: ConnectionId) -> Option<&mut BytesMut> {
+        self.table.conn_mut(id).map(|c| c.read_buffer())
+    }
+
+    /// Processes bytes appended to [`Node::read_buffer`].
+    pub fn handle_read(&mut self, now: Now, id: ConnectionId) -> Result<(), SocketError> {
+        let conn = self
+            .table
+            .conn_mut(id)
+            .ok_or(SocketError::UnknownConnection(id))?;
+        conn.handle_read(now.mono);
+        self.after_input(now, id);
+        Ok(())
+    }
+
+    /// `id`'s socket reached EOF or failed.
+    pub fn handle_eof(&mut self, now: Now, id: ConnectionId) {
+        match self.table.get(id).map(|e| &e.socket) {
+            Some(Socket::Open(_)) => {
+                if let Some(conn) = self.table.conn_mut(id) {
+                    conn.handle_eof(now.mono);
+                }
+                self.settle(now.mono, id);
+            }
+            Some(Socket::Connecting { .. }) => self.dial_failed(now.mono, id),
+            None => {}
+        }
+    }
+
+    /// Runs every timer due at `now`: connection deadlines, dials, dedup
+    /// expiry. Harmless when called early.
+    pub fn handle_timeout(&mut self, now: Now) {
+        while let Some(id) = self.table.pop_expired(now.mono) {
+            match self.table.get(id).map(|e| &e.socket) {
+                Some(Socket::Connecting { deadline }) if *deadline <= now.mono => {
+                    self.dial_failed(now.mono, id);
+                }
+                Some(Socket::Open(_)) => {
+                    if let Some(conn) = self.table.conn_mut(id) {
+                        conn.handle_timeout(now.mono);
+                    }
+                    self.settle(now.mono, id);
+                }
+                _ => self.table.touch(id),
+            }
+        }
+        if !self.shutting_down {
+            while let Some(replica) = self.peers.pop_due(now.mono) {
+                self.start_dial(now.mono, replica);
+            }
+        }
+        let expired = self.dedup.expire(now.mono);
+        self.stats.sessions_evicted += expired as u64;
+    }
+
+    /// Sends a message to replica `to`. Never blocks: a full queue is
+    /// [`RouteError::Backpressure`].
+    pub fn send(&mut self, to: u8, operation: u32, body: Bytes) -> Result<(), RouteError> {
+        self.send_in_view(to, 0, operation, body)
+    }
+
+    /// [`Node::send`] with a `view` header value.
+    pub fn send_in_view(
+        &mut self,
+        to: u8,
+        view: u32,
+        operation: u32,
+        body: Bytes,
+    ) -> Result<(), RouteError> {
+        if to >= self.params.replica_count {
+            return Err(RouteError::UnknownReplica {
+                replica: to,
+                replica_count: self.params.replica_count,
+            });
+        }
+        if to == self.params.replica {
+            return Err(RouteError::Local(to));
+        }
+        let id = self
+            .peers
+            .connected(to)
+            .ok_or(RouteError::Disconnected(to))?;
+        let conn = self
+            .table
+            .conn_mut(id)
+            .ok_or(RouteError::Disconnected(to))?;
+        conn.send_in_view(view, Kind::Message { operation }, body)
+            .map_err(|e| route_error(to, e))?;
+        self.table.touch(id);
+        Ok(())
+    }
+
+    /// Starts a graceful shutdown: no more dials or accepts; every
+    /// connection closes with `Shutdown` within `close_grace`. Done when
+    /// [`Node::connections`] is zero.
+    pub fn shutdown(&mut self, now: Now) {
+        self.shutting_down = true;
+        self.peers.cancel_all();
+        let ids: alloc::vec::Vec<_> = self.table.ids().collect();
+        for id in ids {
+            match self.table.get(id).map(|e| &e.socket) {
+                Some(Socket::Connecting { .. }) => self.dial_failed(now.mono, id),
+                Some(Socket::Open(_)) => {
+                    if let Some(conn) = self.table.conn_mut(id) {
+                        conn.close(now.mono, CloseReason::Shutdown);
+                    }
+                    self.settle(now.mono, id);
+                }
+                None => {}
+            }
+        }
+    }
+
+    /// The next batch to write, and to which connection.
+    #[must_use]
+    pub fn poll_transmit(
+        &mut self,
+        now: Now,
+    ) -> Option<(ConnectionId, crate::connection::Transmit)> {
+        loop {
+            let id = self.table.first_ready()?;
+            if let Some(transmit) = self.poll_transmit_for(now, id) {
+                return Some((id, transmit));
+            }
+            self.table.pop_ready();
+        }
+    }
+
+    /// The next batch for one connection, for adapters with a task per
+    /// socket. Prefer [`Node::poll_transmit`] otherwise.
+    #[must_use]
+    pub fn poll_transmit_for(
+        &mut self,
+        now: Now,
+        id: ConnectionId,
+    ) -> Option<crate::connection::Transmit> {
+        let conn = self.table.conn_mut(id)?;
+        let transmit = conn.poll_transmit(now.mono);
+        // Sending a queued `close` can finish the connection.
+        self.settle(now.mono, id);
+        transmit
+    }
+
+    /// The next socket action.
+    #[must_use]
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.table.poll_action()
+    }
+
+    /// The next application event.
+    #[must_use]
+    pub fn poll_event(&mut self) -> Option<NodeEvent> {
+        self.events.pop_front()
+    }
+
+    /// When to call [`Node::handle_timeout`] next.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        [
+            self.table.next_timeout(),
+            self.peers.next_due(),
+            self.dedup.next_expiry(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// After bytes arrived: admits a parked `hello`, then settles.
+    fn after_input(&mut self, now: Now, id: ConnectionId) {
+        if let Some(conn) = self.table.conn_mut(id) {
+            if let Some(hello) = conn.take_hello() {
+                let admission = self.gate.admit(now.wall, hello, &mut *self.entropy);
+                if let Some(conn) = self.table.conn_mut(id) {
+                    conn.admit(now.mono, admission);
+                }
+            }
+        }
+        self.settle(now.mono, id);
+    }
+
+    /// Handles `id`'s events, reschedules it, and frees it once it is over
+    /// and flushed.
+    fn settle(&mut self, now: Instant, id: ConnectionId) {
+        while let Some(event) = self.table.conn_mut(id).and_then(|c| c.poll_event()) {
+            match event {
+                Event::Established { peer, .. } => self.on_established(now, id, peer),
+                Event::Message(frame) => self.on_frame(now, id, frame),
+                Event::Closed { reason } => self.on_closed(now, id, reason),
+            }
+        }
+        match self.table.conn_mut(id) {
+            Some(conn) if conn.is_drained() => {
+                self.table.remove(id);
+            }
+            Some(_) => self.table.touch(id),
+            None => {}
+        }
+    }
+
+    fn on_established(&mut self, now: Instant, id: ConnectionId, peer: PeerId) {
+        if let Some(entry) = self.table.get(id) {
+            if entry.origin == Origin::Accepted {
+                self.handshakes = self.handshakes.saturating_sub(1);
+            }
+        }
+        match peer {
+            PeerId::Replica(replica) => self.install_peer(now, id, replica),
+            PeerId::Client(client) => self.install_client(now, id, client),
+        }
+    }
+
+    fn on_frame(&mut self, now: Instant, id: ConnectionId, frame: crate::wire::Frame) {
+        match frame.header.kind {
+            Kind::Message { operation } => self.events.push_back(NodeEvent::Message {
+                from: frame.header.replica,
+                connection: id,
+                view: frame.header.view,
+                operation,
+                body: frame.body,
+            }),
+            Kind::Request(request) => self.on_request(now, id, request, frame.body),
+            // The connection only delivers the data commands its plane and
+            // side allow, so nothing else reaches here.
+            _ => {}
+        }
+    }
+
+    fn on_closed(&mut self, now: Instant, id: ConnectionId, cause: CloseCause) {
+        let Some(entry) = self.table.get(id) else {
+            return;
+        };
+        let (origin, announced) = (entry.origin, entry.announced);
+        let established = self
+            .table
+            .conn_mut(id)
+            .and_then(|c| c.peer())
+            .filter(|_| announced);
+        if !announced {
+            let handshaking = self.table.conn_mut(id).is_some_and(|c| !c.is_established());
+            if handshaking {
+                self.stats.handshakes_failed += 1;
+                if origin == Origin::Accepted {
+                    self.handshakes = self.handshakes.saturating_sub(1);
+                }
+            }
+        }
+        match established {
+            Some(PeerId::Replica(replica)) => {
+                self.peers.lost(now, replica, id, &mut *self.entropy);
+                self.events.push_back(NodeEvent::PeerDisconnected {
+                    replica,
+                    connection: id,
+                    cause,
+                });
+            }
+            Some(PeerId::Client(client)) => {
+                // Only this connection's own route: a newer one stays.
+                if self.clients.get(&client) == Some(&id) {
+                    self.clients.remove(&client);
+                }
+                self.events.push_back(NodeEvent::ClientDisconnected {
+                    client,
+                    connection: id,
+                    cause,
+                });
+            }
+            None => {
+                if let Origin::Dialed(replica) = origin {
+                    self.peers.dial_ended(now, replica, id, &mut *self.entropy);
+                }
+            }
+        }
+    }
+
+    fn install_peer(&mut self, now: Instant, id: ConnectionId, replica: u8) {
+        match self.peers.connected(replica) {
+            Some(winner) if winner != id && self.table.get(winner).is_some() => {
+                // The registered connection stays; the newcomer goes.
+                self.stats.duplicates_refused += 1;
+                if let Some(conn) = self.table.conn_mut(id) {
+                    conn.close(now, CloseReason::Duplicate);
+                }
+            }
+            _ => {
+                self.peers.install(replica, id);
+                self.announce(
+                    id,
+                    NodeEvent::PeerConnected {
+                        replica,
+                        connection: id,
+                    },
+                );
+            }
+        }
+    }
+
+    fn announce(&mut self, id: ConnectionId, event: NodeEvent) {
+        if let Some(entry) = self.table.get_mut(id) {
+            entry.announced = true;
+        }
+        self.events.push_back(event);
+    }
+
+    fn start_dial(&mut self, now: Instant, replica: u8) {
+        let deadline = now.saturating_add(self.config.handshake_timeout);
+        match self.table.insert(Entry {
+            origin: Origin::Dialed(replica),
+            socket: Socket::Connecting { deadline },
+            announced: false,
+        }) {
+            Some(id) => {
+                self.stats.dials += 1;
+                self.peers.dialing(replica, id);
+                self.table.push_action(Action::Connect {
+                    connection: id,
+                    replica,
+                });
+            }
+            None => self.peers.retry_later(now, replica, &mut *self.entropy),
+        }
+    }
+
+    /// A dial that never got a working connection: free it, back off.
+    fn dial_failed(&mut self, now: Instant, id: ConnectionId) {
+        if let Some(Entry {
+            origin: Origin::Dialed(replica),
+            ..
+        }) = self.table.remove(id)
+        {
+            if !self.shutting_down {
+                self.peers.dial_ended(now, replica, id, &mut *self.entropy);
+            }
+        }
+    }
+}
+
+fn route_error(replica: u8, error: crate::connection::SendError) -> RouteError {
+    use crate::connection::SendError;
+    match error {
+        SendError::Backpressure {
+            queued_frames,
+            queued_bytes,
+            ..
+        } => RouteError::Backpressure {
+            replica,
+            queued_frames,
+            queued_bytes,
+        },
+        SendError::Closed | SendError::NotAllowed { .. } => RouteError::Disconnected(replica),
+        SendError::Encode(error) => RouteError::Encode { replica, error },
+    }
+}

@@ -1,0 +1,296 @@
+//! The connections of one node or client: a generation-checked slab, the
+//! list of connections that may have output, their timers, and the socket
+//! actions for the adapter.
+//!
+//! Shared by [`Node`](super::Node) and [`Client`](crate::client::Client).
+
+use crate::connection::Connection;
+use crate::time::Instant;
+use alloc::boxed::Box;
+use alloc::collections::{BTreeSet, VecDeque};
+use alloc::vec::Vec;
+
+/// Names one connection of a node or client for its whole life.
+///
+/// The generation changes every time a slot is reused, so an id held after
+/// its connection ended (a late event, a stale socket) never addresses the
+/// connection that replaced it: it is the registry's generation token
+/// (hazard 21).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnectionId {
+    index: u32,
+    generation: u32,
+}
+
+impl core::fmt::Display for ConnectionId {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "connection {}.{}", self.index, self.generation)
+    }
+}
+
+/// Something the adapter must do with a socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Open a connection to this replica, then report `connected` or
+    /// `connect_failed` with this id.
+    Connect {
+        /// The id to report back.
+        connection: ConnectionId,
+        /// Whom to connect to; the address is the adapter's business.
+        replica: u8,
+    },
+    /// The connection is over and its last bytes were handed out: close the
+    /// socket (or abandon the connect still in progress).
+    Disconnect {
+        /// The connection.
+        connection: ConnectionId,
+    },
+}
+
+/// How a connection came to be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Origin {
+    /// We asked the adapter to connect to this replica.
+    Dialed(u8),
+    /// The adapter accepted it.
+    Accepted,
+}
+
+/// The state machine behind an id.
+pub(crate) enum Socket {
+    /// The adapter is connecting; give up at `deadline`.
+    Connecting { deadline: Instant },
+    /// A connection (boxed: slots move when the slab grows).
+    Open(Box<Connection>),
+}
+
+/// One connection's place in the table.
+pub(crate) struct Entry {
+    pub(crate) origin: Origin,
+    pub(crate) socket: Socket,
+    /// The application was told it is connected, so it will be told once
+    /// that it is disconnected.
+    pub(crate) announced: bool,
+}
+
+struct Slot {
+    generation: u32,
+    entry: Option<Entry>,
+    /// In `ready`.
+    ready: bool,
+    /// The deadline queued in `timers`; never later than the true one.
+    timer: Option<Instant>,
+}
+
+/// A bounded slab of connections.
+pub(crate) struct Table {
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    /// Slots that may have output or be finished; each at most once.
+    ready: VecDeque<u32>,
+    timers: BTreeSet<(Instant, u32)>,
+    actions: VecDeque<Action>,
+    live: usize,
+    max: usize,
+}
+
+impl Table {
+    /// A table of at most `max` connections.
+    pub(crate) fn new(max: usize) -> Self {
+        Table {
+            slots: Vec::new(),
+            free: Vec::new(),
+            ready: VecDeque::new(),
+            timers: BTreeSet::new(),
+            actions: VecDeque::new(),
+            live: 0,
+            max,
+        }
+    }
+
+    /// Connections held.
+    pub(crate) fn len(&self) -> usize {
+        self.live
+    }
+
+    /// Whether another connection fits.
+    pub(crate) fn is_full(&self) -> bool {
+        self.live >= self.max
+    }
+
+    /// Adds a connection; `None` when full.
+    pub(crate) fn insert(&mut self, entry: Entry) -> Option<ConnectionId> {
+        if self.is_full() {
+            return None;
+        }
+        let index = match self.free.pop() {
+            Some(i) => i,
+            None => {
+                let i = u32::try_from(self.slots.len()).ok()?;
+                self.slots.push(Slot {
+                    generation: 0,
+                    entry: None,
+                    ready: false,
+                    timer: None,
+                });
+                i
+            }
+        };
+        let slot = &mut self.slots[index as usize];
+        slot.entry = Some(entry);
+        self.live += 1;
+        let id = ConnectionId {
+            index,
+            generation: slot.generation,
+        };
+        self.touch(id);
+        Some(id)
+    }
+
+    fn slot(&self, id: ConnectionId) -> Option<&Slot> {
+        self.slots
+            .get(id.index as usize)
+            .filter(|s| s.generation == id.generation && s.entry.is_some())
+    }
+
+    fn slot_mut(&mut self, id: ConnectionId) -> Option<&mut Slot> {
+        self.slots
+            .get_mut(id.index as usize)
+            .filter(|s| s.generation == id.generation && s.entry.is_some())
+    }
+
+    /// The entry behind `id`, if it is still the same connection.
+    pub(crate) fn get(&self, id: ConnectionId) -> Option<&Entry> {
+        self.slot(id)?.entry.as_ref()
+    }
+
+    /// The entry behind `id`, if it is still the same connection.
+    pub(crate) fn get_mut(&mut self, id: ConnectionId) -> Option<&mut Entry> {
+        self.slot_mut(id)?.entry.as_mut()
+    }
+
+    /// The open connection behind `id`.
+    pub(crate) fn conn_mut(&mut self, id: ConnectionId) -> Option<&mut Connection> {
+        match &mut self.get_mut(id)?.socket {
+            Socket::Open(conn) => Some(conn),
+            Socket::Connecting { .. } => None,
+        }
+    }
+
+    /// Ids of every connection held, in slot order.
+    pub(crate) fn ids(&self) -> impl Iterator<Item = ConnectionId> + '_ {
+        self.slots.iter().enumerate().filter_map(|(i, s)| {
+            s.entry.as_ref()?;
+            Some(ConnectionId {
+                index: u32::try_from(i).ok()?,
+                generation: s.generation,
+            })
+        })
+    }
+
+    /// Records that `id` may have output and that its deadline may have
+    /// moved. Cheap: the timer entry is only replaced when the deadline got
+    /// earlier, since waking early is harmless and the stale entry is
+    /// refreshed when it fires.
+    pub(crate) fn touch(&mut self, id: ConnectionId) {
+        let Some(slot) = self.slots.get_mut(id.index as usize) else {
+            return;
+        };
+        let Some(entry) = slot
+            .entry
+            .as_ref()
+            .filter(|_| slot.generation == id.generation)
+        else {
+            return;
+        };
+        let deadline = match &entry.socket {
+            Socket::Connecting { deadline } => Some(*deadline),
+            Socket::Open(conn) => conn.poll_timeout(),
+        };
+        if !slot.ready {
+            slot.ready = true;
+            self.ready.push_back(id.index);
+        }
+        if let Some(deadline) = deadline {
+            if slot.timer.is_none_or(|t| deadline < t) {
+                if let Some(old) = slot.timer.replace(deadline) {
+                    self.timers.remove(&(old, id.index));
+                }
+                self.timers.insert((deadline, id.index));
+            }
+        }
+    }
+
+    /// The first connection that may have output, left in the list.
+    pub(crate) fn first_ready(&mut self) -> Option<ConnectionId> {
+        loop {
+            let &index = self.ready.front()?;
+            let slot = &self.slots[index as usize];
+            if slot.entry.is_some() {
+                return Some(ConnectionId {
+                    index,
+                    generation: slot.generation,
+                });
+            }
+            self.ready.pop_front();
+            self.slots[index as usize].ready = false;
+        }
+    }
+
+    /// Takes the first connection off the ready list.
+    pub(crate) fn pop_ready(&mut self) {
+        if let Some(index) = self.ready.pop_front() {
+            self.slots[index as usize].ready = false;
+        }
+    }
+
+    /// The earliest connection deadline.
+    pub(crate) fn next_timeout(&self) -> Option<Instant> {
+        self.timers.first().map(|&(at, _)| at)
+    }
+
+    /// A connection whose deadline is at or before `now`, taken off the
+    /// timer queue (the caller runs its timers and touches it).
+    pub(crate) fn pop_expired(&mut self, now: Instant) -> Option<ConnectionId> {
+        loop {
+            let &(at, index) = self.timers.first().filter(|(at, _)| *at <= now)?;
+            self.timers.remove(&(at, index));
+            let slot = &mut self.slots[index as usize];
+            slot.timer = None;
+            if slot.entry.is_some() {
+                return Some(ConnectionId {
+                    index,
+                    generation: slot.generation,
+                });
+            }
+        }
+    }
+
+    /// Frees the slot and tells the adapter to close the socket. Returns the
+    /// entry, or `None` if `id` is stale.
+    pub(crate) fn remove(&mut self, id: ConnectionId) -> Option<Entry> {
+        let slot = self.slot_mut(id)?;
+        let entry = slot.entry.take()?;
+        slot.generation = slot.generation.wrapping_add(1);
+        if let Some(at) = slot.timer.take() {
+            self.timers.remove(&(at, id.index));
+        }
+        // A slot still in `ready` is skipped by `first_ready` once vacant,
+        // and its flag is cleared there.
+        self.free.push(id.index);
+        self.live -= 1;
+        self.actions
+            .push_back(Action::Disconnect { connection: id });
+        Some(entry)
+    }
+
+    /// Queues an action for the adapter.
+    pub(crate) fn push_action(&mut self, action: Action) {
+        self.actions.push_back(action);
+    }
+
+    /// The next socket action.
+    pub(crate) fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+}

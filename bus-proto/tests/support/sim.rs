@@ -1,0 +1,1166 @@
+//! A deterministic cluster simulator: N nodes and M clients in memory, a
+//! virtual clock, and a seeded network with chunking, latency, stalls,
+//! resets, partitions that heal, node restarts, corruption, and an
+//! adversary that replays captured handshakes and frames and dials with
+//! wrong keys.
+//!
+//! Everything random comes from the seed, so a run replays exactly. The
+//! checks run as the simulation goes; [`Sim::run`] returns the first
+//! broken invariant as an error naming it.
+#![allow(dead_code, unreachable_pub)]
+
+use bus_proto::client::{Client, ClientEvent, ClientParams, RequestFailure};
+use bus_proto::config::{Config, ValidConfig};
+use bus_proto::crypto::{Key, KeyRing};
+use bus_proto::entropy::{Entropy, SeededEntropy};
+use bus_proto::handshake::Binding;
+use bus_proto::node::{Action, ConnectionId, Node, NodeEvent, NodeParams, ReplyError};
+use bus_proto::time::{Instant, Now, UnixNanos};
+use bus_proto::wire::RequestHeader;
+use bytes::Bytes;
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::time::Duration;
+
+pub const CLUSTER: u128 = 0x51_u128;
+const WALL_BASE: u64 = 1_767_225_600_000_000_000;
+const MS: u64 = 1_000_000;
+/// Client ids of impostors (wrong key) start here.
+const IMPOSTOR_BASE: u128 = 0xBAD << 100;
+
+/// A simulation's shape; everything else comes from the seed.
+#[derive(Clone, Debug)]
+pub struct Shape {
+    pub nodes: u8,
+    pub clients: usize,
+    /// Virtual time with faults, then the same again healed.
+    pub fault_time: Duration,
+    /// Bound on reconnecting everything once faults heal.
+    pub heal_bound: Duration,
+}
+
+impl Default for Shape {
+    fn default() -> Self {
+        Shape {
+            nodes: 3,
+            clients: 3,
+            fault_time: Duration::from_secs(20),
+            heal_bound: Duration::from_secs(15),
+        }
+    }
+}
+
+/// Figures of one run.
+#[derive(Clone, Debug, Default)]
+pub struct Report {
+    pub virtual_time: Duration,
+    pub steps: u64,
+    pub messages_delivered: u64,
+    pub requests_executed: u64,
+    pub replies_received: u64,
+    pub dedup_hits: u64,
+    pub duplicates_dropped: u64,
+    pub stale: u64,
+    pub resent: u64,
+    pub resets: u64,
+    pub restarts: u64,
+    pub partitions: u64,
+    pub corruptions: u64,
+    pub impostor_dials: u64,
+    pub handshake_replays: u64,
+    pub frame_replays: u64,
+    pub authenticated_frames: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Host {
+    Node(u8),
+    Client(usize),
+    /// The adversary's raw sockets into a node.
+    Adversary,
+}
+
+type End = (Host, ConnectionId);
+
+struct Pipe {
+    chunks: VecDeque<(Instant, Vec<u8>)>,
+    last: Instant,
+    /// The writer closed: EOF follows the last chunk.
+    eof: bool,
+}
+
+struct Socket {
+    ends: [End; 2],
+    pipes: [Pipe; 2],
+    /// The first transmits of the dialer (hello, confirm, first data), for
+    /// the adversary.
+    captured: Vec<Vec<u8>>,
+}
+
+struct NodeSlot {
+    node: Option<Node>,
+    incarnation: u32,
+    down_until: Option<Instant>,
+    /// Requests executed by this incarnation: (client, request) -> count.
+    executed: BTreeMap<(u128, u64), u32>,
+    /// Replies held back to make retries meet requests in flight.
+    delayed: Vec<(Instant, RequestHeader)>,
+    /// Next message number per destination.
+    sent: Vec<u64>,
+    skew: i64,
+}
+
+struct ClientSlot {
+    client: Client,
+    /// Outstanding request numbers.
+    waiting: BTreeSet<u64>,
+    completed: u64,
+    failures: BTreeMap<u64, RequestFailure>,
+    impostor: bool,
+}
+
+/// The simulator.
+pub struct Sim {
+    pub seed: u64,
+    shape: Shape,
+    config: ValidConfig,
+    keys: KeyRing,
+    now: Instant,
+    rng: SeededEntropy,
+    nodes: Vec<NodeSlot>,
+    clients: Vec<ClientSlot>,
+    sockets: Vec<Option<Socket>>,
+    by_end: HashMap<End, usize>,
+    partitions: BTreeMap<(u8, u8), Instant>,
+    /// Per receiver connection: the last message number seen per sender.
+    last_seen: HashMap<(u8, ConnectionId), u64>,
+    /// Adversary connections: (node, id). None may ever be established.
+    adversary: BTreeSet<(u8, ConnectionId)>,
+    captured: VecDeque<(u8, Vec<Vec<u8>>)>,
+    corrupt_per_mille: u64,
+    faults_on: bool,
+    pub report: Report,
+}
+
+fn body_for(from: u8, to: u8, k: u64, len: usize) -> Bytes {
+    let mut b = format!("{from}>{to}#{k}:").into_bytes();
+    let mut x = (u64::from(from) << 56) ^ (u64::from(to) << 48) ^ k;
+    while b.len() < len {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        b.push((x >> 56) as u8);
+    }
+    Bytes::from(b)
+}
+
+fn parse_message(body: &[u8]) -> Option<(u8, u8, u64, usize)> {
+    let colon = body.iter().position(|&c| c == b':')?;
+    let head = std::str::from_utf8(&body[..colon]).ok()?;
+    let (from, rest) = head.split_once('>')?;
+    let (to, k) = rest.split_once('#')?;
+    Some((
+        from.parse().ok()?,
+        to.parse().ok()?,
+        k.parse().ok()?,
+        body.len(),
+    ))
+}
+
+fn reply_for(client: u128, request: u64) -> Bytes {
+    Bytes::from(format!("reply {client:x}/{request}"))
+}
+
+impl Sim {
+    pub fn new(seed: u64, shape: Shape) -> Sim {
+        let mut rng = SeededEntropy::new(seed);
+        let authenticated = rng.next_u64() % 2 == 0;
+        let config = Config {
+            heartbeat_interval: Duration::from_millis(100),
+            liveness_timeout: Duration::from_millis(600),
+            handshake_timeout: Duration::from_millis(500),
+            close_grace: Duration::from_millis(200),
+            reconnect_min: Duration::from_millis(20),
+            reconnect_max: Duration::from_millis(1000),
+            request_timeout: Duration::from_secs(5),
+            max_handshakes_in_flight: 8,
+            max_connections: 64,
+            send_queue_frames: 256,
+            max_batch: 16,
+            client_max_outstanding: 8,
+            dedup_entries_per_client: 16,
+            authenticated_frames: authenticated,
+            ..Config::default()
+        }
+        .validate()
+        .expect("simulation config is valid");
+        let keys = KeyRing::new(Key::from_bytes([0x5A; 32]));
+        let corrupt_per_mille = rng.next_u64() % 3;
+        let mut sim = Sim {
+            seed,
+            config,
+            keys,
+            now: Instant::ZERO,
+            rng,
+            nodes: Vec::new(),
+            clients: Vec::new(),
+            sockets: Vec::new(),
+            by_end: HashMap::new(),
+            partitions: BTreeMap::new(),
+            last_seen: HashMap::new(),
+            adversary: BTreeSet::new(),
+            captured: VecDeque::new(),
+            corrupt_per_mille,
+            faults_on: true,
+            report: Report {
+                authenticated_frames: authenticated,
+                ..Report::default()
+            },
+            shape,
+        };
+        for i in 0..sim.shape.nodes {
+            let skew = (sim.rand(10_001) as i64 - 5_000) * MS as i64;
+            sim.nodes.push(NodeSlot {
+                node: None,
+                incarnation: 0,
+                down_until: None,
+                executed: BTreeMap::new(),
+                delayed: Vec::new(),
+                sent: vec![0; usize::from(sim.shape.nodes)],
+                skew,
+            });
+            sim.start_node(i);
+        }
+        for j in 0..sim.shape.clients {
+            let target = u8::try_from(j % usize::from(sim.shape.nodes)).unwrap_or(0);
+            let id = 0xC0DE_0000 + j as u128;
+            let client = sim.new_client(id, target, sim.keys.clone());
+            sim.clients.push(ClientSlot {
+                client,
+                waiting: BTreeSet::new(),
+                completed: 0,
+                failures: BTreeMap::new(),
+                impostor: false,
+            });
+        }
+        sim
+    }
+
+    fn rand(&mut self, n: u64) -> u64 {
+        self.rng.next_u64() % n.max(1)
+    }
+
+    /// A uniform index below `n`.
+    fn pick(&mut self, n: usize) -> usize {
+        usize::try_from(self.rand(n as u64)).unwrap_or(0)
+    }
+
+    fn pick_node(&mut self) -> u8 {
+        u8::try_from(self.rand(u64::from(self.shape.nodes))).unwrap_or(0)
+    }
+
+    fn chance(&mut self, per_mille: u64) -> bool {
+        self.rand(1000) < per_mille
+    }
+
+    fn now_for(&self, skew: i64) -> Now {
+        Now {
+            mono: self.now,
+            wall: UnixNanos::from_nanos(
+                WALL_BASE
+                    .saturating_add(self.now.as_nanos())
+                    .saturating_add_signed(skew),
+            ),
+        }
+    }
+
+    fn node_now(&self, i: u8) -> Now {
+        self.now_for(self.nodes[usize::from(i)].skew)
+    }
+
+    fn new_client(&mut self, id: u128, target: u8, keys: KeyRing) -> Client {
+        let seed = self.rng.next_u64();
+        Client::new(
+            self.now_for(0),
+            &self.config,
+            ClientParams {
+                cluster: CLUSTER,
+                id,
+                target,
+            },
+            keys,
+            Box::new(SeededEntropy::new(seed)),
+        )
+    }
+
+    fn start_node(&mut self, i: u8) {
+        let seed = self.rng.next_u64();
+        let now = self.node_now(i);
+        let node = Node::new(
+            now,
+            &self.config,
+            NodeParams {
+                cluster: CLUSTER,
+                replica: i,
+                replica_count: self.shape.nodes,
+                accept_clients: true,
+            },
+            self.keys.clone(),
+            Box::new(SeededEntropy::new(seed)),
+        )
+        .expect("valid node params");
+        let slot = &mut self.nodes[usize::from(i)];
+        slot.node = Some(node);
+        slot.incarnation += 1;
+        slot.executed.clear();
+        slot.delayed.clear();
+        slot.down_until = None;
+    }
+
+    fn collect_stats(&mut self, i: u8) {
+        if let Some(node) = &self.nodes[usize::from(i)].node {
+            let s = node.stats();
+            self.report.dedup_hits += s.dedup_hits;
+            self.report.duplicates_dropped += s.duplicates_dropped;
+            self.report.stale += s.stale;
+        }
+    }
+
+    fn crash_node(&mut self, i: u8, downtime: Duration) {
+        self.report.restarts += 1;
+        self.collect_stats(i);
+        self.nodes[usize::from(i)].node = None;
+        self.nodes[usize::from(i)].down_until = Some(self.now.saturating_add(downtime));
+        let mine: Vec<usize> = self
+            .by_end
+            .iter()
+            .filter(|((h, _), _)| *h == Host::Node(i))
+            .map(|(_, &s)| s)
+            .collect();
+        for s in mine {
+            self.reset_socket(s);
+        }
+        self.adversary.retain(|(n, _)| *n != i);
+        self.last_seen.retain(|(n, _), _| *n != i);
+    }
+
+    /// Kills a socket: both ends see EOF now, bytes in flight are lost.
+    fn reset_socket(&mut self, s: usize) {
+        let Some(socket) = self.sockets[s].take() else {
+            return;
+        };
+        for end in socket.ends {
+            self.by_end.remove(&end);
+            self.eof(end);
+        }
+    }
+
+    fn eof(&mut self, (host, id): End) {
+        let now = self.now;
+        match host {
+            Host::Node(i) => {
+                let at = self.node_now(i);
+                if let Some(node) = self.nodes[usize::from(i)].node.as_mut() {
+                    node.handle_eof(at, id);
+                }
+            }
+            Host::Client(j) => {
+                let at = self.now_for(0);
+                self.clients[j].client.handle_eof(at, id);
+            }
+            Host::Adversary => {}
+        }
+        let _ = now;
+    }
+
+    fn open_socket(&mut self, dialer: End, acceptor: End) -> usize {
+        let pipe = || Pipe {
+            chunks: VecDeque::new(),
+            last: Instant::ZERO,
+            eof: false,
+        };
+        let socket = Socket {
+            ends: [dialer, acceptor],
+            pipes: [pipe(), pipe()],
+            captured: Vec::new(),
+        };
+        let s = match self.sockets.iter().position(Option::is_none) {
+            Some(s) => {
+                self.sockets[s] = Some(socket);
+                s
+            }
+            None => {
+                self.sockets.push(Some(socket));
+                self.sockets.len() - 1
+            }
+        };
+        self.by_end.insert(dialer, s);
+        self.by_end.insert(acceptor, s);
+        s
+    }
+
+    fn partitioned(&self, a: Host, b: Host) -> bool {
+        let node = |h: Host| match h {
+            Host::Node(i) => Some(i),
+            _ => None,
+        };
+        match (node(a), node(b)) {
+            (Some(x), Some(y)) => self.partitions.contains_key(&(x.min(y), x.max(y))),
+            _ => false,
+        }
+    }
+
+    /// Writes `bytes` into the pipe from `from` with the seeded faults.
+    fn write(&mut self, from: End, bytes: Vec<u8>) {
+        let Some(&s) = self.by_end.get(&from) else {
+            return;
+        };
+        let mut bytes = bytes;
+        if self.faults_on && self.chance(self.corrupt_per_mille) && !bytes.is_empty() {
+            let at = self.pick(bytes.len());
+            bytes[at] ^= 1 << self.rand(8);
+            self.report.corruptions += 1;
+        }
+        let latency = Duration::from_micros(50 + self.rand(2_000));
+        let stall = if self.faults_on && self.chance(5) {
+            Duration::from_millis(self.rand(300))
+        } else {
+            Duration::ZERO
+        };
+        let max_chunk = 1 + self.pick(600);
+        let now = self.now;
+        let Some(socket) = self.sockets[s].as_mut() else {
+            return;
+        };
+        let side = usize::from(socket.ends[1] == from);
+        if side == 0 && socket.captured.len() < 3 {
+            socket.captured.push(bytes.clone());
+        }
+        let pipe = &mut socket.pipes[side];
+        let mut at = now.saturating_add(latency + stall).max(pipe.last);
+        for chunk in bytes.chunks(max_chunk) {
+            pipe.chunks.push_back((at, chunk.to_vec()));
+            at = at.saturating_add(Duration::from_micros(1));
+        }
+        pipe.last = at;
+    }
+
+    /// The writer closed its socket: EOF after the bytes in flight.
+    fn close_end(&mut self, end: End) {
+        let Some(&s) = self.by_end.get(&end) else {
+            return;
+        };
+        self.by_end.remove(&end);
+        let Some(socket) = self.sockets[s].as_mut() else {
+            return;
+        };
+        let side = usize::from(socket.ends[1] == end);
+        socket.pipes[side].eof = true;
+        // The closed end reads no more.
+        socket.pipes[1 - side].chunks.clear();
+        if socket.pipes[1 - side].eof || !self.by_end.contains_key(&socket.ends[1 - side]) {
+            let both_done = socket.pipes[side].chunks.is_empty();
+            if both_done {
+                self.sockets[s] = None;
+            }
+        }
+    }
+
+    /// Delivers every chunk due at `now`; returns whether any moved.
+    fn deliver(&mut self) -> bool {
+        let mut moved = false;
+        for s in 0..self.sockets.len() {
+            for side in 0..2 {
+                while let Some(socket) = self.sockets[s].as_mut() {
+                    let (from, to) = (socket.ends[side], socket.ends[1 - side]);
+                    let blocked = self.partitioned(from.0, to.0);
+                    let Some(socket) = self.sockets[s].as_mut() else {
+                        break;
+                    };
+                    let pipe = &mut socket.pipes[side];
+                    match pipe.chunks.front() {
+                        Some((at, _)) if *at <= self.now && !blocked => {
+                            let (_, chunk) = pipe.chunks.pop_front().expect("front exists");
+                            moved = true;
+                            self.input(to, &chunk);
+                        }
+                        Some((at, _)) if *at <= self.now => {
+                            // Held until the partition heals, like TCP retransmits.
+                            break;
+                        }
+                        None if pipe.eof => {
+                            pipe.eof = false;
+                            moved = true;
+                            let reader_open = self.by_end.contains_key(&to);
+                            self.by_end.remove(&to);
+                            self.sockets[s] = None;
+                            if reader_open {
+                                self.eof(to);
+                            }
+                            break;
+                        }
+                        _ => break,
+                    }
+                }
+            }
+        }
+        moved
+    }
+
+    fn input(&mut self, (host, id): End, bytes: &[u8]) {
+        match host {
+            Host::Node(i) => {
+                let at = self.node_now(i);
+                if let Some(node) = self.nodes[usize::from(i)].node.as_mut() {
+                    let _ = node.handle_input(at, id, bytes);
+                }
+            }
+            Host::Client(j) => {
+                let at = self.now_for(0);
+                let _ = self.clients[j].client.handle_input(at, id, bytes);
+            }
+            Host::Adversary => {}
+        }
+    }
+
+    /// Runs the whole simulation: faults, then healing, then the checks.
+    pub fn run(&mut self) -> Result<Report, String> {
+        let fault_end = Instant::ZERO.saturating_add(self.shape.fault_time);
+        let mut next_fault = Instant::from_nanos(200 * MS);
+        let mut next_app = Instant::ZERO;
+        while self.now < fault_end {
+            let now = self.now;
+            self.partitions.retain(|_, until| *until > now);
+            if self.now >= next_fault {
+                self.fault()?;
+                next_fault = self
+                    .now
+                    .saturating_add(Duration::from_millis(50 + self.rand(400)));
+            }
+            if self.now >= next_app {
+                self.app_tick()?;
+                next_app = self
+                    .now
+                    .saturating_add(Duration::from_millis(1 + self.rand(20)));
+            }
+            self.step()?;
+            let heal = self.partitions.values().min().copied().unwrap_or(fault_end);
+            self.advance(next_fault.min(next_app).min(fault_end).min(heal));
+        }
+        self.heal();
+        let heal_deadline = self.now.saturating_add(self.shape.heal_bound);
+        let healed_at = loop {
+            if self.all_connected() {
+                break self.now;
+            }
+            if self.now >= heal_deadline {
+                return Err(format!(
+                    "replicas not all connected {:?} after faults healed: {}",
+                    self.shape.heal_bound,
+                    self.connectivity()
+                ));
+            }
+            if self.now >= next_app {
+                self.app_tick()?;
+                next_app = self.now.saturating_add(Duration::from_millis(5));
+            }
+            self.step()?;
+            self.advance(next_app.min(heal_deadline));
+        };
+        // Every client completes a fresh request.
+        let before: Vec<u64> = self.clients.iter().map(|c| c.completed).collect();
+        let mut fresh = Vec::new();
+        for j in 0..self.clients.len() {
+            if self.clients[j].impostor {
+                fresh.push(None);
+                continue;
+            }
+            let now = self.now_for(0);
+            let n = self.clients[j]
+                .client
+                .request(now, 7, Bytes::from_static(b"after healing"));
+            let n = n.ok();
+            fresh.push(n);
+            if let Some(n) = n {
+                self.clients[j].waiting.insert(n);
+            }
+        }
+        let reply_deadline = self.now.saturating_add(self.shape.heal_bound);
+        loop {
+            let done = self
+                .clients
+                .iter()
+                .zip(&fresh)
+                .all(|(c, n)| n.is_none_or(|n| !c.waiting.contains(&n)));
+            if done {
+                break;
+            }
+            if self.now >= reply_deadline {
+                return Err(format!(
+                    "clients did not complete a request within {:?} of healing at {healed_at:?}",
+                    self.shape.heal_bound
+                ));
+            }
+            self.step()?;
+            self.advance(reply_deadline);
+        }
+        for (j, (c, n)) in self.clients.iter().zip(&fresh).enumerate() {
+            if let Some(n) = n {
+                if c.completed <= before[j] {
+                    return Err(format!(
+                        "client {j} request {n} failed after healing: {:?}",
+                        c.failures.get(n)
+                    ));
+                }
+            }
+        }
+        self.check_bounds()?;
+        for i in 0..self.shape.nodes {
+            self.collect_stats(i);
+        }
+        self.report.resent = self.clients.iter().map(|c| c.client.stats().resent).sum();
+        self.report.virtual_time = self.now.saturating_duration_since(Instant::ZERO);
+        Ok(self.report.clone())
+    }
+
+    fn heal(&mut self) {
+        self.faults_on = false;
+        self.partitions.clear();
+        for i in 0..self.shape.nodes {
+            if self.nodes[usize::from(i)].node.is_none() {
+                self.start_node(i);
+            }
+        }
+    }
+
+    fn all_connected(&self) -> bool {
+        self.nodes.iter().enumerate().all(|(i, slot)| {
+            slot.node.as_ref().is_some_and(|node| {
+                (0..self.shape.nodes)
+                    .filter(|&r| usize::from(r) != i)
+                    .all(|r| node.is_connected(r))
+            })
+        })
+    }
+
+    fn connectivity(&self) -> String {
+        self.nodes
+            .iter()
+            .enumerate()
+            .map(|(i, slot)| match &slot.node {
+                None => format!("{i}: down"),
+                Some(node) => format!(
+                    "{i}: [{}]",
+                    (0..self.shape.nodes)
+                        .map(|r| if node.is_connected(r) { "+" } else { "-" })
+                        .collect::<String>()
+                ),
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    /// Jumps to the earliest of `limit`, a pipe delivery, or a timer.
+    fn advance(&mut self, limit: Instant) {
+        let mut next = limit;
+        for socket in self.sockets.iter().flatten() {
+            // A partition holds its pipes until a fault tick heals it.
+            if self.partitioned(socket.ends[0].0, socket.ends[1].0) {
+                continue;
+            }
+            for pipe in &socket.pipes {
+                if let Some((at, _)) = pipe.chunks.front() {
+                    next = next.min(*at);
+                }
+                if pipe.eof && pipe.chunks.is_empty() {
+                    next = next.min(self.now);
+                }
+            }
+        }
+        for slot in &self.nodes {
+            if let Some(t) = slot.node.as_ref().and_then(Node::poll_timeout) {
+                next = next.min(t);
+            }
+            if let Some(t) = slot.down_until {
+                next = next.min(t);
+            }
+            for (t, _) in &slot.delayed {
+                next = next.min(*t);
+            }
+        }
+        for c in &self.clients {
+            if let Some(t) = c.client.poll_timeout() {
+                next = next.min(t);
+            }
+        }
+        self.now = next.max(self.now.saturating_add(Duration::from_micros(1)));
+    }
+
+    /// Delivers, runs timers and drains every state machine until quiet.
+    fn step(&mut self) -> Result<(), String> {
+        self.report.steps += 1;
+        for i in 0..self.shape.nodes {
+            let slot = &mut self.nodes[usize::from(i)];
+            if slot.down_until.is_some_and(|t| t <= self.now) {
+                self.start_node(i);
+            }
+        }
+        for _ in 0..10_000 {
+            let mut moved = self.deliver();
+            for i in 0..self.shape.nodes {
+                let at = self.node_now(i);
+                if let Some(node) = self.nodes[usize::from(i)].node.as_mut() {
+                    if node.poll_timeout().is_some_and(|t| t <= self.now) {
+                        node.handle_timeout(at);
+                    }
+                }
+                moved |= self.drain_node(i)?;
+            }
+            for j in 0..self.clients.len() {
+                let at = self.now_for(0);
+                if self.clients[j]
+                    .client
+                    .poll_timeout()
+                    .is_some_and(|t| t <= self.now)
+                {
+                    self.clients[j].client.handle_timeout(at);
+                }
+                moved |= self.drain_client(j)?;
+            }
+            if !moved {
+                return Ok(());
+            }
+        }
+        Err("the simulation did not settle in 10000 rounds at one instant".into())
+    }
+
+    fn drain_node(&mut self, i: u8) -> Result<bool, String> {
+        let at = self.node_now(i);
+        let mut moved = false;
+        let idx = usize::from(i);
+        // Replies whose delay passed.
+        let due: Vec<RequestHeader> = {
+            let slot = &mut self.nodes[idx];
+            let now = self.now;
+            let (due, keep): (Vec<_>, Vec<_>) =
+                slot.delayed.drain(..).partition(|(t, _)| *t <= now);
+            slot.delayed = keep;
+            due.into_iter().map(|(_, r)| r).collect()
+        };
+        for request in due {
+            moved |= self.reply(i, request);
+        }
+        loop {
+            let Some(node) = self.nodes[idx].node.as_mut() else {
+                return Ok(moved);
+            };
+            if let Some((id, transmit)) = node.poll_transmit(at) {
+                moved = true;
+                let bytes: Vec<u8> = transmit.segments().concat();
+                self.write((Host::Node(i), id), bytes);
+                continue;
+            }
+            if let Some(action) = node.poll_action() {
+                moved = true;
+                self.node_action(i, action);
+                continue;
+            }
+            if let Some(event) = node.poll_event() {
+                moved = true;
+                self.node_event(i, event)?;
+                continue;
+            }
+            return Ok(moved);
+        }
+    }
+
+    /// The application answers; a full queue means trying again shortly.
+    fn reply(&mut self, i: u8, request: RequestHeader) -> bool {
+        let at = self.node_now(i);
+        let slot = &mut self.nodes[usize::from(i)];
+        let Some(node) = slot.node.as_mut() else {
+            return false;
+        };
+        let body = reply_for(request.client, request.request);
+        if let Err(ReplyError::Backpressure { .. }) = node.reply(at, request, body) {
+            let retry = self.now.saturating_add(Duration::from_millis(10));
+            slot.delayed.push((retry, request));
+        }
+        true
+    }
+
+    fn node_action(&mut self, i: u8, action: Action) {
+        match action {
+            Action::Connect {
+                connection,
+                replica,
+            } => {
+                let at = self.node_now(i);
+                let target_up = self.nodes[usize::from(replica)].node.is_some();
+                if !target_up || self.partitioned(Host::Node(i), Host::Node(replica)) {
+                    // Half the time the SYN is lost and the dial times out.
+                    if self.chance(500) {
+                        if let Some(node) = self.nodes[usize::from(i)].node.as_mut() {
+                            node.connect_failed(at, connection);
+                        }
+                    }
+                    return;
+                }
+                let rat = self.node_now(replica);
+                let Some(target) = self.nodes[usize::from(replica)].node.as_mut() else {
+                    return;
+                };
+                match target.accept(rat, Binding::NONE) {
+                    Ok(accepted) => {
+                        self.open_socket(
+                            (Host::Node(i), connection),
+                            (Host::Node(replica), accepted),
+                        );
+                        if let Some(node) = self.nodes[usize::from(i)].node.as_mut() {
+                            let _ = node.connected(at, connection, Binding::NONE);
+                        }
+                    }
+                    Err(_) => {
+                        if let Some(node) = self.nodes[usize::from(i)].node.as_mut() {
+                            node.connect_failed(at, connection);
+                        }
+                    }
+                }
+            }
+            Action::Disconnect { connection } => self.close_end((Host::Node(i), connection)),
+        }
+    }
+
+    fn node_event(&mut self, i: u8, event: NodeEvent) -> Result<(), String> {
+        let seed = self.seed;
+        match event {
+            NodeEvent::PeerConnected { connection, .. }
+            | NodeEvent::ClientConnected { connection, .. }
+                if self.adversary.contains(&(i, connection)) =>
+            {
+                return Err(format!(
+                    "seed {seed}: node {i} established the adversary's {connection}"
+                ));
+            }
+            NodeEvent::ClientConnected { client, .. } if client >= IMPOSTOR_BASE => {
+                return Err(format!("node {i} admitted impostor client {client:#x}"));
+            }
+            NodeEvent::Message {
+                from,
+                connection,
+                body,
+                ..
+            } => {
+                let Some((f, to, k, _)) = parse_message(&body) else {
+                    return Err(format!("node {i}: corrupted message from {from}: {body:?}"));
+                };
+                if f != from || to != i || body != body_for(f, to, k, body.len()) {
+                    return Err(format!(
+                        "node {i}: corrupted or misrouted message {f}>{to}#{k}"
+                    ));
+                }
+                // In order, never duplicated: on one connection the
+                // sender's numbers only grow.
+                let last = self.last_seen.insert((i, connection), k);
+                if last.is_some_and(|l| k <= l) {
+                    return Err(format!(
+                        "node {i}: message {from}>{i}#{k} after #{} on one connection",
+                        last.unwrap_or(0)
+                    ));
+                }
+                self.report.messages_delivered += 1;
+            }
+            NodeEvent::Request { request, .. } => {
+                let slot = &mut self.nodes[usize::from(i)];
+                let count = slot
+                    .executed
+                    .entry((request.client, request.request))
+                    .or_insert(0);
+                *count += 1;
+                if *count > 1 {
+                    return Err(format!(
+                        "node {i} (incarnation {}) executed client {:#x} request {} twice",
+                        slot.incarnation, request.client, request.request
+                    ));
+                }
+                self.report.requests_executed += 1;
+                if self.rand(4) == 0 {
+                    let at = self
+                        .now
+                        .saturating_add(Duration::from_millis(self.rand(300)));
+                    self.nodes[usize::from(i)].delayed.push((at, request));
+                } else {
+                    self.reply(i, request);
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn drain_client(&mut self, j: usize) -> Result<bool, String> {
+        let at = self.now_for(0);
+        let mut moved = false;
+        loop {
+            let c = &mut self.clients[j].client;
+            if let Some((id, transmit)) = c.poll_transmit(at) {
+                moved = true;
+                let bytes: Vec<u8> = transmit.segments().concat();
+                self.write((Host::Client(j), id), bytes);
+                continue;
+            }
+            if let Some(action) = c.poll_action() {
+                moved = true;
+                self.client_action(j, action);
+                continue;
+            }
+            if let Some(event) = c.poll_event() {
+                moved = true;
+                self.client_event(j, event)?;
+                continue;
+            }
+            return Ok(moved);
+        }
+    }
+
+    fn client_action(&mut self, j: usize, action: Action) {
+        let at = self.now_for(0);
+        match action {
+            Action::Connect {
+                connection,
+                replica,
+            } => {
+                let rat = self.node_now(replica);
+                let accepted = self.nodes[usize::from(replica)]
+                    .node
+                    .as_mut()
+                    .and_then(|n| n.accept(rat, Binding::NONE).ok());
+                match accepted {
+                    Some(accepted) => {
+                        self.open_socket(
+                            (Host::Client(j), connection),
+                            (Host::Node(replica), accepted),
+                        );
+                        let _ = self.clients[j]
+                            .client
+                            .connected(at, connection, Binding::NONE);
+                    }
+                    None => self.clients[j].client.connect_failed(at, connection),
+                }
+            }
+            Action::Disconnect { connection } => self.close_end((Host::Client(j), connection)),
+        }
+    }
+
+    fn client_event(&mut self, j: usize, event: ClientEvent) -> Result<(), String> {
+        let slot = &mut self.clients[j];
+        match event {
+            ClientEvent::Connected { .. } if slot.impostor => {
+                return Err(format!("impostor client {j} connected without the key"));
+            }
+            ClientEvent::Reply { request, body, .. } => {
+                if !slot.waiting.remove(&request) {
+                    return Err(format!(
+                        "client {j}: reply to request {request} not outstanding"
+                    ));
+                }
+                if body != reply_for(slot.client.id(), request) {
+                    return Err(format!(
+                        "client {j}: wrong reply to request {request}: {body:?}"
+                    ));
+                }
+                slot.completed += 1;
+                self.report.replies_received += 1;
+            }
+            ClientEvent::Failed { request, reason } => {
+                if !slot.waiting.remove(&request) {
+                    return Err(format!(
+                        "client {j}: failure of request {request} not outstanding"
+                    ));
+                }
+                slot.failures.insert(request, reason);
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// The application: replicas message each other, clients send requests.
+    fn app_tick(&mut self) -> Result<(), String> {
+        let from = self.pick_node();
+        let to = self.pick_node();
+        if from != to {
+            let k = self.nodes[usize::from(from)].sent[usize::from(to)];
+            let big = self.chance(50);
+            let len = 16 + self.pick(if big { 8000 } else { 200 });
+            let body = body_for(from, to, k, len);
+            if let Some(node) = self.nodes[usize::from(from)].node.as_mut() {
+                if node.send(to, 1, body).is_ok() {
+                    self.nodes[usize::from(from)].sent[usize::from(to)] += 1;
+                }
+            }
+        }
+        if !self.clients.is_empty() {
+            let j = self.pick(self.clients.len());
+            let at = self.now_for(0);
+            let slot = &mut self.clients[j];
+            if !slot.impostor {
+                let body = Bytes::from(vec![b'r'; 8]);
+                if let Ok(number) = slot.client.request(at, 3, body) {
+                    slot.waiting.insert(number);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One random fault.
+    fn fault(&mut self) -> Result<(), String> {
+        match self.rand(10) {
+            0 | 1 => {
+                let live: Vec<usize> = (0..self.sockets.len())
+                    .filter(|&s| self.sockets[s].is_some())
+                    .collect();
+                if !live.is_empty() {
+                    let s = live[self.pick(live.len())];
+                    self.report.resets += 1;
+                    self.reset_socket(s);
+                }
+            }
+            2 => {
+                let a = self.pick_node();
+                let b = self.pick_node();
+                if a != b {
+                    let until = self
+                        .now
+                        .saturating_add(Duration::from_millis(200 + self.rand(2000)));
+                    self.partitions.insert((a.min(b), a.max(b)), until);
+                    self.report.partitions += 1;
+                }
+            }
+            3 => {
+                let down = self.nodes.iter().filter(|s| s.node.is_none()).count();
+                if down == 0 {
+                    let i = self.pick_node();
+                    let downtime = Duration::from_millis(100 + self.rand(1500));
+                    self.crash_node(i, downtime);
+                }
+            }
+            4 => self.impostor_dial(),
+            5 => self.replay_handshake(),
+            6 => self.replay_frame(),
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn impostor_dial(&mut self) {
+        if self.clients.len() >= self.shape.clients + 2 {
+            return;
+        }
+        let target = self.pick_node();
+        let id = IMPOSTOR_BASE + self.clients.len() as u128;
+        let wrong = KeyRing::new(Key::from_bytes([0x33; 32]));
+        let client = self.new_client(id, target, wrong);
+        self.clients.push(ClientSlot {
+            client,
+            waiting: BTreeSet::new(),
+            completed: 0,
+            failures: BTreeMap::new(),
+            impostor: true,
+        });
+        self.report.impostor_dials += 1;
+    }
+
+    /// Replays a captured dialer handshake into a fresh connection.
+    fn replay_handshake(&mut self) {
+        let candidates: Vec<(u8, Vec<Vec<u8>>)> = self
+            .sockets
+            .iter()
+            .flatten()
+            .filter_map(|s| match s.ends[1].0 {
+                Host::Node(i) if !s.captured.is_empty() => Some((i, s.captured.clone())),
+                _ => None,
+            })
+            .collect();
+        for c in candidates {
+            if self.captured.len() >= 16 {
+                self.captured.pop_front();
+            }
+            self.captured.push_back(c);
+        }
+        if self.captured.is_empty() {
+            return;
+        }
+        let pick = self.pick(self.captured.len());
+        let (i, transmits) = self.captured[pick].clone();
+        let at = self.node_now(i);
+        let Some(node) = self.nodes[usize::from(i)].node.as_mut() else {
+            return;
+        };
+        let Ok(id) = node.accept(at, Binding::NONE) else {
+            return;
+        };
+        self.adversary.insert((i, id));
+        self.report.handshake_replays += 1;
+        for bytes in transmits {
+            let _ = node.handle_input(at, id, &bytes);
+        }
+    }
+
+    /// Replays a captured frame into a live connection (authenticated
+    /// frames only: in checksum mode an on-path attacker is out of scope).
+    fn replay_frame(&mut self) {
+        if !self.report.authenticated_frames {
+            return;
+        }
+        let live: Vec<usize> = (0..self.sockets.len())
+            .filter(|&s| {
+                self.sockets[s]
+                    .as_ref()
+                    .is_some_and(|s| s.captured.len() >= 3)
+            })
+            .collect();
+        if live.is_empty() {
+            return;
+        }
+        let s = live[self.pick(live.len())];
+        let Some(socket) = self.sockets[s].as_mut() else {
+            return;
+        };
+        let bytes = socket.captured[2].clone();
+        let at = socket.pipes[0].last;
+        socket.pipes[0].chunks.push_back((at, bytes));
+        self.report.frame_replays += 1;
+    }
+
+    fn check_bounds(&self) -> Result<(), String> {
+        let max_conns = self.config.max_connections + usize::from(self.shape.nodes);
+        for (i, slot) in self.nodes.iter().enumerate() {
+            if let Some(node) = &slot.node {
+                if node.connections() > max_conns {
+                    return Err(format!("node {i} holds {} connections", node.connections()));
+                }
+                if node.dedup().clients() > self.clients.len() {
+                    return Err(format!(
+                        "node {i} holds {} dedup sessions",
+                        node.dedup().clients()
+                    ));
+                }
+                if node.handshakes_in_flight() > self.config.max_handshakes_in_flight {
+                    return Err(format!(
+                        "node {i}: {} handshakes",
+                        node.handshakes_in_flight()
+                    ));
+                }
+            }
+        }
+        for (j, c) in self.clients.iter().enumerate() {
+            if c.client.outstanding() > self.config.client_max_outstanding
+                || c.client.connections() > 2
+            {
+                return Err(format!("client {j} exceeds its bounds"));
+            }
+        }
+        Ok(())
+    }
+}
