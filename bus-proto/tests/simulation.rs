@@ -1,6 +1,7 @@
 //! The deterministic cluster simulation, over many seeds.
 //!
-//! `SIM_SEEDS=N` runs seeds `0..N` (default 16) on every core;
+//! `SIM_SEEDS=N` runs seeds `0..N` (default 16) on every core
+//! (`SIM_SEED_START=S` shifts the range to `S..S+N`);
 //! `SIM_SEED=<seed>` replays one. A failure names its seed and the broken
 //! invariant.
 
@@ -60,7 +61,10 @@ fn add(totals: &mut Report, r: &Report) {
 fn cluster_invariants_hold_under_faults_for_every_seed() {
     let seeds: Vec<u64> = match env_u64("SIM_SEED") {
         Some(seed) => vec![seed],
-        None => (0..env_u64("SIM_SEEDS").unwrap_or(16)).collect(),
+        None => {
+            let start = env_u64("SIM_SEED_START").unwrap_or(0);
+            (start..start + env_u64("SIM_SEEDS").unwrap_or(16)).collect()
+        }
     };
     let next = AtomicUsize::new(0);
     let totals = Mutex::new(Report::default());
@@ -73,6 +77,9 @@ fn cluster_invariants_hold_under_faults_for_every_seed() {
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(&seed) = seeds.get(i) else { break };
+                    if i > 0 && i % 10_000 == 0 {
+                        eprintln!("{i} seeds started after {:.0?}", started.elapsed());
+                    }
                     match run_seed(seed) {
                         Ok(r) => add(&mut totals.lock().unwrap(), &r),
                         Err(e) => {
