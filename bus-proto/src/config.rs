@@ -83,7 +83,9 @@ pub struct Config {
     /// at most `dedup_entries_per_client` so every retry finds its entry.
     pub client_max_outstanding: usize,
     /// Client: how long a request may stay unanswered (resends included)
-    /// before it is reported expired. Default 30 s; `>= 1 ms`.
+    /// before it is reported expired. Default 30 s; `>= 1 ms` and below
+    /// `dedup_ttl`, so a node still remembers every request a client may
+    /// resend.
     #[serde(rename = "request_timeout_ms", with = "millis")]
     pub request_timeout: Duration,
 }
@@ -310,6 +312,16 @@ impl Config {
             c.request_timeout,
             Duration::from_millis(1),
         )?;
+        if c.request_timeout >= c.dedup_ttl {
+            return Err(invalid(
+                "request_timeout_ms",
+                c.request_timeout,
+                format!(
+                    "must be below dedup_ttl ({:?}), so a resent request is still remembered",
+                    c.dedup_ttl
+                ),
+            ));
+        }
         Ok(ValidConfig(self))
     }
 

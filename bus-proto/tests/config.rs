@@ -201,6 +201,13 @@ fn each_rule_names_its_field() {
             },
             "request_timeout_ms",
         ),
+        (
+            Config {
+                request_timeout: Duration::from_secs(300),
+                ..d()
+            },
+            "request_timeout_ms",
+        ),
     ];
     for (config, field) in cases {
         let err = config.validate().unwrap_err();

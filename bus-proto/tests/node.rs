@@ -101,8 +101,16 @@ fn duplicate_replica_connection_is_refused_without_disturbing_the_winner() {
         ] => *connection,
         other => panic!("{other:?}"),
     };
-    // A second instance of replica 0 (same key) dials replica 1.
+    // A second instance of replica 0 (same key) dials replica 1, with a
+    // message queued to follow its handshake.
     let raw = net.raw_dial(PeerId::Replica(0), 1, &support::net::keys());
+    net.raws[raw]
+        .conn
+        .send(
+            bus_proto::wire::Kind::Message { operation: 1 },
+            Bytes::from_static(b"loser"),
+        )
+        .unwrap();
     net.run_for(Duration::from_millis(20));
     let events = &net.raws[raw].events;
     assert!(matches!(events[0], Event::Established { .. }), "{events:?}");
@@ -279,11 +287,19 @@ fn reconnects_back_off_exponentially_with_jitter_up_to_the_cap() {
         ceiling = (ceiling * 2).min(c.reconnect_max);
     }
     assert_eq!(ceiling, c.reconnect_max, "the cap was reached");
-    // Reachable again: connected, and the backoff starts over.
+    // Reachable again: connected. A connection that holds for
+    // `reconnect_max` resets the backoff, so its loss is redialled fast.
     net.unreachable.clear();
     net.run_for(c.reconnect_max);
     assert!(net.node(0).is_connected(1));
-    assert_eq!(net.node(0).dial_failures(1), 0);
+    net.run_for(c.reconnect_max);
+    let link = *net.peer.keys().find(|(h, _)| *h == Host::Node(0)).unwrap();
+    let lost_at = net.now;
+    net.reset(link);
+    net.run_for(c.reconnect_max);
+    let (redial, _, _) = *net.connects.last().unwrap();
+    assert!(redial.saturating_duration_since(lost_at) <= c.reconnect_min);
+    assert!(net.node(0).is_connected(1));
 }
 
 /// Hazard 26: while a connect is in progress or the peer is connected, no
@@ -677,4 +693,27 @@ fn outstanding_requests_are_bounded_and_expire_and_unmatched_replies_are_dropped
     assert!(replies(&net.take_client_events(j)).is_empty());
     assert_eq!(net.clients[j].stats().unmatched_replies, 3);
     assert_eq!(first, 0);
+}
+
+/// A client that is shut down stays quiet: a later retarget neither dials
+/// nor arms a timer that is already due (no busy loop).
+#[test]
+fn a_shut_down_client_never_dials_again() {
+    let mut net = Net::new(valid(config()), 2);
+    let j = net.add_client(0x99, 0);
+    net.run_for(Duration::from_millis(10));
+    let at = net.at();
+    net.clients[j].request(at, 1, Bytes::new()).unwrap();
+    net.clients[j].shutdown(at);
+    net.clients[j].retarget(at, 1);
+    net.run_for(Duration::from_secs(1));
+    assert_eq!(net.clients[j].poll_timeout(), None);
+    assert_eq!(net.clients[j].connections(), 0);
+    assert_eq!(net.clients[j].outstanding(), 0);
+    let dials = net
+        .connects
+        .iter()
+        .filter(|(_, h, _)| *h == Host::Client(j))
+        .count();
+    assert_eq!(dials, 1);
 }

@@ -92,6 +92,10 @@ pub enum RequestFailure {
     Stale,
     /// The node's window for this client was full; it did not execute.
     Busy,
+    /// The node evicted this client's session (`close Evicted`) while the
+    /// request was outstanding. It is not resent, since the node could no
+    /// longer recognise a retry; it may or may not have executed.
+    Unknown,
 }
 
 /// Why a request was not accepted. Nothing was recorded.
@@ -266,6 +270,9 @@ impl Client {
     /// next one goes to `replica`. Outstanding requests are resent there
     /// (that replica's dedup window does not know them).
     pub fn retarget(&mut self, now: Now, replica: u8) {
+        if self.shutting_down {
+            return;
+        }
         self.params.target = replica;
         self.backoff.reset();
         match self.current {
@@ -393,9 +400,11 @@ impl Client {
                 reason: RequestFailure::Expired,
             });
         }
-        if self.due.is_some_and(|at| at <= now.mono) && !self.shutting_down {
+        if self.due.is_some_and(|at| at <= now.mono) {
             self.due = None;
-            self.dial(now.mono);
+            if !self.shutting_down {
+                self.dial(now.mono);
+            }
         }
     }
 
@@ -403,6 +412,8 @@ impl Client {
     pub fn shutdown(&mut self, now: Now) {
         self.shutting_down = true;
         self.due = None;
+        while self.outstanding.pop_first().is_some() {}
+        self.unsent = false;
         if let Some(id) = self.current {
             self.close_current(now.mono, id);
         }
@@ -457,6 +468,8 @@ impl Client {
             origin: Origin::Dialed(self.params.target),
             socket: Socket::Connecting { deadline },
             announced: false,
+            handshaking: false,
+            established_at: None,
         }) {
             Some(id) => {
                 self.stats.dials += 1;
@@ -493,9 +506,9 @@ impl Client {
             match event {
                 Event::Established { .. } => {
                     self.established = true;
-                    self.backoff.reset();
                     if let Some(entry) = self.table.get_mut(id) {
                         entry.announced = true;
+                        entry.established_at = Some(now);
                     }
                     self.events.push_back(ClientEvent::Connected {
                         replica: self.params.target,
@@ -509,7 +522,18 @@ impl Client {
                     }
                 }
                 Event::Closed { reason } => {
-                    let announced = self.table.get(id).is_some_and(|e| e.announced);
+                    let entry = self.table.get(id);
+                    let announced = entry.is_some_and(|e| e.announced);
+                    // Back off afresh only after a connection that held.
+                    let lasted = entry
+                        .and_then(|e| e.established_at)
+                        .map(|t| now.saturating_duration_since(t));
+                    if lasted.is_some_and(|d| d >= self.config.reconnect_max) {
+                        self.backoff.reset();
+                    }
+                    if reason == CloseCause::Peer(CloseReason::Evicted) {
+                        self.forget_outstanding();
+                    }
                     if announced {
                         self.events
                             .push_back(ClientEvent::Disconnected { cause: reason });
@@ -525,6 +549,19 @@ impl Client {
             Some(_) => self.table.touch(id),
             None => {}
         }
+    }
+
+    /// The node evicted this client's session: it no longer knows which
+    /// requests ran, so resending them could run one twice. Each ends as
+    /// [`RequestFailure::Unknown`].
+    fn forget_outstanding(&mut self) {
+        while let Some((request, _)) = self.outstanding.pop_first() {
+            self.events.push_back(ClientEvent::Failed {
+                request,
+                reason: RequestFailure::Unknown,
+            });
+        }
+        self.unsent = false;
     }
 
     /// The current connection `id` is gone: dial again after a backoff.

@@ -65,6 +65,11 @@ impl Outstanding {
         self.requests.pop_first()
     }
 
+    /// The lowest-numbered request, removed.
+    pub(crate) fn pop_first(&mut self) -> Option<(u64, Pending)> {
+        self.requests.pop_first()
+    }
+
     /// Requests not yet queued on connection `on`, in number order.
     pub(crate) fn unsent_on(
         &mut self,

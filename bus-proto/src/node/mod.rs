@@ -165,6 +165,9 @@ pub struct NodeStats {
     pub duplicates_refused: u64,
     /// Dials started.
     pub dials: u64,
+    /// Frames dropped because their connection is not registered (a
+    /// refused duplicate closing).
+    pub frames_unregistered: u64,
     /// Requests handed to the application.
     pub requests: u64,
     /// Retried requests answered from the dedup cache.
@@ -288,8 +291,8 @@ impl Node {
         self.peers.connected(replica).is_some()
     }
 
-    /// Consecutive failed dials of `replica` since it was last connected
-    /// (the backoff exponent).
+    /// The backoff exponent of `replica`: failed or short-lived dials since
+    /// a connection last stayed up for `reconnect_max`.
     pub fn dial_failures(&self, replica: u8) -> u32 {
         self.peers.failures(replica)
     }
@@ -345,6 +348,8 @@ impl Node {
                 origin: Origin::Accepted,
                 socket: Socket::Open(Box::new(conn)),
                 announced: false,
+                handshaking: true,
+                established_at: None,
             })
             .ok_or(AcceptError::TooManyConnections {
                 held: self.table.len(),
@@ -627,9 +632,10 @@ impl Node {
     }
 
     fn on_established(&mut self, now: Instant, id: ConnectionId, peer: PeerId) {
-        if let Some(entry) = self.table.get(id) {
-            if entry.origin == Origin::Accepted {
-                self.handshakes = self.handshakes.saturating_sub(1);
+        if let Some(entry) = self.table.get_mut(id) {
+            entry.established_at = Some(now);
+            if core::mem::take(&mut entry.handshaking) {
+                self.handshakes -= 1;
             }
         }
         match peer {
@@ -639,6 +645,12 @@ impl Node {
     }
 
     fn on_frame(&mut self, now: Instant, id: ConnectionId, frame: crate::wire::Frame) {
+        // Only registered connections speak for a peer: a refused duplicate
+        // may still deliver frames while its close is in flight.
+        if !self.table.get(id).is_some_and(|e| e.announced) {
+            self.stats.frames_unregistered += 1;
+            return;
+        }
         match frame.header.kind {
             Kind::Message { operation } => self.events.push_back(NodeEvent::Message {
                 from: frame.header.replica,
@@ -655,27 +667,27 @@ impl Node {
     }
 
     fn on_closed(&mut self, now: Instant, id: ConnectionId, cause: CloseCause) {
-        let Some(entry) = self.table.get(id) else {
+        let Some(entry) = self.table.get_mut(id) else {
             return;
         };
         let (origin, announced) = (entry.origin, entry.announced);
+        if core::mem::take(&mut entry.handshaking) {
+            self.handshakes -= 1;
+        }
+        let since = entry.established_at;
+        if since.is_none() {
+            self.stats.handshakes_failed += 1;
+        }
         let established = self
             .table
             .conn_mut(id)
             .and_then(|c| c.peer())
             .filter(|_| announced);
-        if !announced {
-            let handshaking = self.table.conn_mut(id).is_some_and(|c| !c.is_established());
-            if handshaking {
-                self.stats.handshakes_failed += 1;
-                if origin == Origin::Accepted {
-                    self.handshakes = self.handshakes.saturating_sub(1);
-                }
-            }
-        }
         match established {
             Some(PeerId::Replica(replica)) => {
-                self.peers.lost(now, replica, id, &mut *self.entropy);
+                let lasted = since.map(|t| now.saturating_duration_since(t));
+                self.peers
+                    .lost(now, replica, id, lasted, &mut *self.entropy);
                 self.events.push_back(NodeEvent::PeerDisconnected {
                     replica,
                     connection: id,
@@ -736,6 +748,8 @@ impl Node {
             origin: Origin::Dialed(replica),
             socket: Socket::Connecting { deadline },
             announced: false,
+            handshaking: false,
+            established_at: None,
         }) {
             Some(id) => {
                 self.stats.dials += 1;

@@ -26,6 +26,8 @@ pub(crate) struct Peers {
     backoff: Vec<Backoff>,
     /// `(due, replica)` for every `Idle { due: Some(_) }` link.
     due: BTreeSet<(Instant, u8)>,
+    /// How long a connection must stay up to reset its backoff.
+    stable: core::time::Duration,
     stopped: bool,
 }
 
@@ -37,6 +39,7 @@ impl Peers {
             links: Vec::with_capacity(usize::from(count)),
             backoff: Vec::with_capacity(usize::from(count)),
             due: BTreeSet::new(),
+            stable: config.reconnect_max,
             stopped: false,
         };
         for replica in 0..count {
@@ -99,21 +102,27 @@ impl Peers {
         if let Some(link) = self.links.get_mut(usize::from(replica)) {
             *link = Link::Connected(id);
         }
-        if let Some(b) = self.backoff.get_mut(usize::from(replica)) {
-            b.reset();
-        }
     }
 
-    /// The registered connection `id` ended. A later connection (a
-    /// different id) is left alone.
+    /// The registered connection `id` ended after `lasted`. A later
+    /// connection (a different id) is left alone. The backoff starts over
+    /// only after a connection that stayed up for `reconnect_max`: one
+    /// refused right after its handshake (a duplicate, a flapping link)
+    /// keeps backing off instead of redialling at the minimum delay.
     pub(crate) fn lost(
         &mut self,
         now: Instant,
         replica: u8,
         id: ConnectionId,
+        lasted: Option<core::time::Duration>,
         entropy: &mut dyn Entropy,
     ) {
         if self.link(replica) == Some(Link::Connected(id)) {
+            if let Some(b) = self.backoff.get_mut(usize::from(replica)) {
+                if lasted.is_some_and(|d| d >= self.stable) {
+                    b.reset();
+                }
+            }
             self.schedule(now, replica, entropy);
         }
     }

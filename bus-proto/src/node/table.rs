@@ -71,6 +71,11 @@ pub(crate) struct Entry {
     /// The application was told it is connected, so it will be told once
     /// that it is disconnected.
     pub(crate) announced: bool,
+    /// An accepted connection counted in the node's handshakes in flight;
+    /// cleared exactly once, when it establishes or closes.
+    pub(crate) handshaking: bool,
+    /// When the handshake completed.
+    pub(crate) established_at: Option<Instant>,
 }
 
 struct Slot {

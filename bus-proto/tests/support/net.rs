@@ -55,8 +55,6 @@ pub struct Net {
     pub connects: Vec<(Instant, Host, u8)>,
     /// Connect targets that fail at once (down or unreachable).
     pub unreachable: Vec<u8>,
-    /// Hold incoming sockets without answering (for cap tests).
-    pub hold_accepts: bool,
     seed: u64,
 }
 
@@ -73,7 +71,6 @@ impl Net {
             client_events: Vec::new(),
             connects: Vec::new(),
             unreachable: Vec::new(),
-            hold_accepts: false,
             seed: 1,
         };
         for i in 0..replicas {
@@ -248,10 +245,7 @@ impl Net {
             let mut moved = false;
             let at = self.at();
             for i in 0..self.nodes.len() {
-                loop {
-                    let Some(node) = self.nodes[i].as_mut() else {
-                        break;
-                    };
+                while let Some(node) = self.nodes[i].as_mut() {
                     if let Some((id, t)) = node.poll_transmit(at) {
                         moved = true;
                         let bytes = t.segments().concat();
