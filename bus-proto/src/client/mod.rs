@@ -31,7 +31,7 @@ use crate::connection::{CloseCause, Connection, DialParams, Event, Transmit};
 use crate::crypto::{KeyRing, PeerId};
 use crate::entropy::Entropy;
 use crate::handshake::Binding;
-use crate::node::table::{Entry, Origin, Socket, Table};
+use crate::node::table::{Entry, Next, Origin, Socket, Table};
 use crate::node::{Action, Backoff, ConnectionId, SocketError};
 use crate::time::{Instant, Now};
 use crate::wire::{CloseReason, EncodeError, Header, Kind, ReplyStatus, RequestHeader};
@@ -288,11 +288,7 @@ impl Client {
         id: ConnectionId,
         binding: Binding,
     ) -> Result<(), SocketError> {
-        match self.table.get(id).map(|e| &e.socket) {
-            None => return Err(SocketError::UnknownConnection(id)),
-            Some(Socket::Open(_)) => return Err(SocketError::NotConnecting(id)),
-            Some(Socket::Connecting { .. }) => {}
-        }
+        self.table.check_connecting(id)?;
         let params = DialParams {
             cluster: self.params.cluster,
             local: PeerId::Client(self.params.id),
@@ -302,10 +298,7 @@ impl Client {
         };
         match Connection::dial(now.mono, now.wall, &self.config, params, &mut *self.entropy) {
             Ok(conn) => {
-                if let Some(entry) = self.table.get_mut(id) {
-                    entry.socket = Socket::Open(Box::new(conn));
-                }
-                self.table.touch(id);
+                self.table.open(id, conn);
                 Ok(())
             }
             Err(error) => {
@@ -321,13 +314,8 @@ impl Client {
     /// The connect for an [`Action::Connect`] failed; retried after a
     /// backoff. Stale ids are ignored.
     pub fn connect_failed(&mut self, now: Now, id: ConnectionId) {
-        if let Some(Entry {
-            socket: Socket::Connecting { .. },
-            ..
-        }) = self.table.get(id)
-        {
-            self.table.remove(id);
-            self.lost(now.mono, id);
+        if self.table.check_connecting(id).is_ok() {
+            self.follow(now.mono, id, Next::ConnectFailed);
         }
     }
 
@@ -338,11 +326,7 @@ impl Client {
         id: ConnectionId,
         bytes: &[u8],
     ) -> Result<(), SocketError> {
-        let conn = self
-            .table
-            .conn_mut(id)
-            .ok_or(SocketError::UnknownConnection(id))?;
-        conn.handle_input(now.mono, bytes);
+        self.table.input(now.mono, id, Some(bytes))?;
         self.settle(now.mono, id);
         Ok(())
     }
@@ -354,44 +338,21 @@ impl Client {
 
     /// Processes bytes appended to [`Client::read_buffer`].
     pub fn handle_read(&mut self, now: Now, id: ConnectionId) -> Result<(), SocketError> {
-        let conn = self
-            .table
-            .conn_mut(id)
-            .ok_or(SocketError::UnknownConnection(id))?;
-        conn.handle_read(now.mono);
+        self.table.input(now.mono, id, None)?;
         self.settle(now.mono, id);
         Ok(())
     }
 
     /// `id`'s socket reached EOF or failed.
     pub fn handle_eof(&mut self, now: Now, id: ConnectionId) {
-        match self.table.get(id).map(|e| &e.socket) {
-            Some(Socket::Open(_)) => {
-                if let Some(conn) = self.table.conn_mut(id) {
-                    conn.handle_eof(now.mono);
-                }
-                self.settle(now.mono, id);
-            }
-            Some(Socket::Connecting { .. }) => self.connect_failed(now, id),
-            None => {}
-        }
+        let next = self.table.eof(now.mono, id);
+        self.follow(now.mono, id, next);
     }
 
     /// Runs every timer due at `now`. Harmless when called early.
     pub fn handle_timeout(&mut self, now: Now) {
-        while let Some(id) = self.table.pop_expired(now.mono) {
-            match self.table.get(id).map(|e| &e.socket) {
-                Some(Socket::Connecting { deadline }) if *deadline <= now.mono => {
-                    self.connect_failed(now, id);
-                }
-                Some(Socket::Open(_)) => {
-                    if let Some(conn) = self.table.conn_mut(id) {
-                        conn.handle_timeout(now.mono);
-                    }
-                    self.settle(now.mono, id);
-                }
-                _ => self.table.touch(id),
-            }
+        while let Some((id, next)) = self.table.fire_expired(now.mono) {
+            self.follow(now.mono, id, next);
         }
         while let Some((request, _)) = self.outstanding.pop_expired(now.mono) {
             self.stats.expired += 1;
@@ -486,10 +447,7 @@ impl Client {
 
     fn close_current(&mut self, now: Instant, id: ConnectionId) {
         match self.table.get(id).map(|e| &e.socket) {
-            Some(Socket::Connecting { .. }) => {
-                self.table.remove(id);
-                self.lost(now, id);
-            }
+            Some(Socket::Connecting { .. }) => self.follow(now, id, Next::ConnectFailed),
             Some(Socket::Open(_)) => {
                 if let Some(conn) = self.table.conn_mut(id) {
                     conn.close(now, CloseReason::Shutdown);
@@ -497,6 +455,17 @@ impl Client {
                 self.settle(now, id);
             }
             None => {}
+        }
+    }
+
+    fn follow(&mut self, now: Instant, id: ConnectionId, next: Next) {
+        match next {
+            Next::Settle => self.settle(now, id),
+            Next::ConnectFailed => {
+                self.table.remove(id);
+                self.lost(now, id);
+            }
+            Next::Nothing => {}
         }
     }
 

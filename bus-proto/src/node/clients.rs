@@ -45,26 +45,31 @@ impl Node {
             request: number,
             ..
         } = request;
-        match self.dedup.lookup(client, number, now) {
-            Lookup::Fresh => match self.dedup.mark_in_flight(client, number, now) {
-                Ok(evicted) => {
-                    self.evict_sessions(now, evicted);
-                    self.stats.requests += 1;
-                    self.events.push_back(NodeEvent::Request { request, body });
-                }
-                Err(DedupError::WindowFull { .. }) | Err(_) => {
-                    self.stats.busy += 1;
-                    self.answer(id, request, ReplyStatus::Busy, Bytes::new());
-                }
-            },
-            Lookup::InFlight => self.stats.duplicates_dropped += 1,
-            Lookup::Cached(reply) => {
-                self.stats.dedup_hits += 1;
-                self.answer(id, request, ReplyStatus::Ok, reply);
+        // One window operation: marking reports what it found when the
+        // request is not fresh.
+        match self.dedup.mark_in_flight(client, number, now) {
+            Ok(evicted) => {
+                self.evict_sessions(now, evicted);
+                self.stats.requests += 1;
+                self.events.push_back(NodeEvent::Request { request, body });
             }
-            Lookup::Stale => {
-                self.stats.stale += 1;
-                self.answer(id, request, ReplyStatus::Stale, Bytes::new());
+            Err(DedupError::NotFresh { state, .. }) => match state {
+                Lookup::InFlight => self.stats.duplicates_dropped += 1,
+                Lookup::Cached(reply) => {
+                    self.stats.dedup_hits += 1;
+                    self.answer(id, request, ReplyStatus::Ok, reply);
+                }
+                Lookup::Stale => {
+                    self.stats.stale += 1;
+                    self.answer(id, request, ReplyStatus::Stale, Bytes::new());
+                }
+                // `NotFresh` never carries `Fresh`.
+                Lookup::Fresh => {}
+            },
+            // `WindowFull`; marking raises nothing else.
+            Err(_) => {
+                self.stats.busy += 1;
+                self.answer(id, request, ReplyStatus::Busy, Bytes::new());
             }
         }
     }

@@ -80,7 +80,7 @@ use alloc::boxed::Box;
 use alloc::collections::{BTreeMap, VecDeque};
 use bytes::{Bytes, BytesMut};
 use peers::Peers;
-use table::{Entry, Origin, Socket, Table};
+use table::{Entry, Next, Origin, Socket, Table};
 
 /// Who a node is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -313,8 +313,8 @@ impl Node {
     }
 
     /// The connection behind `id` (read-only: for metrics and tests).
-    pub fn connection(&mut self, id: ConnectionId) -> Option<&Connection> {
-        self.table.conn_mut(id).map(|c| &*c)
+    pub fn connection(&self, id: ConnectionId) -> Option<&Connection> {
+        self.table.conn(id)
     }
 
     /// An inbound socket was accepted. Refused (drop the socket unread)
@@ -366,27 +366,24 @@ impl Node {
         id: ConnectionId,
         binding: Binding,
     ) -> Result<(), SocketError> {
-        let entry = self
-            .table
-            .get(id)
-            .ok_or(SocketError::UnknownConnection(id))?;
-        let (Origin::Dialed(replica), Socket::Connecting { .. }) = (entry.origin, &entry.socket)
+        self.table.check_connecting(id)?;
+        let Some(Entry {
+            origin: Origin::Dialed(replica),
+            ..
+        }) = self.table.get(id)
         else {
             return Err(SocketError::NotConnecting(id));
         };
         let params = crate::connection::DialParams {
             cluster: self.params.cluster,
             local: PeerId::Replica(self.params.replica),
-            acceptor: replica,
+            acceptor: *replica,
             keys: &self.keys,
             binding,
         };
         match Connection::dial(now.mono, now.wall, &self.config, params, &mut *self.entropy) {
             Ok(conn) => {
-                if let Some(entry) = self.table.get_mut(id) {
-                    entry.socket = Socket::Open(Box::new(conn));
-                }
-                self.table.touch(id);
+                self.table.open(id, conn);
                 Ok(())
             }
             Err(error) => {
@@ -420,11 +417,7 @@ impl Node {
         id: ConnectionId,
         bytes: &[u8],
     ) -> Result<(), SocketError> {
-        let conn = self
-            .table
-            .conn_mut(id)
-            .ok_or(SocketError::UnknownConnection(id))?;
-        conn.handle_input(now.mono, bytes);
+        self.table.input(now.mono, id, Some(bytes))?;
         self.after_input(now, id);
         Ok(())
     }
@@ -437,45 +430,22 @@ impl Node {
 
     /// Processes bytes appended to [`Node::read_buffer`].
     pub fn handle_read(&mut self, now: Now, id: ConnectionId) -> Result<(), SocketError> {
-        let conn = self
-            .table
-            .conn_mut(id)
-            .ok_or(SocketError::UnknownConnection(id))?;
-        conn.handle_read(now.mono);
+        self.table.input(now.mono, id, None)?;
         self.after_input(now, id);
         Ok(())
     }
 
     /// `id`'s socket reached EOF or failed.
     pub fn handle_eof(&mut self, now: Now, id: ConnectionId) {
-        match self.table.get(id).map(|e| &e.socket) {
-            Some(Socket::Open(_)) => {
-                if let Some(conn) = self.table.conn_mut(id) {
-                    conn.handle_eof(now.mono);
-                }
-                self.settle(now.mono, id);
-            }
-            Some(Socket::Connecting { .. }) => self.dial_failed(now.mono, id),
-            None => {}
-        }
+        let next = self.table.eof(now.mono, id);
+        self.follow(now.mono, id, next);
     }
 
     /// Runs every timer due at `now`: connection deadlines, dials, dedup
     /// expiry. Harmless when called early.
     pub fn handle_timeout(&mut self, now: Now) {
-        while let Some(id) = self.table.pop_expired(now.mono) {
-            match self.table.get(id).map(|e| &e.socket) {
-                Some(Socket::Connecting { deadline }) if *deadline <= now.mono => {
-                    self.dial_failed(now.mono, id);
-                }
-                Some(Socket::Open(_)) => {
-                    if let Some(conn) = self.table.conn_mut(id) {
-                        conn.handle_timeout(now.mono);
-                    }
-                    self.settle(now.mono, id);
-                }
-                _ => self.table.touch(id),
-            }
+        while let Some((id, next)) = self.table.fire_expired(now.mono) {
+            self.follow(now.mono, id, next);
         }
         if !self.shutting_down {
             while let Some(replica) = self.peers.pop_due(now.mono) {
@@ -597,6 +567,14 @@ impl Node {
         .into_iter()
         .flatten()
         .min()
+    }
+
+    fn follow(&mut self, now: Instant, id: ConnectionId, next: Next) {
+        match next {
+            Next::Settle => self.settle(now, id),
+            Next::ConnectFailed => self.dial_failed(now, id),
+            Next::Nothing => {}
+        }
     }
 
     /// After bytes arrived: admits a parked `hello`, then settles.

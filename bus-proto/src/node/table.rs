@@ -4,6 +4,7 @@
 //!
 //! Shared by [`Node`](super::Node) and [`Client`](crate::client::Client).
 
+use super::SocketError;
 use crate::connection::Connection;
 use crate::time::Instant;
 use alloc::boxed::Box;
@@ -45,6 +46,17 @@ pub enum Action {
         /// The connection.
         connection: ConnectionId,
     },
+}
+
+/// What the table's owner must do after a socket event or timer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Next {
+    /// The connection ran: drain its events and reschedule it.
+    Settle,
+    /// A connect in progress failed or expired: free it and back off.
+    ConnectFailed,
+    /// Nothing (a stale id).
+    Nothing,
 }
 
 /// How a connection came to be.
@@ -182,6 +194,78 @@ impl Table {
         }
     }
 
+    /// The open connection behind `id`, read-only.
+    pub(crate) fn conn(&self, id: ConnectionId) -> Option<&Connection> {
+        match &self.get(id)?.socket {
+            Socket::Open(conn) => Some(conn),
+            Socket::Connecting { .. } => None,
+        }
+    }
+
+    /// The connect behind `id` is still in progress.
+    pub(crate) fn check_connecting(&self, id: ConnectionId) -> Result<(), SocketError> {
+        match self.get(id).map(|e| &e.socket) {
+            None => Err(SocketError::UnknownConnection(id)),
+            Some(Socket::Open(_)) => Err(SocketError::NotConnecting(id)),
+            Some(Socket::Connecting { .. }) => Ok(()),
+        }
+    }
+
+    /// The socket behind a connect is open: `conn` takes over the id.
+    pub(crate) fn open(&mut self, id: ConnectionId, conn: Connection) {
+        if let Some(entry) = self.get_mut(id) {
+            entry.socket = Socket::Open(Box::new(conn));
+        }
+        self.touch(id);
+    }
+
+    /// Bytes read from `id`'s socket (`None`: appended to its read buffer).
+    pub(crate) fn input(
+        &mut self,
+        now: Instant,
+        id: ConnectionId,
+        bytes: Option<&[u8]>,
+    ) -> Result<(), SocketError> {
+        let conn = self
+            .conn_mut(id)
+            .ok_or(SocketError::UnknownConnection(id))?;
+        match bytes {
+            Some(bytes) => conn.handle_input(now, bytes),
+            None => conn.handle_read(now),
+        }
+        Ok(())
+    }
+
+    /// `id`'s socket reached EOF or failed.
+    pub(crate) fn eof(&mut self, now: Instant, id: ConnectionId) -> Next {
+        match self.get_mut(id).map(|e| &mut e.socket) {
+            Some(Socket::Open(conn)) => {
+                conn.handle_eof(now);
+                Next::Settle
+            }
+            Some(Socket::Connecting { .. }) => Next::ConnectFailed,
+            None => Next::Nothing,
+        }
+    }
+
+    /// The next connection whose deadline passed, with its timers run.
+    pub(crate) fn fire_expired(&mut self, now: Instant) -> Option<(ConnectionId, Next)> {
+        let id = self.pop_expired(now)?;
+        let next = match self.get_mut(id).map(|e| &mut e.socket) {
+            Some(Socket::Connecting { deadline }) if *deadline <= now => Next::ConnectFailed,
+            Some(Socket::Open(conn)) => {
+                conn.handle_timeout(now);
+                Next::Settle
+            }
+            _ => {
+                // A stale, early entry: re-arm it at the true deadline.
+                self.touch(id);
+                Next::Nothing
+            }
+        };
+        Some((id, next))
+    }
+
     /// Ids of every connection held, in slot order.
     pub(crate) fn ids(&self) -> impl Iterator<Item = ConnectionId> + '_ {
         self.slots.iter().enumerate().filter_map(|(i, s)| {
@@ -255,8 +339,8 @@ impl Table {
     }
 
     /// A connection whose deadline is at or before `now`, taken off the
-    /// timer queue (the caller runs its timers and touches it).
-    pub(crate) fn pop_expired(&mut self, now: Instant) -> Option<ConnectionId> {
+    /// timer queue.
+    fn pop_expired(&mut self, now: Instant) -> Option<ConnectionId> {
         loop {
             let &(at, index) = self.timers.first().filter(|(at, _)| *at <= now)?;
             self.timers.remove(&(at, index));
