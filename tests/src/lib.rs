@@ -1,22 +1,45 @@
-//! Cross-runtime integration tests for the bus.
+//! Integration tests for the bus on real loopback sockets.
 //!
-//! **Placeholder.** The scenarios parametrised over the tokio, smol and compio
-//! adapters land with the adapter issues. Until then this crate checks that
-//! every adapter crate links against the same protocol core.
+//! This library holds what the scenarios share: a configuration with short
+//! timers, keys, a small cluster on loopback, a TCP proxy that can cut its
+//! connections, and waiting helpers with a generous deadline (a liveness
+//! bound, not a timing assertion: each names what it waited for).
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn every_adapter_links_the_same_protocol_core() {
-        let versions = [
-            bus_tokio::bus_proto::wire::PROTOCOL_VERSION,
-            bus_smol::bus_proto::wire::PROTOCOL_VERSION,
-            bus_compio::bus_proto::wire::PROTOCOL_VERSION,
-        ];
-        assert!(
-            versions
-                .iter()
-                .all(|&v| v == bus_proto::wire::PROTOCOL_VERSION)
-        );
+use bus_proto::config::{Config, ValidConfig};
+use bus_proto::crypto::{Key, KeyRing};
+use bus_proto::entropy::SeededEntropy;
+use std::time::Duration;
+
+pub mod proxy;
+pub mod tokio_cluster;
+
+/// The cluster id every test uses.
+pub const CLUSTER: u128 = 0x7e57;
+
+/// How long any wait may take before the test fails, naming what it waited
+/// for. Generous: CI machines are slow and loaded.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+/// Short timers so failures and reconnects happen quickly.
+pub fn config() -> ValidConfig {
+    quick().validate().expect("valid test configuration")
+}
+
+/// [`config`] before validation, to adjust.
+pub fn quick() -> Config {
+    Config {
+        heartbeat_interval: Duration::from_millis(100),
+        liveness_timeout: Duration::from_millis(1000),
+        handshake_timeout: Duration::from_millis(1500),
+        close_grace: Duration::from_millis(500),
+        reconnect_min: Duration::from_millis(10),
+        reconnect_max: Duration::from_millis(200),
+        request_timeout: Duration::from_secs(10),
+        ..Config::default()
     }
+}
+
+/// A key ring from a seed: equal seeds give equal keys.
+pub fn keys(seed: u64) -> KeyRing {
+    KeyRing::new(Key::generate(&mut SeededEntropy::new(seed)))
 }

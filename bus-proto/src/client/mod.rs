@@ -64,6 +64,14 @@ pub enum ClientEvent {
         /// Why.
         cause: CloseCause,
     },
+    /// A connection closed before it was established: the node rejected
+    /// the dial (`cause` is [`CloseCause::Rejected`] with its status), the
+    /// node failed to prove the key, or the handshake timed out. The client
+    /// redials after a backoff.
+    HandshakeFailed {
+        /// Why.
+        cause: CloseCause,
+    },
     /// The reply to a request.
     Reply {
         /// The request number [`Client::request`] returned.
@@ -385,17 +393,33 @@ impl Client {
     pub fn poll_transmit(&mut self, now: Now) -> Option<(ConnectionId, Transmit)> {
         loop {
             let id = self.table.first_ready()?;
-            if let Some(conn) = self.table.conn_mut(id) {
-                let transmit = conn.poll_transmit(now.mono);
-                self.settle(now.mono, id);
-                if let Some(transmit) = transmit {
-                    // The queue has room again for requests a flush left.
-                    self.flush();
-                    return Some((id, transmit));
-                }
+            if let Some(transmit) = self.poll_transmit_for(now, id) {
+                return Some((id, transmit));
             }
             self.table.pop_ready();
         }
+    }
+
+    /// The next batch for one connection, for adapters with a task per
+    /// socket; pair it with [`Client::poll_ready`].
+    #[must_use]
+    pub fn poll_transmit_for(&mut self, now: Now, id: ConnectionId) -> Option<Transmit> {
+        let transmit = self.table.conn_mut(id)?.poll_transmit(now.mono);
+        self.settle(now.mono, id);
+        if transmit.is_some() {
+            // The queue has room again for requests a flush left.
+            self.flush();
+        }
+        transmit
+    }
+
+    /// A connection that may have output, taken off the ready list: wake
+    /// its socket's task. Spurious entries are harmless.
+    #[must_use]
+    pub fn poll_ready(&mut self) -> Option<ConnectionId> {
+        let id = self.table.first_ready()?;
+        self.table.pop_ready();
+        Some(id)
     }
 
     /// The next socket action.
@@ -503,10 +527,12 @@ impl Client {
                     if reason == CloseCause::Peer(CloseReason::Evicted) {
                         self.forget_outstanding();
                     }
-                    if announced {
-                        self.events
-                            .push_back(ClientEvent::Disconnected { cause: reason });
-                    }
+                    let event = if announced {
+                        ClientEvent::Disconnected { cause: reason }
+                    } else {
+                        ClientEvent::HandshakeFailed { cause: reason }
+                    };
+                    self.events.push_back(event);
                     self.lost(now, id);
                 }
             }

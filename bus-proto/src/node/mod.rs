@@ -115,6 +115,19 @@ pub enum NodeEvent {
         /// Why.
         cause: CloseCause,
     },
+    /// A connection closed before it was established (never announced):
+    /// our dial was rejected (`cause` is [`CloseCause::Rejected`] with the
+    /// acceptor's status), or an inbound peer failed to authenticate, was
+    /// refused, or said nothing until the handshake deadline. For logs and
+    /// metrics; the dial schedule already retries.
+    HandshakeFailed {
+        /// The connection that failed.
+        connection: ConnectionId,
+        /// The replica we dialled, or `None` for an inbound connection.
+        dialed: Option<u8>,
+        /// Why.
+        cause: CloseCause,
+    },
     /// A message from a replica, in order.
     Message {
         /// The sender.
@@ -544,6 +557,17 @@ impl Node {
         transmit
     }
 
+    /// A connection that may have output (queued frames, a heartbeat, a
+    /// close), taken off the ready list. For adapters with a task per
+    /// socket: wake that socket's task, which drains
+    /// [`Node::poll_transmit_for`]. Spurious entries are harmless.
+    #[must_use]
+    pub fn poll_ready(&mut self) -> Option<ConnectionId> {
+        let id = self.table.first_ready()?;
+        self.table.pop_ready();
+        Some(id)
+    }
+
     /// The next socket action.
     #[must_use]
     pub fn poll_action(&mut self) -> Option<Action> {
@@ -684,8 +708,19 @@ impl Node {
                 });
             }
             None => {
-                if let Origin::Dialed(replica) = origin {
-                    self.peers.dial_ended(now, replica, id, &mut *self.entropy);
+                let dialed = match origin {
+                    Origin::Dialed(replica) => {
+                        self.peers.dial_ended(now, replica, id, &mut *self.entropy);
+                        Some(replica)
+                    }
+                    Origin::Accepted => None,
+                };
+                if since.is_none() {
+                    self.events.push_back(NodeEvent::HandshakeFailed {
+                        connection: id,
+                        dialed,
+                        cause,
+                    });
                 }
             }
         }

@@ -1,0 +1,477 @@
+//! `bus bench`: the bus against raw TCP and tokio-util's
+//! `LengthDelimitedCodec`, side by side in one run, on loopback.
+
+use crate::Failure;
+use bus_tokio::bus_proto::client::ClientParams;
+use bus_tokio::bus_proto::config::{Config, ValidConfig};
+use bus_tokio::bus_proto::crypto::{Key, KeyRing};
+use bus_tokio::bus_proto::node::{NodeEvent, NodeParams};
+use bus_tokio::bus_proto::wire::{Frame, Header, Integrity, Kind, layout};
+use bus_tokio::{Client, Events, Node, NodeOptions, OsEntropy};
+use bytes::{Buf, Bytes, BytesMut};
+use clap::Args;
+use futures_util::{SinkExt, StreamExt};
+use serde::Serialize;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
+
+const CLUSTER: u128 = 0xbe7c;
+
+/// `bus bench` flags.
+#[derive(Args)]
+pub(crate) struct BenchArgs {
+    /// Print the results as JSON (every figure and ratio) instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// A tenth of the work: a quick check, noisier figures.
+    #[arg(long)]
+    quick: bool,
+    /// Runs of each throughput measurement; the best is kept.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]
+    runs: u32,
+}
+
+#[derive(Serialize)]
+struct Throughput {
+    body_bytes: usize,
+    frame_bytes: usize,
+    messages: u64,
+    bus_per_sec: f64,
+    raw_per_sec: f64,
+    codec_per_sec: f64,
+    bus_vs_raw: f64,
+    bus_vs_codec: f64,
+}
+
+#[derive(Serialize)]
+struct RoundTrip {
+    body_bytes: usize,
+    iterations: u64,
+    bus_p50_us: f64,
+    bus_p99_us: f64,
+    raw_p50_us: f64,
+    raw_p99_us: f64,
+    p50_bus_vs_raw: f64,
+    p99_bus_vs_raw: f64,
+}
+
+#[derive(Serialize)]
+struct Handshakes {
+    connections: u64,
+    per_sec: f64,
+}
+
+#[derive(Serialize)]
+struct Report {
+    runtime: &'static str,
+    batch_frames: usize,
+    throughput: Vec<Throughput>,
+    round_trip: RoundTrip,
+    handshakes: Handshakes,
+}
+
+fn config() -> Result<ValidConfig, Failure> {
+    Ok(Config::default().validate()?)
+}
+
+pub(crate) fn run(args: BenchArgs) -> Result<(), Failure> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let report = runtime.block_on(measure(&args))?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).map_err(|e| Failure(e.to_string()))?
+        );
+    } else {
+        print_table(&report);
+    }
+    Ok(())
+}
+
+async fn measure(args: &BenchArgs) -> Result<Report, Failure> {
+    let config = config()?;
+    let scale = if args.quick { 10 } else { 1 };
+    let mut throughput = Vec::new();
+    for (body, messages) in [(64usize, 2_000_000u64), (4096, 200_000)] {
+        let messages = messages / scale;
+        let mut best = (0f64, 0f64, 0f64);
+        for run in 0..args.runs {
+            if !args.json {
+                eprintln!(
+                    "throughput, {body} B bodies, run {} of {}: {messages} messages each ...",
+                    run + 1,
+                    args.runs
+                );
+            }
+            let bus = bus_throughput(&config, body, messages).await?;
+            let raw = raw_throughput(body, messages, config.max_batch).await?;
+            let codec = codec_throughput(body, messages, config.max_batch).await?;
+            best = (best.0.max(bus), best.1.max(raw), best.2.max(codec));
+        }
+        throughput.push(Throughput {
+            body_bytes: body,
+            frame_bytes: layout::HEADER_SIZE + body,
+            messages,
+            bus_per_sec: best.0,
+            raw_per_sec: best.1,
+            codec_per_sec: best.2,
+            bus_vs_raw: best.0 / best.1,
+            bus_vs_codec: best.0 / best.2,
+        });
+    }
+    let iterations = 20_000 / scale;
+    if !args.json {
+        eprintln!("round trip, {iterations} pings each ...");
+    }
+    let bus = bus_round_trip(&config, 64, iterations).await?;
+    let raw = raw_round_trip(64, iterations).await?;
+    let round_trip = RoundTrip {
+        body_bytes: 64,
+        iterations,
+        bus_p50_us: bus.0,
+        bus_p99_us: bus.1,
+        raw_p50_us: raw.0,
+        raw_p99_us: raw.1,
+        p50_bus_vs_raw: bus.0 / raw.0,
+        p99_bus_vs_raw: bus.1 / raw.1,
+    };
+    let connections = 500 / scale;
+    if !args.json {
+        eprintln!("handshakes, {connections} connections ...");
+    }
+    let handshakes = handshake_rate(&config, connections).await?;
+    Ok(Report {
+        runtime: "tokio multi-thread, 2 workers",
+        batch_frames: config.max_batch,
+        throughput,
+        round_trip,
+        handshakes,
+    })
+}
+
+fn print_table(report: &Report) {
+    println!(
+        "bus bench ({}; one TCP connection on loopback; batches of {} frames)",
+        report.runtime, report.batch_frames
+    );
+    println!(
+        "\n{:<22} {:>14} {:>14} {:>14} {:>9} {:>9}",
+        "throughput (msg/s)", "bus-tokio", "raw tokio", "LDC codec", "vs raw", "vs LDC"
+    );
+    for t in &report.throughput {
+        println!(
+            "{:<22} {:>14.0} {:>14.0} {:>14.0} {:>8.2}x {:>8.2}x",
+            format!("{} B body ({} B frame)", t.body_bytes, t.frame_bytes),
+            t.bus_per_sec,
+            t.raw_per_sec,
+            t.codec_per_sec,
+            t.bus_vs_raw,
+            t.bus_vs_codec
+        );
+    }
+    let r = &report.round_trip;
+    println!(
+        "\n{:<22} {:>14} {:>14} {:>9}",
+        "round trip (64 B)", "bus-tokio", "raw tokio", "vs raw"
+    );
+    println!(
+        "{:<22} {:>12.1}us {:>12.1}us {:>8.2}x",
+        "p50", r.bus_p50_us, r.raw_p50_us, r.p50_bus_vs_raw
+    );
+    println!(
+        "{:<22} {:>12.1}us {:>12.1}us {:>8.2}x",
+        "p99", r.bus_p99_us, r.raw_p99_us, r.p99_bus_vs_raw
+    );
+    println!(
+        "\nhandshakes: {:.0} per second ({} sequential client connections, each dialled, authenticated both ways and dropped)",
+        report.handshakes.per_sec, report.handshakes.connections
+    );
+}
+
+/// Two nodes, replica 0 sending to replica 1.
+async fn pair(config: &ValidConfig) -> Result<((Node, Events), (Node, Events)), Failure> {
+    let key = Key::generate(&mut OsEntropy);
+    let start = |replica| {
+        let params = NodeParams {
+            cluster: CLUSTER,
+            replica,
+            replica_count: 2,
+            accept_clients: true,
+        };
+        Node::start(
+            config,
+            params,
+            KeyRing::new(key.clone()),
+            NodeOptions::default(),
+        )
+    };
+    let (receiver, receiver_events) = start(1)?;
+    let address = receiver.listen("127.0.0.1:0").await?;
+    let (sender, sender_events) = start(0)?;
+    sender.set_address(1, address);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !(sender.is_connected(1) && receiver.is_connected(0)) {
+        if Instant::now() > deadline {
+            return Err(Failure("the benchmark pair did not connect".into()));
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    Ok(((sender, sender_events), (receiver, receiver_events)))
+}
+
+async fn bus_throughput(config: &ValidConfig, body: usize, messages: u64) -> Result<f64, Failure> {
+    let ((sender, _sender_events), (receiver, mut events)) = pair(config).await?;
+    let payload = Bytes::from(vec![0xab; body]);
+    let started = Instant::now();
+    let producer = {
+        let sender = sender.clone();
+        tokio::spawn(async move {
+            for i in 0..messages {
+                let operation = u32::try_from(i & 0xffff_ffff).unwrap_or(0);
+                sender.send_wait(1, operation, payload.clone()).await?;
+            }
+            Ok::<_, bus_tokio::bus_proto::node::RouteError>(())
+        })
+    };
+    let mut received = 0u64;
+    let mut batch = Vec::with_capacity(4096);
+    while received < messages {
+        if events.recv_many(&mut batch, 4096).await == 0 {
+            return Err(Failure("the receiver stopped".into()));
+        }
+        received += batch
+            .drain(..)
+            .filter(|e| matches!(e, NodeEvent::Message { .. }))
+            .count() as u64;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    producer
+        .await
+        .map_err(|e| Failure(e.to_string()))?
+        .map_err(|e| Failure(format!("send: {e}")))?;
+    sender.shutdown(Duration::from_secs(1)).await;
+    receiver.shutdown(Duration::from_secs(1)).await;
+    Ok(messages as f64 / elapsed)
+}
+
+/// The frame the bus would write for a message with this body.
+fn encoded_frame(body: usize) -> Result<Vec<u8>, Failure> {
+    let frame = Frame {
+        header: Header::new(CLUSTER, Kind::Message { operation: 1 }),
+        body: Bytes::from(vec![0xab; body]),
+    };
+    let mut out = Vec::new();
+    frame
+        .encode(&Integrity::Checksum, 1 << 20)
+        .map_err(|e| Failure(e.to_string()))?
+        .write_to(&mut out);
+    Ok(out)
+}
+
+async fn loopback() -> Result<(TcpStream, TcpStream), Failure> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let address = listener.local_addr()?;
+    let (client, accepted) = tokio::join!(TcpStream::connect(address), listener.accept());
+    let (client, (server, _)) = (client?, accepted?);
+    client.set_nodelay(true)?;
+    server.set_nodelay(true)?;
+    Ok((client, server))
+}
+
+/// Counts whole frames in `buf` by their size field, as a minimal framed
+/// reader would (no integrity checks).
+fn take_frames(buf: &mut BytesMut) -> u64 {
+    let mut frames = 0;
+    while buf.len() >= layout::HEADER_SIZE {
+        let mut size = [0u8; 4];
+        size.copy_from_slice(&buf[layout::SIZE]);
+        let size = u32::from_le_bytes(size) as usize;
+        if buf.len() < size {
+            break;
+        }
+        buf.advance(size);
+        frames += 1;
+    }
+    frames
+}
+
+/// Raw tokio: pre-encoded frames written in batches, read back and split by
+/// their size field.
+async fn raw_throughput(body: usize, messages: u64, batch: usize) -> Result<f64, Failure> {
+    let (mut writer, mut reader) = loopback().await?;
+    let frame = encoded_frame(body)?;
+    let full = frame.repeat(batch);
+    let started = Instant::now();
+    let producer = tokio::spawn(async move {
+        let mut left = messages;
+        while left > 0 {
+            let n = usize::try_from(left).map_or(batch, |left| left.min(batch));
+            writer.write_all(&full[..n * frame.len()]).await?;
+            left -= n as u64;
+        }
+        Ok::<_, std::io::Error>(writer)
+    });
+    let mut buf = BytesMut::with_capacity(64 << 10);
+    let mut received = 0;
+    while received < messages {
+        if buf.capacity() - buf.len() < (16 << 10) {
+            buf.reserve(64 << 10);
+        }
+        if reader.read_buf(&mut buf).await? == 0 {
+            return Err(Failure("raw baseline: early EOF".into()));
+        }
+        received += take_frames(&mut buf);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    producer.await.map_err(|e| Failure(e.to_string()))??;
+    Ok(messages as f64 / elapsed)
+}
+
+/// tokio-util `Framed` with `LengthDelimitedCodec`, the same bodies,
+/// flushed every `batch` frames.
+async fn codec_throughput(body: usize, messages: u64, batch: usize) -> Result<f64, Failure> {
+    let (writer, reader) = loopback().await?;
+    let payload = Bytes::from(vec![0xab; body]);
+    let started = Instant::now();
+    let producer = tokio::spawn(async move {
+        let mut sink = FramedWrite::new(writer, LengthDelimitedCodec::new());
+        for i in 0..messages {
+            sink.feed(payload.clone()).await?;
+            if (i + 1) % batch as u64 == 0 {
+                SinkExt::<Bytes>::flush(&mut sink).await?;
+            }
+        }
+        SinkExt::<Bytes>::flush(&mut sink).await?;
+        Ok::<_, std::io::Error>(sink)
+    });
+    let mut stream = FramedRead::new(reader, LengthDelimitedCodec::new());
+    let mut received = 0;
+    while received < messages {
+        match stream.next().await {
+            Some(frame) => {
+                frame?;
+                received += 1;
+            }
+            None => return Err(Failure("codec baseline: early EOF".into())),
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    producer.await.map_err(|e| Failure(e.to_string()))??;
+    Ok(messages as f64 / elapsed)
+}
+
+fn percentiles(mut samples: Vec<Duration>) -> (f64, f64) {
+    samples.sort();
+    let at = |q: usize| {
+        samples
+            .get((samples.len() * q / 100).min(samples.len().saturating_sub(1)))
+            .map_or(0.0, |d| d.as_secs_f64() * 1e6)
+    };
+    (at(50), at(99))
+}
+
+async fn bus_round_trip(
+    config: &ValidConfig,
+    body: usize,
+    iterations: u64,
+) -> Result<(f64, f64), Failure> {
+    let ((pinger, mut replies), (echo, mut requests)) = pair(config).await?;
+    let echoer = {
+        let echo = echo.clone();
+        tokio::spawn(async move {
+            while let Some(event) = requests.recv().await {
+                if let NodeEvent::Message {
+                    operation, body, ..
+                } = event
+                {
+                    let _ = echo.send(0, operation, body);
+                }
+            }
+        })
+    };
+    let payload = Bytes::from(vec![0xab; body]);
+    let mut samples = Vec::new();
+    for i in 0..iterations {
+        let operation = u32::try_from(i & 0xffff_ffff).unwrap_or(0);
+        let started = Instant::now();
+        pinger.send(1, operation, payload.clone())?;
+        loop {
+            match replies.recv().await {
+                Some(NodeEvent::Message { operation: o, .. }) if o == operation => break,
+                Some(_) => {}
+                None => return Err(Failure("the pinger stopped".into())),
+            }
+        }
+        samples.push(started.elapsed());
+    }
+    pinger.shutdown(Duration::from_secs(1)).await;
+    echo.shutdown(Duration::from_secs(1)).await;
+    let _ = echoer.await;
+    Ok(percentiles(samples))
+}
+
+async fn raw_round_trip(body: usize, iterations: u64) -> Result<(f64, f64), Failure> {
+    let (mut pinger, mut echo) = loopback().await?;
+    let frame = encoded_frame(body)?;
+    let size = frame.len();
+    let echoer = tokio::spawn(async move {
+        let mut buf = vec![0u8; size];
+        while echo.read_exact(&mut buf).await.is_ok() {
+            if echo.write_all(&buf).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut buf = vec![0u8; size];
+    let mut samples = Vec::new();
+    for _ in 0..iterations {
+        let started = Instant::now();
+        pinger.write_all(&frame).await?;
+        pinger.read_exact(&mut buf).await?;
+        samples.push(started.elapsed());
+    }
+    drop(pinger);
+    let _ = echoer.await;
+    Ok(percentiles(samples))
+}
+
+async fn handshake_rate(config: &ValidConfig, connections: u64) -> Result<Handshakes, Failure> {
+    let key = Key::generate(&mut OsEntropy);
+    let params = NodeParams {
+        cluster: CLUSTER,
+        replica: 0,
+        replica_count: 1,
+        accept_clients: true,
+    };
+    let (node, _events) = Node::start(
+        config,
+        params,
+        KeyRing::new(key.clone()),
+        NodeOptions::default(),
+    )?;
+    let address = node.listen("127.0.0.1:0").await?;
+    let started = Instant::now();
+    for _ in 0..connections {
+        let params = ClientParams {
+            cluster: CLUSTER,
+            id: Client::random_id(),
+            target: 0,
+        };
+        let client = Client::start(config, params, KeyRing::new(key.clone()), address)?;
+        client
+            .connected()
+            .await
+            .map_err(|cause| Failure(format!("handshake failed: {cause}")))?;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    node.shutdown(Duration::from_secs(1)).await;
+    Ok(Handshakes {
+        connections,
+        per_sec: connections as f64 / elapsed,
+    })
+}

@@ -1,0 +1,181 @@
+//! `bus node` and `bus client`.
+
+use crate::{Common, Failure};
+use bus_tokio::bus_proto::client::ClientParams;
+use bus_tokio::bus_proto::node::{NodeEvent, NodeParams};
+use bus_tokio::{Client, Node, NodeOptions};
+use bytes::Bytes;
+use clap::Args;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// `bus node` flags.
+#[derive(Args)]
+pub(crate) struct NodeArgs {
+    #[command(flatten)]
+    common: Common,
+    /// This replica's id.
+    #[arg(long)]
+    replica: u8,
+    /// Replicas in the cluster.
+    #[arg(long)]
+    replicas: u8,
+    /// Address to listen on.
+    #[arg(long)]
+    listen: SocketAddr,
+    /// A peer's address as ID=HOST:PORT; repeat for each higher-numbered
+    /// replica (this node dials those).
+    #[arg(long = "peer", value_parser = parse_peer)]
+    peers: Vec<(u8, SocketAddr)>,
+    /// Refuse client connections.
+    #[arg(long)]
+    no_clients: bool,
+    /// Log connection-level detail too.
+    #[arg(long, short)]
+    verbose: bool,
+}
+
+fn parse_peer(text: &str) -> Result<(u8, SocketAddr), String> {
+    let (id, address) = text
+        .split_once('=')
+        .ok_or_else(|| format!("`{text}`: expected ID=HOST:PORT"))?;
+    let id = id
+        .parse()
+        .map_err(|e| format!("`{id}` is not a replica id: {e}"))?;
+    let address = address
+        .parse()
+        .map_err(|e| format!("`{address}` is not an address: {e}"))?;
+    Ok((id, address))
+}
+
+fn logging(verbose: bool) {
+    let level = if verbose {
+        tracing::Level::DEBUG
+    } else {
+        tracing::Level::INFO
+    };
+    tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_target(false)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Runs a replica that echoes client requests until Ctrl-C.
+pub(crate) async fn node(args: NodeArgs) -> Result<(), Failure> {
+    logging(args.verbose);
+    let config = args.common.config()?;
+    let keys = args.common.keys()?;
+    let params = NodeParams {
+        cluster: args.common.cluster,
+        replica: args.replica,
+        replica_count: args.replicas,
+        accept_clients: !args.no_clients,
+    };
+    let options = NodeOptions {
+        peers: args.peers.into_iter().collect(),
+        ..NodeOptions::default()
+    };
+    let (node, mut events) = Node::start(&config, params, keys, options)?;
+    let address = node
+        .listen(args.listen)
+        .await
+        .map_err(|e| Failure(format!("{}: {e}", args.listen)))?;
+    eprintln!(
+        "replica {} of {} listening on {address}; Ctrl-C stops it",
+        args.replica, args.replicas
+    );
+    loop {
+        tokio::select! {
+            event = events.recv() => match event {
+                Some(NodeEvent::Request { request, body }) => {
+                    if let Err(error) = node.reply(request, body) {
+                        tracing::warn!(%error, "reply not sent");
+                    }
+                }
+                Some(NodeEvent::Message { from, operation, body, .. }) => {
+                    tracing::info!(from, operation, bytes = body.len(), "message");
+                }
+                Some(_) => {}
+                None => break,
+            },
+            _ = tokio::signal::ctrl_c() => {
+                eprintln!("shutting down");
+                let report = node.shutdown(Duration::from_secs(5)).await;
+                eprintln!("{report}");
+                break;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `bus client` flags.
+#[derive(Args)]
+pub(crate) struct ClientArgs {
+    #[command(flatten)]
+    common: Common,
+    /// The replica's address.
+    #[arg(long)]
+    connect: SocketAddr,
+    /// The replica's id.
+    #[arg(long, default_value_t = 0)]
+    target: u8,
+    /// Requests to send, one after another.
+    #[arg(long, default_value_t = 1)]
+    count: u32,
+    /// The request body.
+    #[arg(long, default_value = "hello")]
+    message: String,
+    /// Operation tag of each request.
+    #[arg(long, default_value_t = 1)]
+    operation: u32,
+}
+
+/// Sends `count` requests and prints replies and latency.
+pub(crate) async fn client(args: ClientArgs) -> Result<(), Failure> {
+    let config = args.common.config()?;
+    let keys = args.common.keys()?;
+    let params = ClientParams {
+        cluster: args.common.cluster,
+        id: Client::random_id(),
+        target: args.target,
+    };
+    let client = Client::start(&config, params, keys, args.connect)?;
+    match tokio::time::timeout(config.handshake_timeout, client.connected()).await {
+        Ok(Ok(replica)) => eprintln!("connected to replica {replica} at {}", args.connect),
+        Ok(Err(cause)) => return Err(Failure(format!("{}: {cause}", args.connect))),
+        Err(_) => {
+            return Err(Failure(format!(
+                "{}: no connection within {:?}",
+                args.connect, config.handshake_timeout
+            )));
+        }
+    }
+    let body = Bytes::from(args.message.into_bytes());
+    let mut latencies = Vec::new();
+    for _ in 0..args.count {
+        let started = Instant::now();
+        let reply = client.request(args.operation, body.clone()).await?;
+        latencies.push(started.elapsed());
+        if args.count <= 10 {
+            println!(
+                "reply to request {}: {}",
+                reply.request,
+                String::from_utf8_lossy(&reply.body)
+            );
+        }
+    }
+    latencies.sort();
+    if let (Some(p50), Some(p99)) = (
+        latencies.get(latencies.len() / 2),
+        latencies.get(latencies.len() * 99 / 100),
+    ) {
+        println!(
+            "{} replies; round trip p50 {p50:?}, p99 {p99:?}",
+            latencies.len()
+        );
+    }
+    client.shutdown(Duration::from_secs(2)).await;
+    Ok(())
+}
