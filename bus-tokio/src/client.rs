@@ -2,7 +2,7 @@
 
 use crate::clock::{Clock, OsEntropy};
 use crate::driver::{Machine, Owner, Shared};
-use crate::error::{ClientError, StartError};
+use crate::error::{ClientError, ConnectError, StartError};
 use crate::shutdown::{ShutdownReport, Tally};
 use bus_proto::client::{self, ClientEvent, ClientParams, ClientStats, RequestFailure};
 use bus_proto::config::ValidConfig;
@@ -49,6 +49,12 @@ pub enum Link {
     HandshakeFailed {
         /// Why, with the node's status if it answered.
         cause: CloseCause,
+    },
+    /// The last TCP connect failed (nothing listens, unreachable);
+    /// redialling after a backoff.
+    Unreachable {
+        /// The OS error.
+        error: String,
     },
     /// Shut down.
     ShutDown,
@@ -135,6 +141,9 @@ impl Machine for ClientMachine {
                 }
                 ClientEvent::HandshakeFailed { cause } => {
                     tracing::debug!(%cause, "client handshake failed");
+                    if let Some(tally) = &mut self.tally {
+                        tally.closed(&cause);
+                    }
                     self.link.send_replace(Link::HandshakeFailed { cause });
                 }
             }
@@ -146,6 +155,13 @@ impl Machine for ClientMachine {
     }
     fn connections(&self) -> usize {
         self.client.connections()
+    }
+    fn dial_error(&mut self, error: &std::io::Error) {
+        if self.tally.is_none() {
+            self.link.send_replace(Link::Unreachable {
+                error: error.to_string(),
+            });
+        }
     }
 }
 
@@ -207,7 +223,14 @@ impl Client {
             link,
             tally: None,
         };
-        let shared = Shared::start(machine, clock, handle, 64 << 10, [(params.target, address)]);
+        let shared = Shared::start(
+            machine,
+            clock,
+            handle,
+            64 << 10,
+            config.close_grace,
+            [(params.target, address)],
+        );
         let shared = Arc::new(Owner(shared));
         Ok(Client {
             shared,
@@ -242,18 +265,24 @@ impl Client {
     }
 
     /// Waits for the next connection attempt to finish: the replica it
-    /// reached, or why the handshake failed (with the node's status when it
-    /// rejected us). Returns at once if connected.
-    pub async fn connected(&self) -> Result<u8, CloseCause> {
+    /// reached, or why it failed (with the node's status when it rejected
+    /// us). Returns at once if connected or shut down.
+    pub async fn connected(&self) -> Result<u8, ConnectError> {
         let mut link = self.link.clone();
         loop {
             match &*link.borrow_and_update() {
                 Link::Connected { replica } => return Ok(*replica),
-                Link::HandshakeFailed { cause } => return Err(cause.clone()),
-                _ => {}
+                Link::HandshakeFailed { cause } => {
+                    return Err(ConnectError::Handshake(cause.clone()));
+                }
+                Link::Unreachable { error } => {
+                    return Err(ConnectError::Unreachable(error.clone()));
+                }
+                Link::ShutDown => return Err(ConnectError::ShutDown),
+                Link::Connecting | Link::Disconnected { .. } => {}
             }
             if link.changed().await.is_err() {
-                return Err(CloseCause::Reset);
+                return Err(ConnectError::ShutDown);
             }
         }
     }

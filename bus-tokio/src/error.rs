@@ -1,6 +1,7 @@
 //! The adapter's own errors; protocol errors come from `bus_proto`.
 
 use bus_proto::client::{RequestError, RequestFailure};
+use bus_proto::connection::CloseCause;
 use bus_proto::node::NodeError;
 
 /// A node or client could not start.
@@ -38,6 +39,21 @@ pub enum ClientError {
         reason: RequestFailure,
     },
     /// The client shut down before the reply came.
+    #[error("the client shut down")]
+    ShutDown,
+}
+
+/// A client's connection attempt did not succeed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConnectError {
+    /// The TCP connection was made but the handshake failed; a node that
+    /// rejected us says why ([`CloseCause::Rejected`] with its status).
+    #[error("handshake failed: {0}")]
+    Handshake(CloseCause),
+    /// The TCP connect failed.
+    #[error("cannot connect: {0}")]
+    Unreachable(String),
+    /// The client shut down.
     #[error("the client shut down")]
     ShutDown,
 }

@@ -33,6 +33,6 @@ mod shutdown;
 pub use bus_proto;
 pub use client::{Client, Link, Reply};
 pub use clock::OsEntropy;
-pub use error::{ClientError, ListenError, StartError};
+pub use error::{ClientError, ConnectError, ListenError, StartError};
 pub use node::{Events, Node, NodeOptions};
 pub use shutdown::ShutdownReport;

@@ -116,7 +116,8 @@ impl Machine for NodeMachine {
         }
     }
     fn reading_paused(&self) -> bool {
-        self.events.len() >= self.capacity
+        // Once shutting down, sockets keep reading so closes complete.
+        self.tally.is_none() && self.events.len() >= self.capacity
     }
     fn connections(&self) -> usize {
         self.node.connections()
@@ -215,7 +216,14 @@ impl Node {
             tally: None,
             finished: false,
         };
-        let shared = Shared::start(machine, clock, handle, options.read_chunk, options.peers);
+        let shared = Shared::start(
+            machine,
+            clock,
+            handle,
+            options.read_chunk,
+            config.close_grace,
+            options.peers,
+        );
         let shared = Arc::new(Owner(shared));
         Ok((
             Node {

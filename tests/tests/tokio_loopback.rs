@@ -8,7 +8,7 @@ use bus_proto::wire::{Frame, Header, Integrity, Kind, RejectStatus};
 use bus_tests::proxy::Proxy;
 use bus_tests::tokio_cluster::{all_connected, cluster, member, until, wait_for};
 use bus_tests::{CLUSTER, config, keys, quick};
-use bus_tokio::{Client, Link, NodeOptions};
+use bus_tokio::{Client, ConnectError, Link, NodeOptions};
 use bytes::Bytes;
 use std::future::Future;
 use std::time::Duration;
@@ -50,6 +50,8 @@ on_both_runtimes!(
     connection_lost_fires_exactly_once,
     graceful_shutdown_drains_queued_messages,
     a_request_retried_after_reconnect_is_answered_from_the_dedup_window,
+    a_client_learns_that_nothing_listens_and_that_it_shut_down,
+    a_blocked_send_wait_returns_when_the_node_shuts_down,
 );
 
 fn client_params(target: u8) -> ClientParams {
@@ -166,7 +168,7 @@ async fn a_wrong_key_is_rejected_on_both_sides_with_its_status() {
         .await
         .expect("the client's handshake ends");
     assert!(
-        matches!(&refused, Err(CloseCause::Rejected(r)) if r.status == RejectStatus::BadMac),
+        matches!(&refused, Err(ConnectError::Handshake(CloseCause::Rejected(r))) if r.status == RejectStatus::BadMac),
         "{refused:?}"
     );
     client.shutdown(Duration::from_secs(1)).await;
@@ -507,4 +509,56 @@ async fn a_request_retried_after_reconnect_is_answered_from_the_dedup_window() {
         assert!(!matches!(event, NodeEvent::Request { .. }), "ran twice");
     }
     client.shutdown(Duration::from_secs(1)).await;
+}
+
+async fn a_client_learns_that_nothing_listens_and_that_it_shut_down() {
+    let config = config();
+    let nowhere = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap()
+    };
+    let client = Client::start(&config, client_params(0), keys(11), nowhere).unwrap();
+    let first = tokio::time::timeout(bus_tests::PATIENCE, client.connected())
+        .await
+        .expect("the connect fails");
+    assert!(
+        matches!(first, Err(ConnectError::Unreachable(_))),
+        "{first:?}"
+    );
+    client.shutdown(Duration::from_secs(1)).await;
+    assert_eq!(client.connected().await, Err(ConnectError::ShutDown));
+}
+
+async fn a_blocked_send_wait_returns_when_the_node_shuts_down() {
+    let config = config();
+    let sender = member(&config, 0, 2, keys(12), NodeOptions::default()).await;
+    let options = NodeOptions {
+        event_capacity: 8,
+        ..NodeOptions::default()
+    };
+    let receiver = member(&config, 1, 2, keys(12), options).await;
+    sender.node.set_address(1, receiver.address);
+    until("connected", || sender.node.is_connected(1)).await;
+    // The receiver never reads: the sender's queue fills and send_wait
+    // blocks until shutdown releases it.
+    let node = sender.node.clone();
+    let blocked = tokio::spawn(async move {
+        let body = Bytes::from(vec![0u8; 64 << 10]);
+        loop {
+            if let Err(error) = node.send_wait(1, 1, body.clone()).await {
+                return error;
+            }
+        }
+    });
+    until("the sender's queue is full", || {
+        sender.node.send(1, 1, Bytes::new()).is_err()
+    })
+    .await;
+    let report = sender.node.shutdown(Duration::from_millis(300)).await;
+    assert_eq!(report.total, 1);
+    let error = tokio::time::timeout(bus_tests::PATIENCE, blocked)
+        .await
+        .expect("send_wait returned")
+        .unwrap();
+    assert!(matches!(error, RouteError::Disconnected(1)), "{error}");
 }

@@ -46,6 +46,8 @@ pub(crate) trait Machine: Send + 'static {
     fn reading_paused(&self) -> bool;
     /// Connections the core still holds.
     fn connections(&self) -> usize;
+    /// A dial's TCP connect failed (the core has been told).
+    fn dial_error(&mut self, _error: &std::io::Error) {}
 }
 
 /// A socket task's entry.
@@ -53,6 +55,8 @@ struct Slot {
     wake: Arc<Notify>,
     /// The core said `Disconnect`: write what was handed out, then close.
     closing: bool,
+    /// In `State::paused`.
+    paused: bool,
 }
 
 /// Everything behind the lock.
@@ -63,8 +67,9 @@ pub(crate) struct State<M> {
     addresses: HashMap<u8, SocketAddr>,
     /// What the timer task sleeps until.
     timer_at: Option<Instant>,
-    /// Socket tasks waiting for room in the application's event queue.
-    paused: Vec<Arc<Notify>>,
+    /// Socket tasks waiting for room in the application's event queue, at
+    /// most one entry per socket.
+    paused: Vec<ConnectionId>,
     /// Shutdown's deadline passed: every socket task exits now.
     forced: bool,
     /// The timer task and listeners stop.
@@ -84,6 +89,8 @@ pub(crate) struct Shared<M> {
     /// A socket task took a batch: a send queue has room again.
     space: Notify,
     read_chunk: usize,
+    /// How long a closing socket may take to write its last batch.
+    linger: std::time::Duration,
 }
 
 impl<M: Machine> Shared<M> {
@@ -93,6 +100,7 @@ impl<M: Machine> Shared<M> {
         clock: Clock,
         handle: tokio::runtime::Handle,
         read_chunk: usize,
+        linger: std::time::Duration,
         addresses: impl IntoIterator<Item = (u8, SocketAddr)>,
     ) -> Arc<Self> {
         let shared = Arc::new(Shared {
@@ -112,6 +120,7 @@ impl<M: Machine> Shared<M> {
             changed: Notify::new(),
             space: Notify::new(),
             read_chunk: read_chunk.max(4096),
+            linger,
         });
         shared.handle.spawn(timers(Arc::clone(&shared)));
         // The core may already want to dial.
@@ -214,6 +223,7 @@ impl<M: Machine> Shared<M> {
             Slot {
                 wake: Arc::clone(&wake),
                 closing: false,
+                paused: false,
             },
         );
         wake
@@ -236,8 +246,14 @@ impl<M: Machine> Shared<M> {
 
     /// Wakes every task waiting for room in the event queue.
     pub(crate) fn resume_readers(state: &mut State<M>) {
-        for wake in state.paused.drain(..) {
-            wake.notify_one();
+        let State {
+            paused, sockets, ..
+        } = state;
+        for id in paused.drain(..) {
+            if let Some(slot) = sockets.get_mut(&id) {
+                slot.paused = false;
+                slot.wake.notify_one();
+            }
         }
     }
 
@@ -245,17 +261,13 @@ impl<M: Machine> Shared<M> {
     fn closed(&self, id: ConnectionId) {
         self.lock().sockets.remove(&id);
         self.changed.notify_waiters();
+        self.space.notify_waiters();
     }
 
     /// True once the socket task should stop waiting and close.
     fn should_close(&self, id: ConnectionId) -> bool {
         let state = self.lock();
         state.forced || state.sockets.get(&id).is_none_or(|s| s.closing)
-    }
-
-    /// Socket tasks still running.
-    fn sockets(&self) -> usize {
-        self.lock().sockets.len()
     }
 
     /// Waits until no socket task runs and the core holds no connection.
@@ -274,7 +286,9 @@ impl<M: Machine> Shared<M> {
         let stragglers = if drained {
             0
         } else {
-            let open = self.sockets();
+            // Connections the core still holds; sockets that are only
+            // flushing a close the core already counted are not stragglers.
+            let open = self.lock().machine.connections();
             self.force_close();
             self.idle().await;
             open
@@ -317,6 +331,8 @@ impl<M: Machine> Shared<M> {
         for slot in state.sockets.values() {
             slot.wake.notify_one();
         }
+        drop(state);
+        self.space.notify_waiters();
     }
 
     /// Stops the timer task.
@@ -324,6 +340,7 @@ impl<M: Machine> Shared<M> {
         self.lock().stopped = true;
         self.timer.notify_one();
         self.changed.notify_waiters();
+        self.space.notify_waiters();
     }
 
     /// Waits until [`Shared::stop`].
@@ -384,7 +401,11 @@ async fn dial<M: Machine>(
 ) {
     let Some(address) = address else {
         tracing::debug!(%id, "no address known for the dialled replica yet");
-        shared.with(|m, now| m.connect_failed(now, id));
+        let error = std::io::Error::new(std::io::ErrorKind::NotFound, "no address known");
+        shared.with(|m, now| {
+            m.connect_failed(now, id);
+            m.dial_error(&error);
+        });
         shared.closed(id);
         return;
     };
@@ -412,7 +433,10 @@ async fn dial<M: Machine>(
         }
         Err(error) => {
             tracing::debug!(%id, %address, %error, "connect failed");
-            shared.with(|m, now| m.connect_failed(now, id));
+            shared.with(|m, now| {
+                m.connect_failed(now, id);
+                m.dial_error(&error);
+            });
             shared.closed(id);
         }
     }

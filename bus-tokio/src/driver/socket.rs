@@ -1,7 +1,7 @@
 //! The task that owns one socket: reads into a reused buffer, writes each
 //! batch with vectored writes until done.
 
-use super::{Machine, Shared};
+use super::{Machine, Shared, State};
 use bus_proto::connection::Transmit;
 use bus_proto::node::ConnectionId;
 use bytes::{Buf, Bytes, BytesMut};
@@ -67,8 +67,9 @@ impl Outgoing {
 
 /// What the socket task does next, decided under the lock.
 enum Step {
-    /// Write the loaded batch, read, or wait to be woken.
-    Run { read: bool },
+    /// Write the loaded batch, read, or wait to be woken; `closing`: the
+    /// core said `Disconnect` and the last batch is still being written.
+    Run { read: bool, closing: bool },
     /// The connection is over: close the socket.
     Exit,
 }
@@ -79,7 +80,6 @@ impl<M: Machine> Shared<M> {
     fn step(
         self: &Arc<Self>,
         id: ConnectionId,
-        wake: &Arc<Notify>,
         out: &mut Outgoing,
         inbox: &mut Option<BytesMut>,
     ) -> Step {
@@ -100,13 +100,33 @@ impl<M: Machine> Shared<M> {
         }
         let mut read = !closing && !state.machine.reading_paused();
         if !closing && !read {
-            state.paused.push(Arc::clone(wake));
+            let State {
+                sockets, paused, ..
+            } = &mut *state;
+            if let Some(slot) = sockets.get_mut(&id).filter(|s| !s.paused) {
+                slot.paused = true;
+                paused.push(id);
+            }
         }
         if read && inbox.is_none() {
             *inbox = state.machine.take_read_buffer(id);
             read = inbox.is_some();
         }
-        Step::Run { read }
+        Step::Run { read, closing }
+    }
+
+    /// The socket failed or gave up: the core learns it, and whatever it
+    /// still had to write for `id` is discarded so the connection is freed.
+    fn abandon(self: &Arc<Self>, id: ConnectionId) {
+        self.with_from(Some(id), |m, now| {
+            m.handle_eof(now, id);
+            // Bounded: a closed connection hands out at most its close.
+            for _ in 0..1024 {
+                if m.poll_transmit_for(now, id).is_none() {
+                    break;
+                }
+            }
+        });
     }
 }
 
@@ -126,6 +146,12 @@ pub(crate) async fn drive<M: Machine>(
     // Dropping the stream closes the socket.
     drop(stream);
     shared.closed(id);
+}
+
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    if let Some(at) = at {
+        tokio::time::sleep_until(at).await;
+    }
 }
 
 /// Reads into the spare capacity of the borrowed buffer. Cancel-safe: a
@@ -159,10 +185,18 @@ async fn run<M, R, W>(
     let mut inbox: Option<BytesMut> = None;
     let mut out = Outgoing::default();
     let mut eof = false;
+    // Set once closing: a peer that stops reading cannot hold the socket
+    // open past this.
+    let mut linger: Option<tokio::time::Instant> = None;
     loop {
-        let read = match shared.step(id, wake, &mut out, &mut inbox) {
+        let read = match shared.step(id, &mut out, &mut inbox) {
             Step::Exit => break,
-            Step::Run { read } => read && !eof,
+            Step::Run { read, closing } => {
+                if closing && linger.is_none() {
+                    linger = Some(tokio::time::Instant::now() + shared.linger);
+                }
+                read && !eof
+            }
         };
         tokio::select! {
             biased;
@@ -171,9 +205,14 @@ async fn run<M, R, W>(
                     // The batch is not atomic: a failed write ends the
                     // connection (hazard 23).
                     tracing::debug!(%id, %error, "write failed");
-                    shared.with_from(Some(id), |m, now| m.handle_eof(now, id));
+                    shared.abandon(id);
                     break;
                 }
+            }
+            () = sleep_until_some(linger), if linger.is_some() => {
+                tracing::debug!(%id, "the peer did not take the last bytes in time");
+                shared.abandon(id);
+                break;
             }
             result = read_into(reader, &mut inbox, shared.read_chunk), if read => match result {
                 Ok(0) => {
