@@ -30,7 +30,9 @@ pub struct NodeOptions {
     pub peers: BTreeMap<u8, SocketAddr>,
     /// Events the application has not read yet before socket tasks stop
     /// reading (backpressure through TCP). Default 4096. The queue may
-    /// exceed it by what one read chunk produces.
+    /// exceed it by what one read chunk or timer tick produces; while it is
+    /// full, `HandshakeFailed` events are dropped (they are logged and
+    /// counted in `NodeStats::handshakes_failed`).
     pub event_capacity: usize,
     /// Bytes each socket task reads at once into its reused buffer.
     /// Default 64 KiB.
@@ -107,6 +109,14 @@ impl Machine for NodeMachine {
                 }
             }
             log_event(&event);
+            // Diagnostics must not grow a full queue: unauthenticated
+            // sockets could otherwise add events without bound. They are
+            // logged above and counted in the core's stats.
+            if self.events.len() >= self.capacity
+                && matches!(event, NodeEvent::HandshakeFailed { .. })
+            {
+                continue;
+            }
             self.events.push_back(event);
         }
         if self.events.len() > before {

@@ -563,9 +563,7 @@ impl Node {
     /// [`Node::poll_transmit_for`]. Spurious entries are harmless.
     #[must_use]
     pub fn poll_ready(&mut self) -> Option<ConnectionId> {
-        let id = self.table.first_ready()?;
-        self.table.pop_ready();
-        Some(id)
+        self.table.take_ready()
     }
 
     /// The next socket action.

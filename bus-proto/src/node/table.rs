@@ -333,6 +333,13 @@ impl Table {
         }
     }
 
+    /// Takes the first live connection off the ready list.
+    pub(crate) fn take_ready(&mut self) -> Option<ConnectionId> {
+        let id = self.first_ready()?;
+        self.pop_ready();
+        Some(id)
+    }
+
     /// The earliest connection deadline.
     pub(crate) fn next_timeout(&self) -> Option<Instant> {
         self.timers.first().map(|&(at, _)| at)
