@@ -272,7 +272,8 @@ impl Node {
     /// [`RouteError::Backpressure`], a missing connection
     /// [`RouteError::Disconnected`].
     pub fn send(&self, to: u8, operation: u32, body: Bytes) -> Result<(), RouteError> {
-        self.shared.with(|m, _| m.node.send(to, operation, body))
+        self.shared
+            .with_untimed(|m| m.node.send(to, operation, body))
     }
 
     /// [`Node::send`], but waits while the queue is full instead of
@@ -295,7 +296,7 @@ impl Node {
         body: Bytes,
     ) -> Result<(), RouteError> {
         self.shared
-            .with(|m, _| m.node.send_in_view(to, view, operation, body))
+            .with_untimed(|m| m.node.send_in_view(to, view, operation, body))
     }
 
     /// Answers a client request (from [`NodeEvent::Request`]). Retries of

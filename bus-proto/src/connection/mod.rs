@@ -547,8 +547,22 @@ impl Connection {
     /// `max_batch` frames in all.
     #[must_use]
     pub fn poll_transmit(&mut self, now: Instant) -> Option<Transmit> {
-        let mut batch = TransmitBuilder::default();
         let max = self.limits.max_batch;
+        // Sized up front: growing the buffer frame by frame would copy the
+        // batch several times over.
+        let data = self.data.len().min(max);
+        let small: usize = (self.data.iter().take(data))
+            .map(|q| TransmitBuilder::copied(&q.body))
+            .sum();
+        let control = [
+            self.handshake_out.is_some(),
+            self.fatal_close.is_some(),
+            self.pong.is_some(),
+            self.ping.is_some(),
+            self.closing.is_some(),
+        ];
+        let control = control.iter().filter(|&&c| c).count();
+        let mut batch = TransmitBuilder::with_capacity(data + control, small);
         if let Some(header) = self.handshake_out.take() {
             batch.push(&header, &Bytes::new());
         }

@@ -1,6 +1,7 @@
 //! Batched output: the bytes of up to `max_batch` frames, ready for one
 //! vectored write.
 
+use crate::wire::layout::HEADER_SIZE;
 use alloc::vec::Vec;
 use bytes::{Bytes, BytesMut};
 
@@ -67,12 +68,34 @@ pub(crate) struct TransmitBuilder {
 }
 
 impl TransmitBuilder {
+    /// A builder whose buffer holds `frames` headers and `small_bodies`
+    /// bytes of copied bodies without growing.
+    pub(crate) fn with_capacity(frames: usize, small_bodies: usize) -> Self {
+        TransmitBuilder {
+            buf: BytesMut::with_capacity(frames * HEADER_SIZE + small_bodies),
+            out: Transmit::default(),
+        }
+    }
+
+    /// The bytes of `body` this builder copies into its buffer.
+    pub(crate) fn copied(body: &Bytes) -> usize {
+        if body.len() <= COPY_BODY_MAX {
+            body.len()
+        } else {
+            0
+        }
+    }
+
     pub(crate) fn frames(&self) -> usize {
         self.out.frames
     }
 
-    pub(crate) fn push(&mut self, header: &[u8], body: &Bytes) {
+    pub(crate) fn push(&mut self, header: &[u8; HEADER_SIZE], body: &Bytes) {
         self.buf.extend_from_slice(header);
+        self.push_body(body);
+    }
+
+    fn push_body(&mut self, body: &Bytes) {
         if body.len() <= COPY_BODY_MAX {
             self.buf.extend_from_slice(body);
         } else {
@@ -80,7 +103,7 @@ impl TransmitBuilder {
             self.out.segments.push(body.clone());
         }
         self.out.frames += 1;
-        self.out.len += header.len() + body.len();
+        self.out.len += HEADER_SIZE + body.len();
     }
 
     pub(crate) fn finish(mut self) -> Option<Transmit> {

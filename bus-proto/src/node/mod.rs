@@ -310,6 +310,11 @@ impl Node {
         self.peers.failures(replica)
     }
 
+    /// The registered connection to replica `replica`, if any.
+    pub fn peer_connection(&self, replica: u8) -> Option<ConnectionId> {
+        self.peers.connected(replica)
+    }
+
     /// The connection serving client `client`, if any.
     pub fn client_connection(&self, client: u128) -> Option<ConnectionId> {
         self.clients.get(&client).copied()

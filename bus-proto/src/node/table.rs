@@ -23,6 +23,15 @@ pub struct ConnectionId {
     generation: u32,
 }
 
+impl ConnectionId {
+    /// The id's slot: dense (below the most connections ever open at once)
+    /// and reused, under a new generation, once the connection is freed. An
+    /// adapter can index its per-socket state by it instead of hashing ids.
+    pub fn slot(&self) -> usize {
+        self.index as usize
+    }
+}
+
 impl core::fmt::Display for ConnectionId {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         write!(f, "connection {}.{}", self.index, self.generation)

@@ -6,6 +6,7 @@
 //! in, or takes its connection's next batch out, per lock; the core's ready
 //! list tells which socket tasks to wake after any input.
 
+mod slots;
 mod socket;
 
 use crate::clock::Clock;
@@ -19,6 +20,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
+use slots::Slots;
 pub(crate) use socket::drive;
 
 /// What the driver needs from a state machine. Implemented by the node and
@@ -62,7 +64,7 @@ struct Slot {
 /// Everything behind the lock.
 pub(crate) struct State<M> {
     pub(crate) machine: M,
-    sockets: HashMap<ConnectionId, Slot>,
+    sockets: Slots<Slot>,
     /// Replica addresses, by id.
     addresses: HashMap<u8, SocketAddr>,
     /// What the timer task sleeps until.
@@ -107,7 +109,7 @@ impl<M: Machine> Shared<M> {
             clock,
             state: Mutex::new(State {
                 machine,
-                sockets: HashMap::new(),
+                sockets: Slots::default(),
                 addresses: addresses.into_iter().collect(),
                 timer_at: None,
                 paused: Vec::new(),
@@ -137,6 +139,15 @@ impl<M: Machine> Shared<M> {
     /// Runs `f` on the machine, then carries out what it asked for.
     pub(crate) fn with<R>(self: &Arc<Self>, f: impl FnOnce(&mut M, Now) -> R) -> R {
         self.with_from(None, f)
+    }
+
+    /// [`Shared::with`] for calls that take no time (sends): skips reading
+    /// the clocks.
+    pub(crate) fn with_untimed<R>(self: &Arc<Self>, f: impl FnOnce(&mut M) -> R) -> R {
+        let mut state = self.lock();
+        let result = f(&mut state.machine);
+        self.after(&mut state, None);
+        result
     }
 
     /// [`Shared::with`] from `caller`'s socket task, which checks its own

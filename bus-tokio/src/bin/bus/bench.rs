@@ -43,10 +43,13 @@ struct Throughput {
     codec_per_sec: f64,
     bus_vs_raw: f64,
     bus_vs_codec: f64,
+    /// Frames per vectored write on the bus's sending socket (best run).
+    bus_frames_per_write: f64,
 }
 
 #[derive(Serialize)]
 struct RoundTrip {
+    runtime: &'static str,
     body_bytes: usize,
     iterations: u64,
     bus_p50_us: f64,
@@ -68,7 +71,7 @@ struct Report {
     runtime: &'static str,
     batch_frames: usize,
     throughput: Vec<Throughput>,
-    round_trip: RoundTrip,
+    round_trip: Vec<RoundTrip>,
     handshakes: Handshakes,
 }
 
@@ -100,6 +103,7 @@ async fn measure(args: &BenchArgs) -> Result<Report, Failure> {
     for (body, messages) in [(64usize, 2_000_000u64), (4096, 200_000)] {
         let messages = messages / scale;
         let mut best = (0f64, 0f64, 0f64);
+        let mut frames_per_write = 0f64;
         for run in 0..args.runs {
             if !args.json {
                 eprintln!(
@@ -108,7 +112,10 @@ async fn measure(args: &BenchArgs) -> Result<Report, Failure> {
                     args.runs
                 );
             }
-            let bus = bus_throughput(&config, body, messages).await?;
+            let (bus, per_write) = bus_throughput(&config, body, messages).await?;
+            if bus > best.0 {
+                frames_per_write = per_write;
+            }
             let raw = raw_throughput(body, messages, config.max_batch).await?;
             let codec = codec_throughput(body, messages, config.max_batch).await?;
             best = (best.0.max(bus), best.1.max(raw), best.2.max(codec));
@@ -122,24 +129,28 @@ async fn measure(args: &BenchArgs) -> Result<Report, Failure> {
             codec_per_sec: best.2,
             bus_vs_raw: best.0 / best.1,
             bus_vs_codec: best.0 / best.2,
+            bus_frames_per_write: frames_per_write,
         });
     }
     let iterations = 20_000 / scale;
     if !args.json {
         eprintln!("round trip, {iterations} pings each ...");
     }
-    let bus = bus_round_trip(&config, 64, iterations).await?;
-    let raw = raw_round_trip(64, iterations).await?;
-    let round_trip = RoundTrip {
-        body_bytes: 64,
-        iterations,
-        bus_p50_us: bus.0,
-        bus_p99_us: bus.1,
-        raw_p50_us: raw.0,
-        raw_p99_us: raw.1,
-        p50_bus_vs_raw: bus.0 / raw.0,
-        p99_bus_vs_raw: bus.1 / raw.1,
+    let mut round_trip =
+        vec![round_trip_pair("multi-thread, 2 workers", &config, iterations).await?];
+    // The same pings with every task on one thread: no cross-thread wakeups.
+    let single = {
+        let config = config.clone();
+        std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(round_trip_pair("current-thread", &config, iterations))
+        })
+        .join()
+        .map_err(|_| Failure("the current-thread round trip panicked".into()))??
     };
+    round_trip.push(single);
     let connections = 500 / scale;
     if !args.json {
         eprintln!("handshakes, {connections} connections ...");
@@ -154,39 +165,71 @@ async fn measure(args: &BenchArgs) -> Result<Report, Failure> {
     })
 }
 
+async fn round_trip_pair(
+    runtime: &'static str,
+    config: &ValidConfig,
+    iterations: u64,
+) -> Result<RoundTrip, Failure> {
+    let bus = bus_round_trip(config, 64, iterations).await?;
+    let raw = raw_round_trip(64, iterations).await?;
+    Ok(RoundTrip {
+        runtime,
+        body_bytes: 64,
+        iterations,
+        bus_p50_us: bus.0,
+        bus_p99_us: bus.1,
+        raw_p50_us: raw.0,
+        raw_p99_us: raw.1,
+        p50_bus_vs_raw: bus.0 / raw.0,
+        p99_bus_vs_raw: bus.1 / raw.1,
+    })
+}
+
 fn print_table(report: &Report) {
     println!(
         "bus bench ({}; one TCP connection on loopback; batches of {} frames)",
         report.runtime, report.batch_frames
     );
     println!(
-        "\n{:<22} {:>14} {:>14} {:>14} {:>9} {:>9}",
-        "throughput (msg/s)", "bus-tokio", "raw tokio", "LDC codec", "vs raw", "vs LDC"
+        "\n{:<26} {:>11} {:>11} {:>11} {:>7} {:>7} {:>12}",
+        "throughput (msg/s)",
+        "bus-tokio",
+        "raw tokio",
+        "LDC codec",
+        "vs raw",
+        "vs LDC",
+        "bus frames/w"
     );
     for t in &report.throughput {
         println!(
-            "{:<22} {:>14.0} {:>14.0} {:>14.0} {:>8.2}x {:>8.2}x",
+            "{:<26} {:>11.0} {:>11.0} {:>11.0} {:>6.2}x {:>6.2}x {:>12.1}",
             format!("{} B body ({} B frame)", t.body_bytes, t.frame_bytes),
             t.bus_per_sec,
             t.raw_per_sec,
             t.codec_per_sec,
             t.bus_vs_raw,
-            t.bus_vs_codec
+            t.bus_vs_codec,
+            t.bus_frames_per_write
         );
     }
-    let r = &report.round_trip;
     println!(
-        "\n{:<22} {:>14} {:>14} {:>9}",
-        "round trip (64 B)", "bus-tokio", "raw tokio", "vs raw"
+        "\n{:<34} {:>11} {:>11} {:>7}",
+        "round trip (64 B), p50 / p99", "bus-tokio", "raw tokio", "vs raw"
     );
-    println!(
-        "{:<22} {:>12.1}us {:>12.1}us {:>8.2}x",
-        "p50", r.bus_p50_us, r.raw_p50_us, r.p50_bus_vs_raw
-    );
-    println!(
-        "{:<22} {:>12.1}us {:>12.1}us {:>8.2}x",
-        "p99", r.bus_p99_us, r.raw_p99_us, r.p99_bus_vs_raw
-    );
+    for r in &report.round_trip {
+        for (name, bus, raw, ratio) in [
+            ("p50", r.bus_p50_us, r.raw_p50_us, r.p50_bus_vs_raw),
+            ("p99", r.bus_p99_us, r.raw_p99_us, r.p99_bus_vs_raw),
+        ] {
+            println!(
+                "{:<34} {:>9.1}us {:>9.1}us {:>6.2}x",
+                format!("{name}, {}", r.runtime),
+                bus,
+                raw,
+                ratio
+            );
+        }
+    }
     println!(
         "\nhandshakes: {:.0} per second ({} sequential client connections, each dialled, authenticated both ways and dropped)",
         report.handshakes.per_sec, report.handshakes.connections
@@ -224,7 +267,12 @@ async fn pair(config: &ValidConfig) -> Result<((Node, Events), (Node, Events)), 
     Ok(((sender, sender_events), (receiver, receiver_events)))
 }
 
-async fn bus_throughput(config: &ValidConfig, body: usize, messages: u64) -> Result<f64, Failure> {
+/// Messages per second, and frames per vectored write on the sender.
+async fn bus_throughput(
+    config: &ValidConfig,
+    body: usize,
+    messages: u64,
+) -> Result<(f64, f64), Failure> {
     let ((sender, _sender_events), (receiver, mut events)) = pair(config).await?;
     let payload = Bytes::from(vec![0xab; body]);
     let started = Instant::now();
@@ -250,13 +298,18 @@ async fn bus_throughput(config: &ValidConfig, body: usize, messages: u64) -> Res
             .count() as u64;
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let sent = sender.inspect(|node| {
+        let id = node.peer_connection(1)?;
+        Some(node.connection(id)?.stats())
+    });
+    let per_write = sent.map_or(0.0, |s| s.frames_sent as f64 / s.transmits.max(1) as f64);
     producer
         .await
         .map_err(|e| Failure(e.to_string()))?
         .map_err(|e| Failure(format!("send: {e}")))?;
     sender.shutdown(Duration::from_secs(1)).await;
     receiver.shutdown(Duration::from_secs(1)).await;
-    Ok(messages as f64 / elapsed)
+    Ok((messages as f64 / elapsed, per_write))
 }
 
 /// The frame the bus would write for a message with this body.
