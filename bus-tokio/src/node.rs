@@ -263,7 +263,8 @@ impl Node {
     }
 
     /// Where replica `replica` listens. The dial schedule uses it from the
-    /// next attempt (only for peers this node dials: higher ids).
+    /// next attempt (only for peers this node dials: higher ids); a dial
+    /// already waiting for this address proceeds at once.
     pub fn set_address(&self, replica: u8, address: SocketAddr) {
         self.shared.set_address(replica, address);
     }

@@ -47,6 +47,7 @@ on_both_runtimes!(
     an_oversized_or_corrupt_frame_closes_only_its_connection,
     backpressure_reaches_the_sender_when_the_peer_stops_reading,
     a_late_listener_is_picked_up_by_the_dial_schedule,
+    a_dial_waits_for_an_address_named_after_start,
     connection_lost_fires_exactly_once,
     graceful_shutdown_drains_queued_messages,
     a_request_retried_after_reconnect_is_answered_from_the_dedup_window,
@@ -353,6 +354,22 @@ async fn a_late_listener_is_picked_up_by_the_dial_schedule() {
         late.0.is_connected(0)
     })
     .await;
+}
+
+async fn a_dial_waits_for_an_address_named_after_start() {
+    let config = config();
+    let acceptor = member(&config, 1, 2, keys(16), NodeOptions::default()).await;
+    // Replica 0 starts knowing no address, so its first dial has nowhere
+    // to go yet.
+    let mut dialer = member(&config, 0, 2, keys(16), NodeOptions::default()).await;
+    until("the first dial starts", || dialer.node.stats().dials == 1).await;
+    dialer.node.set_address(1, acceptor.address);
+    wait_for(&mut dialer.events, "the connection", |e| {
+        matches!(e, NodeEvent::PeerConnected { replica: 1, .. })
+    })
+    .await;
+    assert_eq!(dialer.node.stats().dials, 1, "the waiting dial connected");
+    assert_eq!(dialer.node.inspect(|n| n.dial_failures(1)), 0);
 }
 
 async fn connection_lost_fires_exactly_once() {

@@ -131,11 +131,13 @@ impl FrameDecoder {
             self.pending = Some((header, parsed));
             return Ok(None);
         }
+        // Advancing past the header, then splitting the body off, takes one
+        // reference on the shared buffer instead of two.
+        self.buf.advance(HEADER_SIZE);
         let body = if size == HEADER_SIZE {
-            self.buf.advance(HEADER_SIZE);
             Bytes::new()
         } else {
-            self.buf.split_to(size).split_off(HEADER_SIZE).freeze()
+            self.buf.split_to(size - HEADER_SIZE).freeze()
         };
         let computed = self.integrity.body_sum(&body);
         let expected = parsed.body_sum;

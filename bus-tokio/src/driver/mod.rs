@@ -90,6 +90,8 @@ pub(crate) struct Shared<M> {
     changed: Notify,
     /// A socket task took a batch: a send queue has room again.
     space: Notify,
+    /// A replica's address was set.
+    address_set: Notify,
     read_chunk: usize,
     /// How long a closing socket may take to write its last batch.
     linger: std::time::Duration,
@@ -121,6 +123,7 @@ impl<M: Machine> Shared<M> {
             timer: Notify::new(),
             changed: Notify::new(),
             space: Notify::new(),
+            address_set: Notify::new(),
             read_chunk: read_chunk.max(4096),
             linger,
         });
@@ -182,9 +185,8 @@ impl<M: Machine> Shared<M> {
                     replica,
                 } => {
                     let wake = self.register(state, connection);
-                    let address = state.addresses.get(&replica).copied();
                     self.handle
-                        .spawn(dial(Arc::clone(self), connection, address, wake));
+                        .spawn(dial(Arc::clone(self), connection, replica, wake));
                 }
                 Action::Disconnect { connection } => {
                     if let Some(slot) = state.sockets.get_mut(&connection) {
@@ -250,9 +252,11 @@ impl<M: Machine> Shared<M> {
         self.handle.spawn(drive(Arc::clone(self), id, stream, wake));
     }
 
-    /// Sets where replica `replica` listens; the next dial uses it.
+    /// Sets where replica `replica` listens; the next dial, or one waiting
+    /// for it, uses it.
     pub(crate) fn set_address(&self, replica: u8, address: SocketAddr) {
         self.lock().addresses.insert(replica, address);
+        self.address_set.notify_waiters();
     }
 
     /// Wakes every task waiting for room in the event queue.
@@ -380,6 +384,7 @@ impl<M: Machine> Drop for Owner<M> {
 
 /// Sleeps until the core's next deadline and runs its timers.
 async fn timers<M: Machine>(shared: Arc<Shared<M>>) {
+    let mut ran_due = false;
     loop {
         let at = {
             let mut state = shared.lock();
@@ -390,7 +395,16 @@ async fn timers<M: Machine>(shared: Arc<Shared<M>>) {
             state.timer_at
         };
         match at {
+            // Due already: the timer wheel would add up to a millisecond
+            // (a new client's first dial, say). Once in a row only, so a
+            // deadline the core failed to move cannot spin this task.
+            Some(at) if !ran_due && at <= shared.clock.now().mono => {
+                ran_due = true;
+                shared.with(|m, now| m.handle_timeout(now));
+                continue;
+            }
             Some(at) => {
+                ran_due = false;
                 tokio::select! {
                     () = tokio::time::sleep_until(shared.clock.deadline(at)) => {
                         shared.with(|m, now| m.handle_timeout(now));
@@ -398,27 +412,41 @@ async fn timers<M: Machine>(shared: Arc<Shared<M>>) {
                     () = shared.timer.notified() => {}
                 }
             }
-            None => shared.timer.notified().await,
+            None => {
+                ran_due = false;
+                shared.timer.notified().await;
+            }
         }
     }
 }
 
-/// Opens the socket for an `Action::Connect`, then runs it.
+/// Opens the socket for an `Action::Connect`, then runs it. A replica
+/// whose address is not known yet is dialled as soon as
+/// [`Shared::set_address`] names it, within the core's dial deadline.
 async fn dial<M: Machine>(
     shared: Arc<Shared<M>>,
     id: ConnectionId,
-    address: Option<SocketAddr>,
+    replica: u8,
     wake: Arc<Notify>,
 ) {
-    let Some(address) = address else {
-        tracing::debug!(%id, "no address known for the dialled replica yet");
-        let error = std::io::Error::new(std::io::ErrorKind::NotFound, "no address known");
-        shared.with(|m, now| {
-            m.connect_failed(now, id);
-            m.dial_error(&error);
-        });
-        shared.closed(id);
-        return;
+    let address = loop {
+        let named = shared.address_set.notified();
+        tokio::pin!(named);
+        named.as_mut().enable();
+        if let Some(&address) = shared.lock().addresses.get(&replica) {
+            break address;
+        }
+        tracing::debug!(%id, replica, "waiting for the dialled replica's address");
+        tokio::select! {
+            () = named => {}
+            () = wake.notified() => {
+                // The core abandoned the dial (its deadline passed).
+                if shared.should_close(id) {
+                    shared.closed(id);
+                    return;
+                }
+            }
+        }
     };
     let connect = TcpStream::connect(address);
     tokio::pin!(connect);
