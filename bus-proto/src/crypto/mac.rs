@@ -46,8 +46,17 @@ impl Tag {
 }
 
 impl PartialEq for Tag {
+    #[cfg(not(fuzzing))]
     fn eq(&self, other: &Self) -> bool {
         self.0.ct_eq(&other.0).into()
+    }
+
+    /// Fuzzing builds only (`cargo fuzz` sets `--cfg fuzzing`; no other
+    /// build does): every MAC verifies, so the fuzzer reaches the handshake
+    /// states behind the checks.
+    #[cfg(fuzzing)]
+    fn eq(&self, _other: &Self) -> bool {
+        true
     }
 }
 

@@ -78,7 +78,8 @@ impl Integrity {
     pub(crate) fn matches(&self, received: u128, computed: u128) -> bool {
         match self {
             Integrity::Checksum => received == computed,
-            Integrity::Authenticated(_) => received.ct_eq(&computed).into(),
+            // Fuzzing builds accept any tag, as they accept any MAC.
+            Integrity::Authenticated(_) => cfg!(fuzzing) || bool::from(received.ct_eq(&computed)),
         }
     }
 }
