@@ -1,11 +1,10 @@
-//! Nonce rings, the per-peer nonce store and the sliding window, against
-//! naive models and the hazards they exist for.
+//! Nonce rings, the per-peer nonce store and the sliding window: the
+//! hazards they exist for. (Their model-based property tests are in
+//! `fuzz/tests/models.rs`, beside the models the fuzz targets share.)
 
 use bus_proto::crypto::Nonce;
 use bus_proto::replay::*;
 use bus_proto::time::UnixNanos;
-use proptest::prelude::*;
-use std::collections::{BTreeSet, VecDeque};
 use std::time::Duration;
 
 fn nonce(b: u8) -> Nonce {
@@ -43,25 +42,6 @@ fn ring_evicts_in_fifo_order() {
     assert!(!ring.contains(&nonce(1)));
     assert!(ring.contains(&nonce(4)) && ring.contains(&nonce(2)));
     assert_eq!(ring.len(), 3);
-}
-
-proptest! {
-    /// The ring behaves like a bounded FIFO of the last CAP inserts.
-    #[test]
-    fn ring_matches_a_fifo_model(ops in prop::collection::vec((any::<bool>(), 0u8..12), 0..200)) {
-        let mut ring = NonceRing::<5>::new();
-        let mut model: VecDeque<Nonce> = VecDeque::new();
-        for (insert, b) in ops {
-            if insert {
-                let evicted = ring.insert(nonce(b), at(0)).map(|(n, _)| n);
-                model.push_back(nonce(b));
-                let expected = if model.len() > 5 { model.pop_front() } else { None };
-                prop_assert_eq!(evicted, expected);
-            }
-            prop_assert_eq!(ring.contains(&nonce(b)), model.contains(&nonce(b)));
-            prop_assert_eq!(ring.len(), model.len());
-        }
-    }
 }
 
 /// Hazard 5: checking does not consume a slot; only recording does, and a
@@ -152,68 +132,6 @@ fn the_store_is_bounded_in_peers_and_drops_only_stale_peers() {
     );
     store.forget(7);
     assert_eq!(store.peer_count(), 0);
-}
-
-/// Naive model of the sliding window: the set of accepted numbers and the newest.
-struct WindowModel {
-    seen: BTreeSet<u64>,
-    top: i128,
-    width: i128,
-}
-
-impl WindowModel {
-    fn accept(&mut self, seq: u64) -> bool {
-        let s = i128::from(seq);
-        let ok = seq != u64::MAX
-            && !self.seen.contains(&seq)
-            && s > self.top - self.width
-            && s <= self.top + self.width;
-        if ok {
-            self.seen.insert(seq);
-            self.top = self.top.max(s);
-        }
-        ok
-    }
-}
-
-fn arb_seq_ops() -> impl Strategy<Value = Vec<u64>> {
-    // Mostly small steps around a moving point, with occasional big jumps and
-    // the extreme values.
-    prop::collection::vec(
-        prop_oneof![
-            8 => 0u64..3000,
-            1 => Just(u64::MAX),
-            1 => Just(u64::MAX - 1),
-            1 => any::<u64>(),
-        ],
-        0..400,
-    )
-}
-
-proptest! {
-    #[test]
-    fn window_matches_a_set_model(seqs in arb_seq_ops()) {
-        let mut window = ReplayWindow::<2>::new();
-        let mut model = WindowModel { seen: BTreeSet::new(), top: -1, width: 128 };
-        for seq in seqs {
-            let checked = window.check(seq).is_ok();
-            let accepted = window.accept(seq).is_ok();
-            prop_assert_eq!(checked, accepted, "check and accept disagree on {}", seq);
-            prop_assert_eq!(accepted, model.accept(seq), "seq {}", seq);
-        }
-    }
-
-    #[test]
-    fn window_1024_matches_the_model_on_a_dense_stream(start in 0u64..1024, steps in prop::collection::vec(-1100i64..1100, 0..300)) {
-        let mut window = ReplayWindow1024::new();
-        let mut model = WindowModel { seen: BTreeSet::new(), top: -1, width: 1024 };
-        let mut at = i128::from(start);
-        for step in steps {
-            at = (at + i128::from(step)).max(0);
-            let seq = u64::try_from(at).unwrap();
-            prop_assert_eq!(window.accept(seq).is_ok(), model.accept(seq), "seq {}", seq);
-        }
-    }
 }
 
 /// Hazard 13: a jump beyond the window is refused, not treated as a reset

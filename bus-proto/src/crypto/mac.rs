@@ -1,7 +1,6 @@
 //! BLAKE3 keyed MACs with context-separated keys.
 
 use super::Key;
-use subtle::ConstantTimeEq;
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
 /// Versioned `derive_key` contexts, one per purpose. A key derived for one
@@ -48,6 +47,7 @@ impl Tag {
 impl PartialEq for Tag {
     #[cfg(not(fuzzing))]
     fn eq(&self, other: &Self) -> bool {
+        use subtle::ConstantTimeEq;
         self.0.ct_eq(&other.0).into()
     }
 

@@ -88,8 +88,8 @@ impl RingModel {
         self.entries.is_empty()
     }
 
-    fn newest(&self) -> Option<UnixNanos> {
-        self.entries.back().map(|&(_, t)| t)
+    fn any(&self, f: impl Fn(UnixNanos) -> bool) -> bool {
+        self.entries.iter().any(|&(_, t)| f(t))
     }
 }
 
@@ -140,8 +140,8 @@ impl StoreModel {
         let window = self.window;
         let fresh = |t: UnixNanos| t.is_fresh(now, window);
         if !self.peers.contains_key(&peer) && self.peers.len() >= self.max_peers {
-            self.peers
-                .retain(|_, ring| ring.newest().is_some_and(fresh));
+            // A peer with no fresh nonce left cannot be replayed: it goes.
+            self.peers.retain(|_, ring| ring.any(fresh));
             if self.peers.len() >= self.max_peers {
                 return Err(ReplayError::StoreFull {
                     max_peers: self.max_peers,
