@@ -78,8 +78,11 @@ impl Integrity {
     pub(crate) fn matches(&self, received: u128, computed: u128) -> bool {
         match self {
             Integrity::Checksum => received == computed,
-            // Fuzzing builds accept any tag, as they accept any MAC.
-            Integrity::Authenticated(_) => cfg!(fuzzing) || bool::from(received.ct_eq(&computed)),
+            #[cfg(not(fuzzing))]
+            Integrity::Authenticated(_) => received.ct_eq(&computed).into(),
+            // Fuzzing builds only: any tag verifies, as any MAC does.
+            #[cfg(fuzzing)]
+            Integrity::Authenticated(_) => true,
         }
     }
 }

@@ -4,7 +4,7 @@
 use bus_proto::crypto::Nonce;
 use bus_proto::replay::ReplayError;
 use bus_proto::time::UnixNanos;
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 use std::time::Duration;
 
 /// The sliding window as a set of accepted numbers and the newest: a number
@@ -87,18 +87,15 @@ impl RingModel {
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
-
-    fn any(&self, f: impl Fn(UnixNanos) -> bool) -> bool {
-        self.entries.iter().any(|&(_, t)| f(t))
-    }
 }
 
-/// The per-peer nonce store: one ring per peer, at most `max_peers` peers;
-/// a full store makes room only by dropping peers whose newest nonce is
-/// stale, and a full ring refuses while its oldest nonce is still fresh.
+/// The per-peer nonce store as one flat list of records, oldest first: a
+/// peer's remembered nonces are its last `cap` records; the store holds at
+/// most `max_peers` peers and makes room only by dropping peers with no
+/// fresh record; a peer with `cap` records refuses while its oldest is fresh.
 #[derive(Debug)]
 pub struct StoreModel {
-    peers: BTreeMap<u8, RingModel>,
+    records: Vec<(u8, Nonce, UnixNanos)>,
     cap: usize,
     max_peers: usize,
     window: Duration,
@@ -108,24 +105,36 @@ impl StoreModel {
     /// An empty store.
     pub fn new(cap: usize, max_peers: usize, window: Duration) -> Self {
         StoreModel {
-            peers: BTreeMap::new(),
+            records: Vec::new(),
             cap,
             max_peers: max_peers.max(1),
             window,
         }
     }
 
-    /// Peers with a ring.
-    pub fn peer_count(&self) -> usize {
-        self.peers.len()
+    fn of(&self, peer: u8) -> Vec<(Nonce, UnixNanos)> {
+        let all: Vec<_> = (self.records.iter())
+            .filter(|r| r.0 == peer)
+            .map(|&(_, n, t)| (n, t))
+            .collect();
+        all[all.len().saturating_sub(self.cap)..].to_vec()
     }
 
-    /// Whether `nonce` is recorded for `peer`.
+    fn peers(&self) -> BTreeSet<u8> {
+        self.records.iter().map(|r| r.0).collect()
+    }
+
+    /// Peers with a record.
+    pub fn peer_count(&self) -> usize {
+        self.peers().len()
+    }
+
+    /// Whether `nonce` is remembered for `peer`.
     pub fn check(&self, peer: u8, nonce: &Nonce) -> Result<(), ReplayError> {
-        match self.peers.get(&peer) {
-            Some(ring) if ring.contains(nonce) => Err(ReplayError::Replayed { nonce: *nonce }),
-            _ => Ok(()),
+        if self.of(peer).iter().any(|(n, _)| n == nonce) {
+            return Err(ReplayError::Replayed { nonce: *nonce });
         }
+        Ok(())
     }
 
     /// Records `nonce` for `peer` at `timestamp`, judged at `now`.
@@ -139,31 +148,29 @@ impl StoreModel {
         self.check(peer, &nonce)?;
         let window = self.window;
         let fresh = |t: UnixNanos| t.is_fresh(now, window);
-        if !self.peers.contains_key(&peer) && self.peers.len() >= self.max_peers {
-            // A peer with no fresh nonce left cannot be replayed: it goes.
-            self.peers.retain(|_, ring| ring.any(fresh));
-            if self.peers.len() >= self.max_peers {
+        let peers = self.peers();
+        if !peers.contains(&peer) && peers.len() >= self.max_peers {
+            for p in peers {
+                if !self.of(p).iter().any(|&(_, t)| fresh(t)) {
+                    self.forget(p);
+                }
+            }
+            if self.peer_count() >= self.max_peers {
                 return Err(ReplayError::StoreFull {
                     max_peers: self.max_peers,
                 });
             }
         }
-        let cap = self.cap;
-        let ring = self
-            .peers
-            .entry(peer)
-            .or_insert_with(|| RingModel::new(cap));
-        if let Some((_, oldest)) = ring.next_evicted() {
-            if fresh(oldest) {
-                return Err(ReplayError::PeerSaturated { capacity: cap });
-            }
+        let held = self.of(peer);
+        if held.len() >= self.cap && held.first().is_some_and(|&(_, t)| fresh(t)) {
+            return Err(ReplayError::PeerSaturated { capacity: self.cap });
         }
-        ring.insert(nonce, timestamp);
+        self.records.push((peer, nonce, timestamp));
         Ok(())
     }
 
     /// Forgets `peer`.
     pub fn forget(&mut self, peer: u8) {
-        self.peers.remove(&peer);
+        self.records.retain(|r| r.0 != peer);
     }
 }

@@ -166,10 +166,12 @@ impl Duplex {
             }
             Op::Send { from, len } if honest => {
                 let end = &mut self.ends[usize::from(from)];
-                let kind = match (end.conn.side(), end.conn.peer()) {
-                    (_, Some(PeerId::Replica(_))) => Kind::Message { operation: 1 },
-                    _ => return,
-                };
+                // Replica links carry messages; the client plane is the
+                // node target's business.
+                if !matches!(end.conn.peer(), Some(PeerId::Replica(_))) {
+                    return;
+                }
+                let kind = Kind::Message { operation: 1 };
                 let body = Bytes::from(vec![len; usize::from(len)]);
                 if end.conn.send(kind, body.clone()).is_ok() {
                     end.sent.push(body);
