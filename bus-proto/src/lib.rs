@@ -17,6 +17,7 @@
 //! | [`replay`] | nonce rings and the sliding sequence window |
 //! | [`dedup`] | the at-most-once request window |
 //! | [`config`] | the validated configuration |
+//! | `host` | (feature `host`) the runtime-independent half of the adapters |
 //!
 //! The wire format is specified in `PROTOCOL.md` at the repository root.
 //!
@@ -152,6 +153,8 @@ pub mod crypto;
 pub mod dedup;
 pub mod entropy;
 pub mod handshake;
+#[cfg(feature = "host")]
+pub mod host;
 pub mod node;
 pub mod replay;
 pub mod time;

@@ -12,27 +12,24 @@
 //! Each socket has one task that owns it: it reads into a reused buffer,
 //! hands the bytes to the core, and writes the core's batches with
 //! vectored writes until done. One timer task sleeps until the core's next
-//! deadline. The core sits behind one mutex that is never held across an
-//! `.await`; every queue is bounded (the core's send queues, the event
-//! queue, which pauses reading when full). Works on multi-threaded and
-//! current-thread runtimes.
+//! deadline. Works on multi-threaded and current-thread runtimes.
 //!
 //! Protocol decisions (who dials, handshakes, replay and dedup, backoff,
-//! routing) all live in `bus_proto`; this crate moves bytes, sleeps and
-//! spawns.
+//! routing) live in `bus_proto`, and so does the runtime-independent
+//! driver (`bus_proto::host`: when sockets read, write and close, the
+//! bounded event queue, reply waiters, shutdown). This crate moves bytes,
+//! sleeps and spawns.
 
 #![deny(unsafe_code)]
 
 mod client;
-mod clock;
-mod driver;
-mod error;
 mod node;
-mod shutdown;
+mod runtime;
 
 pub use bus_proto;
-pub use client::{Client, Link, Reply};
-pub use clock::OsEntropy;
-pub use error::{ClientError, ConnectError, ListenError, StartError};
-pub use node::{Events, Node, NodeOptions};
-pub use shutdown::ShutdownReport;
+pub use bus_proto::host::{
+    ClientError, ConnectError, Link, ListenError, NodeOptions, Reply, ShutdownReport, StartError,
+};
+pub use client::Client;
+pub use node::{Events, Node};
+pub use runtime::OsEntropy;

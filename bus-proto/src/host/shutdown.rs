@@ -1,6 +1,6 @@
 //! What a graceful shutdown reports.
 
-use bus_proto::connection::CloseCause;
+use crate::connection::CloseCause;
 
 /// How the connections open at shutdown ended.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -26,8 +26,8 @@ impl ShutdownReport {
     }
 }
 
-impl std::fmt::Display for ShutdownReport {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl core::fmt::Display for ShutdownReport {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         write!(
             f,
             "{} connections: {} closed cleanly, {} forced",

@@ -1,7 +1,8 @@
 //! Per-socket entries indexed by the core's dense connection slot, so the
 //! hot path looks a socket up without hashing.
 
-use bus_proto::node::ConnectionId;
+use crate::node::ConnectionId;
+use std::vec::Vec;
 
 /// A map from live connection ids to `T`. Holds at most as many entries as
 /// the core has connection slots; a stale id (same slot, older generation)
@@ -59,19 +60,19 @@ impl<T> Slots<T> {
         self.len == 0
     }
 
-    pub(crate) fn values(&self) -> impl Iterator<Item = &T> {
-        self.entries.iter().flatten().map(|(_, value)| value)
+    pub(crate) fn values_mut(&mut self) -> impl Iterator<Item = &mut T> {
+        self.entries.iter_mut().flatten().map(|(_, value)| value)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::Slots;
-    use bus_proto::config::Config;
-    use bus_proto::crypto::{Key, KeyRing};
-    use bus_proto::entropy::SeededEntropy;
-    use bus_proto::node::{Action, Node, NodeParams};
-    use bus_proto::time::{Instant, Now, UnixNanos};
+    use crate::config::Config;
+    use crate::crypto::{Key, KeyRing};
+    use crate::entropy::SeededEntropy;
+    use crate::node::{Action, Node, NodeParams};
+    use crate::time::{Instant, Now, UnixNanos};
 
     fn at(seconds: u64) -> Now {
         Now {
@@ -80,7 +81,7 @@ mod tests {
         }
     }
 
-    fn dial(node: &mut Node) -> bus_proto::node::ConnectionId {
+    fn dial(node: &mut Node) -> crate::node::ConnectionId {
         loop {
             match node.poll_action() {
                 Some(Action::Connect { connection, .. }) => return connection,
@@ -102,7 +103,7 @@ mod tests {
             accept_clients: false,
         };
         let keys = KeyRing::new(Key::from_bytes([3; 32]));
-        let entropy = Box::new(SeededEntropy::new(7));
+        let entropy = std::boxed::Box::new(SeededEntropy::new(7));
         let mut node = Node::new(at(0), &config, params, keys, entropy).expect("node");
         node.handle_timeout(at(0));
         let first = dial(&mut node);
@@ -119,7 +120,7 @@ mod tests {
         assert_eq!(slots.get(&first), None, "stale id");
         assert_eq!(slots.remove(&first), None, "a stale id removes nothing");
         assert_eq!(slots.get(&second), Some(&"second"));
-        assert_eq!(slots.values().count(), 1);
+        assert_eq!(slots.values_mut().count(), 1);
         assert_eq!(slots.remove(&second), Some("second"));
         assert!(slots.is_empty());
     }

@@ -1,15 +1,19 @@
-//! The adapter's own errors; protocol errors come from `bus_proto`.
+//! The adapters' own errors; protocol errors come from the core modules.
 
-use bus_proto::client::{RequestError, RequestFailure};
-use bus_proto::connection::CloseCause;
-use bus_proto::node::NodeError;
+use crate::client::{RequestError, RequestFailure};
+use crate::connection::CloseCause;
+use crate::node::NodeError;
+use std::string::String;
 
 /// A node or client could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    /// Started outside a tokio runtime.
-    #[error("no tokio runtime: start the bus from inside one")]
-    NoRuntime,
+    /// Started outside the adapter's runtime.
+    #[error("no {runtime} runtime: start the bus from inside one")]
+    NoRuntime {
+        /// Which runtime was missing.
+        runtime: &'static str,
+    },
     /// The node's parameters are invalid.
     #[error(transparent)]
     Node(#[from] NodeError),

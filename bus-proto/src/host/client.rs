@@ -1,0 +1,321 @@
+//! A client as the adapters run it: the core client plus reply waiters and
+//! the connection's state.
+
+use super::Machine;
+use super::driver::{Runtime, Shared};
+use super::error::{ClientError, ConnectError};
+use super::shutdown::{ShutdownReport, Tally};
+use super::signal::Waiters;
+use crate::client::{self, ClientEvent, ClientParams, ClientStats, RequestFailure};
+use crate::config::ValidConfig;
+use crate::connection::{CloseCause, Transmit};
+use crate::crypto::KeyRing;
+use crate::entropy::Entropy;
+use crate::handshake::Binding;
+use crate::node::{Action, ConnectionId};
+use crate::time::{Instant, Now};
+use bytes::{Bytes, BytesMut};
+use core::future::poll_fn;
+use core::task::{Poll, Waker};
+use core::time::Duration;
+use std::boxed::Box;
+use std::collections::HashMap;
+use std::string::{String, ToString};
+use std::sync::Arc;
+
+/// A reply to a client request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reply {
+    /// The request's number.
+    pub request: u64,
+    /// The reply's operation tag.
+    pub operation: u32,
+    /// The body.
+    pub body: Bytes,
+}
+
+/// The state of a client's connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Link {
+    /// Dialling (first connection or after a loss).
+    Connecting,
+    /// Authenticated to this replica.
+    Connected {
+        /// The replica.
+        replica: u8,
+    },
+    /// The last connection ended; redialling after a backoff.
+    Disconnected {
+        /// Why it ended.
+        cause: CloseCause,
+    },
+    /// The last dial failed its handshake (for instance the node rejected
+    /// our key); redialling after a backoff.
+    HandshakeFailed {
+        /// Why, with the node's status if it answered.
+        cause: CloseCause,
+    },
+    /// The last TCP connect failed (nothing listens, unreachable);
+    /// redialling after a backoff.
+    Unreachable {
+        /// The OS error.
+        error: String,
+    },
+    /// Shut down.
+    ShutDown,
+}
+
+/// One outstanding request's answer, and the task waiting for it.
+#[derive(Default)]
+struct Waiting {
+    answer: Option<Result<Reply, RequestFailure>>,
+    waker: Option<Waker>,
+}
+
+/// The core client plus what its application waits on.
+pub struct ClientFront {
+    client: client::Client,
+    /// One per request whose caller still waits, so bounded by
+    /// `client_max_outstanding`.
+    waiting: HashMap<u64, Waiting>,
+    link: Link,
+    link_waiters: Waiters,
+    tally: Option<Tally>,
+}
+
+impl ClientFront {
+    /// A client started at `now`.
+    pub fn new(
+        now: Now,
+        config: &ValidConfig,
+        params: ClientParams,
+        keys: KeyRing,
+        entropy: Box<dyn Entropy + Send>,
+    ) -> Self {
+        ClientFront {
+            client: client::Client::new(now, config, params, keys, entropy),
+            waiting: HashMap::new(),
+            link: Link::Connecting,
+            link_waiters: Waiters::default(),
+            tally: None,
+        }
+    }
+
+    fn set_link(&mut self, link: Link) {
+        self.link = link;
+        self.link_waiters.notify_all();
+    }
+
+    fn answer(&mut self, request: u64, answer: Result<Reply, RequestFailure>) {
+        // No entry: the caller stopped waiting.
+        if let Some(waiting) = self.waiting.get_mut(&request) {
+            waiting.answer = Some(answer);
+            if let Some(waker) = waiting.waker.take() {
+                waker.wake();
+            }
+        }
+    }
+}
+
+impl Machine for ClientFront {
+    fn take_read_buffer(&mut self, id: ConnectionId) -> Option<BytesMut> {
+        self.client.read_buffer(id).map(core::mem::take)
+    }
+    fn handle_read(&mut self, now: Now, id: ConnectionId, buffer: BytesMut) {
+        // A stale id means the connection is already gone; the socket task
+        // learns that from `Disconnect`.
+        if let Some(slot) = self.client.read_buffer(id) {
+            *slot = buffer;
+            let _ = self.client.handle_read(now, id);
+        }
+    }
+    fn handle_eof(&mut self, now: Now, id: ConnectionId) {
+        self.client.handle_eof(now, id);
+    }
+    fn handle_timeout(&mut self, now: Now) {
+        self.client.handle_timeout(now);
+    }
+    fn connected(&mut self, now: Now, id: ConnectionId) -> bool {
+        self.client.connected(now, id, Binding::NONE).is_ok()
+    }
+    fn connect_failed(&mut self, now: Now, id: ConnectionId) {
+        self.client.connect_failed(now, id);
+    }
+    fn poll_transmit_for(&mut self, now: Now, id: ConnectionId) -> Option<Transmit> {
+        self.client.poll_transmit_for(now, id)
+    }
+    fn poll_ready(&mut self) -> Option<ConnectionId> {
+        self.client.poll_ready()
+    }
+    fn poll_action(&mut self) -> Option<Action> {
+        self.client.poll_action()
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.client.poll_timeout()
+    }
+    fn deliver(&mut self) {
+        while let Some(event) = self.client.poll_event() {
+            match event {
+                ClientEvent::Reply {
+                    request,
+                    operation,
+                    body,
+                } => self.answer(
+                    request,
+                    Ok(Reply {
+                        request,
+                        operation,
+                        body,
+                    }),
+                ),
+                ClientEvent::Failed { request, reason } => self.answer(request, Err(reason)),
+                ClientEvent::Connected { replica } => {
+                    tracing::debug!(replica, "client connected");
+                    self.set_link(Link::Connected { replica });
+                }
+                ClientEvent::Disconnected { cause } => {
+                    tracing::debug!(%cause, "client disconnected");
+                    if let Some(tally) = &mut self.tally {
+                        tally.closed(&cause);
+                    }
+                    self.set_link(Link::Disconnected { cause });
+                }
+                ClientEvent::HandshakeFailed { cause } => {
+                    tracing::debug!(%cause, "client handshake failed");
+                    if let Some(tally) = &mut self.tally {
+                        tally.closed(&cause);
+                    }
+                    self.set_link(Link::HandshakeFailed { cause });
+                }
+            }
+        }
+    }
+    fn reading_paused(&self) -> bool {
+        // Replies go straight to their waiters.
+        false
+    }
+    fn connections(&self) -> usize {
+        self.client.connections()
+    }
+    fn dial_error(&mut self, error: &std::io::Error) {
+        if self.tally.is_none() {
+            self.set_link(Link::Unreachable {
+                error: error.to_string(),
+            });
+        }
+    }
+}
+
+/// Forgets a request's entry when its caller stops waiting.
+struct Forget<'a, R: Runtime> {
+    shared: &'a Shared<ClientFront, R>,
+    request: u64,
+}
+
+impl<R: Runtime> Drop for Forget<'_, R> {
+    fn drop(&mut self) {
+        self.shared.lock().machine.waiting.remove(&self.request);
+    }
+}
+
+/// What every adapter's `Client` forwards to.
+impl<R: Runtime> Shared<ClientFront, R> {
+    /// Sends a request and waits for its reply; see `Client::request`.
+    pub async fn request(
+        self: &Arc<Self>,
+        operation: u32,
+        body: Bytes,
+    ) -> Result<Reply, ClientError> {
+        let request = self.with(|m, now| {
+            let request = m.client.request(now, operation, body)?;
+            m.waiting.insert(request, Waiting::default());
+            Ok::<_, ClientError>(request)
+        })?;
+        let _forget = Forget {
+            shared: self,
+            request,
+        };
+        poll_fn(|cx| {
+            let mut state = self.lock();
+            let Some(waiting) = state.machine.waiting.get_mut(&request) else {
+                return Poll::Ready(Err(ClientError::ShutDown));
+            };
+            match waiting.answer.take() {
+                Some(Ok(reply)) => Poll::Ready(Ok(reply)),
+                Some(Err(reason)) => Poll::Ready(Err(ClientError::Failed { request, reason })),
+                None => {
+                    waiting.waker = Some(cx.waker().clone());
+                    Poll::Pending
+                }
+            }
+        })
+        .await
+    }
+
+    /// The connection's state now.
+    pub fn link(&self) -> Link {
+        self.read(|m| m.link.clone())
+    }
+
+    /// Waits until the connection attempt under way finishes; see
+    /// `Client::connected`.
+    pub async fn connected(&self) -> Result<u8, ConnectError> {
+        poll_fn(|cx| {
+            let mut state = self.lock();
+            let machine = &mut state.machine;
+            Poll::Ready(match &machine.link {
+                Link::Connected { replica } => Ok(*replica),
+                Link::HandshakeFailed { cause } => Err(ConnectError::Handshake(cause.clone())),
+                Link::Unreachable { error } => Err(ConnectError::Unreachable(error.clone())),
+                Link::ShutDown => Err(ConnectError::ShutDown),
+                Link::Connecting | Link::Disconnected { .. } => {
+                    machine.link_waiters.register(cx);
+                    return Poll::Pending;
+                }
+            })
+        })
+        .await
+    }
+
+    /// Moves the client to replica `replica`, listening at `address`.
+    pub fn retarget(self: &Arc<Self>, replica: u8, address: std::net::SocketAddr) {
+        self.set_address(replica, address);
+        self.with(|m, now| m.client.retarget(now, replica));
+    }
+
+    /// The client's id.
+    pub fn id(&self) -> u128 {
+        self.read(|m| m.client.id())
+    }
+
+    /// The client's counters.
+    pub fn stats(&self) -> ClientStats {
+        self.read(|m| m.client.stats())
+    }
+
+    /// Closes the connection within `deadline`; requests still waiting
+    /// fail with [`ClientError::ShutDown`].
+    pub async fn shutdown(self: &Arc<Self>, deadline: Duration) -> ShutdownReport {
+        let Some(total) = self.with(|m, now| {
+            if m.tally.is_some() {
+                return None;
+            }
+            m.tally = Some(Tally::default());
+            let total = m.client.connections();
+            m.client.shutdown(now);
+            for (_, waiting) in m.waiting.drain() {
+                if let Some(waker) = waiting.waker {
+                    waker.wake();
+                }
+            }
+            Some(total)
+        }) else {
+            return ShutdownReport::default();
+        };
+        let stragglers = self.drain(deadline).await;
+        let mut state = self.lock();
+        state.machine.set_link(Link::ShutDown);
+        let timed_out = state.machine.tally.map_or(0, |t| t.forced);
+        ShutdownReport::new(total, timed_out + stragglers)
+    }
+}

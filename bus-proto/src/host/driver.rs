@@ -1,0 +1,713 @@
+//! The state an adapter's handles and tasks share, and every decision the
+//! adapter's tasks would otherwise each make: when a socket reads, writes,
+//! pauses or closes, who is woken, when the timer fires, how shutdown
+//! drains.
+
+use super::Machine;
+use super::outgoing::Outgoing;
+use super::signal::{Signal, Waiters};
+use super::slots::Slots;
+use crate::node::{Action, ConnectionId};
+use crate::time::{Instant, Now};
+use bytes::BytesMut;
+use core::future::{Future, poll_fn};
+use core::pin::pin;
+use core::task::{Context, Poll};
+use core::time::Duration;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::vec::Vec;
+
+/// What the driver needs from an async runtime. The adapter implements it
+/// on a small handle (its clock origin, its executor).
+pub trait Runtime: Send + Sync + Sized + 'static {
+    /// Monotonic and wall-clock time, now.
+    fn now(&self) -> Now;
+    /// Completes at `at` on the monotonic clock of [`Runtime::now`] (at
+    /// once if it has passed).
+    fn sleep_until(&self, at: Instant) -> impl Future<Output = ()>;
+    /// Starts a task for the dial registered under `id`: wait for the
+    /// address ([`Shared::dial_address`]), connect while racing
+    /// [`Shared::abandoned`], then report with [`Shared::dial_connected`]
+    /// (and run the socket) or [`Shared::dial_failed`]. Called with the
+    /// driver's lock held: spawn, do not run.
+    fn dial<M: Machine>(shared: &Arc<Shared<M, Self>>, id: ConnectionId, replica: u8);
+}
+
+/// Driver settings.
+#[derive(Clone, Copy, Debug)]
+pub struct SharedOptions {
+    /// Bytes each socket reads at once into its reused buffer (at least
+    /// 4 KiB).
+    pub read_chunk: usize,
+    /// How long a closing socket may take to write its last batch.
+    pub linger: Duration,
+}
+
+/// A socket task's registry entry.
+#[derive(Debug, Default)]
+struct Entry {
+    wake: Signal,
+    /// The core said `Disconnect`: write what was handed out, then close.
+    closing: bool,
+    /// In `State::paused`.
+    paused: bool,
+}
+
+/// Everything behind the lock.
+pub(super) struct State<M> {
+    pub(super) machine: M,
+    sockets: Slots<Entry>,
+    /// Replica addresses, by id.
+    addresses: HashMap<u8, SocketAddr>,
+    /// What the timer task sleeps until.
+    timer_at: Option<Instant>,
+    timer: Signal,
+    /// Sockets waiting for room in the application's event queue, at most
+    /// one entry per socket.
+    paused: Vec<ConnectionId>,
+    /// Shutdown's deadline passed: every socket task exits now.
+    forced: bool,
+    /// The timer task and listeners stop.
+    stopped: bool,
+    /// Listening sockets still open.
+    listeners: usize,
+    /// A socket task or listener ended, or the driver stopped.
+    changed: Waiters,
+    /// A send queue may have room: bumped whenever a batch leaves a queue.
+    space_epoch: u64,
+    space: Waiters,
+    /// A replica's address was set.
+    address_set: Waiters,
+}
+
+impl<M> State<M> {
+    fn more_space(&mut self) {
+        self.space_epoch = self.space_epoch.wrapping_add(1);
+        self.space.notify_all();
+    }
+
+    /// Wakes every socket paused for room in the event queue.
+    pub(super) fn resume_readers(&mut self) {
+        for id in self.paused.drain(..) {
+            if let Some(entry) = self.sockets.get_mut(&id) {
+                entry.paused = false;
+                entry.wake.notify();
+            }
+        }
+    }
+}
+
+/// Shared by an adapter's handles, socket tasks, timer task and
+/// listeners.
+pub struct Shared<M, R> {
+    runtime: R,
+    state: Mutex<State<M>>,
+    read_chunk: usize,
+    linger: Duration,
+}
+
+/// What a socket task does next, decided under the lock by
+/// [`Shared::step`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Wait for whichever comes first of: the write of the loaded batch
+    /// (if `write`), a read into the lent buffer (if `read`), the `linger`
+    /// deadline (if set), and [`Shared::woken`].
+    Run {
+        /// A batch is loaded and not yet handed to a write.
+        write: bool,
+        /// Reading is allowed and the buffer is lent.
+        read: bool,
+        /// Closing: give up on the peer at this instant
+        /// ([`Shared::abandon`]).
+        linger: Option<Instant>,
+    },
+    /// The connection is over: close the socket.
+    Exit,
+}
+
+/// A socket task's own state: the batch it writes and the receive buffer
+/// it has borrowed from the core.
+#[derive(Debug)]
+pub struct Socket {
+    id: ConnectionId,
+    out: Outgoing,
+    inbox: Option<BytesMut>,
+    /// The batch was handed whole to an owned-buffer write still running.
+    writing: bool,
+    /// The buffer was handed to an owned-buffer read still running.
+    reading: bool,
+    eof: bool,
+    linger: Option<Instant>,
+}
+
+impl Socket {
+    /// The state of a new socket task for connection `id`.
+    pub fn new(id: ConnectionId) -> Self {
+        Socket {
+            id,
+            out: Outgoing::default(),
+            inbox: None,
+            writing: false,
+            reading: false,
+            eof: false,
+            linger: None,
+        }
+    }
+
+    /// The connection.
+    pub fn id(&self) -> ConnectionId {
+        self.id
+    }
+
+    /// The batch being written ([`Outgoing::slices`], then
+    /// [`Outgoing::advance`] by what was written) and the lent receive
+    /// buffer (append what is read, then [`Shared::handle_read`]), for an
+    /// adapter that writes and reads in place, both at once.
+    pub fn io(&mut self) -> (&mut Outgoing, Option<&mut BytesMut>) {
+        (&mut self.out, self.inbox.as_mut())
+    }
+
+    /// Hands the whole loaded batch to an owned-buffer write;
+    /// [`Socket::written`] when it completes.
+    pub fn lend_batch(&mut self) -> std::vec::Vec<bytes::Bytes> {
+        self.writing = true;
+        self.out.take()
+    }
+
+    /// The write of a lent batch completed.
+    pub fn written(&mut self) {
+        self.writing = false;
+    }
+
+    /// Hands the receive buffer to an owned-buffer read; the read gives
+    /// it back through [`Shared::handle_read`] or [`Shared::handle_eof`].
+    pub fn lend_inbox(&mut self) -> Option<BytesMut> {
+        let buffer = self.inbox.take()?;
+        self.reading = true;
+        Some(buffer)
+    }
+}
+
+impl<M: Machine, R: Runtime> Shared<M, R> {
+    /// The driver for `machine`. The adapter then spawns
+    /// [`Shared::run_timers`], which also starts the first dials.
+    pub fn new(
+        machine: M,
+        runtime: R,
+        options: SharedOptions,
+        addresses: impl IntoIterator<Item = (u8, SocketAddr)>,
+    ) -> Arc<Self> {
+        Arc::new(Shared {
+            runtime,
+            state: Mutex::new(State {
+                machine,
+                sockets: Slots::default(),
+                addresses: addresses.into_iter().collect(),
+                timer_at: None,
+                timer: Signal::default(),
+                paused: Vec::new(),
+                forced: false,
+                stopped: false,
+                listeners: 0,
+                changed: Waiters::default(),
+                space_epoch: 0,
+                space: Waiters::default(),
+                address_set: Waiters::default(),
+            }),
+            read_chunk: options.read_chunk.max(4096),
+            linger: options.linger,
+        })
+    }
+
+    /// The adapter's runtime handle.
+    pub fn runtime(&self) -> &R {
+        &self.runtime
+    }
+
+    /// Bytes to read at once.
+    pub fn read_chunk(&self) -> usize {
+        self.read_chunk
+    }
+
+    pub(super) fn lock(&self) -> MutexGuard<'_, State<M>> {
+        // The core does not panic on input; if the application panicked
+        // while holding the lock, the state is still the core's own.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs `f` on the machine, then carries out what it asked for.
+    pub fn with<T>(self: &Arc<Self>, f: impl FnOnce(&mut M, Now) -> T) -> T {
+        self.with_from(None, f)
+    }
+
+    /// [`Shared::with`] for calls that take no time (sends): skips reading
+    /// the clocks.
+    pub fn with_untimed<T>(self: &Arc<Self>, f: impl FnOnce(&mut M) -> T) -> T {
+        let mut state = self.lock();
+        let result = f(&mut state.machine);
+        self.after(&mut state, None);
+        result
+    }
+
+    /// Reads the machine.
+    pub fn read<T>(&self, f: impl FnOnce(&M) -> T) -> T {
+        f(&self.lock().machine)
+    }
+
+    /// [`Shared::with`] from `caller`'s socket task, which checks its own
+    /// output before it waits again and so is not woken.
+    fn with_from<T>(
+        self: &Arc<Self>,
+        caller: Option<ConnectionId>,
+        f: impl FnOnce(&mut M, Now) -> T,
+    ) -> T {
+        let mut state = self.lock();
+        let result = f(&mut state.machine, self.runtime.now());
+        self.after(&mut state, caller);
+        result
+    }
+
+    /// After any input: wake sockets with output (but not `caller`), open
+    /// and close sockets, deliver events, and move the timer earlier if
+    /// needed.
+    fn after(self: &Arc<Self>, state: &mut State<M>, caller: Option<ConnectionId>) {
+        while let Some(id) = state.machine.poll_ready() {
+            if Some(id) == caller {
+                continue;
+            }
+            if let Some(entry) = state.sockets.get_mut(&id) {
+                entry.wake.notify();
+            }
+        }
+        while let Some(action) = state.machine.poll_action() {
+            match action {
+                Action::Connect {
+                    connection,
+                    replica,
+                } => {
+                    state.sockets.insert(connection, Entry::default());
+                    R::dial(self, connection, replica);
+                }
+                Action::Disconnect { connection } => {
+                    if let Some(entry) = state.sockets.get_mut(&connection) {
+                        entry.closing = true;
+                        entry.wake.notify();
+                    }
+                }
+            }
+        }
+        state.machine.deliver();
+        if let Some(at) = state.machine.poll_timeout() {
+            if state.timer_at.is_none_or(|t| at < t) {
+                state.timer_at = Some(at);
+                state.timer.notify();
+            }
+        }
+    }
+
+    /// Retries `attempt` while it reports a full queue (`full`), waiting
+    /// each time until a socket takes a batch off a queue. Once the driver
+    /// stopped, the full-queue error is returned.
+    pub async fn retry_when_full<T, E>(
+        &self,
+        mut attempt: impl FnMut() -> Result<T, E>,
+        full: impl Fn(&E) -> bool,
+    ) -> Result<T, E> {
+        // The common case, a queue with room, takes no extra lock.
+        match attempt() {
+            Err(error) if full(&error) => {}
+            result => return result,
+        }
+        loop {
+            let (epoch, stopped) = {
+                let state = self.lock();
+                (state.space_epoch, state.stopped)
+            };
+            match attempt() {
+                Err(error) if full(&error) && !stopped => {}
+                result => return result,
+            }
+            poll_fn(|cx| {
+                let mut state = self.lock();
+                if state.space_epoch != epoch || state.stopped {
+                    return Poll::Ready(());
+                }
+                state.space.register(cx);
+                Poll::Pending
+            })
+            .await;
+        }
+    }
+
+    /// Sets where replica `replica` listens; the next dial, or one waiting
+    /// for it, uses it.
+    pub fn set_address(&self, replica: u8, address: SocketAddr) {
+        let mut state = self.lock();
+        state.addresses.insert(replica, address);
+        state.address_set.notify_all();
+    }
+
+    /// A dial's address: waits until it is known, or returns `None` once
+    /// the core abandoned the dial (its deadline passed); then call
+    /// [`Shared::closed`].
+    pub async fn dial_address(&self, id: ConnectionId, replica: u8) -> Option<SocketAddr> {
+        let mut logged = false;
+        poll_fn(|cx| {
+            let mut state = self.lock();
+            loop {
+                if let Some(&address) = state.addresses.get(&replica) {
+                    return Poll::Ready(Some(address));
+                }
+                if Self::should_close(&state, id) {
+                    return Poll::Ready(None);
+                }
+                // A wake-up for output before the socket exists needs no
+                // answer: the socket task's first step takes the output.
+                if Self::poll_entry(&mut state, id, cx).is_pending() {
+                    break;
+                }
+            }
+            if !logged {
+                logged = true;
+                tracing::debug!(%id, replica, "waiting for the dialled replica's address");
+            }
+            state.address_set.register(cx);
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Completes once the core abandoned dial `id` (race it against the
+    /// connect; then call [`Shared::closed`]).
+    pub async fn abandoned(&self, id: ConnectionId) {
+        poll_fn(|cx| {
+            let mut state = self.lock();
+            loop {
+                if Self::should_close(&state, id) {
+                    return Poll::Ready(());
+                }
+                if Self::poll_entry(&mut state, id, cx).is_pending() {
+                    return Poll::Pending;
+                }
+            }
+        })
+        .await;
+    }
+
+    /// Polls `id`'s wake-up; ready if it came or the entry is gone.
+    fn poll_entry(state: &mut State<M>, id: ConnectionId, cx: &mut Context<'_>) -> Poll<()> {
+        match state.sockets.get_mut(&id) {
+            Some(entry) => entry.wake.poll(cx),
+            None => Poll::Ready(()),
+        }
+    }
+
+    /// A dial's socket is open: true if the adapter should now run it with
+    /// a [`Socket`]; false if the core gave up on it meanwhile (the
+    /// registration is already released).
+    pub fn dial_connected(self: &Arc<Self>, id: ConnectionId) -> bool {
+        let live = self.with(|m, now| m.connected(now, id));
+        if !live {
+            self.closed(id);
+        }
+        live
+    }
+
+    /// A dial's connect failed; releases its registration.
+    pub fn dial_failed(self: &Arc<Self>, id: ConnectionId, error: &std::io::Error) {
+        self.with(|m, now| {
+            m.connect_failed(now, id);
+            m.dial_error(error);
+        });
+        self.closed(id);
+    }
+
+    fn should_close(state: &State<M>, id: ConnectionId) -> bool {
+        state.forced || state.sockets.get(&id).is_none_or(|e| e.closing)
+    }
+
+    /// Loads the socket's next batch if it has none, and decides what it
+    /// does next.
+    pub fn step(self: &Arc<Self>, socket: &mut Socket) -> Step {
+        let id = socket.id;
+        let mut state = self.lock();
+        if state.forced {
+            return Step::Exit;
+        }
+        if !socket.writing && socket.out.is_done() {
+            let now = self.runtime.now();
+            if let Some(transmit) = state.machine.poll_transmit_for(now, id) {
+                socket.out.load(transmit);
+                state.more_space();
+            }
+            self.after(&mut state, Some(id));
+        }
+        let closing = state.sockets.get(&id).is_none_or(|e| e.closing);
+        if closing {
+            if socket.out.is_done() && !socket.writing {
+                return Step::Exit;
+            }
+            if socket.linger.is_none() {
+                let at = self.runtime.now().mono.saturating_add(self.linger);
+                socket.linger = Some(at);
+            }
+        }
+        let mut read = !closing && !socket.eof && !socket.reading;
+        if read && state.machine.reading_paused() {
+            read = false;
+            let State {
+                sockets, paused, ..
+            } = &mut *state;
+            if let Some(entry) = sockets.get_mut(&id).filter(|e| !e.paused) {
+                entry.paused = true;
+                paused.push(id);
+            }
+        }
+        if read && socket.inbox.is_none() {
+            socket.inbox = state.machine.take_read_buffer(id);
+            read = socket.inbox.is_some();
+        }
+        Step::Run {
+            write: !socket.out.is_done() && !socket.writing,
+            read,
+            linger: socket.linger,
+        }
+    }
+
+    /// Completes when the socket should step again: it has output, it may
+    /// read again, or it is closing.
+    pub async fn woken(&self, id: ConnectionId) {
+        poll_fn(|cx| Self::poll_entry(&mut self.lock(), id, cx)).await;
+    }
+
+    /// Bytes were read into the lent buffer (in place, or returned by an
+    /// owned-buffer read as `buffer`): the core processes them.
+    pub fn handle_read(self: &Arc<Self>, socket: &mut Socket, buffer: Option<BytesMut>) {
+        socket.reading = false;
+        let id = socket.id;
+        if let Some(buffer) = buffer.or_else(|| socket.inbox.take()) {
+            self.with_from(Some(id), |m, now| m.handle_read(now, id, buffer));
+        }
+    }
+
+    /// The peer closed its side, or the read failed: no more reads.
+    pub fn handle_eof(self: &Arc<Self>, socket: &mut Socket) {
+        socket.reading = false;
+        socket.eof = true;
+        let id = socket.id;
+        self.with_from(Some(id), |m, now| m.handle_eof(now, id));
+    }
+
+    /// The socket failed or gave up (write error, linger passed): the core
+    /// learns it, and whatever it still had to write is discarded so the
+    /// connection is freed. Then close the socket and call
+    /// [`Shared::closed`].
+    pub fn abandon(self: &Arc<Self>, socket: &Socket) {
+        let id = socket.id;
+        self.with_from(Some(id), |m, now| {
+            m.handle_eof(now, id);
+            // Bounded: a closed connection hands out at most its close.
+            for _ in 0..1024 {
+                if m.poll_transmit_for(now, id).is_none() {
+                    break;
+                }
+            }
+        });
+    }
+
+    /// A socket task (or a dial that never opened one) ended.
+    pub fn closed(&self, id: ConnectionId) {
+        let mut state = self.lock();
+        state.sockets.remove(&id);
+        state.changed.notify_all();
+        state.more_space();
+    }
+
+    /// Registers an accepted socket with the core via `accept` (which
+    /// returns its connection id, or an error to refuse it). Returns the
+    /// [`Socket`] to run.
+    pub fn accept<E>(
+        self: &Arc<Self>,
+        accept: impl FnOnce(&mut M, Now) -> Result<ConnectionId, E>,
+    ) -> Result<Socket, E> {
+        let mut state = self.lock();
+        let id = accept(&mut state.machine, self.runtime.now())?;
+        state.sockets.insert(id, Entry::default());
+        self.after(&mut state, None);
+        Ok(Socket::new(id))
+    }
+
+    /// A listener task started.
+    pub fn listener_opened(&self) {
+        self.lock().listeners += 1;
+    }
+
+    /// A listener task ended and closed its socket.
+    pub fn listener_closed(&self) {
+        let mut state = self.lock();
+        state.listeners -= 1;
+        state.changed.notify_all();
+    }
+
+    /// Completes once the driver stopped (listeners then close).
+    pub async fn stopped(&self) {
+        self.wait(|state| state.stopped).await;
+    }
+
+    /// Waits until `done` holds; rechecked whenever a socket task or
+    /// listener ends or the driver stops.
+    async fn wait(&self, done: impl Fn(&State<M>) -> bool) {
+        poll_fn(|cx| {
+            let mut state = self.lock();
+            if done(&state) {
+                return Poll::Ready(());
+            }
+            state.changed.register(cx);
+            Poll::Pending
+        })
+        .await;
+    }
+
+    /// Waits until no socket task runs and the core holds no connection.
+    async fn idle(&self) {
+        self.wait(|state| {
+            state.sockets.is_empty() && (state.forced || state.machine.connections() == 0)
+        })
+        .await;
+    }
+
+    /// After the core started shutting down: waits until every connection
+    /// finished or `deadline` passed, then closes the rest and stops the
+    /// timer and listeners. Returns how many connections it had to drop.
+    pub(super) async fn drain(&self, deadline: Duration) -> usize {
+        let until = self.runtime.now().mono.saturating_add(deadline);
+        let drained = first(self.idle(), self.runtime.sleep_until(until))
+            .await
+            .is_left();
+        let stragglers = if drained {
+            0
+        } else {
+            // Connections the core still holds; sockets that are only
+            // flushing a close the core already counted are not stragglers.
+            let open = self.lock().machine.connections();
+            self.force_close();
+            self.idle().await;
+            open
+        };
+        self.stop();
+        // Shutdown returns once the listening ports are free again.
+        self.wait(|state| state.listeners == 0).await;
+        stragglers
+    }
+
+    /// Makes every socket task close its socket now.
+    fn force_close(&self) {
+        let mut state = self.lock();
+        state.forced = true;
+        let State { sockets, space, .. } = &mut *state;
+        for entry in sockets.values_mut() {
+            entry.wake.notify();
+        }
+        space.notify_all();
+    }
+
+    /// Stops the timer task and listeners.
+    fn stop(&self) {
+        let mut state = self.lock();
+        state.stopped = true;
+        state.timer.notify();
+        state.changed.notify_all();
+        state.more_space();
+    }
+
+    /// Sleeps until the core's next deadline and runs its timers, until
+    /// the driver stops. Spawn it once, right after [`Shared::new`].
+    pub async fn run_timers(self: Arc<Self>) {
+        // The core may already want to dial.
+        self.with(|_, _| ());
+        let mut ran_due = false;
+        loop {
+            let at = {
+                let mut state = self.lock();
+                if state.stopped {
+                    return;
+                }
+                state.timer_at = state.machine.poll_timeout();
+                state.timer_at
+            };
+            let notified = poll_fn(|cx| self.lock().timer.poll(cx));
+            match at {
+                // Due already: a timer would add a tick (a new client's
+                // first dial, say). Once in a row only, so a deadline the
+                // core failed to move cannot spin this task.
+                Some(at) if !ran_due && at <= self.runtime.now().mono => {
+                    ran_due = true;
+                    self.with(|m, now| m.handle_timeout(now));
+                }
+                Some(at) => {
+                    ran_due = false;
+                    if first(self.runtime.sleep_until(at), notified)
+                        .await
+                        .is_left()
+                    {
+                        self.with(|m, now| m.handle_timeout(now));
+                    }
+                }
+                None => {
+                    ran_due = false;
+                    notified.await;
+                }
+            }
+        }
+    }
+}
+
+/// Which of two futures finished first.
+enum Either {
+    Left,
+    Right,
+}
+
+impl Either {
+    fn is_left(&self) -> bool {
+        matches!(self, Either::Left)
+    }
+}
+
+/// Runs both futures, returns when the first completes (`a` is polled
+/// first).
+async fn first(a: impl Future<Output = ()>, b: impl Future<Output = ()>) -> Either {
+    let mut a = pin!(a);
+    let mut b = pin!(b);
+    poll_fn(|cx: &mut Context<'_>| {
+        if a.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Either::Left);
+        }
+        if b.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Either::Right);
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// Held by the application's handles: when the last one is dropped, every
+/// socket closes and the driver's tasks end.
+pub struct Owner<M: Machine, R: Runtime>(pub Arc<Shared<M, R>>);
+
+impl<M: Machine, R: Runtime> core::ops::Deref for Owner<M, R> {
+    type Target = Arc<Shared<M, R>>;
+    fn deref(&self) -> &Arc<Shared<M, R>> {
+        &self.0
+    }
+}
+
+impl<M: Machine, R: Runtime> Drop for Owner<M, R> {
+    fn drop(&mut self) {
+        self.0.force_close();
+        self.0.stop();
+    }
+}

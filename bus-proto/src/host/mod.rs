@@ -1,0 +1,84 @@
+//! The runtime-independent half of every adapter (feature `host`).
+//!
+//! An adapter (`bus-tokio`, `bus-smol`, `bus-compio`) owns sockets, tasks
+//! and timers. Everything else it needs is here, written once: the socket
+//! registry and when each socket task reads, writes or closes
+//! ([`Shared`]), the wake-ups between tasks, the timer loop, graceful
+//! shutdown, the application's event queue ([`NodeFront`]), reply waiters
+//! and link state ([`ClientFront`]), and the errors and reports of the
+//! public API.
+//!
+//! Like the rest of the crate this performs no I/O and reads no clock: the
+//! adapter's [`Runtime`] supplies the time, sleeps and starts dial tasks.
+//! The state sits behind one mutex that is held only for synchronous calls,
+//! never across an `.await`; tasks wait with plain [`Waker`](core::task::Waker)s,
+//! so any executor can run them.
+//!
+//! # What an adapter writes
+//!
+//! - a [`Runtime`]: its clock, its sleep, and a task per dial that connects
+//!   (racing [`Shared::abandoned`]) and then runs the socket;
+//! - a socket task: loop on [`Shared::step`], write the loaded
+//!   [`Outgoing`] batch, read into the lent buffer and hand it back with
+//!   [`Shared::handle_read`], wait on [`Shared::woken`]; then
+//!   [`Shared::closed`];
+//! - an accept loop calling [`Shared::accept`] until [`Shared::stopped`];
+//! - the public `Node`, `Events` and `Client` types, which forward here.
+
+mod client;
+mod driver;
+mod error;
+mod node;
+mod outgoing;
+mod shutdown;
+mod signal;
+mod slots;
+
+pub use client::{ClientFront, Link, Reply};
+pub use driver::{Owner, Runtime, Shared, SharedOptions, Socket, Step};
+pub use error::{ClientError, ConnectError, ListenError, StartError};
+pub use node::{NodeFront, NodeOptions};
+pub use outgoing::{MAX_IOVECS, Outgoing};
+pub use shutdown::ShutdownReport;
+
+use crate::connection::Transmit;
+use crate::node::{Action, ConnectionId};
+use crate::time::{Instant, Now};
+use bytes::BytesMut;
+
+/// A sans-IO state machine as the driver sees it: a node or a client plus
+/// what the application reads from it. Implemented by [`NodeFront`] and
+/// [`ClientFront`].
+pub trait Machine: Send + 'static {
+    /// Lends `id`'s receive buffer (partial frames included) to the socket
+    /// task, which reads into it without the lock and then hands it back
+    /// with [`Machine::handle_read`].
+    fn take_read_buffer(&mut self, id: ConnectionId) -> Option<BytesMut>;
+    /// Returns the buffer with new bytes appended, and processes them.
+    fn handle_read(&mut self, now: Now, id: ConnectionId, buffer: BytesMut);
+    /// The peer closed its side, or the socket failed.
+    fn handle_eof(&mut self, now: Now, id: ConnectionId);
+    /// Runs the core's timers.
+    fn handle_timeout(&mut self, now: Now);
+    /// The socket for `Connect` is open; false if the id is stale.
+    fn connected(&mut self, now: Now, id: ConnectionId) -> bool;
+    /// The socket for `Connect` could not be opened.
+    fn connect_failed(&mut self, now: Now, id: ConnectionId);
+    /// `id`'s next batch of bytes to write.
+    fn poll_transmit_for(&mut self, now: Now, id: ConnectionId) -> Option<Transmit>;
+    /// A connection with something to write.
+    fn poll_ready(&mut self) -> Option<ConnectionId>;
+    /// A socket to open or close.
+    fn poll_action(&mut self) -> Option<Action>;
+    /// When to call [`Machine::handle_timeout`].
+    fn poll_timeout(&self) -> Option<Instant>;
+    /// Hands the core's events to the application.
+    fn deliver(&mut self);
+    /// True while the application's event queue is full: socket tasks stop
+    /// reading, so a slow application pushes back on its peers through TCP.
+    fn reading_paused(&self) -> bool;
+    /// Connections the core still holds.
+    fn connections(&self) -> usize;
+    /// A dial's TCP connect failed (the core has been told).
+    fn dial_error(&mut self, _error: &std::io::Error) {}
+}

@@ -1,0 +1,118 @@
+//! One batch being written, resumable after a partial write.
+
+use crate::connection::Transmit;
+use bytes::{Buf, Bytes};
+use std::io::IoSlice;
+use std::vec::Vec;
+
+/// Most segments passed to one vectored write (Linux's `IOV_MAX` is 1024).
+pub const MAX_IOVECS: usize = 1024;
+
+/// The segments of one [`Transmit`] and how far they have been written. A
+/// readiness-based adapter writes [`Outgoing::slices`] and reports
+/// [`Outgoing::advance`]; a completion-based one takes the segments whole
+/// with [`Outgoing::take`].
+#[derive(Debug, Default)]
+pub struct Outgoing {
+    segments: Vec<Bytes>,
+    /// First segment not fully written.
+    next: usize,
+}
+
+impl Outgoing {
+    /// Loads the next batch; the previous one must be done.
+    pub fn load(&mut self, transmit: Transmit) {
+        debug_assert!(self.is_done(), "a batch was dropped half written");
+        self.segments = transmit.into_segments();
+        self.next = 0;
+    }
+
+    /// True when nothing is left to write.
+    pub fn is_done(&self) -> bool {
+        self.next >= self.segments.len()
+    }
+
+    /// Up to [`MAX_IOVECS`] unwritten segments, for one vectored write.
+    pub fn slices(&self) -> Vec<IoSlice<'_>> {
+        let end = self.segments.len().min(self.next + MAX_IOVECS);
+        self.segments[self.next..end]
+            .iter()
+            .map(|s| IoSlice::new(s))
+            .collect()
+    }
+
+    /// Marks `written` bytes as written. Bytes beyond what is loaded are
+    /// ignored (a writer never reports more than it was given).
+    pub fn advance(&mut self, mut written: usize) {
+        while written > 0 && !self.is_done() {
+            let segment = &mut self.segments[self.next];
+            let step = written.min(segment.len());
+            segment.advance(step);
+            written -= step;
+            if segment.is_empty() {
+                self.next += 1;
+            }
+        }
+        if self.is_done() {
+            self.segments.clear();
+            self.next = 0;
+        }
+    }
+
+    /// Takes every unwritten segment, for an adapter that writes the whole
+    /// batch in one owned-buffer operation; the batch is then done.
+    pub fn take(&mut self) -> Vec<Bytes> {
+        let mut segments = core::mem::take(&mut self.segments);
+        segments.drain(..self.next.min(segments.len()));
+        self.next = 0;
+        segments
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Outgoing;
+    use bytes::Bytes;
+    use std::vec;
+    use std::vec::Vec;
+
+    fn loaded(parts: &[&'static [u8]]) -> Outgoing {
+        Outgoing {
+            segments: parts.iter().map(|p| Bytes::from_static(p)).collect(),
+            next: 0,
+        }
+    }
+
+    #[test]
+    fn partial_writes_resume_mid_segment() {
+        let mut out = loaded(&[b"abc", b"de", b"f"]);
+        out.advance(4);
+        let rest: Vec<u8> = out.slices().iter().flat_map(|s| s.to_vec()).collect();
+        assert_eq!(rest, b"ef");
+        out.advance(2);
+        assert!(out.is_done());
+        assert!(out.slices().is_empty());
+    }
+
+    #[test]
+    fn take_returns_only_unwritten_segments() {
+        let mut out = loaded(&[b"abc", b"de", b"f"]);
+        out.advance(3);
+        assert_eq!(
+            out.take(),
+            vec![Bytes::from_static(b"de"), Bytes::from_static(b"f")]
+        );
+        assert!(out.is_done());
+    }
+
+    #[test]
+    fn slices_stop_at_the_iovec_limit() {
+        let parts: Vec<&'static [u8]> = vec![b"x"; super::MAX_IOVECS + 5];
+        let mut out = loaded(&parts);
+        assert_eq!(out.slices().len(), super::MAX_IOVECS);
+        out.advance(super::MAX_IOVECS);
+        assert_eq!(out.slices().len(), 5);
+        out.advance(usize::MAX);
+        assert!(out.is_done());
+    }
+}

@@ -1,0 +1,203 @@
+//! tokio's half of the driver: the clock, sleeping, dial tasks and the
+//! task that owns each socket.
+
+use bus_proto::entropy::Entropy;
+use bus_proto::host::{Machine, Outgoing, Runtime, Shared, Socket, Step};
+use bus_proto::node::ConnectionId;
+use bus_proto::time::{Instant, Now, UnixNanos};
+use bytes::BytesMut;
+use std::io;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// The driver's runtime: tokio's clock (so paused-time tests work) and
+/// the runtime the node or client started on.
+pub(crate) struct Tokio {
+    origin: tokio::time::Instant,
+    handle: tokio::runtime::Handle,
+}
+
+impl Tokio {
+    /// The current runtime, if called inside one.
+    pub(crate) fn current() -> Option<Self> {
+        Some(Tokio {
+            origin: tokio::time::Instant::now(),
+            handle: tokio::runtime::Handle::try_current().ok()?,
+        })
+    }
+
+    pub(crate) fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+        self.handle.spawn(task);
+    }
+
+    fn deadline(&self, at: Instant) -> tokio::time::Instant {
+        // A deadline beyond tokio's range is as good as never.
+        self.origin
+            .checked_add(Duration::from_nanos(at.as_nanos()))
+            .unwrap_or_else(|| self.origin + Duration::from_secs(86_400 * 365))
+    }
+}
+
+impl Runtime for Tokio {
+    fn now(&self) -> Now {
+        let mono = self.origin.elapsed().as_nanos();
+        let wall = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or(Duration::ZERO)
+            .as_nanos();
+        Now {
+            mono: Instant::from_nanos(u64::try_from(mono).unwrap_or(u64::MAX)),
+            wall: UnixNanos::from_nanos(u64::try_from(wall).unwrap_or(u64::MAX)),
+        }
+    }
+
+    fn sleep_until(&self, at: Instant) -> impl Future<Output = ()> {
+        tokio::time::sleep_until(self.deadline(at))
+    }
+
+    fn dial<M: Machine>(shared: &Arc<Shared<M, Self>>, id: ConnectionId, replica: u8) {
+        shared
+            .runtime()
+            .spawn(dial(Arc::clone(shared), id, replica));
+    }
+}
+
+/// The operating system's random generator.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct OsEntropy;
+
+impl Entropy for OsEntropy {
+    fn fill_bytes(&mut self, dest: &mut [u8]) {
+        // Without OS randomness no nonce is safe to send; there is no
+        // sensible way to continue.
+        getrandom::fill(dest).expect("the OS random generator failed");
+    }
+}
+
+/// Opens the socket for a dial, then runs it.
+async fn dial<M: Machine>(shared: Arc<Shared<M, Tokio>>, id: ConnectionId, replica: u8) {
+    let Some(address) = shared.dial_address(id, replica).await else {
+        return shared.closed(id);
+    };
+    let result = tokio::select! {
+        result = TcpStream::connect(address) => result,
+        () = shared.abandoned(id) => return shared.closed(id),
+    };
+    match result {
+        Ok(stream) => {
+            if shared.dial_connected(id) {
+                drive(shared, Socket::new(id), stream).await;
+            }
+        }
+        Err(error) => {
+            tracing::debug!(%id, %address, %error, "connect failed");
+            shared.dial_failed(id, &error);
+        }
+    }
+}
+
+/// Runs one connection's socket until the core says it is over, the socket
+/// fails, or shutdown forces it.
+pub(crate) async fn drive<M: Machine>(
+    shared: Arc<Shared<M, Tokio>>,
+    mut socket: Socket,
+    mut stream: TcpStream,
+) {
+    let id = socket.id();
+    if let Err(error) = stream.set_nodelay(true) {
+        tracing::debug!(%id, %error, "TCP_NODELAY not set");
+    }
+    let (mut reader, mut writer) = stream.split();
+    run(&shared, &mut socket, &mut reader, &mut writer).await;
+    // Best effort: tell the peer we are done writing.
+    let _ = writer.shutdown().await;
+    drop(stream);
+    shared.closed(id);
+}
+
+/// One vectored write of the loaded batch. Cancel-safe: a write that did
+/// not complete wrote nothing.
+async fn write_some<W: AsyncWrite + Unpin>(out: &mut Outgoing, writer: &mut W) -> io::Result<()> {
+    let written = writer.write_vectored(&out.slices()).await?;
+    if written == 0 {
+        return Err(io::ErrorKind::WriteZero.into());
+    }
+    out.advance(written);
+    Ok(())
+}
+
+/// Reads into the spare capacity of the lent buffer. Cancel-safe: a read
+/// that did not complete appended nothing.
+async fn read_some<R: AsyncRead + Unpin>(
+    inbox: Option<&mut BytesMut>,
+    reader: &mut R,
+    chunk: usize,
+) -> io::Result<usize> {
+    let Some(buffer) = inbox else {
+        return Ok(0);
+    };
+    if buffer.capacity() - buffer.len() < chunk {
+        buffer.reserve(chunk);
+    }
+    reader.read_buf(buffer).await
+}
+
+async fn run<M, R, W>(
+    shared: &Arc<Shared<M, Tokio>>,
+    socket: &mut Socket,
+    reader: &mut R,
+    writer: &mut W,
+) where
+    M: Machine,
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let id = socket.id();
+    let chunk = shared.read_chunk();
+    loop {
+        let Step::Run {
+            write,
+            read,
+            linger,
+        } = shared.step(socket)
+        else {
+            return;
+        };
+        // What the select below saw, acted on once it released `socket`.
+        enum Done {
+            Wrote(io::Result<()>),
+            Read(io::Result<usize>),
+            Lingered,
+            Woken,
+        }
+        let (out, inbox) = socket.io();
+        let done = tokio::select! {
+            biased;
+            result = write_some(out, writer), if write => Done::Wrote(result),
+            () = shared.runtime().sleep_until(linger.unwrap_or(Instant::from_nanos(0))), if linger.is_some() => Done::Lingered,
+            result = read_some(inbox, reader, chunk), if read => Done::Read(result),
+            () = shared.woken(id) => Done::Woken,
+        };
+        match done {
+            Done::Wrote(Ok(())) | Done::Woken => {}
+            Done::Wrote(Err(error)) => {
+                // The batch is not atomic: a failed write ends the
+                // connection (hazard 23).
+                tracing::debug!(%id, %error, "write failed");
+                return shared.abandon(socket);
+            }
+            Done::Lingered => {
+                tracing::debug!(%id, "the peer did not take the last bytes in time");
+                return shared.abandon(socket);
+            }
+            Done::Read(Ok(0)) => shared.handle_eof(socket),
+            Done::Read(Ok(_)) => shared.handle_read(socket, None),
+            Done::Read(Err(error)) => {
+                tracing::debug!(%id, %error, "read failed");
+                shared.handle_eof(socket);
+            }
+        }
+    }
+}
