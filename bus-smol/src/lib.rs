@@ -1,11 +1,65 @@
-//! The bus on the `smol` runtime.
+//! The authenticated message bus on smol.
 //!
-//! **Placeholder.** This crate compiles so the workspace has its final shape,
-//! but the adapter itself lands with its own issue. Until then it only
-//! re-exports the protocol core, [`bus_proto`], which is where all protocol
-//! logic lives; an adapter will move bytes between smol sockets and the core's
-//! state machines and sleep until the core's deadlines.
+//! Binds the sans-IO state machines of [`bus_proto`] to async-io's
+//! sockets and timers, with the same API as `bus-tokio`: a [`Node`] is a
+//! replica (listen, dial the higher-numbered peers, send by replica id,
+//! answer client requests, report on its [`Events`] stream); a [`Client`]
+//! sends requests to one replica and awaits replies.
+//!
+//! # Executors
+//!
+//! The bus's tasks run on smol's global executor (`smol::spawn`), which
+//! runs on its own threads (`SMOL_THREADS`, default 1), and its sockets
+//! and timers on async-io's process-wide reactor. So the handles work
+//! under any executor: `smol::block_on`, `async_std::task::block_on`
+//! (async-std is discontinued; this crate is its replacement for the bus),
+//! `futures::executor::block_on`.
+//!
+//! ```no_run
+//! use bus_smol::{Client, Node, NodeOptions};
+//! use bus_smol::bus_proto::client::ClientParams;
+//! use bus_smol::bus_proto::config::Config;
+//! use bus_smol::bus_proto::crypto::{Key, KeyRing};
+//! use bus_smol::bus_proto::node::{NodeEvent, NodeParams};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! smol::block_on(async {
+//!     let config = Config::default().validate()?;
+//!     let keys = KeyRing::new(Key::from_hex(&std::env::var("BUS_KEY")?)?);
+//!     let params = NodeParams { cluster: 7, replica: 0, replica_count: 1, accept_clients: true };
+//!     let (node, mut events) = Node::start(&config, params, keys.clone(), NodeOptions::default())?;
+//!     let address = node.listen("127.0.0.1:0").await?;
+//!
+//!     let client_params = ClientParams { cluster: 7, id: Client::random_id(), target: 0 };
+//!     let client = Client::start(&config, client_params, keys, address)?;
+//!     let reply = smol::spawn(async move { client.request(1, "ping".into()).await });
+//!     if let Some(NodeEvent::Request { request, body }) = events.recv().await {
+//!         node.reply(request, body)?; // echo
+//!     }
+//!     assert_eq!(&reply.await?.body[..], b"ping");
+//!     Ok(())
+//! })
+//! # }
+//! ```
+//!
+//! # Shape
+//!
+//! Each socket has one task that owns it: it reads straight into the
+//! core's receive buffer and writes the core's batches with vectored
+//! writes. One timer task sleeps until the core's next deadline. Protocol
+//! decisions and the runtime-independent driver live in `bus_proto` (and
+//! `bus_proto::host`); this crate moves bytes, sleeps and spawns.
 
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
+
+mod client;
+mod node;
+mod runtime;
 
 pub use bus_proto;
+pub use bus_proto::host::{
+    ClientError, ConnectError, Link, ListenError, NodeOptions, Reply, ShutdownReport, StartError,
+};
+pub use client::Client;
+pub use node::{Events, Node};
+pub use runtime::OsEntropy;
