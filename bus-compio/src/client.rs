@@ -1,0 +1,122 @@
+//! A client on compio: requests that resolve to replies.
+
+use crate::runtime::{Compio, OsEntropy};
+use bus_proto::client::{self, ClientParams, ClientStats};
+use bus_proto::config::ValidConfig;
+use bus_proto::crypto::KeyRing;
+use bus_proto::host::{
+    ClientError, ClientFront, ConnectError, Link, Owner, Reply, Runtime, Shared, SharedOptions,
+    ShutdownReport, StartError,
+};
+use bytes::Bytes;
+use std::marker::PhantomData;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A client of one replica, on compio. Cheap to clone; clones share the
+/// connection and the request numbering. `!Send`: it lives on the thread
+/// whose runtime started it.
+///
+/// ```no_run
+/// use bus_compio::Client;
+/// use bus_compio::bus_proto::client::ClientParams;
+/// use bus_compio::bus_proto::config::Config;
+/// use bus_compio::bus_proto::crypto::{Key, KeyRing};
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let config = Config::default().validate()?;
+/// let keys = KeyRing::new(Key::from_hex(&std::env::var("BUS_KEY")?)?);
+/// let params = ClientParams { cluster: 7, id: Client::random_id(), target: 0 };
+/// let client = Client::start(&config, params, keys, "127.0.0.1:7000".parse()?)?;
+/// let reply = client.request(1, "hello".into()).await?;
+/// println!("{:?}", reply.body);
+/// client.shutdown(std::time::Duration::from_secs(1)).await;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Client {
+    shared: Arc<Owner<ClientFront, Compio>>,
+    _local: PhantomData<Rc<()>>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("link", &self.link())
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// A fresh random client id. Keep it for the life of the process: the
+    /// node recognises retries by it.
+    pub fn random_id() -> u128 {
+        client::Client::random_id(&mut OsEntropy)
+    }
+
+    /// Starts a client of `params.target`, which listens at `address`, on
+    /// this thread's compio runtime.
+    pub fn start(
+        config: &ValidConfig,
+        params: ClientParams,
+        keys: KeyRing,
+        address: SocketAddr,
+    ) -> Result<Client, StartError> {
+        let runtime = Compio::current().ok_or(StartError::NoRuntime { runtime: "compio" })?;
+        let front = ClientFront::new(runtime.now(), config, params, keys, Box::new(OsEntropy));
+        let options = SharedOptions {
+            read_chunk: 64 << 10,
+            linger: config.close_grace,
+        };
+        let shared = Shared::new(front, runtime, options, [(params.target, address)]);
+        Compio::spawn(Shared::run_timers(Arc::clone(&shared)));
+        Ok(Client {
+            shared: Arc::new(Owner(shared)),
+            _local: PhantomData,
+        })
+    }
+
+    /// Sends a request and waits for its reply. A request is resent on
+    /// every reconnect until answered or `request_timeout` passes; the node
+    /// runs it at most once. Dropping the future does not cancel the
+    /// request.
+    pub async fn request(&self, operation: u32, body: Bytes) -> Result<Reply, ClientError> {
+        self.shared.request(operation, body).await
+    }
+
+    /// The connection's state now.
+    pub fn link(&self) -> Link {
+        self.shared.link()
+    }
+
+    /// Waits for the next connection attempt to finish: the replica it
+    /// reached, or why it failed (with the node's status when it rejected
+    /// us). Returns at once if connected or shut down.
+    pub async fn connected(&self) -> Result<u8, ConnectError> {
+        self.shared.connected().await
+    }
+
+    /// Moves to another replica, listening at `address`.
+    pub fn retarget(&self, replica: u8, address: SocketAddr) {
+        self.shared.retarget(replica, address);
+    }
+
+    /// This client's id.
+    pub fn id(&self) -> u128 {
+        self.shared.id()
+    }
+
+    /// Counters since the client started.
+    pub fn stats(&self) -> ClientStats {
+        self.shared.stats()
+    }
+
+    /// Closes the connection gracefully within `deadline`. Requests still
+    /// waiting fail with [`ClientError::ShutDown`].
+    pub async fn shutdown(&self, deadline: Duration) -> ShutdownReport {
+        self.shared.shutdown(deadline).await
+    }
+}

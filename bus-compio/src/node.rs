@@ -1,0 +1,248 @@
+//! A replica's node on compio: listen, dial the peers, send, reply, events.
+
+use crate::runtime::{Compio, First, OsEntropy, drive, first};
+use bus_proto::config::ValidConfig;
+use bus_proto::crypto::KeyRing;
+use bus_proto::host::{
+    ListenError, NodeFront, NodeOptions, Owner, Shared, SharedOptions, ShutdownReport, StartError,
+};
+use bus_proto::node::{self, NodeEvent, NodeParams, NodeStats, ReplyError, RouteError};
+use bus_proto::wire::RequestHeader;
+use bytes::Bytes;
+use compio::net::{TcpListener, ToSocketAddrsAsync};
+use std::marker::PhantomData;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+type Driver = Shared<NodeFront, Compio>;
+
+/// A replica's node running on compio. Cheap to clone; every clone drives
+/// the same node. `!Send`: it lives on the thread whose runtime started it.
+///
+/// ```no_run
+/// use bus_compio::{Node, NodeOptions};
+/// use bus_compio::bus_proto::config::Config;
+/// use bus_compio::bus_proto::crypto::{Key, KeyRing};
+/// use bus_compio::bus_proto::node::{NodeEvent, NodeParams};
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let config = Config::default().validate()?;
+/// let keys = KeyRing::new(Key::from_hex(&std::env::var("BUS_KEY")?)?);
+/// let params = NodeParams { cluster: 7, replica: 0, replica_count: 3, accept_clients: true };
+/// let mut options = NodeOptions::default();
+/// options.peers.insert(1, "127.0.0.1:7001".parse()?);
+/// options.peers.insert(2, "127.0.0.1:7002".parse()?);
+/// let (node, mut events) = Node::start(&config, params, keys, options)?;
+/// node.listen("127.0.0.1:7000").await?;
+/// while let Some(event) = events.recv().await {
+///     if let NodeEvent::Request { request, body } = event {
+///         node.reply(request, body)?; // echo
+///     }
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Node {
+    shared: Arc<Owner<NodeFront, Compio>>,
+    _local: PhantomData<Rc<()>>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Node {
+    /// Starts a node on this thread's compio runtime. It dials its higher-numbered peers once their
+    /// addresses are known ([`Node::set_address`]); [`Node::listen`]
+    /// accepts the others and clients.
+    pub fn start(
+        config: &ValidConfig,
+        params: NodeParams,
+        keys: KeyRing,
+        options: NodeOptions,
+    ) -> Result<(Node, Events), StartError> {
+        let runtime = Compio::current().ok_or(StartError::NoRuntime { runtime: "compio" })?;
+        let front = NodeFront::new(
+            bus_proto::host::Runtime::now(&runtime),
+            config,
+            params,
+            keys,
+            Box::new(OsEntropy),
+            &options,
+        )?;
+        let driver_options = SharedOptions {
+            read_chunk: options.read_chunk,
+            linger: config.close_grace,
+        };
+        let shared = Shared::new(front, runtime, driver_options, options.peers);
+        Compio::spawn(Shared::run_timers(Arc::clone(&shared)));
+        let shared = Arc::new(Owner(shared));
+        Ok((
+            Node {
+                shared: Arc::clone(&shared),
+                _local: PhantomData,
+            },
+            Events {
+                shared,
+                _local: PhantomData,
+            },
+        ))
+    }
+
+    /// Listens on `address` and accepts replicas and clients until
+    /// shutdown. Returns the bound address (useful with port 0).
+    pub async fn listen(
+        &self,
+        address: impl ToSocketAddrsAsync,
+    ) -> Result<SocketAddr, ListenError> {
+        let listener = TcpListener::bind(address)
+            .await
+            .map_err(|source| ListenError { source })?;
+        let local = listener
+            .local_addr()
+            .map_err(|source| ListenError { source })?;
+        self.shared.listener_opened();
+        let shared = Arc::clone(&self.shared.0);
+        Compio::spawn(async move {
+            accept_loop(&shared, listener).await;
+            shared.listener_closed();
+        });
+        tracing::info!(%local, "listening");
+        Ok(local)
+    }
+
+    /// Where replica `replica` listens. The dial schedule uses it from the
+    /// next attempt (only for peers this node dials: higher ids); a dial
+    /// already waiting for this address proceeds at once.
+    pub fn set_address(&self, replica: u8, address: SocketAddr) {
+        self.shared.set_address(replica, address);
+    }
+
+    /// Sends a message to replica `to` without waiting: a full queue is
+    /// [`RouteError::Backpressure`], a missing connection
+    /// [`RouteError::Disconnected`].
+    pub fn send(&self, to: u8, operation: u32, body: Bytes) -> Result<(), RouteError> {
+        self.shared.send(to, operation, body)
+    }
+
+    /// [`Node::send`], but waits while the queue is full instead of
+    /// reporting backpressure. Other errors are returned at once.
+    pub async fn send_wait(&self, to: u8, operation: u32, body: Bytes) -> Result<(), RouteError> {
+        self.shared.send_wait(to, operation, body).await
+    }
+
+    /// [`Node::send`] with a `view` header value.
+    pub fn send_in_view(
+        &self,
+        to: u8,
+        view: u32,
+        operation: u32,
+        body: Bytes,
+    ) -> Result<(), RouteError> {
+        self.shared.send_in_view(to, view, operation, body)
+    }
+
+    /// Answers a client request (from [`NodeEvent::Request`]). Retries of
+    /// it are then answered from the dedup window.
+    pub fn reply(&self, request: RequestHeader, body: Bytes) -> Result<(), ReplyError> {
+        self.shared.reply(request, body)
+    }
+
+    /// Counters since the node started.
+    pub fn stats(&self) -> NodeStats {
+        self.shared.stats()
+    }
+
+    /// True while replica `replica` has a registered connection.
+    pub fn is_connected(&self, replica: u8) -> bool {
+        self.shared.is_connected(replica)
+    }
+
+    /// Connections held (handshaking or established).
+    pub fn connections(&self) -> usize {
+        self.shared.connections()
+    }
+
+    /// Reads the core node, for diagnostics.
+    pub fn inspect<R>(&self, f: impl FnOnce(&node::Node) -> R) -> R {
+        self.shared.inspect(f)
+    }
+
+    /// Shuts down gracefully: stops accepting and dialling, sends every
+    /// connection `close`, and waits for them to finish until `deadline`;
+    /// connections still open then are dropped. The event stream ends
+    /// after the last event. Calling it again returns an empty report.
+    pub async fn shutdown(&self, deadline: Duration) -> ShutdownReport {
+        self.shared.shutdown(deadline).await
+    }
+}
+
+async fn accept_loop(shared: &Arc<Driver>, listener: TcpListener) {
+    loop {
+        match first(listener.accept(), shared.stopped()).await {
+            First::Right(()) => return,
+            First::Left(Ok((stream, _))) => {
+                if let Some(socket) = shared.accept_socket() {
+                    Compio::spawn(drive(Arc::clone(shared), socket, stream));
+                }
+            }
+            First::Left(Err(error)) => {
+                // Out of file descriptors and the like: wait instead of
+                // spinning; the listener itself is still fine.
+                tracing::warn!(%error, "accept failed");
+                compio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// The node's events, in order: an async stream (also
+/// [`futures_core::Stream`]). Ends after shutdown. While the application
+/// leaves `event_capacity` events unread, socket tasks stop reading.
+pub struct Events {
+    shared: Arc<Owner<NodeFront, Compio>>,
+    _local: PhantomData<Rc<()>>,
+}
+
+impl std::fmt::Debug for Events {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Events").finish_non_exhaustive()
+    }
+}
+
+impl Events {
+    /// The next event, or `None` once the node has shut down.
+    pub async fn recv(&mut self) -> Option<NodeEvent> {
+        std::future::poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    /// Waits for at least one event and moves up to `limit` into `out`.
+    /// Returns how many; 0 means the node has shut down.
+    pub async fn recv_many(&mut self, out: &mut Vec<NodeEvent>, limit: usize) -> usize {
+        std::future::poll_fn(|cx| self.shared.poll_events(cx, out, limit)).await
+    }
+
+    /// Polls for the next event.
+    pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<NodeEvent>> {
+        let mut batch = Vec::with_capacity(1);
+        self.shared
+            .poll_events(cx, &mut batch, 1)
+            .map(|_| batch.pop())
+    }
+}
+
+impl futures_core::Stream for Events {
+    type Item = NodeEvent;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<NodeEvent>> {
+        self.get_mut().poll_recv(cx)
+    }
+}

@@ -1,0 +1,254 @@
+//! compio's half of the driver: the clock, timers, dial tasks and the task
+//! that owns each socket.
+
+use bus_proto::entropy::Entropy;
+use bus_proto::host::{MAX_IOVECS, Machine, Runtime, Shared, Socket, Step};
+use bus_proto::node::ConnectionId;
+use bus_proto::time::{Instant, Now, UnixNanos};
+use bytes::{Bytes, BytesMut};
+use compio::BufResult;
+use compio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use compio::net::TcpStream;
+use std::future::{Future, poll_fn};
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// The driver's runtime: the monotonic clock from an origin, compio's
+/// timers, and the current thread's compio runtime for tasks.
+pub(crate) struct Compio {
+    origin: std::time::Instant,
+}
+
+impl Compio {
+    /// A handle if called on a thread that runs a compio runtime.
+    pub(crate) fn current() -> Option<Self> {
+        compio::runtime::Runtime::try_current()?;
+        Some(Compio {
+            origin: std::time::Instant::now(),
+        })
+    }
+
+    /// Runs `task` on this thread's compio runtime.
+    pub(crate) fn spawn(task: impl Future<Output = ()> + 'static) {
+        compio::runtime::spawn(task).detach();
+    }
+}
+
+impl Runtime for Compio {
+    fn now(&self) -> Now {
+        let mono = self.origin.elapsed().as_nanos();
+        let wall = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or(Duration::ZERO)
+            .as_nanos();
+        Now {
+            mono: Instant::from_nanos(u64::try_from(mono).unwrap_or(u64::MAX)),
+            wall: UnixNanos::from_nanos(u64::try_from(wall).unwrap_or(u64::MAX)),
+        }
+    }
+
+    fn sleep_until(&self, at: Instant) -> impl Future<Output = ()> {
+        let deadline = self.origin.checked_add(Duration::from_nanos(at.as_nanos()));
+        async move {
+            match deadline {
+                Some(deadline) => compio::time::sleep_until(deadline).await,
+                // Beyond `std::time::Instant`'s range: never.
+                None => std::future::pending().await,
+            }
+        }
+    }
+
+    fn dial<M: Machine>(shared: &Arc<Shared<M, Self>>, id: ConnectionId, replica: u8) {
+        // The handles are `!Send`, so this runs on the runtime's thread.
+        Compio::spawn(dial(Arc::clone(shared), id, replica));
+    }
+}
+
+/// The operating system's random generator.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct OsEntropy;
+
+impl Entropy for OsEntropy {
+    fn fill_bytes(&mut self, dest: &mut [u8]) {
+        // Without OS randomness no nonce is safe to send; there is no
+        // sensible way to continue.
+        getrandom::fill(dest).expect("the OS random generator failed");
+    }
+}
+
+/// Which of two futures finished first.
+pub(crate) enum First<A, B> {
+    Left(A),
+    Right(B),
+}
+
+/// Polls `a`, then `b`; returns the first output.
+pub(crate) async fn first<A: Future, B: Future>(a: A, b: B) -> First<A::Output, B::Output> {
+    let mut a = std::pin::pin!(a);
+    let mut b = std::pin::pin!(b);
+    poll_fn(|cx| {
+        if let Poll::Ready(out) = a.as_mut().poll(cx) {
+            return Poll::Ready(First::Left(out));
+        }
+        if let Poll::Ready(out) = b.as_mut().poll(cx) {
+            return Poll::Ready(First::Right(out));
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// Opens the socket for a dial, then runs it.
+async fn dial<M: Machine>(shared: Arc<Shared<M, Compio>>, id: ConnectionId, replica: u8) {
+    let Some(address) = shared.dial_address(id, replica).await else {
+        return shared.closed(id);
+    };
+    match first(TcpStream::connect(address), shared.abandoned(id)).await {
+        First::Right(()) => shared.closed(id),
+        First::Left(Ok(stream)) => {
+            if shared.dial_connected(id) {
+                drive(shared, Socket::new(id), stream).await;
+            }
+        }
+        First::Left(Err(error)) => {
+            tracing::debug!(%id, %address, %error, "connect failed");
+            shared.dial_failed(id, &error);
+        }
+    }
+}
+
+/// Runs one connection's socket until the core says it is over, the socket
+/// fails, or shutdown forces it.
+pub(crate) async fn drive<M: Machine>(
+    shared: Arc<Shared<M, Compio>>,
+    mut socket: Socket,
+    stream: TcpStream,
+) {
+    let id = socket.id();
+    if let Err(error) = stream.set_nodelay(true) {
+        tracing::debug!(%id, %error, "TCP_NODELAY not set");
+    }
+    run(&shared, &mut socket, &stream).await;
+    // Best effort: tell the peer we are done writing.
+    let _ = (&stream).shutdown().await;
+    drop(stream);
+    shared.closed(id);
+}
+
+/// Writes a whole batch, at most [`MAX_IOVECS`] segments per send.
+async fn write_batch(stream: TcpStream, mut segments: Vec<Bytes>) -> io::Result<()> {
+    let mut writer = &stream;
+    while !segments.is_empty() {
+        let rest = segments.split_off(segments.len().min(MAX_IOVECS));
+        let BufResult(result, _) = writer.write_vectored_all(segments).await;
+        result?;
+        segments = rest;
+    }
+    Ok(())
+}
+
+/// Appends one read to the buffer and gives it back.
+async fn read_into(
+    stream: TcpStream,
+    mut buffer: BytesMut,
+    chunk: usize,
+) -> (io::Result<usize>, BytesMut) {
+    if buffer.capacity() - buffer.len() < chunk {
+        // With no spare room a read returns 0, which would look like EOF.
+        buffer.reserve(chunk);
+    }
+    let mut reader = &stream;
+    let BufResult(result, buffer) = reader.append(buffer).await;
+    (result, buffer)
+}
+
+type Op<T> = Pin<Box<dyn Future<Output = T>>>;
+
+/// What the wait in [`run`] saw.
+enum Done {
+    Wrote(io::Result<()>),
+    Read(io::Result<usize>, BytesMut),
+    Lingered,
+    Woken,
+}
+
+async fn run<M: Machine>(shared: &Arc<Shared<M, Compio>>, socket: &mut Socket, stream: &TcpStream) {
+    let id = socket.id();
+    let chunk = shared.read_chunk();
+    // In flight across wake-ups; dropped (cancelled) only when the
+    // connection is over.
+    let mut writing: Option<Op<io::Result<()>>> = None;
+    let mut reading: Option<Op<(io::Result<usize>, BytesMut)>> = None;
+    loop {
+        let Step::Run {
+            write,
+            read,
+            linger,
+        } = shared.step(socket)
+        else {
+            return;
+        };
+        if write && writing.is_none() {
+            writing = Some(Box::pin(write_batch(stream.clone(), socket.lend_batch())));
+        }
+        if read && reading.is_none() {
+            if let Some(buffer) = socket.lend_inbox() {
+                reading = Some(Box::pin(read_into(stream.clone(), buffer, chunk)));
+            }
+        }
+        let done = {
+            let mut woken = std::pin::pin!(shared.woken(id));
+            let mut lingered = linger.map(|at| Box::pin(shared.runtime().sleep_until(at)));
+            poll_fn(|cx| {
+                if let Some(op) = writing.as_mut() {
+                    if let Poll::Ready(result) = op.as_mut().poll(cx) {
+                        return Poll::Ready(Done::Wrote(result));
+                    }
+                }
+                if let Some(sleep) = lingered.as_mut() {
+                    if sleep.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Done::Lingered);
+                    }
+                }
+                if let Some(op) = reading.as_mut() {
+                    if let Poll::Ready((result, buffer)) = op.as_mut().poll(cx) {
+                        return Poll::Ready(Done::Read(result, buffer));
+                    }
+                }
+                woken.as_mut().poll(cx).map(|()| Done::Woken)
+            })
+            .await
+        };
+        match done {
+            Done::Woken => {}
+            Done::Wrote(result) => {
+                writing = None;
+                socket.written();
+                if let Err(error) = result {
+                    // The batch is not atomic: a failed write ends the
+                    // connection (hazard 23).
+                    tracing::debug!(%id, %error, "write failed");
+                    return shared.abandon(socket);
+                }
+            }
+            Done::Lingered => {
+                tracing::debug!(%id, "the peer did not take the last bytes in time");
+                return shared.abandon(socket);
+            }
+            Done::Read(result, buffer) => {
+                reading = None;
+                match result {
+                    Ok(0) => shared.handle_eof(socket),
+                    Ok(_) => shared.handle_read(socket, Some(buffer)),
+                    Err(error) => {
+                        tracing::debug!(%id, %error, "read failed");
+                        shared.handle_eof(socket);
+                    }
+                }
+            }
+        }
+    }
+}
