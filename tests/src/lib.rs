@@ -1,17 +1,20 @@
 //! Integration tests for the bus on real loopback sockets.
 //!
-//! This library holds what the scenarios share: a configuration with short
-//! timers, keys, a small cluster on loopback, a TCP proxy that can cut its
-//! connections, and waiting helpers with a generous deadline (a liveness
-//! bound, not a timing assertion: each names what it waited for).
+//! This library holds what the scenarios share: one interface over the
+//! three adapters and a macro that runs a scenario on each runtime
+//! ([`bus`]), a configuration with short timers, keys, a small cluster on
+//! loopback, a TCP proxy that can cut its connections, and waiting helpers
+//! with a generous deadline (a liveness bound, not a timing assertion:
+//! each names what it waited for).
 
 use bus_proto::config::{Config, ValidConfig};
 use bus_proto::crypto::{Key, KeyRing};
 use bus_proto::entropy::SeededEntropy;
 use std::time::Duration;
 
+pub mod bus;
+pub mod cluster;
 pub mod proxy;
-pub mod tokio_cluster;
 
 /// The cluster id every test uses.
 pub const CLUSTER: u128 = 0x7e57;

@@ -1,15 +1,17 @@
 //! A loopback TCP proxy whose connections can be cut, to force reconnects.
+//! It runs on smol's global executor (its own thread) and async-io's
+//! reactor, so it serves a scenario on any runtime.
 
+use smol::Task;
+use smol::net::{TcpListener, TcpStream};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinHandle;
 
 /// Forwards every connection to `upstream` until cut.
 pub struct Proxy {
     address: SocketAddr,
-    pairs: Arc<Mutex<Vec<JoinHandle<()>>>>,
-    accept: JoinHandle<()>,
+    pairs: Arc<Mutex<Vec<Task<()>>>>,
+    accept: Option<Task<()>>,
 }
 
 impl Proxy {
@@ -19,11 +21,13 @@ impl Proxy {
         let address = listener.local_addr()?;
         let pairs = Arc::new(Mutex::new(Vec::new()));
         let list = Arc::clone(&pairs);
-        let accept = tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                let pair = tokio::spawn(async move {
-                    if let Ok(mut outbound) = TcpStream::connect(upstream).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+        let accept = smol::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                let pair = smol::spawn(async move {
+                    if let Ok(outbound) = TcpStream::connect(upstream).await {
+                        let up = smol::io::copy(inbound.clone(), outbound.clone());
+                        let down = smol::io::copy(outbound, inbound);
+                        let _ = smol::future::try_zip(up, down).await;
                     }
                 });
                 list.lock().unwrap().push(pair);
@@ -32,7 +36,7 @@ impl Proxy {
         Ok(Proxy {
             address,
             pairs,
-            accept,
+            accept: Some(accept),
         })
     }
 
@@ -45,17 +49,14 @@ impl Proxy {
     /// new connections are still forwarded. Returns how many were cut.
     pub fn cut(&self) -> usize {
         let pairs: Vec<_> = self.pairs.lock().unwrap().drain(..).collect();
-        let live = pairs.iter().filter(|p| !p.is_finished()).count();
-        for pair in pairs {
-            pair.abort();
-        }
-        live
+        // Dropping a task cancels it, and its sockets close.
+        pairs.into_iter().filter(|p| !p.is_finished()).count()
     }
 }
 
 impl Drop for Proxy {
     fn drop(&mut self) {
-        self.accept.abort();
+        drop(self.accept.take());
         self.cut();
     }
 }

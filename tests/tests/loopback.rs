@@ -1,45 +1,24 @@
-//! The bus-tokio adapter on real loopback sockets. Every scenario runs on a
-//! multi-threaded and on a current-thread runtime.
+//! Every adapter on real loopback sockets: each scenario is written once
+//! and runs on tokio (multi- and current-thread), smol, and compio on
+//! io_uring and on epoll.
 
 use bus_proto::client::ClientParams;
 use bus_proto::connection::CloseCause;
+use bus_proto::host::{ConnectError, Link, NodeOptions};
 use bus_proto::node::{NodeEvent, ReplyError, RouteError};
 use bus_proto::wire::{Frame, Header, Integrity, Kind, RejectStatus};
+use bus_tests::bus::{Bus, ClientApi, EventsApi, NodeApi};
+use bus_tests::cluster::{all_connected, cluster, member, params, until, wait_for, within};
 use bus_tests::proxy::Proxy;
-use bus_tests::tokio_cluster::{all_connected, cluster, member, until, wait_for};
-use bus_tests::{CLUSTER, config, keys, quick};
-use bus_tokio::{Client, ConnectError, Link, NodeOptions};
+use bus_tests::{CLUSTER, PATIENCE, config, keys, quick};
 use bytes::Bytes;
-use std::future::Future;
+use smol::Async;
+use smol::future::zip;
+use smol::io::{AsyncReadExt, AsyncWriteExt};
+use std::net::TcpStream;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
-/// `scenario` on a 2-worker multi-threaded runtime and on a current-thread
-/// runtime.
-macro_rules! on_both_runtimes {
-    ($($name:ident),* $(,)?) => {
-        mod multi_thread {
-            $(#[test] fn $name() { super::run(true, super::$name()); })*
-        }
-        mod current_thread {
-            $(#[test] fn $name() { super::run(false, super::$name()); })*
-        }
-    };
-}
-
-fn run(multi: bool, scenario: impl Future<Output = ()>) {
-    let mut builder = if multi {
-        let mut b = tokio::runtime::Builder::new_multi_thread();
-        b.worker_threads(2);
-        b
-    } else {
-        tokio::runtime::Builder::new_current_thread()
-    };
-    builder.enable_all().build().unwrap().block_on(scenario);
-}
-
-on_both_runtimes!(
+bus_tests::scenarios!(
     replicas_round_trip_messages_and_clients_get_replies,
     both_sides_dial_and_exactly_one_connection_results,
     a_wrong_key_is_rejected_on_both_sides_with_its_status,
@@ -55,18 +34,24 @@ on_both_runtimes!(
     a_blocked_send_wait_returns_when_the_node_shuts_down,
 );
 
-fn client_params(target: u8) -> ClientParams {
+/// A raw loopback socket, for bytes no adapter would send. async-io's
+/// reactor drives it under any runtime.
+async fn raw(address: std::net::SocketAddr) -> Async<TcpStream> {
+    Async::<TcpStream>::connect(address).await.expect("connect")
+}
+
+fn client_params<B: Bus>(target: u8) -> ClientParams {
     ClientParams {
         cluster: CLUSTER,
-        id: Client::random_id(),
+        id: B::random_id(),
         target,
     }
 }
 
-async fn replicas_round_trip_messages_and_clients_get_replies() {
+async fn replicas_round_trip_messages_and_clients_get_replies<B: Bus>() {
     let config = config();
-    let mut members = cluster(&config, 3, |_| keys(1)).await;
-    all_connected(&members).await;
+    let mut members = cluster::<B>(&config, 3, |_| keys(1)).await;
+    all_connected::<B>(&members).await;
     for from in 0..3u8 {
         for to in (0..3u8).filter(|&to| to != from) {
             let body = Bytes::from(format!("{from}->{to}"));
@@ -74,7 +59,7 @@ async fn replicas_round_trip_messages_and_clients_get_replies() {
                 .node
                 .send(to, 7, body.clone())
                 .unwrap();
-            let got = wait_for(&mut members[to as usize].events, "the message", |e| {
+            let got = wait_for::<B>(&mut members[to as usize].events, "the message", |e| {
                 matches!(e, NodeEvent::Message { .. })
             })
             .await;
@@ -95,12 +80,13 @@ async fn replicas_round_trip_messages_and_clients_get_replies() {
         Err(RouteError::Local(0))
     );
 
-    let client = Client::start(&config, client_params(1), keys(1), members[1].address).unwrap();
+    let client =
+        B::start_client(&config, client_params::<B>(1), keys(1), members[1].address).unwrap();
     let reply = {
         let request = client.request(42, Bytes::from_static(b"ping"));
         let serve = async {
             let NodeEvent::Request { request, body } =
-                wait_for(&mut members[1].events, "the request", |e| {
+                wait_for::<B>(&mut members[1].events, "the request", |e| {
                     matches!(e, NodeEvent::Request { .. })
                 })
                 .await
@@ -113,7 +99,7 @@ async fn replicas_round_trip_messages_and_clients_get_replies() {
                 .reply(request, Bytes::from_static(b"pong"))
                 .unwrap();
         };
-        let (reply, ()) = tokio::join!(request, serve);
+        let (reply, ()) = zip(request, serve).await;
         reply.unwrap()
     };
     assert_eq!(reply.body, Bytes::from_static(b"pong"));
@@ -121,13 +107,13 @@ async fn replicas_round_trip_messages_and_clients_get_replies() {
     client.shutdown(Duration::from_secs(5)).await;
 }
 
-async fn both_sides_dial_and_exactly_one_connection_results() {
+async fn both_sides_dial_and_exactly_one_connection_results<B: Bus>() {
     let config = config();
     // Both know each other's address and listen; only the lower id dials.
-    let members = cluster(&config, 2, |_| keys(2)).await;
-    all_connected(&members).await;
+    let members = cluster::<B>(&config, 2, |_| keys(2)).await;
+    all_connected::<B>(&members).await;
     // Let any extra dial surface before counting.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    B::sleep(Duration::from_millis(300)).await;
     for m in &members {
         assert_eq!(m.node.connections(), 1, "one connection per node");
         assert_eq!(m.node.stats().duplicates_refused, 0);
@@ -136,11 +122,11 @@ async fn both_sides_dial_and_exactly_one_connection_results() {
     assert_eq!(members[1].node.stats().dials, 0, "replica 1 never dials 0");
 }
 
-async fn a_wrong_key_is_rejected_on_both_sides_with_its_status() {
+async fn a_wrong_key_is_rejected_on_both_sides_with_its_status<B: Bus>() {
     let config = config();
     // Replica 0 holds another key than replica 1.
-    let mut members = cluster(&config, 2, |replica| keys(10 + u64::from(replica))).await;
-    let dialer = wait_for(&mut members[0].events, "the dialer's rejection", |e| {
+    let mut members = cluster::<B>(&config, 2, |replica| keys(10 + u64::from(replica))).await;
+    let dialer = wait_for::<B>(&mut members[0].events, "the dialer's rejection", |e| {
         matches!(e, NodeEvent::HandshakeFailed { .. })
     })
     .await;
@@ -152,7 +138,7 @@ async fn a_wrong_key_is_rejected_on_both_sides_with_its_status() {
         matches!(&cause, CloseCause::Rejected(r) if r.status == RejectStatus::BadMac),
         "dialer sees the acceptor's status: {cause}"
     );
-    let acceptor = wait_for(&mut members[1].events, "the acceptor's refusal", |e| {
+    let acceptor = wait_for::<B>(&mut members[1].events, "the acceptor's refusal", |e| {
         matches!(e, NodeEvent::HandshakeFailed { .. })
     })
     .await;
@@ -164,8 +150,9 @@ async fn a_wrong_key_is_rejected_on_both_sides_with_its_status() {
     assert!(!members[0].node.is_connected(1));
 
     // A client with the wrong key learns the node's status too.
-    let client = Client::start(&config, client_params(1), keys(99), members[1].address).unwrap();
-    let refused = tokio::time::timeout(bus_tests::PATIENCE, client.connected())
+    let client =
+        B::start_client(&config, client_params::<B>(1), keys(99), members[1].address).unwrap();
+    let refused = within::<B, _>(PATIENCE, client.connected())
         .await
         .expect("the client's handshake ends");
     assert!(
@@ -175,31 +162,31 @@ async fn a_wrong_key_is_rejected_on_both_sides_with_its_status() {
     client.shutdown(Duration::from_secs(1)).await;
 }
 
-async fn silent_connections_do_not_delay_a_peer_and_close_at_the_deadline() {
+async fn silent_connections_do_not_delay_a_peer_and_close_at_the_deadline<B: Bus>() {
     let mut tuned = quick();
     tuned.max_handshakes_in_flight = 256;
     tuned.handshake_timeout = Duration::from_secs(3);
     let config = tuned.validate().unwrap();
-    let acceptor = member(&config, 1, 2, keys(3), NodeOptions::default()).await;
+    let acceptor = member::<B>(&config, 1, 2, keys(3), NodeOptions::default()).await;
     let mut silent = Vec::new();
     for _ in 0..100 {
-        silent.push(TcpStream::connect(acceptor.address).await.unwrap());
+        silent.push(raw(acceptor.address).await);
     }
-    until("100 silent connections accepted", || {
+    until::<B>("100 silent connections accepted", || {
         acceptor.node.inspect(|n| n.handshakes_in_flight()) == 100
     })
     .await;
     let mut options = NodeOptions::default();
     options.peers.insert(1, acceptor.address);
-    let mut dialer = member(&config, 0, 2, keys(3), options).await;
-    wait_for(
+    let mut dialer = member::<B>(&config, 0, 2, keys(3), options).await;
+    wait_for::<B>(
         &mut dialer.events,
         "the legitimate peer's connection",
         |e| matches!(e, NodeEvent::PeerConnected { replica: 1, .. }),
     )
     .await;
     // The peer got in while every silent socket was still held open.
-    until("the acceptor registers the peer", || {
+    until::<B>("the acceptor registers the peer", || {
         acceptor.node.is_connected(0)
     })
     .await;
@@ -207,22 +194,22 @@ async fn silent_connections_do_not_delay_a_peer_and_close_at_the_deadline() {
     // Each silent socket is closed at the handshake deadline.
     for mut socket in silent {
         let mut byte = [0u8; 1];
-        let read = tokio::time::timeout(bus_tests::PATIENCE, socket.read(&mut byte))
+        let read = within::<B, _>(PATIENCE, socket.read(&mut byte))
             .await
             .expect("the silent socket is closed");
         assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
     }
-    until("only the peer's connection left", || {
+    until::<B>("only the peer's connection left", || {
         acceptor.node.connections() == 1
     })
     .await;
     assert!(acceptor.node.is_connected(0));
 }
 
-async fn an_oversized_or_corrupt_frame_closes_only_its_connection() {
+async fn an_oversized_or_corrupt_frame_closes_only_its_connection<B: Bus>() {
     let config = config();
-    let mut members = cluster(&config, 2, |_| keys(4)).await;
-    all_connected(&members).await;
+    let mut members = cluster::<B>(&config, 2, |_| keys(4)).await;
+    all_connected::<B>(&members).await;
     // A frame larger than the handshake allows, valid otherwise.
     let big = Frame {
         header: Header::new(CLUSTER, Kind::Message { operation: 1 }),
@@ -240,13 +227,13 @@ async fn an_oversized_or_corrupt_frame_closes_only_its_connection() {
         .write_to(&mut corrupt);
     corrupt[100] ^= 1;
     for (what, bytes) in [("oversized", oversized), ("corrupt", corrupt)] {
-        let mut socket = TcpStream::connect(members[1].address).await.unwrap();
+        let mut socket = raw(members[1].address).await;
         socket.write_all(&bytes).await.unwrap();
         let mut rest = Vec::new();
-        let read = tokio::time::timeout(bus_tests::PATIENCE, socket.read_to_end(&mut rest)).await;
-        assert!(read.is_ok(), "the {what} frame's connection is closed");
+        let read = within::<B, _>(PATIENCE, socket.read_to_end(&mut rest)).await;
+        assert!(read.is_some(), "the {what} frame's connection is closed");
         let NodeEvent::HandshakeFailed { cause, .. } =
-            wait_for(&mut members[1].events, "the decode failure", |e| {
+            wait_for::<B>(&mut members[1].events, "the decode failure", |e| {
                 matches!(e, NodeEvent::HandshakeFailed { .. })
             })
             .await
@@ -262,7 +249,7 @@ async fn an_oversized_or_corrupt_frame_closes_only_its_connection() {
             .node
             .send(1, 3, Bytes::from_static(b"still here"))
             .unwrap();
-        wait_for(
+        wait_for::<B>(
             &mut members[1].events,
             "a message after the bad frame",
             |e| matches!(e, NodeEvent::Message { body, .. } if body.as_ref() == b"still here"),
@@ -273,20 +260,20 @@ async fn an_oversized_or_corrupt_frame_closes_only_its_connection() {
     assert_eq!(members[0].node.stats().dials, 1, "never reconnected");
 }
 
-async fn backpressure_reaches_the_sender_when_the_peer_stops_reading() {
+async fn backpressure_reaches_the_sender_when_the_peer_stops_reading<B: Bus>() {
     let config = config();
-    let sender = member(&config, 0, 2, keys(5), NodeOptions::default()).await;
+    let sender = member::<B>(&config, 0, 2, keys(5), NodeOptions::default()).await;
     let options = NodeOptions {
         event_capacity: 8,
         ..NodeOptions::default()
     };
-    let mut receiver = member(&config, 1, 2, keys(5), options).await;
+    let mut receiver = member::<B>(&config, 1, 2, keys(5), options).await;
     sender.node.set_address(1, receiver.address);
-    wait_for(&mut receiver.events, "the connection", |e| {
+    wait_for::<B>(&mut receiver.events, "the connection", |e| {
         matches!(e, NodeEvent::PeerConnected { .. })
     })
     .await;
-    until("the sender sees the peer", || sender.node.is_connected(1)).await;
+    until::<B>("the sender sees the peer", || sender.node.is_connected(1)).await;
     // The receiver's application reads nothing now: its queue fills, its
     // socket task stops reading, TCP fills, then the sender's queue.
     let body = Bytes::from(vec![0u8; 64 << 10]);
@@ -297,7 +284,7 @@ async fn backpressure_reaches_the_sender_when_the_peer_stops_reading() {
             Err(error) => break error,
         }
         if sent % 64 == 0 {
-            tokio::time::sleep(Duration::from_millis(1)).await;
+            B::sleep(Duration::from_millis(1)).await;
         }
         assert!(sent < 1_000_000, "no backpressure after {sent} messages");
     };
@@ -308,7 +295,7 @@ async fn backpressure_reaches_the_sender_when_the_peer_stops_reading() {
     // Everything accepted arrives, in order, once the application reads.
     let mut received = 0u64;
     while received < sent {
-        let event = wait_for(&mut receiver.events, "the queued messages", |e| {
+        let event = wait_for::<B>(&mut receiver.events, "the queued messages", |e| {
             matches!(e, NodeEvent::Message { .. })
         })
         .await;
@@ -318,7 +305,7 @@ async fn backpressure_reaches_the_sender_when_the_peer_stops_reading() {
     assert!(sender.node.is_connected(1), "backpressure is not a failure");
 }
 
-async fn a_late_listener_is_picked_up_by_the_dial_schedule() {
+async fn a_late_listener_is_picked_up_by_the_dial_schedule<B: Bus>() {
     let config = config();
     // Reserve a port, then free it: nothing listens there yet.
     let port = {
@@ -327,44 +314,38 @@ async fn a_late_listener_is_picked_up_by_the_dial_schedule() {
     };
     let mut options = NodeOptions::default();
     options.peers.insert(1, port);
-    let mut dialer = member(&config, 0, 2, keys(6), options).await;
-    until("a few refused dials", || {
+    let mut dialer = member::<B>(&config, 0, 2, keys(6), options).await;
+    until::<B>("a few refused dials", || {
         dialer.node.inspect(|n| n.dial_failures(1)) >= 3
     })
     .await;
     let late = {
-        let params = bus_proto::node::NodeParams {
-            cluster: CLUSTER,
-            replica: 1,
-            replica_count: 2,
-            accept_clients: false,
-        };
         let (node, events) =
-            bus_tokio::Node::start(&config, params, keys(6), NodeOptions::default()).unwrap();
+            B::start_node(&config, params(1, 2), keys(6), NodeOptions::default()).unwrap();
         node.listen(port).await.unwrap();
         (node, events)
     };
-    wait_for(
+    wait_for::<B>(
         &mut dialer.events,
         "the connection to the late listener",
         |e| matches!(e, NodeEvent::PeerConnected { replica: 1, .. }),
     )
     .await;
-    until("the late listener registers the dialer", || {
+    until::<B>("the late listener registers the dialer", || {
         late.0.is_connected(0)
     })
     .await;
 }
 
-async fn a_dial_waits_for_an_address_named_after_start() {
+async fn a_dial_waits_for_an_address_named_after_start<B: Bus>() {
     let config = config();
-    let acceptor = member(&config, 1, 2, keys(16), NodeOptions::default()).await;
+    let acceptor = member::<B>(&config, 1, 2, keys(16), NodeOptions::default()).await;
     // Replica 0 starts knowing no address, so its first dial has nowhere
     // to go yet.
-    let mut dialer = member(&config, 0, 2, keys(16), NodeOptions::default()).await;
-    until("the first dial starts", || dialer.node.stats().dials == 1).await;
+    let mut dialer = member::<B>(&config, 0, 2, keys(16), NodeOptions::default()).await;
+    until::<B>("the first dial starts", || dialer.node.stats().dials == 1).await;
     dialer.node.set_address(1, acceptor.address);
-    wait_for(&mut dialer.events, "the connection", |e| {
+    wait_for::<B>(&mut dialer.events, "the connection", |e| {
         matches!(e, NodeEvent::PeerConnected { replica: 1, .. })
     })
     .await;
@@ -372,11 +353,11 @@ async fn a_dial_waits_for_an_address_named_after_start() {
     assert_eq!(dialer.node.inspect(|n| n.dial_failures(1)), 0);
 }
 
-async fn connection_lost_fires_exactly_once() {
+async fn connection_lost_fires_exactly_once<B: Bus>() {
     let config = config();
-    let mut members = cluster(&config, 2, |_| keys(7)).await;
+    let mut members = cluster::<B>(&config, 2, |_| keys(7)).await;
     let NodeEvent::PeerConnected { connection, .. } =
-        wait_for(&mut members[0].events, "the first connection", |e| {
+        wait_for::<B>(&mut members[0].events, "the first connection", |e| {
             matches!(e, NodeEvent::PeerConnected { .. })
         })
         .await
@@ -388,18 +369,12 @@ async fn connection_lost_fires_exactly_once() {
     let gone = members.pop().unwrap();
     gone.node.shutdown(Duration::ZERO).await;
     drop(gone);
-    let params = bus_proto::node::NodeParams {
-        cluster: CLUSTER,
-        replica: 1,
-        replica_count: 2,
-        accept_clients: false,
-    };
     let (back, _back_events) =
-        bus_tokio::Node::start(&config, params, keys(7), NodeOptions::default()).unwrap();
+        B::start_node(&config, params(1, 2), keys(7), NodeOptions::default()).unwrap();
     back.listen(address).await.unwrap();
     let mut losses = Vec::new();
     let mut seen = Vec::new();
-    wait_for(&mut members[0].events, "the reconnection", |e| {
+    wait_for::<B>(&mut members[0].events, "the reconnection", |e| {
         seen.push(e.clone());
         matches!(e, NodeEvent::PeerConnected { connection: c, .. } if *c != connection)
     })
@@ -416,9 +391,9 @@ async fn connection_lost_fires_exactly_once() {
     );
     // Nothing more about it later.
     members[0].node.send(1, 1, Bytes::new()).unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    while let Ok(Some(event)) =
-        tokio::time::timeout(Duration::from_millis(50), members[0].events.recv()).await
+    B::sleep(Duration::from_millis(200)).await;
+    while let Some(Some(event)) =
+        within::<B, _>(Duration::from_millis(50), members[0].events.recv()).await
     {
         assert!(
             !matches!(event, NodeEvent::PeerDisconnected { connection: c, .. } if c == connection),
@@ -427,10 +402,10 @@ async fn connection_lost_fires_exactly_once() {
     }
 }
 
-async fn graceful_shutdown_drains_queued_messages() {
+async fn graceful_shutdown_drains_queued_messages<B: Bus>() {
     let config = config();
-    let mut members = cluster(&config, 2, |_| keys(8)).await;
-    all_connected(&members).await;
+    let mut members = cluster::<B>(&config, 2, |_| keys(8)).await;
+    all_connected::<B>(&members).await;
     let count = 500u32;
     for i in 0..count {
         members[0]
@@ -439,35 +414,37 @@ async fn graceful_shutdown_drains_queued_messages() {
             .unwrap();
     }
     let sender = members[0].node.clone();
-    let report = tokio::spawn(async move { sender.shutdown(Duration::from_secs(10)).await });
-    let mut next = 0u32;
-    let lost = loop {
-        match wait_for(
-            &mut members[1].events,
-            "the messages, then the close",
-            |e| {
-                matches!(
-                    e,
-                    NodeEvent::Message { .. } | NodeEvent::PeerDisconnected { .. }
-                )
-            },
-        )
-        .await
-        {
-            NodeEvent::Message { operation, .. } => {
-                assert_eq!(operation, next, "in order, none lost");
-                next += 1;
+    let receive = async {
+        let mut next = 0u32;
+        let lost = loop {
+            match wait_for::<B>(
+                &mut members[1].events,
+                "the messages, then the close",
+                |e| {
+                    matches!(
+                        e,
+                        NodeEvent::Message { .. } | NodeEvent::PeerDisconnected { .. }
+                    )
+                },
+            )
+            .await
+            {
+                NodeEvent::Message { operation, .. } => {
+                    assert_eq!(operation, next, "in order, none lost");
+                    next += 1;
+                }
+                NodeEvent::PeerDisconnected { cause, .. } => break cause,
+                _ => unreachable!(),
             }
-            NodeEvent::PeerDisconnected { cause, .. } => break cause,
-            _ => unreachable!(),
-        }
+        };
+        (next, lost)
     };
+    let (report, (next, lost)) = zip(sender.shutdown(Duration::from_secs(10)), receive).await;
     assert_eq!(next, count, "every queued message arrived before the close");
     assert!(
         matches!(lost, CloseCause::Peer(_)),
         "closed in order: {lost}"
     );
-    let report = report.await.unwrap();
     assert_eq!(
         (report.total, report.clean, report.forced),
         (1, 1, 0),
@@ -475,67 +452,62 @@ async fn graceful_shutdown_drains_queued_messages() {
     );
     // The event stream of a shut-down node ends.
     let mut events = members.remove(0).events;
-    let rest = tokio::time::timeout(bus_tests::PATIENCE, async {
-        while events.recv().await.is_some() {}
-    })
-    .await;
-    assert!(rest.is_ok(), "the event stream ends after shutdown");
+    let rest = within::<B, _>(PATIENCE, async { while events.recv().await.is_some() {} }).await;
+    assert!(rest.is_some(), "the event stream ends after shutdown");
 }
 
-async fn a_request_retried_after_reconnect_is_answered_from_the_dedup_window() {
+async fn a_request_retried_after_reconnect_is_answered_from_the_dedup_window<B: Bus>() {
     let config = config();
-    let mut node = member(&config, 0, 1, keys(9), NodeOptions::default()).await;
+    let mut node = member::<B>(&config, 0, 1, keys(9), NodeOptions::default()).await;
     let proxy = Proxy::start(node.address).await.unwrap();
-    let client = Client::start(&config, client_params(0), keys(9), proxy.address()).unwrap();
-    let pending = {
-        let client = client.clone();
-        tokio::spawn(async move { client.request(5, Bytes::from_static(b"once")).await })
+    let client = B::start_client(&config, client_params::<B>(0), keys(9), proxy.address()).unwrap();
+    let pending = client.request(5, Bytes::from_static(b"once"));
+    let serve = async {
+        let NodeEvent::Request { request, .. } =
+            wait_for::<B>(&mut node.events, "the request", |e| {
+                matches!(e, NodeEvent::Request { .. })
+            })
+            .await
+        else {
+            unreachable!()
+        };
+        // The link breaks before the reply is sent.
+        assert_eq!(proxy.cut(), 1);
+        wait_for::<B>(&mut node.events, "the client's disconnect", |e| {
+            matches!(e, NodeEvent::ClientDisconnected { .. })
+        })
+        .await;
+        let answered = node.node.reply(request, Bytes::from_static(b"done"));
+        assert!(
+            matches!(answered, Err(ReplyError::Disconnected { cached: true, .. })),
+            "{answered:?}"
+        );
     };
-    let NodeEvent::Request { request, .. } = wait_for(&mut node.events, "the request", |e| {
-        matches!(e, NodeEvent::Request { .. })
-    })
-    .await
-    else {
-        unreachable!()
-    };
-    // The link breaks before the reply is sent.
-    assert_eq!(proxy.cut(), 1);
-    wait_for(&mut node.events, "the client's disconnect", |e| {
-        matches!(e, NodeEvent::ClientDisconnected { .. })
-    })
-    .await;
-    let answered = node.node.reply(request, Bytes::from_static(b"done"));
-    assert!(
-        matches!(answered, Err(ReplyError::Disconnected { cached: true, .. })),
-        "{answered:?}"
-    );
     // The client reconnects and resends; the node answers from the cache.
-    let reply = tokio::time::timeout(bus_tests::PATIENCE, pending)
+    let (reply, ()) = within::<B, _>(PATIENCE, zip(pending, serve))
         .await
-        .expect("the retried request is answered")
-        .unwrap()
-        .unwrap();
-    assert_eq!(reply.body, Bytes::from_static(b"done"));
+        .expect("the retried request is answered");
+    assert_eq!(reply.unwrap().body, Bytes::from_static(b"done"));
     let stats = node.node.stats();
     assert_eq!((stats.requests, stats.dedup_hits), (1, 1), "{stats:?}");
     assert!(client.stats().resent >= 1);
     // The application saw the request once.
-    while let Ok(Some(event)) =
-        tokio::time::timeout(Duration::from_millis(100), node.events.recv()).await
+    while let Some(Some(event)) =
+        within::<B, _>(Duration::from_millis(100), node.events.recv()).await
     {
         assert!(!matches!(event, NodeEvent::Request { .. }), "ran twice");
     }
     client.shutdown(Duration::from_secs(1)).await;
 }
 
-async fn a_client_learns_that_nothing_listens_and_that_it_shut_down() {
+async fn a_client_learns_that_nothing_listens_and_that_it_shut_down<B: Bus>() {
     let config = config();
     let nowhere = {
         let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         probe.local_addr().unwrap()
     };
-    let client = Client::start(&config, client_params(0), keys(11), nowhere).unwrap();
-    let first = tokio::time::timeout(bus_tests::PATIENCE, client.connected())
+    let client = B::start_client(&config, client_params::<B>(0), keys(11), nowhere).unwrap();
+    let first = within::<B, _>(PATIENCE, client.connected())
         .await
         .expect("the connect fails");
     assert!(
@@ -546,36 +518,37 @@ async fn a_client_learns_that_nothing_listens_and_that_it_shut_down() {
     assert_eq!(client.connected().await, Err(ConnectError::ShutDown));
 }
 
-async fn a_blocked_send_wait_returns_when_the_node_shuts_down() {
+async fn a_blocked_send_wait_returns_when_the_node_shuts_down<B: Bus>() {
     let config = config();
-    let sender = member(&config, 0, 2, keys(12), NodeOptions::default()).await;
+    let sender = member::<B>(&config, 0, 2, keys(12), NodeOptions::default()).await;
     let options = NodeOptions {
         event_capacity: 8,
         ..NodeOptions::default()
     };
-    let receiver = member(&config, 1, 2, keys(12), options).await;
+    let receiver = member::<B>(&config, 1, 2, keys(12), options).await;
     sender.node.set_address(1, receiver.address);
-    until("connected", || sender.node.is_connected(1)).await;
+    until::<B>("connected", || sender.node.is_connected(1)).await;
     // The receiver never reads: the sender's queue fills and send_wait
     // blocks until shutdown releases it.
     let node = sender.node.clone();
-    let blocked = tokio::spawn(async move {
+    let blocked = async {
         let body = Bytes::from(vec![0u8; 64 << 10]);
         loop {
             if let Err(error) = node.send_wait(1, 1, body.clone()).await {
                 return error;
             }
         }
-    });
-    until("the sender's queue is full", || {
-        sender.node.send(1, 1, Bytes::new()).is_err()
-    })
-    .await;
-    let report = sender.node.shutdown(Duration::from_millis(300)).await;
-    assert_eq!(report.total, 1);
-    let error = tokio::time::timeout(bus_tests::PATIENCE, blocked)
+    };
+    let stop = async {
+        until::<B>("the sender's queue is full", || {
+            sender.node.send(1, 1, Bytes::new()).is_err()
+        })
+        .await;
+        sender.node.shutdown(Duration::from_millis(300)).await
+    };
+    let (error, report) = within::<B, _>(PATIENCE, zip(blocked, stop))
         .await
-        .expect("send_wait returned")
-        .unwrap();
+        .expect("send_wait returned");
+    assert_eq!(report.total, 1);
     assert!(matches!(error, RouteError::Disconnected(1)), "{error}");
 }
