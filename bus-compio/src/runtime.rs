@@ -2,9 +2,9 @@
 //! that owns each socket.
 
 use bus_proto::entropy::Entropy;
-use bus_proto::host::{MAX_IOVECS, Machine, Runtime, Shared, Socket, Step};
+use bus_proto::host::{Completion, MAX_IOVECS, Machine, Runtime, Shared, Socket, Step};
 use bus_proto::node::ConnectionId;
-use bus_proto::time::{Instant, Now, UnixNanos};
+use bus_proto::time::{Instant, Now};
 use bytes::{Bytes, BytesMut};
 use compio::BufResult;
 use compio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -39,15 +39,8 @@ impl Compio {
 
 impl Runtime for Compio {
     fn now(&self) -> Now {
-        let mono = self.origin.elapsed().as_nanos();
-        let wall = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or(Duration::ZERO)
-            .as_nanos();
-        Now {
-            mono: Instant::from_nanos(u64::try_from(mono).unwrap_or(u64::MAX)),
-            wall: UnixNanos::from_nanos(u64::try_from(wall).unwrap_or(u64::MAX)),
-        }
+        let wall = SystemTime::now().duration_since(UNIX_EPOCH);
+        Now::from_elapsed(self.origin.elapsed(), wall.unwrap_or(Duration::ZERO))
     }
 
     fn sleep_until(&self, at: Instant) -> impl Future<Output = ()> {
@@ -106,17 +99,12 @@ async fn dial<M: Machine>(shared: Arc<Shared<M, Compio>>, id: ConnectionId, repl
     let Some(address) = shared.dial_address(id, replica).await else {
         return shared.closed(id);
     };
-    match first(TcpStream::connect(address), shared.abandoned(id)).await {
-        First::Right(()) => shared.closed(id),
-        First::Left(Ok(stream)) => {
-            if shared.dial_connected(id) {
-                drive(shared, Socket::new(id), stream).await;
-            }
-        }
-        First::Left(Err(error)) => {
-            tracing::debug!(%id, %address, %error, "connect failed");
-            shared.dial_failed(id, &error);
-        }
+    let outcome = match first(TcpStream::connect(address), shared.abandoned(id)).await {
+        First::Left(result) => Some(result),
+        First::Right(()) => None,
+    };
+    if let Some((socket, stream)) = shared.dialled(id, address, outcome) {
+        drive(shared, socket, stream).await;
     }
 }
 
@@ -167,14 +155,6 @@ async fn read_into(
 
 type Op<T> = Pin<Box<dyn Future<Output = T>>>;
 
-/// What the wait in [`run`] saw.
-enum Done {
-    Wrote(io::Result<()>),
-    Read(io::Result<usize>, BytesMut),
-    Lingered,
-    Woken,
-}
-
 async fn run<M: Machine>(shared: &Arc<Shared<M, Compio>>, socket: &mut Socket, stream: &TcpStream) {
     let id = socket.id();
     let chunk = shared.read_chunk();
@@ -205,50 +185,27 @@ async fn run<M: Machine>(shared: &Arc<Shared<M, Compio>>, socket: &mut Socket, s
             poll_fn(|cx| {
                 if let Some(op) = writing.as_mut() {
                     if let Poll::Ready(result) = op.as_mut().poll(cx) {
-                        return Poll::Ready(Done::Wrote(result));
+                        writing = None;
+                        return Poll::Ready(Completion::Wrote(result));
                     }
                 }
                 if let Some(sleep) = lingered.as_mut() {
                     if sleep.as_mut().poll(cx).is_ready() {
-                        return Poll::Ready(Done::Lingered);
+                        return Poll::Ready(Completion::Lingered);
                     }
                 }
                 if let Some(op) = reading.as_mut() {
                     if let Poll::Ready((result, buffer)) = op.as_mut().poll(cx) {
-                        return Poll::Ready(Done::Read(result, buffer));
+                        reading = None;
+                        return Poll::Ready(Completion::Read(result, Some(buffer)));
                     }
                 }
-                woken.as_mut().poll(cx).map(|()| Done::Woken)
+                woken.as_mut().poll(cx).map(|()| Completion::Woken)
             })
             .await
         };
-        match done {
-            Done::Woken => {}
-            Done::Wrote(result) => {
-                writing = None;
-                socket.written();
-                if let Err(error) = result {
-                    // The batch is not atomic: a failed write ends the
-                    // connection (hazard 23).
-                    tracing::debug!(%id, %error, "write failed");
-                    return shared.abandon(socket);
-                }
-            }
-            Done::Lingered => {
-                tracing::debug!(%id, "the peer did not take the last bytes in time");
-                return shared.abandon(socket);
-            }
-            Done::Read(result, buffer) => {
-                reading = None;
-                match result {
-                    Ok(0) => shared.handle_eof(socket),
-                    Ok(_) => shared.handle_read(socket, Some(buffer)),
-                    Err(error) => {
-                        tracing::debug!(%id, %error, "read failed");
-                        shared.handle_eof(socket);
-                    }
-                }
-            }
+        if shared.complete(socket, done).is_break() {
+            return;
         }
     }
 }

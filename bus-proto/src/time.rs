@@ -74,3 +74,16 @@ pub struct Now {
     /// Wall-clock time, for handshake freshness.
     pub wall: UnixNanos,
 }
+
+impl Now {
+    /// From what an adapter read off its clocks: time since its monotonic
+    /// origin, and time since the Unix epoch. Saturates past `u64`
+    /// nanoseconds (about 584 years).
+    pub fn from_elapsed(since_origin: Duration, since_epoch: Duration) -> Now {
+        let nanos = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        Now {
+            mono: Instant::from_nanos(nanos(since_origin)),
+            wall: UnixNanos::from_nanos(nanos(since_epoch)),
+        }
+    }
+}

@@ -2,9 +2,9 @@
 //! the task that owns each socket.
 
 use bus_proto::entropy::Entropy;
-use bus_proto::host::{Machine, Outgoing, Runtime, Shared, Socket, Step};
+use bus_proto::host::{Completion, Machine, Outgoing, Runtime, Shared, Socket, Step};
 use bus_proto::node::ConnectionId;
-use bus_proto::time::{Instant, Now, UnixNanos};
+use bus_proto::time::{Instant, Now};
 use bytes::BytesMut;
 use smol::future::{self, FutureExt};
 use smol::{Async, Timer};
@@ -34,15 +34,8 @@ impl Smol {
 
 impl Runtime for Smol {
     fn now(&self) -> Now {
-        let mono = self.origin.elapsed().as_nanos();
-        let wall = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or(Duration::ZERO)
-            .as_nanos();
-        Now {
-            mono: Instant::from_nanos(u64::try_from(mono).unwrap_or(u64::MAX)),
-            wall: UnixNanos::from_nanos(u64::try_from(wall).unwrap_or(u64::MAX)),
-        }
+        let wall = SystemTime::now().duration_since(UNIX_EPOCH);
+        Now::from_elapsed(self.origin.elapsed(), wall.unwrap_or(Duration::ZERO))
     }
 
     fn sleep_until(&self, at: Instant) -> impl Future<Output = ()> {
@@ -83,17 +76,9 @@ async fn dial<M: Machine>(shared: Arc<Shared<M, Smol>>, id: ConnectionId, replic
         shared.abandoned(id).await;
         None
     };
-    match connect.or(abandoned).await {
-        None => shared.closed(id),
-        Some(Ok(stream)) => {
-            if shared.dial_connected(id) {
-                drive(shared, Socket::new(id), stream).await;
-            }
-        }
-        Some(Err(error)) => {
-            tracing::debug!(%id, %address, %error, "connect failed");
-            shared.dial_failed(id, &error);
-        }
+    let outcome = connect.or(abandoned).await;
+    if let Some((socket, stream)) = shared.dialled(id, address, outcome) {
+        drive(shared, socket, stream).await;
     }
 }
 
@@ -153,14 +138,6 @@ pub(crate) async fn read_some(
     Ok(n)
 }
 
-/// What the wait in [`run`] saw.
-enum Done {
-    Wrote(io::Result<()>),
-    Read(io::Result<usize>),
-    Lingered,
-    Woken,
-}
-
 async fn run<M: Machine>(
     shared: &Arc<Shared<M, Smol>>,
     socket: &mut Socket,
@@ -181,7 +158,7 @@ async fn run<M: Machine>(
         // In order of priority, as `or` polls its left side first.
         let wrote = async {
             match write {
-                true => Done::Wrote(write_some(out, stream).await),
+                true => Completion::Wrote(write_some(out, stream).await),
                 false => future::pending().await,
             }
         };
@@ -189,39 +166,26 @@ async fn run<M: Machine>(
             match linger {
                 Some(at) => {
                     shared.runtime().sleep_until(at).await;
-                    Done::Lingered
+                    Completion::Lingered
                 }
                 None => future::pending().await,
             }
         };
         let got = async {
             match inbox {
-                Some(buffer) if read => Done::Read(read_some(buffer, stream, chunk).await),
+                Some(buffer) if read => {
+                    Completion::Read(read_some(buffer, stream, chunk).await, None)
+                }
                 _ => future::pending().await,
             }
         };
         let woken = async {
             shared.woken(id).await;
-            Done::Woken
+            Completion::Woken
         };
-        match wrote.or(lingered).or(got).or(woken).await {
-            Done::Wrote(Ok(())) | Done::Woken => {}
-            Done::Wrote(Err(error)) => {
-                // The batch is not atomic: a failed write ends the
-                // connection (hazard 23).
-                tracing::debug!(%id, %error, "write failed");
-                return shared.abandon(socket);
-            }
-            Done::Lingered => {
-                tracing::debug!(%id, "the peer did not take the last bytes in time");
-                return shared.abandon(socket);
-            }
-            Done::Read(Ok(0)) => shared.handle_eof(socket),
-            Done::Read(Ok(_)) => shared.handle_read(socket, None),
-            Done::Read(Err(error)) => {
-                tracing::debug!(%id, %error, "read failed");
-                shared.handle_eof(socket);
-            }
+        let done = wrote.or(lingered).or(got).or(woken).await;
+        if shared.complete(socket, done).is_break() {
+            return;
         }
     }
 }

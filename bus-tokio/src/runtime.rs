@@ -2,9 +2,9 @@
 //! task that owns each socket.
 
 use bus_proto::entropy::Entropy;
-use bus_proto::host::{Machine, Outgoing, Runtime, Shared, Socket, Step};
+use bus_proto::host::{Completion, Machine, Outgoing, Runtime, Shared, Socket, Step};
 use bus_proto::node::ConnectionId;
-use bus_proto::time::{Instant, Now, UnixNanos};
+use bus_proto::time::{Instant, Now};
 use bytes::BytesMut;
 use std::io;
 use std::sync::Arc;
@@ -42,15 +42,8 @@ impl Tokio {
 
 impl Runtime for Tokio {
     fn now(&self) -> Now {
-        let mono = self.origin.elapsed().as_nanos();
-        let wall = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or(Duration::ZERO)
-            .as_nanos();
-        Now {
-            mono: Instant::from_nanos(u64::try_from(mono).unwrap_or(u64::MAX)),
-            wall: UnixNanos::from_nanos(u64::try_from(wall).unwrap_or(u64::MAX)),
-        }
+        let wall = SystemTime::now().duration_since(UNIX_EPOCH);
+        Now::from_elapsed(self.origin.elapsed(), wall.unwrap_or(Duration::ZERO))
     }
 
     fn sleep_until(&self, at: Instant) -> impl Future<Output = ()> {
@@ -81,20 +74,12 @@ async fn dial<M: Machine>(shared: Arc<Shared<M, Tokio>>, id: ConnectionId, repli
     let Some(address) = shared.dial_address(id, replica).await else {
         return shared.closed(id);
     };
-    let result = tokio::select! {
-        result = TcpStream::connect(address) => result,
-        () = shared.abandoned(id) => return shared.closed(id),
+    let outcome = tokio::select! {
+        result = TcpStream::connect(address) => Some(result),
+        () = shared.abandoned(id) => None,
     };
-    match result {
-        Ok(stream) => {
-            if shared.dial_connected(id) {
-                drive(shared, Socket::new(id), stream).await;
-            }
-        }
-        Err(error) => {
-            tracing::debug!(%id, %address, %error, "connect failed");
-            shared.dial_failed(id, &error);
-        }
+    if let Some((socket, stream)) = shared.dialled(id, address, outcome) {
+        drive(shared, socket, stream).await;
     }
 }
 
@@ -165,39 +150,16 @@ async fn run<M, R, W>(
         else {
             return;
         };
-        // What the select below saw, acted on once it released `socket`.
-        enum Done {
-            Wrote(io::Result<()>),
-            Read(io::Result<usize>),
-            Lingered,
-            Woken,
-        }
         let (out, inbox) = socket.io();
         let done = tokio::select! {
             biased;
-            result = write_some(out, writer), if write => Done::Wrote(result),
-            () = shared.runtime().sleep_until(linger.unwrap_or(Instant::from_nanos(0))), if linger.is_some() => Done::Lingered,
-            result = read_some(inbox, reader, chunk), if read => Done::Read(result),
-            () = shared.woken(id) => Done::Woken,
+            result = write_some(out, writer), if write => Completion::Wrote(result),
+            () = shared.runtime().sleep_until(linger.unwrap_or(Instant::from_nanos(0))), if linger.is_some() => Completion::Lingered,
+            result = read_some(inbox, reader, chunk), if read => Completion::Read(result, None),
+            () = shared.woken(id) => Completion::Woken,
         };
-        match done {
-            Done::Wrote(Ok(())) | Done::Woken => {}
-            Done::Wrote(Err(error)) => {
-                // The batch is not atomic: a failed write ends the
-                // connection (hazard 23).
-                tracing::debug!(%id, %error, "write failed");
-                return shared.abandon(socket);
-            }
-            Done::Lingered => {
-                tracing::debug!(%id, "the peer did not take the last bytes in time");
-                return shared.abandon(socket);
-            }
-            Done::Read(Ok(0)) => shared.handle_eof(socket),
-            Done::Read(Ok(_)) => shared.handle_read(socket, None),
-            Done::Read(Err(error)) => {
-                tracing::debug!(%id, %error, "read failed");
-                shared.handle_eof(socket);
-            }
+        if shared.complete(socket, done).is_break() {
+            return;
         }
     }
 }

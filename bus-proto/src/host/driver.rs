@@ -11,6 +11,7 @@ use crate::node::{Action, ConnectionId};
 use crate::time::{Instant, Now};
 use bytes::BytesMut;
 use core::future::{Future, poll_fn};
+use core::ops::ControlFlow;
 use core::pin::pin;
 use core::task::{Context, Poll};
 use core::time::Duration;
@@ -29,9 +30,9 @@ pub trait Runtime: Send + Sync + Sized + 'static {
     fn sleep_until(&self, at: Instant) -> impl Future<Output = ()>;
     /// Starts a task for the dial registered under `id`: wait for the
     /// address ([`Shared::dial_address`]), connect while racing
-    /// [`Shared::abandoned`], then report with [`Shared::dial_connected`]
-    /// (and run the socket) or [`Shared::dial_failed`]. Called with the
-    /// driver's lock held: spawn, do not run.
+    /// [`Shared::abandoned`], hand the outcome to [`Shared::dialled`], and
+    /// run the socket it returns. Called with the driver's lock held:
+    /// spawn, do not run.
     fn dial<M: Machine>(shared: &Arc<Shared<M, Self>>, id: ConnectionId, replica: u8);
 }
 
@@ -121,11 +122,27 @@ pub enum Step {
         /// Reading is allowed and the buffer is lent.
         read: bool,
         /// Closing: give up on the peer at this instant
-        /// ([`Shared::abandon`]).
+        /// ([`Completion::Lingered`]).
         linger: Option<Instant>,
     },
     /// The connection is over: close the socket.
     Exit,
+}
+
+/// What a socket task's wait saw, for [`Shared::complete`].
+#[derive(Debug)]
+pub enum Completion {
+    /// A write ended: the loaded batch advanced ([`Outgoing::advance`]), or
+    /// a lent batch was written whole, or the write failed.
+    Wrote(std::io::Result<()>),
+    /// A read ended: how many bytes (0 is end of stream), and the lent
+    /// buffer if an owned-buffer read took it (`None` if the bytes were
+    /// appended in place).
+    Read(std::io::Result<usize>, Option<BytesMut>),
+    /// The `linger` deadline of [`Step::Run`] passed.
+    Lingered,
+    /// [`Shared::woken`] completed.
+    Woken,
 }
 
 /// A socket task's own state: the batch it writes and the receive buffer
@@ -170,20 +187,15 @@ impl Socket {
         (&mut self.out, self.inbox.as_mut())
     }
 
-    /// Hands the whole loaded batch to an owned-buffer write;
-    /// [`Socket::written`] when it completes.
+    /// Hands the whole loaded batch to an owned-buffer write; report its
+    /// end as [`Completion::Wrote`].
     pub fn lend_batch(&mut self) -> std::vec::Vec<bytes::Bytes> {
         self.writing = true;
         self.out.take()
     }
 
-    /// The write of a lent batch completed.
-    pub fn written(&mut self) {
-        self.writing = false;
-    }
-
     /// Hands the receive buffer to an owned-buffer read; the read gives
-    /// it back through [`Shared::handle_read`] or [`Shared::handle_eof`].
+    /// it back in [`Completion::Read`].
     pub fn lend_inbox(&mut self) -> Option<BytesMut> {
         let buffer = self.inbox.take()?;
         self.reading = true;
@@ -405,24 +417,33 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
         }
     }
 
-    /// A dial's socket is open: true if the adapter should now run it with
-    /// a [`Socket`]; false if the core gave up on it meanwhile (the
-    /// registration is already released).
-    pub fn dial_connected(self: &Arc<Self>, id: ConnectionId) -> bool {
-        let live = self.with(|m, now| m.connected(now, id));
-        if !live {
-            self.closed(id);
+    /// How dial `id` to `address` ended: `None` if it was
+    /// [`abandoned`](Shared::abandoned), else the connect's result. Returns
+    /// the socket to run, or `None` once the dial is over and its
+    /// registration released (failed, or the core gave up meanwhile).
+    pub fn dialled<S>(
+        self: &Arc<Self>,
+        id: ConnectionId,
+        address: SocketAddr,
+        outcome: Option<std::io::Result<S>>,
+    ) -> Option<(Socket, S)> {
+        match outcome {
+            Some(Ok(stream)) if self.with(|m, now| m.connected(now, id)) => {
+                return Some((Socket::new(id), stream));
+            }
+            // The core gave up on the dial meanwhile.
+            Some(Ok(_)) => {}
+            Some(Err(error)) => {
+                tracing::debug!(%id, %address, %error, "connect failed");
+                self.with(|m, now| {
+                    m.connect_failed(now, id);
+                    m.dial_error(&error);
+                });
+            }
+            None => {}
         }
-        live
-    }
-
-    /// A dial's connect failed; releases its registration.
-    pub fn dial_failed(self: &Arc<Self>, id: ConnectionId, error: &std::io::Error) {
-        self.with(|m, now| {
-            m.connect_failed(now, id);
-            m.dial_error(error);
-        });
         self.closed(id);
+        None
     }
 
     fn should_close(state: &State<M>, id: ConnectionId) -> bool {
@@ -477,6 +498,43 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
         }
     }
 
+    /// Acts on what the socket task's wait saw. [`ControlFlow::Break`]
+    /// means the connection is over: close the socket, then call
+    /// [`Shared::closed`].
+    pub fn complete(self: &Arc<Self>, socket: &mut Socket, done: Completion) -> ControlFlow<()> {
+        let id = socket.id;
+        match done {
+            Completion::Woken => {}
+            Completion::Wrote(result) => {
+                socket.writing = false;
+                if let Err(error) = result {
+                    // The batch is not atomic: a failed write ends the
+                    // connection (hazard 23).
+                    tracing::debug!(%id, %error, "write failed");
+                    self.abandon(socket);
+                    return ControlFlow::Break(());
+                }
+            }
+            Completion::Lingered => {
+                tracing::debug!(%id, "the peer did not take the last bytes in time");
+                self.abandon(socket);
+                return ControlFlow::Break(());
+            }
+            Completion::Read(result, buffer) => {
+                socket.reading = false;
+                match result {
+                    Ok(0) => self.handle_eof(socket),
+                    Ok(_) => self.handle_read(socket, buffer),
+                    Err(error) => {
+                        tracing::debug!(%id, %error, "read failed");
+                        self.handle_eof(socket);
+                    }
+                }
+            }
+        }
+        ControlFlow::Continue(())
+    }
+
     /// Completes when the socket should step again: it has output, it may
     /// read again, or it is closing.
     pub async fn woken(&self, id: ConnectionId) {
@@ -485,8 +543,7 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
 
     /// Bytes were read into the lent buffer (in place, or returned by an
     /// owned-buffer read as `buffer`): the core processes them.
-    pub fn handle_read(self: &Arc<Self>, socket: &mut Socket, buffer: Option<BytesMut>) {
-        socket.reading = false;
+    fn handle_read(self: &Arc<Self>, socket: &mut Socket, buffer: Option<BytesMut>) {
         let id = socket.id;
         if let Some(buffer) = buffer.or_else(|| socket.inbox.take()) {
             self.with_from(Some(id), |m, now| m.handle_read(now, id, buffer));
@@ -494,8 +551,7 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
     }
 
     /// The peer closed its side, or the read failed: no more reads.
-    pub fn handle_eof(self: &Arc<Self>, socket: &mut Socket) {
-        socket.reading = false;
+    fn handle_eof(self: &Arc<Self>, socket: &mut Socket) {
         socket.eof = true;
         let id = socket.id;
         self.with_from(Some(id), |m, now| m.handle_eof(now, id));
@@ -503,9 +559,8 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
 
     /// The socket failed or gave up (write error, linger passed): the core
     /// learns it, and whatever it still had to write is discarded so the
-    /// connection is freed. Then close the socket and call
-    /// [`Shared::closed`].
-    pub fn abandon(self: &Arc<Self>, socket: &Socket) {
+    /// connection is freed.
+    fn abandon(self: &Arc<Self>, socket: &Socket) {
         let id = socket.id;
         self.with_from(Some(id), |m, now| {
             m.handle_eof(now, id);

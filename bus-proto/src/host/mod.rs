@@ -16,12 +16,12 @@
 //!
 //! # What an adapter writes
 //!
-//! - a [`Runtime`]: its clock, its sleep, and a task per dial that connects
-//!   (racing [`Shared::abandoned`]) and then runs the socket;
-//! - a socket task: loop on [`Shared::step`], write the loaded
-//!   [`Outgoing`] batch, read into the lent buffer and hand it back with
-//!   [`Shared::handle_read`], wait on [`Shared::woken`]; then
-//!   [`Shared::closed`];
+//! - a [`Runtime`]: its clock, its sleep, and a task per dial that waits
+//!   for [`Shared::dial_address`], connects while racing
+//!   [`Shared::abandoned`], and hands the outcome to [`Shared::dialled`];
+//! - a socket task: loop on [`Shared::step`], wait for the first of the
+//!   write, the read, the linger deadline and [`Shared::woken`], and pass
+//!   what happened to [`Shared::complete`]; then [`Shared::closed`];
 //! - an accept loop calling [`Shared::accept`] until [`Shared::stopped`];
 //! - the public `Node`, `Events` and `Client` types, which forward here.
 
@@ -35,7 +35,7 @@ mod signal;
 mod slots;
 
 pub use client::{ClientFront, Link, Reply};
-pub use driver::{Owner, Runtime, Shared, SharedOptions, Socket, Step};
+pub use driver::{Completion, Owner, Runtime, Shared, SharedOptions, Socket, Step};
 pub use error::{ClientError, ConnectError, ListenError, StartError};
 pub use node::{NodeFront, NodeOptions};
 pub use outgoing::{MAX_IOVECS, Outgoing};
