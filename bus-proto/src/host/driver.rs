@@ -181,7 +181,7 @@ impl Socket {
 
     /// The batch being written ([`Outgoing::slices`], then
     /// [`Outgoing::advance`] by what was written) and the lent receive
-    /// buffer (append what is read, then [`Shared::handle_read`]), for an
+    /// buffer (append what is read, then report [`Completion::Read`]), for an
     /// adapter that writes and reads in place, both at once.
     pub fn io(&mut self) -> (&mut Outgoing, Option<&mut BytesMut>) {
         (&mut self.out, self.inbox.as_mut())
