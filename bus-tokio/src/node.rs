@@ -104,7 +104,7 @@ impl Node {
             .map_err(|source| ListenError { source })?;
         self.shared.listener_opened();
         let shared = Arc::clone(&self.shared.0);
-        tokio::spawn(async move {
+        self.shared.runtime().spawn(async move {
             accept_loop(&shared, listener).await;
             shared.listener_closed();
         });
@@ -187,7 +187,8 @@ async fn accept_loop(shared: &Arc<Driver>, listener: TcpListener) {
         match accepted {
             Ok((stream, _)) => {
                 if let Some(socket) = shared.accept_socket() {
-                    tokio::spawn(drive(Arc::clone(shared), socket, stream));
+                    let task = drive(Arc::clone(shared), socket, stream);
+                    shared.runtime().spawn(task);
                 }
             }
             Err(error) => {

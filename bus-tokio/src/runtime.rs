@@ -47,7 +47,9 @@ impl Runtime for Tokio {
     }
 
     fn sleep_until(&self, at: Instant) -> impl Future<Output = ()> {
-        tokio::time::sleep_until(self.deadline(at))
+        // Lazy: `select!` builds the futures of disabled branches too.
+        let deadline = self.deadline(at);
+        async move { tokio::time::sleep_until(deadline).await }
     }
 
     fn dial<M: Machine>(shared: &Arc<Shared<M, Self>>, id: ConnectionId, replica: u8) {

@@ -2,7 +2,7 @@
 //! the connection's state.
 
 use super::Machine;
-use super::driver::{Runtime, Shared};
+use super::driver::{Runtime, Shared, State};
 use super::error::{ClientError, ConnectError};
 use super::shutdown::{ShutdownReport, Tally};
 use super::signal::Waiters;
@@ -206,6 +206,10 @@ impl Machine for ClientFront {
     }
 }
 
+fn link_waiters(state: &mut State<ClientFront>) -> &mut Waiters {
+    &mut state.machine.link_waiters
+}
+
 /// Forgets a request's entry when its caller stops waiting.
 struct Forget<'a, R: Runtime> {
     shared: &'a Shared<ClientFront, R>,
@@ -260,19 +264,12 @@ impl<R: Runtime> Shared<ClientFront, R> {
     /// Waits until the connection attempt under way finishes; see
     /// `Client::connected`.
     pub async fn connected(&self) -> Result<u8, ConnectError> {
-        poll_fn(|cx| {
-            let mut state = self.lock();
-            let machine = &mut state.machine;
-            Poll::Ready(match &machine.link {
-                Link::Connected { replica } => Ok(*replica),
-                Link::HandshakeFailed { cause } => Err(ConnectError::Handshake(cause.clone())),
-                Link::Unreachable { error } => Err(ConnectError::Unreachable(error.clone())),
-                Link::ShutDown => Err(ConnectError::ShutDown),
-                Link::Connecting | Link::Disconnected { .. } => {
-                    machine.link_waiters.register(cx);
-                    return Poll::Pending;
-                }
-            })
+        self.wait_in(link_waiters, |state| match &state.machine.link {
+            Link::Connected { replica } => Some(Ok(*replica)),
+            Link::HandshakeFailed { cause } => Some(Err(ConnectError::Handshake(cause.clone()))),
+            Link::Unreachable { error } => Some(Err(ConnectError::Unreachable(error.clone()))),
+            Link::ShutDown => Some(Err(ConnectError::ShutDown)),
+            Link::Connecting | Link::Disconnected { .. } => None,
         })
         .await
     }
@@ -303,11 +300,16 @@ impl<R: Runtime> Shared<ClientFront, R> {
             m.tally = Some(Tally::default());
             let total = m.client.connections();
             m.client.shutdown(now);
-            for (_, waiting) in m.waiting.drain() {
-                if let Some(waker) = waiting.waker {
+            // Replies that already came are still handed over.
+            m.waiting.retain(|_, waiting| {
+                if waiting.answer.is_some() {
+                    return true;
+                }
+                if let Some(waker) = waiting.waker.take() {
                     waker.wake();
                 }
-            }
+                false
+            });
             Some(total)
         }) else {
             return ShutdownReport::default();

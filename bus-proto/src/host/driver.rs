@@ -54,6 +54,8 @@ struct Entry {
     closing: bool,
     /// In `State::paused`.
     paused: bool,
+    /// A dial waiting for its replica's address.
+    addressless: bool,
 }
 
 /// Everything behind the lock.
@@ -79,8 +81,14 @@ pub(super) struct State<M> {
     /// A send queue may have room: bumped whenever a batch leaves a queue.
     space_epoch: u64,
     space: Waiters,
-    /// A replica's address was set.
-    address_set: Waiters,
+}
+
+fn changed<M>(state: &mut State<M>) -> &mut Waiters {
+    &mut state.changed
+}
+
+fn space<M>(state: &mut State<M>) -> &mut Waiters {
+    &mut state.space
 }
 
 impl<M> State<M> {
@@ -227,7 +235,6 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
                 changed: Waiters::default(),
                 space_epoch: 0,
                 space: Waiters::default(),
-                address_set: Waiters::default(),
             }),
             read_chunk: options.read_chunk.max(4096),
             linger: options.linger,
@@ -342,13 +349,8 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
                 Err(error) if full(&error) && !stopped => {}
                 result => return result,
             }
-            poll_fn(|cx| {
-                let mut state = self.lock();
-                if state.space_epoch != epoch || state.stopped {
-                    return Poll::Ready(());
-                }
-                state.space.register(cx);
-                Poll::Pending
+            self.wait_in(space, |state| {
+                (state.space_epoch != epoch || state.stopped).then_some(())
             })
             .await;
         }
@@ -359,7 +361,9 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
     pub fn set_address(&self, replica: u8, address: SocketAddr) {
         let mut state = self.lock();
         state.addresses.insert(replica, address);
-        state.address_set.notify_all();
+        for entry in state.sockets.values_mut().filter(|e| e.addressless) {
+            entry.wake.notify();
+        }
     }
 
     /// A dial's address: waits until it is known, or returns `None` once
@@ -370,23 +374,27 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
         poll_fn(|cx| {
             let mut state = self.lock();
             loop {
-                if let Some(&address) = state.addresses.get(&replica) {
-                    return Poll::Ready(Some(address));
+                let address = state.addresses.get(&replica).copied();
+                if address.is_some() || Self::should_close(&state, id) {
+                    if let Some(entry) = state.sockets.get_mut(&id) {
+                        entry.addressless = false;
+                    }
+                    return Poll::Ready(address.filter(|_| !Self::should_close(&state, id)));
                 }
-                if Self::should_close(&state, id) {
-                    return Poll::Ready(None);
-                }
-                // A wake-up for output before the socket exists needs no
-                // answer: the socket task's first step takes the output.
+                // Woken by `set_address`, or for output before the socket
+                // exists, which needs no answer: the socket task's first
+                // step takes the output.
                 if Self::poll_entry(&mut state, id, cx).is_pending() {
                     break;
                 }
+            }
+            if let Some(entry) = state.sockets.get_mut(&id) {
+                entry.addressless = true;
             }
             if !logged {
                 logged = true;
                 tracing::debug!(%id, replica, "waiting for the dialled replica's address");
             }
-            state.address_set.register(cx);
             Poll::Pending
         })
         .await
@@ -615,15 +623,32 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
     /// Waits until `done` holds; rechecked whenever a socket task or
     /// listener ends or the driver stops.
     async fn wait(&self, done: impl Fn(&State<M>) -> bool) {
+        self.wait_in(changed, |state| done(state).then_some(()))
+            .await;
+    }
+
+    /// Waits until `ready` returns a value, rechecked whenever the
+    /// `waiters` that `select` picks are notified. The registration ends
+    /// with the wait, also when the wait is dropped.
+    pub(super) async fn wait_in<T>(
+        &self,
+        select: fn(&mut State<M>) -> &mut Waiters,
+        mut ready: impl FnMut(&mut State<M>) -> Option<T>,
+    ) -> T {
+        let mut registration = Registration {
+            shared: self,
+            select,
+            key: None,
+        };
         poll_fn(|cx| {
             let mut state = self.lock();
-            if done(&state) {
-                return Poll::Ready(());
+            if let Some(value) = ready(&mut state) {
+                return Poll::Ready(value);
             }
-            state.changed.register(cx);
+            select(&mut state).register(&mut registration.key, cx);
             Poll::Pending
         })
-        .await;
+        .await
     }
 
     /// Waits until no socket task runs and the core holds no connection.
@@ -694,15 +719,23 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
                 state.timer_at
             };
             let notified = poll_fn(|cx| self.lock().timer.poll(cx));
+            let now = self.runtime.now().mono;
             match at {
                 // Due already: a timer would add a tick (a new client's
-                // first dial, say). Once in a row only, so a deadline the
-                // core failed to move cannot spin this task.
-                Some(at) if !ran_due && at <= self.runtime.now().mono => {
+                // first dial, say).
+                Some(at) if !ran_due && at <= now => {
                     ran_due = true;
                     self.with(|m, now| m.handle_timeout(now));
                 }
                 Some(at) => {
+                    // Still due right after running: a deadline the core
+                    // did not move must not spin this task, and some
+                    // runtimes' timers complete at once for a past instant.
+                    let at = if at <= now {
+                        now.saturating_add(Duration::from_millis(1))
+                    } else {
+                        at
+                    };
                     ran_due = false;
                     if first(self.runtime.sleep_until(at), notified)
                         .await
@@ -716,6 +749,21 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
                     notified.await;
                 }
             }
+        }
+    }
+}
+
+/// A wait's place in a [`Waiters`], given up when the wait ends.
+struct Registration<'a, M: Machine, R: Runtime> {
+    shared: &'a Shared<M, R>,
+    select: fn(&mut State<M>) -> &mut Waiters,
+    key: Option<u64>,
+}
+
+impl<M: Machine, R: Runtime> Drop for Registration<'_, M, R> {
+    fn drop(&mut self) {
+        if let Some(key) = self.key {
+            (self.select)(&mut self.shared.lock()).deregister(key);
         }
     }
 }

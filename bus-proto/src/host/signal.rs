@@ -35,24 +35,79 @@ impl Signal {
 }
 
 /// Tasks waiting for a change of the state (a queue with room, a socket
-/// closed). Bounded by the number of distinct tasks waiting at once: a task
-/// that polls again replaces nothing and adds nothing. All are woken on
-/// every change and check their own condition.
+/// closed). Each waiter has a key, given on its first registration, and
+/// removes itself when its wait ends or is dropped, so this holds at most
+/// one waker per wait in progress. All are woken on every change and
+/// check their own condition.
 #[derive(Debug, Default)]
 pub(crate) struct Waiters {
-    wakers: Vec<Waker>,
+    next_key: u64,
+    wakers: Vec<(u64, Waker)>,
 }
 
 impl Waiters {
-    pub(crate) fn register(&mut self, cx: &Context<'_>) {
-        if !self.wakers.iter().any(|w| w.will_wake(cx.waker())) {
-            self.wakers.push(cx.waker().clone());
+    /// Registers, or refreshes, the waker of the waiter `key`.
+    pub(crate) fn register(&mut self, key: &mut Option<u64>, cx: &Context<'_>) {
+        let key = *key.get_or_insert_with(|| {
+            self.next_key = self.next_key.wrapping_add(1);
+            self.next_key
+        });
+        match self.wakers.iter_mut().find(|(held, _)| *held == key) {
+            Some((_, waker)) if waker.will_wake(cx.waker()) => {}
+            Some((_, waker)) => *waker = cx.waker().clone(),
+            None => self.wakers.push((key, cx.waker().clone())),
         }
     }
 
+    /// The waiter `key` stopped waiting.
+    pub(crate) fn deregister(&mut self, key: u64) {
+        self.wakers.retain(|(held, _)| *held != key);
+    }
+
     pub(crate) fn notify_all(&mut self) {
-        for waker in self.wakers.drain(..) {
+        for (_, waker) in self.wakers.drain(..) {
             waker.wake();
         }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.wakers.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Signal, Waiters};
+    use core::task::{Context, Poll, Waker};
+
+    #[test]
+    fn a_waiter_registered_again_takes_one_place_and_leaves_when_done() {
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut waiters = Waiters::default();
+        let (mut first, mut second) = (None, None);
+        for _ in 0..3 {
+            waiters.register(&mut first, &cx);
+            waiters.register(&mut second, &cx);
+        }
+        assert_eq!(waiters.len(), 2);
+        waiters.deregister(first.expect("a key"));
+        assert_eq!(waiters.len(), 1);
+        waiters.notify_all();
+        assert_eq!(waiters.len(), 0);
+        // Woken waiters register again under their keys.
+        waiters.register(&mut second, &cx);
+        assert_eq!(waiters.len(), 1);
+
+        let mut signal = Signal::default();
+        assert_eq!(signal.poll(&mut cx), Poll::Pending);
+        signal.notify();
+        signal.notify();
+        assert_eq!(signal.poll(&mut cx), Poll::Ready(()), "kept until polled");
+        assert_eq!(
+            signal.poll(&mut cx),
+            Poll::Pending,
+            "several collapse into one"
+        );
     }
 }

@@ -4,11 +4,17 @@
 use crate::node::ConnectionId;
 use std::vec::Vec;
 
-/// A map from live connection ids to `T`. Holds at most as many entries as
-/// the core has connection slots; a stale id (same slot, older generation)
-/// finds nothing.
+/// A map from connection ids to `T`, looked up by the id's slot.
+///
+/// The core frees a slot when it says `Disconnect`, while the old socket
+/// may still be writing its last batch, and may hand the slot to a new
+/// connection at once. The old entry then moves aside (`displaced`) until
+/// its task removes it, so both stay reachable by their own id. Holds at
+/// most one entry per core slot plus one per socket still closing.
 pub(crate) struct Slots<T> {
     entries: Vec<Option<(ConnectionId, T)>>,
+    /// Entries whose slot was reused before their socket task ended.
+    displaced: Vec<(ConnectionId, T)>,
     len: usize,
 }
 
@@ -16,6 +22,7 @@ impl<T> Default for Slots<T> {
     fn default() -> Self {
         Slots {
             entries: Vec::new(),
+            displaced: Vec::new(),
             len: 0,
         }
     }
@@ -23,37 +30,53 @@ impl<T> Default for Slots<T> {
 
 impl<T> Slots<T> {
     pub(crate) fn get(&self, id: &ConnectionId) -> Option<&T> {
-        match self.entries.get(id.slot())? {
-            Some((held, value)) if held == id => Some(value),
-            _ => None,
+        match self.entries.get(id.slot()) {
+            Some(Some((held, value))) if held == id => Some(value),
+            _ => self
+                .displaced
+                .iter()
+                .find(|(held, _)| held == id)
+                .map(|(_, v)| v),
         }
     }
 
     pub(crate) fn get_mut(&mut self, id: &ConnectionId) -> Option<&mut T> {
-        match self.entries.get_mut(id.slot())? {
-            Some((held, value)) if held == id => Some(value),
-            _ => None,
+        match self.entries.get_mut(id.slot()) {
+            Some(Some((held, value))) if held == id => Some(value),
+            _ => self
+                .displaced
+                .iter_mut()
+                .find(|(held, _)| held == id)
+                .map(|(_, v)| v),
         }
     }
 
-    /// Sets `id`'s entry, replacing whatever its slot held.
+    /// Sets `id`'s entry; an entry of another id in its slot moves aside.
     pub(crate) fn insert(&mut self, id: ConnectionId, value: T) {
         let slot = id.slot();
         if self.entries.len() <= slot {
             self.entries.resize_with(slot + 1, || None);
         }
-        if self.entries[slot].replace((id, value)).is_none() {
-            self.len += 1;
+        match self.entries[slot].replace((id, value)) {
+            None => self.len += 1,
+            Some((held, _)) if held == id => {}
+            Some(other) => {
+                self.displaced.push(other);
+                self.len += 1;
+            }
         }
     }
 
     pub(crate) fn remove(&mut self, id: &ConnectionId) -> Option<T> {
-        let entry = self.entries.get_mut(id.slot())?;
-        if entry.as_ref().is_some_and(|(held, _)| held == id) {
-            self.len -= 1;
-            return entry.take().map(|(_, value)| value);
+        if let Some(entry) = self.entries.get_mut(id.slot()) {
+            if entry.as_ref().is_some_and(|(held, _)| held == id) {
+                self.len -= 1;
+                return entry.take().map(|(_, value)| value);
+            }
         }
-        None
+        let at = self.displaced.iter().position(|(held, _)| held == id)?;
+        self.len -= 1;
+        Some(self.displaced.swap_remove(at).1)
     }
 
     pub(crate) fn is_empty(&self) -> bool {
@@ -61,7 +84,12 @@ impl<T> Slots<T> {
     }
 
     pub(crate) fn values_mut(&mut self) -> impl Iterator<Item = &mut T> {
-        self.entries.iter_mut().flatten().map(|(_, value)| value)
+        let displaced = self.displaced.iter_mut().map(|(_, value)| value);
+        self.entries
+            .iter_mut()
+            .flatten()
+            .map(|(_, value)| value)
+            .chain(displaced)
     }
 }
 
@@ -92,9 +120,10 @@ mod tests {
     }
 
     /// Real ids from a core node: a failed dial and its retry reuse one
-    /// slot under different generations.
+    /// slot under different generations. The first entry, if its task has
+    /// not ended, stays reachable by its own id only.
     #[test]
-    fn a_stale_id_finds_nothing_after_its_slot_is_reused() {
+    fn a_reused_slot_keeps_both_entries_apart() {
         let config = Config::default().validate().expect("default config");
         let params = NodeParams {
             cluster: 1,
@@ -117,10 +146,17 @@ mod tests {
         slots.insert(first, "first");
         assert_eq!(slots.get(&first), Some(&"first"));
         slots.insert(second, "second");
-        assert_eq!(slots.get(&first), None, "stale id");
-        assert_eq!(slots.remove(&first), None, "a stale id removes nothing");
+        assert_eq!(
+            slots.get(&first),
+            Some(&"first"),
+            "moved aside, still found"
+        );
         assert_eq!(slots.get(&second), Some(&"second"));
-        assert_eq!(slots.values_mut().count(), 1);
+        assert_eq!(slots.values_mut().count(), 2);
+        assert_eq!(slots.remove(&first), Some("first"));
+        assert_eq!(slots.get(&first), None, "gone once removed");
+        assert_eq!(slots.remove(&first), None);
+        assert_eq!(slots.get(&second), Some(&"second"));
         assert_eq!(slots.remove(&second), Some("second"));
         assert!(slots.is_empty());
     }
