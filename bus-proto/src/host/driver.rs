@@ -4,14 +4,12 @@
 //! drains.
 
 use super::Machine;
-use super::outgoing::Outgoing;
 use super::signal::{Signal, Waiters};
 use super::slots::Slots;
+use super::socket::Socket;
 use crate::node::{Action, ConnectionId};
 use crate::time::{Instant, Now};
-use bytes::BytesMut;
 use core::future::{Future, poll_fn};
-use core::ops::ControlFlow;
 use core::pin::pin;
 use core::task::{Context, Poll};
 use core::time::Duration;
@@ -48,12 +46,12 @@ pub struct SharedOptions {
 
 /// A socket task's registry entry.
 #[derive(Debug, Default)]
-struct Entry {
-    wake: Signal,
+pub(super) struct Entry {
+    pub(super) wake: Signal,
     /// The core said `Disconnect`: write what was handed out, then close.
-    closing: bool,
+    pub(super) closing: bool,
     /// In `State::paused`.
-    paused: bool,
+    pub(super) paused: bool,
     /// A dial waiting for its replica's address.
     addressless: bool,
 }
@@ -61,7 +59,7 @@ struct Entry {
 /// Everything behind the lock.
 pub(super) struct State<M> {
     pub(super) machine: M,
-    sockets: Slots<Entry>,
+    pub(super) sockets: Slots<Entry>,
     /// Replica addresses, by id.
     addresses: HashMap<u8, SocketAddr>,
     /// What the timer task sleeps until.
@@ -69,9 +67,9 @@ pub(super) struct State<M> {
     timer: Signal,
     /// Sockets waiting for room in the application's event queue, at most
     /// one entry per socket.
-    paused: Vec<ConnectionId>,
+    pub(super) paused: Vec<ConnectionId>,
     /// Shutdown's deadline passed: every socket task exits now.
-    forced: bool,
+    pub(super) forced: bool,
     /// The timer task and listeners stop.
     stopped: bool,
     /// Listening sockets still open.
@@ -92,7 +90,7 @@ fn space<M>(state: &mut State<M>) -> &mut Waiters {
 }
 
 impl<M> State<M> {
-    fn more_space(&mut self) {
+    pub(super) fn more_space(&mut self) {
         self.space_epoch = self.space_epoch.wrapping_add(1);
         self.space.notify_all();
     }
@@ -111,104 +109,10 @@ impl<M> State<M> {
 /// Shared by an adapter's handles, socket tasks, timer task and
 /// listeners.
 pub struct Shared<M, R> {
-    runtime: R,
+    pub(super) runtime: R,
     state: Mutex<State<M>>,
     read_chunk: usize,
-    linger: Duration,
-}
-
-/// What a socket task does next, decided under the lock by
-/// [`Shared::step`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Step {
-    /// Wait for whichever comes first of: the write of the loaded batch
-    /// (if `write`), a read into the lent buffer (if `read`), the `linger`
-    /// deadline (if set), and [`Shared::woken`].
-    Run {
-        /// A batch is loaded and not yet handed to a write.
-        write: bool,
-        /// Reading is allowed and the buffer is lent.
-        read: bool,
-        /// Closing: give up on the peer at this instant
-        /// ([`Completion::Lingered`]).
-        linger: Option<Instant>,
-    },
-    /// The connection is over: close the socket.
-    Exit,
-}
-
-/// What a socket task's wait saw, for [`Shared::complete`].
-#[derive(Debug)]
-pub enum Completion {
-    /// A write ended: the loaded batch advanced ([`Outgoing::advance`]), or
-    /// a lent batch was written whole, or the write failed.
-    Wrote(std::io::Result<()>),
-    /// A read ended: how many bytes (0 is end of stream), and the lent
-    /// buffer if an owned-buffer read took it (`None` if the bytes were
-    /// appended in place).
-    Read(std::io::Result<usize>, Option<BytesMut>),
-    /// The `linger` deadline of [`Step::Run`] passed.
-    Lingered,
-    /// [`Shared::woken`] completed.
-    Woken,
-}
-
-/// A socket task's own state: the batch it writes and the receive buffer
-/// it has borrowed from the core.
-#[derive(Debug)]
-pub struct Socket {
-    id: ConnectionId,
-    out: Outgoing,
-    inbox: Option<BytesMut>,
-    /// The batch was handed whole to an owned-buffer write still running.
-    writing: bool,
-    /// The buffer was handed to an owned-buffer read still running.
-    reading: bool,
-    eof: bool,
-    linger: Option<Instant>,
-}
-
-impl Socket {
-    /// The state of a new socket task for connection `id`.
-    pub fn new(id: ConnectionId) -> Self {
-        Socket {
-            id,
-            out: Outgoing::default(),
-            inbox: None,
-            writing: false,
-            reading: false,
-            eof: false,
-            linger: None,
-        }
-    }
-
-    /// The connection.
-    pub fn id(&self) -> ConnectionId {
-        self.id
-    }
-
-    /// The batch being written ([`Outgoing::slices`], then
-    /// [`Outgoing::advance`] by what was written) and the lent receive
-    /// buffer (append what is read, then report [`Completion::Read`]), for an
-    /// adapter that writes and reads in place, both at once.
-    pub fn io(&mut self) -> (&mut Outgoing, Option<&mut BytesMut>) {
-        (&mut self.out, self.inbox.as_mut())
-    }
-
-    /// Hands the whole loaded batch to an owned-buffer write; report its
-    /// end as [`Completion::Wrote`].
-    pub fn lend_batch(&mut self) -> std::vec::Vec<bytes::Bytes> {
-        self.writing = true;
-        self.out.take()
-    }
-
-    /// Hands the receive buffer to an owned-buffer read; the read gives
-    /// it back in [`Completion::Read`].
-    pub fn lend_inbox(&mut self) -> Option<BytesMut> {
-        let buffer = self.inbox.take()?;
-        self.reading = true;
-        Some(buffer)
-    }
+    pub(super) linger: Duration,
 }
 
 impl<M: Machine, R: Runtime> Shared<M, R> {
@@ -278,7 +182,7 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
 
     /// [`Shared::with`] from `caller`'s socket task, which checks its own
     /// output before it waits again and so is not woken.
-    fn with_from<T>(
+    pub(super) fn with_from<T>(
         self: &Arc<Self>,
         caller: Option<ConnectionId>,
         f: impl FnOnce(&mut M, Now) -> T,
@@ -292,7 +196,7 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
     /// After any input: wake sockets with output (but not `caller`), open
     /// and close sockets, deliver events, and move the timer earlier if
     /// needed.
-    fn after(self: &Arc<Self>, state: &mut State<M>, caller: Option<ConnectionId>) {
+    pub(super) fn after(self: &Arc<Self>, state: &mut State<M>, caller: Option<ConnectionId>) {
         while let Some(id) = state.machine.poll_ready() {
             if Some(id) == caller {
                 continue;
@@ -418,7 +322,11 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
     }
 
     /// Polls `id`'s wake-up; ready if it came or the entry is gone.
-    fn poll_entry(state: &mut State<M>, id: ConnectionId, cx: &mut Context<'_>) -> Poll<()> {
+    pub(super) fn poll_entry(
+        state: &mut State<M>,
+        id: ConnectionId,
+        cx: &mut Context<'_>,
+    ) -> Poll<()> {
         match state.sockets.get_mut(&id) {
             Some(entry) => entry.wake.poll(cx),
             None => Poll::Ready(()),
@@ -456,129 +364,6 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
 
     fn should_close(state: &State<M>, id: ConnectionId) -> bool {
         state.forced || state.sockets.get(&id).is_none_or(|e| e.closing)
-    }
-
-    /// Loads the socket's next batch if it has none, and decides what it
-    /// does next.
-    pub fn step(self: &Arc<Self>, socket: &mut Socket) -> Step {
-        let id = socket.id;
-        let mut state = self.lock();
-        if state.forced {
-            return Step::Exit;
-        }
-        if !socket.writing && socket.out.is_done() {
-            let now = self.runtime.now();
-            if let Some(transmit) = state.machine.poll_transmit_for(now, id) {
-                socket.out.load(transmit);
-                state.more_space();
-            }
-            self.after(&mut state, Some(id));
-        }
-        let closing = state.sockets.get(&id).is_none_or(|e| e.closing);
-        if closing {
-            if socket.out.is_done() && !socket.writing {
-                return Step::Exit;
-            }
-            if socket.linger.is_none() {
-                let at = self.runtime.now().mono.saturating_add(self.linger);
-                socket.linger = Some(at);
-            }
-        }
-        let mut read = !closing && !socket.eof && !socket.reading;
-        if read && state.machine.reading_paused() {
-            read = false;
-            let State {
-                sockets, paused, ..
-            } = &mut *state;
-            if let Some(entry) = sockets.get_mut(&id).filter(|e| !e.paused) {
-                entry.paused = true;
-                paused.push(id);
-            }
-        }
-        if read && socket.inbox.is_none() {
-            socket.inbox = state.machine.take_read_buffer(id);
-            read = socket.inbox.is_some();
-        }
-        Step::Run {
-            write: !socket.out.is_done() && !socket.writing,
-            read,
-            linger: socket.linger,
-        }
-    }
-
-    /// Acts on what the socket task's wait saw. [`ControlFlow::Break`]
-    /// means the connection is over: close the socket, then call
-    /// [`Shared::closed`].
-    pub fn complete(self: &Arc<Self>, socket: &mut Socket, done: Completion) -> ControlFlow<()> {
-        let id = socket.id;
-        match done {
-            Completion::Woken => {}
-            Completion::Wrote(result) => {
-                socket.writing = false;
-                if let Err(error) = result {
-                    // The batch is not atomic: a failed write ends the
-                    // connection (hazard 23).
-                    tracing::debug!(%id, %error, "write failed");
-                    self.abandon(socket);
-                    return ControlFlow::Break(());
-                }
-            }
-            Completion::Lingered => {
-                tracing::debug!(%id, "the peer did not take the last bytes in time");
-                self.abandon(socket);
-                return ControlFlow::Break(());
-            }
-            Completion::Read(result, buffer) => {
-                socket.reading = false;
-                match result {
-                    Ok(0) => self.handle_eof(socket),
-                    Ok(_) => self.handle_read(socket, buffer),
-                    Err(error) => {
-                        tracing::debug!(%id, %error, "read failed");
-                        self.handle_eof(socket);
-                    }
-                }
-            }
-        }
-        ControlFlow::Continue(())
-    }
-
-    /// Completes when the socket should step again: it has output, it may
-    /// read again, or it is closing.
-    pub async fn woken(&self, id: ConnectionId) {
-        poll_fn(|cx| Self::poll_entry(&mut self.lock(), id, cx)).await;
-    }
-
-    /// Bytes were read into the lent buffer (in place, or returned by an
-    /// owned-buffer read as `buffer`): the core processes them.
-    fn handle_read(self: &Arc<Self>, socket: &mut Socket, buffer: Option<BytesMut>) {
-        let id = socket.id;
-        if let Some(buffer) = buffer.or_else(|| socket.inbox.take()) {
-            self.with_from(Some(id), |m, now| m.handle_read(now, id, buffer));
-        }
-    }
-
-    /// The peer closed its side, or the read failed: no more reads.
-    fn handle_eof(self: &Arc<Self>, socket: &mut Socket) {
-        socket.eof = true;
-        let id = socket.id;
-        self.with_from(Some(id), |m, now| m.handle_eof(now, id));
-    }
-
-    /// The socket failed or gave up (write error, linger passed): the core
-    /// learns it, and whatever it still had to write is discarded so the
-    /// connection is freed.
-    fn abandon(self: &Arc<Self>, socket: &Socket) {
-        let id = socket.id;
-        self.with_from(Some(id), |m, now| {
-            m.handle_eof(now, id);
-            // Bounded: a closed connection hands out at most its close.
-            for _ in 0..1024 {
-                if m.poll_transmit_for(now, id).is_none() {
-                    break;
-                }
-            }
-        });
     }
 
     /// A socket task (or a dial that never opened one) ended.

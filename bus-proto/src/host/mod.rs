@@ -33,13 +33,15 @@ mod outgoing;
 mod shutdown;
 mod signal;
 mod slots;
+mod socket;
 
 pub use client::{ClientFront, Link, Reply};
-pub use driver::{Completion, Owner, Runtime, Shared, SharedOptions, Socket, Step};
+pub use driver::{Owner, Runtime, Shared, SharedOptions};
 pub use error::{ClientError, ConnectError, ListenError, StartError};
 pub use node::{NodeFront, NodeOptions};
 pub use outgoing::{MAX_IOVECS, Outgoing};
 pub use shutdown::ShutdownReport;
+pub use socket::{Completion, Socket, Step};
 
 use crate::connection::Transmit;
 use crate::node::{Action, ConnectionId};
