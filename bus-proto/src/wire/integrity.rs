@@ -7,6 +7,7 @@
 //! from one session secret so a body tag can never stand in for a header tag.
 
 use crate::crypto::mac::context;
+#[cfg(not(fuzzing))]
 use subtle::ConstantTimeEq;
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
