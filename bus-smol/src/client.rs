@@ -9,6 +9,7 @@ use bus_proto::host::{
     ShutdownReport, StartError,
 };
 use bytes::Bytes;
+use smol::Executor;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -61,14 +62,37 @@ impl Client {
         keys: KeyRing,
         address: SocketAddr,
     ) -> Result<Client, StartError> {
-        let runtime = Smol::new();
+        Client::start_with(None, config, params, keys, address)
+    }
+
+    /// [`Client::start`] with the client's tasks on `executor`, which the
+    /// program runs.
+    pub fn start_on(
+        executor: Arc<Executor<'static>>,
+        config: &ValidConfig,
+        params: ClientParams,
+        keys: KeyRing,
+        address: SocketAddr,
+    ) -> Result<Client, StartError> {
+        Client::start_with(Some(executor), config, params, keys, address)
+    }
+
+    fn start_with(
+        executor: Option<Arc<Executor<'static>>>,
+        config: &ValidConfig,
+        params: ClientParams,
+        keys: KeyRing,
+        address: SocketAddr,
+    ) -> Result<Client, StartError> {
+        let runtime = Smol::new(executor);
         let front = ClientFront::new(runtime.now(), config, params, keys, Box::new(OsEntropy));
         let options = SharedOptions {
             read_chunk: 64 << 10,
             linger: config.close_grace,
         };
         let shared = Shared::new(front, runtime, options, [(params.target, address)]);
-        Smol::spawn(Shared::run_timers(Arc::clone(&shared)));
+        let timers = Shared::run_timers(Arc::clone(&shared));
+        shared.runtime().spawn(timers);
         Ok(Client {
             shared: Arc::new(Owner(shared)),
         })

@@ -8,12 +8,18 @@
 //!
 //! # Executors
 //!
-//! The bus's tasks run on smol's global executor (`smol::spawn`), which
-//! runs on its own threads (`SMOL_THREADS`, default 1), and its sockets
-//! and timers on async-io's process-wide reactor. So the handles work
-//! under any executor: `smol::block_on`, `async_std::task::block_on`
-//! (async-std is discontinued; this crate is its replacement for the bus),
-//! `futures::executor::block_on`.
+//! By default the bus's tasks run on smol's global executor
+//! (`smol::spawn`), which runs on its own threads (`SMOL_THREADS`, default
+//! 1), and its sockets and timers on async-io's process-wide reactor. So
+//! the handles work under any executor: `smol::block_on`,
+//! `async_std::task::block_on` (async-std is discontinued; this crate is
+//! its replacement for the bus), `futures::executor::block_on`.
+//!
+//! `Node::start_on` and `Client::start_on` put the tasks on an
+//! [`smol::Executor`] the program runs instead; with the application on
+//! the same executor thread, no wake-up crosses threads, which shortens
+//! the round trip several-fold (`cargo bench -p bus-tests --bench
+//! runtimes` shows both).
 //!
 //! ```no_run
 //! use bus_smol::{Client, Node, NodeOptions};

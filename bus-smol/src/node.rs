@@ -11,7 +11,7 @@ use bus_proto::wire::RequestHeader;
 use bytes::Bytes;
 use smol::future::FutureExt;
 use smol::net::{AsyncToSocketAddrs, TcpListener};
-use smol::{Async, Timer};
+use smol::{Async, Executor, Timer};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -69,7 +69,30 @@ impl Node {
         keys: KeyRing,
         options: NodeOptions,
     ) -> Result<(Node, Events), StartError> {
-        let runtime = Smol::new();
+        Node::start_with(None, config, params, keys, options)
+    }
+
+    /// [`Node::start`] with the node's tasks on `executor`, which the
+    /// program runs (`executor.run(..)`): the application and the bus can
+    /// then share one thread, with no wake-ups across threads.
+    pub fn start_on(
+        executor: Arc<Executor<'static>>,
+        config: &ValidConfig,
+        params: NodeParams,
+        keys: KeyRing,
+        options: NodeOptions,
+    ) -> Result<(Node, Events), StartError> {
+        Node::start_with(Some(executor), config, params, keys, options)
+    }
+
+    fn start_with(
+        executor: Option<Arc<Executor<'static>>>,
+        config: &ValidConfig,
+        params: NodeParams,
+        keys: KeyRing,
+        options: NodeOptions,
+    ) -> Result<(Node, Events), StartError> {
+        let runtime = Smol::new(executor);
         let front = NodeFront::new(
             bus_proto::host::Runtime::now(&runtime),
             config,
@@ -83,7 +106,8 @@ impl Node {
             linger: config.close_grace,
         };
         let shared = Shared::new(front, runtime, driver_options, options.peers);
-        Smol::spawn(Shared::run_timers(Arc::clone(&shared)));
+        let timers = Shared::run_timers(Arc::clone(&shared));
+        shared.runtime().spawn(timers);
         let shared = Arc::new(Owner(shared));
         Ok((
             Node {
@@ -110,7 +134,7 @@ impl Node {
         // async-net resolves the address; accepting through async-io
         // directly yields the stream type the socket task runs.
         let listener: Arc<Async<std::net::TcpListener>> = listener.into();
-        Smol::spawn(async move {
+        self.shared.runtime().spawn(async move {
             accept_loop(&shared, listener).await;
             shared.listener_closed();
         });
@@ -195,7 +219,8 @@ async fn accept_loop(shared: &Arc<Driver>, listener: Arc<Async<std::net::TcpList
             None => return,
             Some(Ok((stream, _))) => {
                 if let Some(socket) = shared.accept_socket() {
-                    Smol::spawn(drive(Arc::clone(shared), socket, stream));
+                    let task = drive(Arc::clone(shared), socket, stream);
+                    shared.runtime().spawn(task);
                 }
             }
             Some(Err(error)) => {

@@ -7,28 +7,34 @@ use bus_proto::node::ConnectionId;
 use bus_proto::time::{Instant, Now};
 use bytes::BytesMut;
 use smol::future::{self, FutureExt};
-use smol::{Async, Timer};
+use smol::{Async, Executor, Timer};
 use std::io::{self, Write};
 use std::net::{Shutdown, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The driver's runtime: the monotonic clock from an origin, async-io
-/// timers, and smol's global executor.
+/// timers, and the executor the tasks run on.
 pub(crate) struct Smol {
     origin: std::time::Instant,
+    /// `None`: smol's global executor.
+    executor: Option<Arc<Executor<'static>>>,
 }
 
 impl Smol {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(executor: Option<Arc<Executor<'static>>>) -> Self {
         Smol {
             origin: std::time::Instant::now(),
+            executor,
         }
     }
 
-    /// Runs `task` on smol's global executor.
-    pub(crate) fn spawn(task: impl Future<Output = ()> + Send + 'static) {
-        smol::spawn(task).detach();
+    /// Runs `task` on the chosen executor.
+    pub(crate) fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+        match &self.executor {
+            Some(executor) => executor.spawn(task).detach(),
+            None => smol::spawn(task).detach(),
+        }
     }
 }
 
@@ -50,7 +56,9 @@ impl Runtime for Smol {
     }
 
     fn dial<M: Machine>(shared: &Arc<Shared<M, Self>>, id: ConnectionId, replica: u8) {
-        Smol::spawn(dial(Arc::clone(shared), id, replica));
+        shared
+            .runtime()
+            .spawn(dial(Arc::clone(shared), id, replica));
     }
 }
 

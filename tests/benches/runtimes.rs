@@ -19,7 +19,7 @@ use bus_proto::host::NodeOptions;
 use bus_proto::node::NodeEvent;
 use bus_proto::wire::{Frame, Header, Integrity, Kind};
 use bus_tests::bus::{
-    Bus, CompioPoll, CompioUring, EventsApi, NodeApi, Smol, TokioCurrent, TokioMulti,
+    Bus, CompioPoll, CompioUring, EventsApi, NodeApi, Smol, SmolExecutor, TokioCurrent, TokioMulti,
 };
 use bus_tests::cluster::{params, until};
 use bytes::Bytes;
@@ -48,6 +48,7 @@ fn main() {
         measure::<TokioMulti>(&config, scale, runs),
         measure::<TokioCurrent>(&config, scale, runs),
         measure::<Smol>(&config, scale, runs),
+        measure::<SmolExecutor>(&config, scale, runs),
         measure::<CompioUring>(&config, scale, runs),
         measure::<CompioPoll>(&config, scale, runs),
     ];
@@ -349,6 +350,15 @@ impl Raw for TokioCurrent {
     }
     async fn raw_round_trip(frame: &[u8], iterations: u64) -> io::Result<Vec<Duration>> {
         tokio_raw::round_trip(frame, iterations).await
+    }
+}
+
+impl Raw for SmolExecutor {
+    async fn raw_throughput(frame: &[u8], batch: usize, messages: u64) -> io::Result<()> {
+        Smol::raw_throughput(frame, batch, messages).await
+    }
+    async fn raw_round_trip(frame: &[u8], iterations: u64) -> io::Result<Vec<Duration>> {
+        Smol::raw_round_trip(frame, iterations).await
     }
 }
 

@@ -230,6 +230,9 @@ pub struct TokioCurrent;
 /// bus-smol, its tasks on smol's global executor, the scenario on
 /// `smol::block_on`.
 pub struct Smol;
+/// bus-smol with its tasks on an executor the scenario's thread runs
+/// (`Node::start_on`), the scenario on that executor too.
+pub struct SmolExecutor;
 /// bus-compio on the io_uring driver.
 pub struct CompioUring;
 /// bus-compio on the epoll driver.
@@ -279,6 +282,55 @@ impl Bus for Smol {
     }
 }
 
+thread_local! {
+    /// The executor [`SmolExecutor::run`] runs on this thread.
+    static SMOL_EXECUTOR: std::cell::RefCell<Option<std::sync::Arc<smol::Executor<'static>>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+fn smol_executor() -> std::sync::Arc<smol::Executor<'static>> {
+    SMOL_EXECUTOR
+        .with_borrow(Clone::clone)
+        .expect("started inside SmolExecutor::run")
+}
+
+impl Bus for SmolExecutor {
+    const NAME: &'static str = "smol (own executor)";
+    type Node = bus_smol::Node;
+    type Events = bus_smol::Events;
+    type Client = bus_smol::Client;
+
+    fn run<F: Future>(scenario: F) -> F::Output {
+        let executor = std::sync::Arc::new(smol::Executor::new());
+        SMOL_EXECUTOR.with_borrow_mut(|slot| *slot = Some(executor.clone()));
+        let output = smol::block_on(executor.run(scenario));
+        SMOL_EXECUTOR.with_borrow_mut(|slot| *slot = None);
+        output
+    }
+    async fn sleep(duration: Duration) {
+        smol::Timer::after(duration).await;
+    }
+    fn start_node(
+        config: &ValidConfig,
+        params: NodeParams,
+        keys: KeyRing,
+        options: NodeOptions,
+    ) -> Result<(Self::Node, Self::Events), StartError> {
+        bus_smol::Node::start_on(smol_executor(), config, params, keys, options)
+    }
+    fn start_client(
+        config: &ValidConfig,
+        params: ClientParams,
+        keys: KeyRing,
+        address: SocketAddr,
+    ) -> Result<Self::Client, StartError> {
+        bus_smol::Client::start_on(smol_executor(), config, params, keys, address)
+    }
+    fn random_id() -> u128 {
+        bus_smol::Client::random_id()
+    }
+}
+
 /// A compio runtime on `driver`; fails naming the driver if the kernel
 /// does not offer it (both drivers are part of the test suite).
 pub fn compio_runtime(driver: compio::driver::DriverType) -> compio::runtime::Runtime {
@@ -319,8 +371,9 @@ impl Bus for CompioPoll {
 }
 
 /// One `#[test]` per scenario and runtime: `scenarios!(a, b)` makes
-/// `tokio_multi::a`, `tokio_current::a`, `smol_global::a`, `compio_uring::a`,
-/// `compio_poll::a`, and the same for `b`. Each scenario is an
+/// `tokio_multi::a`, `tokio_current::a`, `smol_global::a`,
+/// `smol_executor::a`, `compio_uring::a`, `compio_poll::a`, and the same
+/// for `b`. Each scenario is an
 /// `async fn name<B: Bus>()`.
 #[macro_export]
 macro_rules! scenarios {
@@ -328,6 +381,7 @@ macro_rules! scenarios {
         $crate::scenarios!(@runtime tokio_multi, TokioMulti, $($name),*);
         $crate::scenarios!(@runtime tokio_current, TokioCurrent, $($name),*);
         $crate::scenarios!(@runtime smol_global, Smol, $($name),*);
+        $crate::scenarios!(@runtime smol_executor, SmolExecutor, $($name),*);
         $crate::scenarios!(@runtime compio_uring, CompioUring, $($name),*);
         $crate::scenarios!(@runtime compio_poll, CompioPoll, $($name),*);
     };
