@@ -32,6 +32,7 @@ bus_tests::scenarios!(
     a_request_retried_after_reconnect_is_answered_from_the_dedup_window,
     a_client_learns_that_nothing_listens_and_that_it_shut_down,
     a_blocked_send_wait_returns_when_the_node_shuts_down,
+    reads_in_flight_survive_constant_wake_ups,
 );
 
 /// A raw loopback socket, for bytes no adapter would send. async-io's
@@ -551,4 +552,62 @@ async fn a_blocked_send_wait_returns_when_the_node_shuts_down<B: Bus>() {
         .expect("send_wait returned");
     assert_eq!(report.total, 1);
     assert!(matches!(error, RouteError::Disconnected(1)), "{error}");
+}
+
+/// Hazard 1 (lost bytes on cancellation) at the adapter: both replicas
+/// stream to each other at once, so every socket task is woken for output
+/// over and over while its read is pending (or, on compio, in flight).
+/// Every message must arrive intact, in order, with the connection intact.
+async fn reads_in_flight_survive_constant_wake_ups<B: Bus>() {
+    let config = config();
+    let mut members = cluster::<B>(&config, 2, |_| keys(17)).await;
+    all_connected::<B>(&members).await;
+    let count = 3000u32;
+    let (zero, one) = members.split_at_mut(1);
+    let (a, b) = (&mut zero[0], &mut one[0]);
+    zip(
+        zip(
+            send_varied(&a.node, 1, count),
+            send_varied(&b.node, 0, count),
+        ),
+        zip(
+            receive_varied::<B>(&mut a.events, count),
+            receive_varied::<B>(&mut b.events, count),
+        ),
+    )
+    .await;
+    let dials = a.node.stats().dials + b.node.stats().dials;
+    assert_eq!(dials, 1, "{}: never reconnected", B::NAME);
+}
+
+/// Message `i`'s body: sizes vary so frames straddle read boundaries.
+fn varied_body(i: u32) -> Bytes {
+    let fill = u8::try_from(i % 251).unwrap();
+    Bytes::from(vec![fill; (i as usize * 37) % 3000])
+}
+
+async fn send_varied<N: NodeApi>(node: &N, to: u8, count: u32) {
+    for i in 0..count {
+        node.send_wait(to, i, varied_body(i)).await.unwrap();
+    }
+}
+
+async fn receive_varied<B: Bus>(events: &mut B::Events, count: u32) {
+    for i in 0..count {
+        let event = wait_for::<B>(events, "the next message", |e| {
+            matches!(
+                e,
+                NodeEvent::Message { .. } | NodeEvent::PeerDisconnected { .. }
+            )
+        })
+        .await;
+        let NodeEvent::Message {
+            operation, body, ..
+        } = event
+        else {
+            panic!("{}: the connection broke: {event:?}", B::NAME);
+        };
+        assert_eq!(operation, i, "{}: in order, none lost", B::NAME);
+        assert_eq!(body, varied_body(i), "{}: message {i} intact", B::NAME);
+    }
 }
