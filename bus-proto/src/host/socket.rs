@@ -231,3 +231,95 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{Completion, Step};
+    use crate::config::Config;
+    use crate::crypto::{Key, KeyRing};
+    use crate::entropy::SeededEntropy;
+    use crate::host::{Machine, NodeFront, NodeOptions, Runtime, Shared, SharedOptions};
+    use crate::node::{ConnectionId, NodeParams};
+    use crate::time::{Instant, Now};
+    use core::future::Future;
+    use core::pin::pin;
+    use core::task::{Context, Waker};
+    use core::time::Duration;
+    use std::boxed::Box;
+    use std::sync::Arc;
+
+    /// A runtime whose clock stands still and whose timers never fire.
+    struct Frozen;
+
+    impl Runtime for Frozen {
+        fn now(&self) -> Now {
+            Now::from_elapsed(Duration::from_secs(1), Duration::from_secs(1_700_000_000))
+        }
+        fn sleep_until(&self, _at: Instant) -> impl Future<Output = ()> {
+            core::future::pending()
+        }
+        fn dial<M: Machine>(_: &Arc<Shared<M, Self>>, _: ConnectionId, _: u8) {}
+    }
+
+    fn woken_now(shared: &Shared<NodeFront, Frozen>, id: ConnectionId) -> bool {
+        let mut cx = Context::from_waker(Waker::noop());
+        pin!(shared.woken(id)).poll(&mut cx).is_ready()
+    }
+
+    /// The core frees a slot at `Disconnect` and may give it to the next
+    /// socket while the old one still closes. The old task must still find
+    /// its own entry: a missing entry made `woken` ready forever, and the
+    /// task spun.
+    #[test]
+    fn a_closing_socket_keeps_its_entry_when_its_slot_is_reused() {
+        let config = Config::default().validate().expect("default config");
+        let params = NodeParams {
+            cluster: 1,
+            replica: 0,
+            replica_count: 1,
+            accept_clients: true,
+        };
+        let keys = KeyRing::new(Key::from_bytes([5; 32]));
+        let entropy = Box::new(SeededEntropy::new(3));
+        let front = NodeFront::new(
+            Frozen.now(),
+            &config,
+            params,
+            keys,
+            entropy,
+            &NodeOptions::default(),
+        )
+        .expect("node");
+        let options = SharedOptions {
+            read_chunk: 4096,
+            linger: Duration::from_secs(1),
+        };
+        let shared = Shared::new(front, Frozen, options, []);
+
+        let mut old = shared.accept_socket().expect("accepted");
+        assert!(matches!(
+            shared.step(&mut old),
+            Step::Run { read: true, .. }
+        ));
+        // The peer hangs up: the core says `Disconnect` and frees the slot.
+        assert!(
+            shared
+                .complete(&mut old, Completion::Read(Ok(0), None))
+                .is_continue()
+        );
+        let new = shared.accept_socket().expect("accepted");
+        assert_eq!(new.id().slot(), old.id().slot(), "the slot was reused");
+        assert_ne!(new.id(), old.id());
+
+        // The old task is woken once for its close, then waits again.
+        assert!(woken_now(&shared, old.id()));
+        assert!(!woken_now(&shared, old.id()), "no endless wake-up");
+        assert_eq!(shared.step(&mut old), Step::Exit, "nothing left to write");
+        shared.closed(old.id());
+        // The new connection keeps its own entry: at most a wake-up it
+        // already had, then it waits.
+        woken_now(&shared, new.id());
+        assert!(!woken_now(&shared, new.id()));
+        assert_eq!(shared.read(|m| m.connections()), 1);
+    }
+}
