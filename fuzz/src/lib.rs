@@ -25,4 +25,5 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("handshake", handshake),
     ("connection", connection),
     ("node", node),
+    ("host", host),
 ];

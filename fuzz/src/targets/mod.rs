@@ -3,6 +3,7 @@
 mod connection;
 mod dedup;
 mod frame;
+mod host;
 mod node;
 mod replay;
 mod text;
@@ -10,6 +11,7 @@ mod text;
 pub use connection::{connection, handshake};
 pub use dedup::dedup_window;
 pub use frame::{decode_chunked, frame_decoder, header};
+pub use host::host;
 pub use node::node;
 pub use replay::{nonce_ring, replay_window};
 pub use text::{config, key_hex};
