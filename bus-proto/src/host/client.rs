@@ -275,7 +275,7 @@ impl<R: Runtime> Shared<ClientFront, R> {
     }
 
     /// Moves the client to replica `replica`, listening at `address`.
-    pub fn retarget(self: &Arc<Self>, replica: u8, address: std::net::SocketAddr) {
+    pub fn retarget(self: &Arc<Self>, replica: u8, address: core::net::SocketAddr) {
         self.set_address(replica, address);
         self.with(|m, now| m.client.retarget(now, replica));
     }

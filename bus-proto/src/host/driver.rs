@@ -10,11 +10,11 @@ use super::socket::Socket;
 use crate::node::{Action, ConnectionId};
 use crate::time::{Instant, Now};
 use core::future::{Future, poll_fn};
+use core::net::SocketAddr;
 use core::pin::pin;
 use core::task::{Context, Poll};
 use core::time::Duration;
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::vec::Vec;
 

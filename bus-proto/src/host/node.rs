@@ -15,11 +15,11 @@ use crate::node::{
 use crate::time::{Instant, Now};
 use crate::wire::RequestHeader;
 use bytes::{Bytes, BytesMut};
+use core::net::SocketAddr;
 use core::task::{Context, Poll, Waker};
 use core::time::Duration;
 use std::boxed::Box;
 use std::collections::{BTreeMap, VecDeque};
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::vec::Vec;
 
