@@ -1,8 +1,9 @@
 //! A replica's node on compio: listen, dial the peers, send, reply, events.
 
-use crate::runtime::{Compio, First, OsEntropy, drive, first};
+use crate::runtime::{Compio, OsEntropy, drive};
 use bus_proto::config::ValidConfig;
 use bus_proto::crypto::KeyRing;
+use bus_proto::host::{First, first};
 use bus_proto::host::{
     ListenError, NodeFront, NodeOptions, Owner, Shared, SharedOptions, ShutdownReport, StartError,
 };

@@ -2,7 +2,9 @@
 //! that owns each socket.
 
 use bus_proto::entropy::Entropy;
-use bus_proto::host::{Completion, MAX_IOVECS, Machine, Runtime, Shared, Socket, Step};
+use bus_proto::host::{
+    Completion, First, MAX_IOVECS, Machine, Runtime, Shared, Socket, Step, first,
+};
 use bus_proto::node::ConnectionId;
 use bus_proto::time::{Instant, Now};
 use bytes::{Bytes, BytesMut};
@@ -70,28 +72,6 @@ impl Entropy for OsEntropy {
         // sensible way to continue.
         getrandom::fill(dest).expect("the OS random generator failed");
     }
-}
-
-/// Which of two futures finished first.
-pub(crate) enum First<A, B> {
-    Left(A),
-    Right(B),
-}
-
-/// Polls `a`, then `b`; returns the first output.
-pub(crate) async fn first<A: Future, B: Future>(a: A, b: B) -> First<A::Output, B::Output> {
-    let mut a = std::pin::pin!(a);
-    let mut b = std::pin::pin!(b);
-    poll_fn(|cx| {
-        if let Poll::Ready(out) = a.as_mut().poll(cx) {
-            return Poll::Ready(First::Left(out));
-        }
-        if let Poll::Ready(out) = b.as_mut().poll(cx) {
-            return Poll::Ready(First::Right(out));
-        }
-        Poll::Pending
-    })
-    .await
 }
 
 /// Opens the socket for a dial, then runs it.

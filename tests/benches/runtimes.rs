@@ -19,7 +19,8 @@ use bus_proto::host::NodeOptions;
 use bus_proto::node::NodeEvent;
 use bus_proto::wire::{Frame, Header, Integrity, Kind};
 use bus_tests::bus::{
-    Bus, CompioPoll, CompioUring, EventsApi, NodeApi, Smol, SmolExecutor, TokioCurrent, TokioMulti,
+    Bus, Compio, CompioPoll, CompioUring, EventsApi, NodeApi, Smol, SmolExecutor, Tokio,
+    TokioCurrent, TokioMulti,
 };
 use bus_tests::cluster::{params, until};
 use bytes::Bytes;
@@ -335,16 +336,7 @@ mod tokio_raw {
     }
 }
 
-impl Raw for TokioMulti {
-    async fn raw_throughput(frame: &[u8], batch: usize, messages: u64) -> io::Result<()> {
-        tokio_raw::throughput(frame, batch, messages).await
-    }
-    async fn raw_round_trip(frame: &[u8], iterations: u64) -> io::Result<Vec<Duration>> {
-        tokio_raw::round_trip(frame, iterations).await
-    }
-}
-
-impl Raw for TokioCurrent {
+impl<const MULTI: bool> Raw for Tokio<MULTI> {
     async fn raw_throughput(frame: &[u8], batch: usize, messages: u64) -> io::Result<()> {
         tokio_raw::throughput(frame, batch, messages).await
     }
@@ -520,16 +512,7 @@ mod compio_raw {
     }
 }
 
-impl Raw for CompioUring {
-    async fn raw_throughput(frame: &[u8], batch: usize, messages: u64) -> io::Result<()> {
-        compio_raw::throughput(frame, batch, messages).await
-    }
-    async fn raw_round_trip(frame: &[u8], iterations: u64) -> io::Result<Vec<Duration>> {
-        compio_raw::round_trip(frame, iterations).await
-    }
-}
-
-impl Raw for CompioPoll {
+impl<const IO_URING: bool> Raw for Compio<IO_URING> {
     async fn raw_throughput(frame: &[u8], batch: usize, messages: u64) -> io::Result<()> {
         compio_raw::throughput(frame, batch, messages).await
     }

@@ -223,20 +223,25 @@ forward_api!(bus_tokio);
 forward_api!(bus_smol);
 forward_api!(bus_compio);
 
+/// bus-tokio on a 2-worker multi-threaded runtime (`MULTI`) or on a
+/// current-thread one.
+pub struct Tokio<const MULTI: bool>;
 /// bus-tokio on a 2-worker multi-threaded runtime.
-pub struct TokioMulti;
+pub type TokioMulti = Tokio<true>;
 /// bus-tokio on a current-thread runtime.
-pub struct TokioCurrent;
+pub type TokioCurrent = Tokio<false>;
 /// bus-smol, its tasks on smol's global executor, the scenario on
 /// `smol::block_on`.
 pub struct Smol;
 /// bus-smol with its tasks on an executor the scenario's thread runs
 /// (`Node::start_on`), the scenario on that executor too.
 pub struct SmolExecutor;
+/// bus-compio on the io_uring driver (`IO_URING`) or on epoll.
+pub struct Compio<const IO_URING: bool>;
 /// bus-compio on the io_uring driver.
-pub struct CompioUring;
+pub type CompioUring = Compio<true>;
 /// bus-compio on the epoll driver.
-pub struct CompioPoll;
+pub type CompioPoll = Compio<false>;
 
 fn tokio_runtime(multi: bool) -> tokio::runtime::Runtime {
     let mut builder = if multi {
@@ -249,22 +254,14 @@ fn tokio_runtime(multi: bool) -> tokio::runtime::Runtime {
     builder.enable_all().build().expect("a tokio runtime")
 }
 
-impl Bus for TokioMulti {
-    const NAME: &'static str = "tokio (multi-thread)";
+impl<const MULTI: bool> Bus for Tokio<MULTI> {
+    const NAME: &'static str = match MULTI {
+        true => "tokio (multi-thread)",
+        false => "tokio (current-thread)",
+    };
     forward_start!(bus_tokio);
     fn run<F: Future>(scenario: F) -> F::Output {
-        tokio_runtime(true).block_on(scenario)
-    }
-    fn sleep(duration: Duration) -> impl Future<Output = ()> {
-        tokio::time::sleep(duration)
-    }
-}
-
-impl Bus for TokioCurrent {
-    const NAME: &'static str = "tokio (current-thread)";
-    forward_start!(bus_tokio);
-    fn run<F: Future>(scenario: F) -> F::Output {
-        tokio_runtime(false).block_on(scenario)
+        tokio_runtime(MULTI).block_on(scenario)
     }
     fn sleep(duration: Duration) -> impl Future<Output = ()> {
         tokio::time::sleep(duration)
@@ -348,22 +345,18 @@ pub fn compio_runtime(driver: compio::driver::DriverType) -> compio::runtime::Ru
     runtime
 }
 
-impl Bus for CompioUring {
-    const NAME: &'static str = "compio (io_uring)";
+impl<const IO_URING: bool> Bus for Compio<IO_URING> {
+    const NAME: &'static str = match IO_URING {
+        true => "compio (io_uring)",
+        false => "compio (epoll)",
+    };
     forward_start!(bus_compio);
     fn run<F: Future>(scenario: F) -> F::Output {
-        compio_runtime(compio::driver::DriverType::IoUring).block_on(scenario)
-    }
-    fn sleep(duration: Duration) -> impl Future<Output = ()> {
-        compio::time::sleep(duration)
-    }
-}
-
-impl Bus for CompioPoll {
-    const NAME: &'static str = "compio (epoll)";
-    forward_start!(bus_compio);
-    fn run<F: Future>(scenario: F) -> F::Output {
-        compio_runtime(compio::driver::DriverType::Poll).block_on(scenario)
+        let driver = match IO_URING {
+            true => compio::driver::DriverType::IoUring,
+            false => compio::driver::DriverType::Poll,
+        };
+        compio_runtime(driver).block_on(scenario)
     }
     fn sleep(duration: Duration) -> impl Future<Output = ()> {
         compio::time::sleep(duration)

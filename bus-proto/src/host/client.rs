@@ -118,41 +118,8 @@ impl ClientFront {
 }
 
 impl Machine for ClientFront {
-    fn take_read_buffer(&mut self, id: ConnectionId) -> Option<BytesMut> {
-        self.client.read_buffer(id).map(core::mem::take)
-    }
-    fn handle_read(&mut self, now: Now, id: ConnectionId, buffer: BytesMut) {
-        // A stale id means the connection is already gone; the socket task
-        // learns that from `Disconnect`.
-        if let Some(slot) = self.client.read_buffer(id) {
-            *slot = buffer;
-            let _ = self.client.handle_read(now, id);
-        }
-    }
-    fn handle_eof(&mut self, now: Now, id: ConnectionId) {
-        self.client.handle_eof(now, id);
-    }
-    fn handle_timeout(&mut self, now: Now) {
-        self.client.handle_timeout(now);
-    }
-    fn connected(&mut self, now: Now, id: ConnectionId) -> bool {
-        self.client.connected(now, id, Binding::NONE).is_ok()
-    }
-    fn connect_failed(&mut self, now: Now, id: ConnectionId) {
-        self.client.connect_failed(now, id);
-    }
-    fn poll_transmit_for(&mut self, now: Now, id: ConnectionId) -> Option<Transmit> {
-        self.client.poll_transmit_for(now, id)
-    }
-    fn poll_ready(&mut self) -> Option<ConnectionId> {
-        self.client.poll_ready()
-    }
-    fn poll_action(&mut self) -> Option<Action> {
-        self.client.poll_action()
-    }
-    fn poll_timeout(&self) -> Option<Instant> {
-        self.client.poll_timeout()
-    }
+    forward_socket_io!(client);
+
     fn deliver(&mut self) {
         while let Some(event) = self.client.poll_event() {
             match event {
@@ -193,9 +160,6 @@ impl Machine for ClientFront {
     fn reading_paused(&self) -> bool {
         // Replies go straight to their waiters.
         false
-    }
-    fn connections(&self) -> usize {
-        self.client.connections()
     }
     fn dial_error(&mut self, error: &std::io::Error) {
         if self.tally.is_none() {

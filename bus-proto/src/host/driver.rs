@@ -278,12 +278,16 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
         poll_fn(|cx| {
             let mut state = self.lock();
             loop {
-                let address = state.addresses.get(&replica).copied();
-                if address.is_some() || Self::should_close(&state, id) {
+                let closing = Self::should_close(&state, id);
+                let address = match closing {
+                    true => None,
+                    false => state.addresses.get(&replica).copied(),
+                };
+                if closing || address.is_some() {
                     if let Some(entry) = state.sockets.get_mut(&id) {
                         entry.addressless = false;
                     }
-                    return Poll::Ready(address.filter(|_| !Self::should_close(&state, id)));
+                    return Poll::Ready(address);
                 }
                 // Woken by `set_address`, or for output before the socket
                 // exists, which needs no answer: the socket task's first
@@ -449,9 +453,10 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
     /// timer and listeners. Returns how many connections it had to drop.
     pub(super) async fn drain(&self, deadline: Duration) -> usize {
         let until = self.runtime.now().mono.saturating_add(deadline);
-        let drained = first(self.idle(), self.runtime.sleep_until(until))
-            .await
-            .is_left();
+        let drained = matches!(
+            first(self.idle(), self.runtime.sleep_until(until)).await,
+            First::Left(())
+        );
         let stragglers = if drained {
             0
         } else {
@@ -522,10 +527,8 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
                         at
                     };
                     ran_due = false;
-                    if first(self.runtime.sleep_until(at), notified)
-                        .await
-                        .is_left()
-                    {
+                    let slept = first(self.runtime.sleep_until(at), notified).await;
+                    if matches!(slept, First::Left(())) {
                         self.with(|m, now| m.handle_timeout(now));
                     }
                 }
@@ -553,29 +556,26 @@ impl<M: Machine, R: Runtime> Drop for Registration<'_, M, R> {
     }
 }
 
-/// Which of two futures finished first.
-enum Either {
-    Left,
-    Right,
+/// Which of two futures finished first, with its output.
+#[derive(Debug)]
+pub enum First<A, B> {
+    /// The first future's output.
+    Left(A),
+    /// The second future's output.
+    Right(B),
 }
 
-impl Either {
-    fn is_left(&self) -> bool {
-        matches!(self, Either::Left)
-    }
-}
-
-/// Runs both futures, returns when the first completes (`a` is polled
-/// first).
-async fn first(a: impl Future<Output = ()>, b: impl Future<Output = ()>) -> Either {
+/// Runs both futures until one completes (`a` is polled first); the other
+/// is dropped. For adapters whose runtime has no select of its own.
+pub async fn first<A: Future, B: Future>(a: A, b: B) -> First<A::Output, B::Output> {
     let mut a = pin!(a);
     let mut b = pin!(b);
     poll_fn(|cx: &mut Context<'_>| {
-        if a.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(Either::Left);
+        if let Poll::Ready(out) = a.as_mut().poll(cx) {
+            return Poll::Ready(First::Left(out));
         }
-        if b.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(Either::Right);
+        if let Poll::Ready(out) = b.as_mut().poll(cx) {
+            return Poll::Ready(First::Right(out));
         }
         Poll::Pending
     })

@@ -25,6 +25,52 @@
 //! - an accept loop calling [`Shared::accept`] until [`Shared::stopped`];
 //! - the public `Node`, `Events` and `Client` types, which forward here.
 
+/// The [`Machine`] methods that only pass socket input and output through
+/// to the core held in field `$core` (a `node::Node` or a `client::Client`,
+/// which share these methods); each front adds what its application sees.
+macro_rules! forward_socket_io {
+    ($core:ident) => {
+        fn take_read_buffer(&mut self, id: ConnectionId) -> Option<BytesMut> {
+            self.$core.read_buffer(id).map(core::mem::take)
+        }
+        fn handle_read(&mut self, now: Now, id: ConnectionId, buffer: BytesMut) {
+            // A stale id means the connection is already gone; the socket
+            // task learns that from `Disconnect`.
+            if let Some(slot) = self.$core.read_buffer(id) {
+                *slot = buffer;
+                let _ = self.$core.handle_read(now, id);
+            }
+        }
+        fn handle_eof(&mut self, now: Now, id: ConnectionId) {
+            self.$core.handle_eof(now, id);
+        }
+        fn handle_timeout(&mut self, now: Now) {
+            self.$core.handle_timeout(now);
+        }
+        fn connected(&mut self, now: Now, id: ConnectionId) -> bool {
+            self.$core.connected(now, id, Binding::NONE).is_ok()
+        }
+        fn connect_failed(&mut self, now: Now, id: ConnectionId) {
+            self.$core.connect_failed(now, id);
+        }
+        fn poll_transmit_for(&mut self, now: Now, id: ConnectionId) -> Option<Transmit> {
+            self.$core.poll_transmit_for(now, id)
+        }
+        fn poll_ready(&mut self) -> Option<ConnectionId> {
+            self.$core.poll_ready()
+        }
+        fn poll_action(&mut self) -> Option<Action> {
+            self.$core.poll_action()
+        }
+        fn poll_timeout(&self) -> Option<Instant> {
+            self.$core.poll_timeout()
+        }
+        fn connections(&self) -> usize {
+            self.$core.connections()
+        }
+    };
+}
+
 mod client;
 mod driver;
 mod error;
@@ -36,7 +82,7 @@ mod slots;
 mod socket;
 
 pub use client::{ClientFront, Link, Reply};
-pub use driver::{Owner, Runtime, Shared, SharedOptions};
+pub use driver::{First, Owner, Runtime, Shared, SharedOptions, first};
 pub use error::{ClientError, ConnectError, ListenError, StartError};
 pub use node::{NodeFront, NodeOptions};
 pub use outgoing::{MAX_IOVECS, Outgoing};

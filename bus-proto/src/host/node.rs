@@ -84,41 +84,8 @@ impl NodeFront {
 }
 
 impl Machine for NodeFront {
-    fn take_read_buffer(&mut self, id: ConnectionId) -> Option<BytesMut> {
-        self.node.read_buffer(id).map(core::mem::take)
-    }
-    fn handle_read(&mut self, now: Now, id: ConnectionId, buffer: BytesMut) {
-        // A stale id means the connection is already gone; the socket task
-        // learns that from `Disconnect`.
-        if let Some(slot) = self.node.read_buffer(id) {
-            *slot = buffer;
-            let _ = self.node.handle_read(now, id);
-        }
-    }
-    fn handle_eof(&mut self, now: Now, id: ConnectionId) {
-        self.node.handle_eof(now, id);
-    }
-    fn handle_timeout(&mut self, now: Now) {
-        self.node.handle_timeout(now);
-    }
-    fn connected(&mut self, now: Now, id: ConnectionId) -> bool {
-        self.node.connected(now, id, Binding::NONE).is_ok()
-    }
-    fn connect_failed(&mut self, now: Now, id: ConnectionId) {
-        self.node.connect_failed(now, id);
-    }
-    fn poll_transmit_for(&mut self, now: Now, id: ConnectionId) -> Option<Transmit> {
-        self.node.poll_transmit_for(now, id)
-    }
-    fn poll_ready(&mut self) -> Option<ConnectionId> {
-        self.node.poll_ready()
-    }
-    fn poll_action(&mut self) -> Option<Action> {
-        self.node.poll_action()
-    }
-    fn poll_timeout(&self) -> Option<Instant> {
-        self.node.poll_timeout()
-    }
+    forward_socket_io!(node);
+
     fn deliver(&mut self) {
         let before = self.events.len();
         while let Some(event) = self.node.poll_event() {
@@ -150,9 +117,6 @@ impl Machine for NodeFront {
     fn reading_paused(&self) -> bool {
         // Once shutting down, sockets keep reading so closes complete.
         self.tally.is_none() && self.events.len() >= self.capacity
-    }
-    fn connections(&self) -> usize {
-        self.node.connections()
     }
 }
 

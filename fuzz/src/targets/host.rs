@@ -155,10 +155,9 @@ pub fn host(data: &[u8]) {
     let mut events = Vec::new();
 
     for op in ops::<Op>(&mut u).take(256) {
-        let pick = |i: u8, tasks: &mut Vec<Task>| {
-            let n = tasks.len();
-            (n > 0).then(|| usize::from(i) % n)
-        };
+        // The socket task an operation names, if any runs.
+        let pick =
+            |i: u8, tasks: &[Task]| (!tasks.is_empty()).then(|| usize::from(i) % tasks.len());
         match op {
             Op::Accept => {
                 if let Some(socket) = shared.accept_socket() {
@@ -190,7 +189,7 @@ pub fn host(data: &[u8]) {
                 }
             }
             Op::Step(i) => {
-                let Some(i) = pick(i, &mut tasks) else {
+                let Some(i) = pick(i, &tasks) else {
                     continue;
                 };
                 let task = &mut tasks[i];
@@ -211,7 +210,7 @@ pub fn host(data: &[u8]) {
                 written,
                 fail,
             } => {
-                let Some(i) = pick(socket, &mut tasks) else {
+                let Some(i) = pick(socket, &tasks) else {
                     continue;
                 };
                 let task = &mut tasks[i];
@@ -229,7 +228,7 @@ pub fn host(data: &[u8]) {
                     .is_break();
             }
             Op::WriteOwned { socket, fail } => {
-                let Some(i) = pick(socket, &mut tasks) else {
+                let Some(i) = pick(socket, &tasks) else {
                     continue;
                 };
                 let task = &mut tasks[i];
@@ -248,7 +247,7 @@ pub fn host(data: &[u8]) {
                     .is_break();
             }
             Op::Read { socket, bytes } => {
-                let Some(i) = pick(socket, &mut tasks) else {
+                let Some(i) = pick(socket, &tasks) else {
                     continue;
                 };
                 let task = &mut tasks[i];
@@ -261,7 +260,7 @@ pub fn host(data: &[u8]) {
                 task.over = shared.complete(&mut task.socket, done).is_break();
             }
             Op::ReadOwned { socket, bytes } => {
-                let Some(i) = pick(socket, &mut tasks) else {
+                let Some(i) = pick(socket, &tasks) else {
                     continue;
                 };
                 let task = &mut tasks[i];
@@ -281,7 +280,7 @@ pub fn host(data: &[u8]) {
                 task.over = shared.complete(&mut task.socket, done).is_break();
             }
             Op::ReadError(socket) => {
-                let Some(i) = pick(socket, &mut tasks) else {
+                let Some(i) = pick(socket, &tasks) else {
                     continue;
                 };
                 let task = &mut tasks[i];
@@ -292,7 +291,7 @@ pub fn host(data: &[u8]) {
                 task.over = shared.complete(&mut task.socket, done).is_break();
             }
             Op::Linger(socket) => {
-                let Some(i) = pick(socket, &mut tasks) else {
+                let Some(i) = pick(socket, &tasks) else {
                     continue;
                 };
                 let task = &mut tasks[i];
@@ -303,7 +302,7 @@ pub fn host(data: &[u8]) {
                 }
             }
             Op::Woken(socket) => {
-                let Some(i) = pick(socket, &mut tasks) else {
+                let Some(i) = pick(socket, &tasks) else {
                     continue;
                 };
                 let id = tasks[i].socket.id();
@@ -317,7 +316,7 @@ pub fn host(data: &[u8]) {
                 );
             }
             Op::Close(socket) => {
-                let Some(i) = pick(socket, &mut tasks) else {
+                let Some(i) = pick(socket, &tasks) else {
                     continue;
                 };
                 if tasks[i].over {
