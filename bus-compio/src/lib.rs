@@ -30,7 +30,7 @@
 //!     let client_params = ClientParams { cluster: 7, id: Client::random_id(), target: 0 };
 //!     let client = Client::start(&config, client_params, keys, address)?;
 //!     let reply = compio::runtime::spawn(async move { client.request(1, "ping".into()).await });
-//!     if let Some(NodeEvent::Request { request, body }) = events.recv().await {
+//!     if let Some(NodeEvent::Request { request, body, .. }) = events.recv().await {
 //!         node.reply(request, body)?; // echo
 //!     }
 //!     assert_eq!(&reply.await.expect("task")?.body[..], b"ping");

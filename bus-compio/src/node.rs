@@ -40,7 +40,7 @@ type Driver = Shared<NodeFront, Compio>;
 /// let (node, mut events) = Node::start(&config, params, keys, options)?;
 /// node.listen("127.0.0.1:7000").await?;
 /// while let Some(event) = events.recv().await {
-///     if let NodeEvent::Request { request, body } = event {
+///     if let NodeEvent::Request { request, body, .. } = event {
 ///         node.reply(request, body)?; // echo
 ///     }
 /// }
@@ -186,15 +186,23 @@ impl Node {
     }
 }
 
+/// Writes a refusal to a socket the node would not take, within `linger`,
+/// then closes it.
+async fn refuse(stream: compio::net::TcpStream, reject: [u8; 256], linger: Duration) {
+    use compio::io::AsyncWriteExt;
+    let mut stream = stream;
+    let write = stream.write_all(reject.to_vec());
+    let _ = first(write, compio::time::sleep(linger)).await;
+}
+
 async fn accept_loop(shared: &Arc<Driver>, listener: TcpListener) {
     loop {
         match first(listener.accept(), shared.stopped()).await {
             First::Right(()) => return,
-            First::Left(Ok((stream, _))) => {
-                if let Some(socket) = shared.accept_socket() {
-                    Compio::spawn(drive(Arc::clone(shared), socket, stream));
-                }
-            }
+            First::Left(Ok((stream, remote))) => match shared.accept_socket(Some(remote)) {
+                Ok(socket) => Compio::spawn(drive(Arc::clone(shared), socket, stream)),
+                Err(refused) => Compio::spawn(refuse(stream, refused.reject(), shared.linger())),
+            },
             First::Left(Err(error)) => {
                 // Out of file descriptors and the like: wait instead of
                 // spinning; the listener itself is still fine.
@@ -237,6 +245,16 @@ impl Events {
         self.shared
             .poll_events(cx, &mut batch, 1)
             .map(|_| batch.pop())
+    }
+}
+
+/// Dropping the event stream is harmless: the node keeps its connections
+/// and sends; messages and requests delivered from then on are discarded
+/// and counted in `NodeStats::deliveries_discarded` (one warning is
+/// logged).
+impl Drop for Events {
+    fn drop(&mut self) {
+        self.shared.events_dropped();
     }
 }
 

@@ -58,12 +58,26 @@ pub struct Config {
     /// Reconnect delay cap. Default 10 s; `>= reconnect_min`.
     #[serde(rename = "reconnect_max_ms", with = "millis")]
     pub reconnect_max: Duration,
-    /// Handshakes in progress before new connections are refused.
-    /// Default 64; `>= 1`.
+    /// Acceptor: how long a new connection may take to deliver its whole
+    /// `hello` (its first 256 bytes). A socket that proves nothing is
+    /// closed this soon, long before `handshake_timeout`. Default 2 s;
+    /// `>= 10 ms`; above `handshake_timeout` it is that.
+    #[serde(rename = "hello_timeout_ms", with = "millis")]
+    pub hello_timeout: Duration,
+    /// Accepted connections whose `hello` has not verified yet (the
+    /// unauthenticated pool). At the cap a new connection evicts the
+    /// oldest one of the address holding the most, so silent or garbage
+    /// sockets never lock legitimate dialers out. Default 64; `>= 1`.
     pub max_handshakes_in_flight: usize,
-    /// Connections a node holds at once (dialled, accepted, established);
-    /// an accept beyond it is refused. Default 1024;
-    /// `>= max_handshakes_in_flight`.
+    /// The unauthenticated pool's share for one remote IP address: a new
+    /// connection beyond it evicts that address's oldest. Default 16;
+    /// `>= 1`; above `max_handshakes_in_flight` it is that.
+    pub max_unauthenticated_per_address: usize,
+    /// Accepted connections that are not replicas (clients and the
+    /// unauthenticated pool). Replica connections have room of their own
+    /// beyond it. An accept beyond it evicts an unauthenticated connection,
+    /// or, with none to evict, is refused with `reject Busy`.
+    /// Default 1024; `>= max_handshakes_in_flight`.
     pub max_connections: usize,
     /// Peers tracked by the replay store. Default 4096; `>= 1`.
     pub max_replay_peers: usize,
@@ -105,7 +119,9 @@ impl Default for Config {
             close_grace: Duration::from_secs(2),
             reconnect_min: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(10),
+            hello_timeout: Duration::from_secs(2),
             max_handshakes_in_flight: 64,
+            max_unauthenticated_per_address: 16,
             max_connections: 1024,
             max_replay_peers: 4096,
             authenticated_frames: false,
@@ -266,7 +282,18 @@ impl Config {
                 format!("must be at least reconnect_min ({:?})", c.reconnect_min),
             ));
         }
+        at_least(
+            "hello_timeout_ms",
+            c.hello_timeout,
+            Duration::from_millis(10),
+        )?;
         at_least("max_handshakes_in_flight", c.max_handshakes_in_flight, 1)?;
+        at_least(
+            "max_unauthenticated_per_address",
+            c.max_unauthenticated_per_address,
+            1,
+        )?;
+
         if c.max_connections < c.max_handshakes_in_flight {
             return Err(invalid(
                 "max_connections",

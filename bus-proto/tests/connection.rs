@@ -343,7 +343,7 @@ fn closed_is_reported_exactly_once_on_every_path() {
     conn.close(at_ms(10_002), CloseReason::Shutdown);
     assert_eq!(
         closed(&mut conn),
-        vec![CloseCause::Timeout(Deadline::Handshake)]
+        vec![CloseCause::Timeout(Deadline::Hello)]
     );
 }
 
@@ -465,6 +465,34 @@ fn silence_after_the_handshake_closes_at_the_liveness_deadline() {
     assert!(closed(&mut acceptor).is_empty());
     assert_eq!(acceptor.poll_timeout(), Some(at_ms(5_000)));
     acceptor.handle_timeout(at_ms(5_000));
+    assert_eq!(
+        closed(&mut acceptor),
+        vec![CloseCause::Timeout(Deadline::Liveness)]
+    );
+}
+
+/// Hazard 31: while the host does not read (the application is slow),
+/// silence proves nothing, so the liveness deadline is suspended; on resume
+/// the peer gets a whole `liveness_timeout`. Heartbeats keep going out.
+#[test]
+fn a_paused_reader_never_declares_its_peer_dead() {
+    let (_dialer, mut acceptor) = establish(&config());
+    acceptor.set_reading_paused(at_ms(500), true);
+    for s in 1..=30 {
+        let now = at_ms(s * 1_000);
+        acceptor.handle_timeout(now);
+        // A heartbeat per idle second: the peer keeps hearing from us.
+        let ping = acceptor.poll_transmit(now).expect("a heartbeat");
+        assert_eq!(ping.frames(), 1);
+        assert!(
+            closed(&mut acceptor).is_empty(),
+            "closed after {s} s paused"
+        );
+    }
+    acceptor.set_reading_paused(at_ms(30_000), false);
+    acceptor.handle_timeout(at_ms(34_999));
+    assert!(closed(&mut acceptor).is_empty());
+    acceptor.handle_timeout(at_ms(35_000));
     assert_eq!(
         closed(&mut acceptor),
         vec![CloseCause::Timeout(Deadline::Liveness)]

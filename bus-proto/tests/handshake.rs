@@ -519,13 +519,14 @@ fn key_rotation_with_a_verify_only_key_never_refuses_a_dial() {
 }
 
 #[test]
-fn silent_peer_is_closed_at_the_handshake_deadline() {
+fn silent_peer_is_closed_at_the_hello_deadline() {
     let mut conn = Connection::accept(Instant::ZERO, &config(), Binding::NONE);
-    let deadline = Instant::from_nanos(10_000_000_000);
+    // The default `hello_timeout`: far shorter than the whole handshake's.
+    let deadline = Instant::from_nanos(2_000_000_000);
     assert_eq!(conn.poll_timeout(), Some(deadline));
     // Trickling a partial frame does not extend the deadline.
-    for s in 1..10 {
-        let now = Instant::from_nanos(s * 1_000_000_000);
+    for ms in (100..2000).step_by(100) {
+        let now = Instant::from_nanos(ms * 1_000_000);
         conn.handle_input(now, &[0]);
         conn.handle_timeout(now);
         assert!(conn.poll_event().is_none());
@@ -535,7 +536,7 @@ fn silent_peer_is_closed_at_the_handshake_deadline() {
     assert_eq!(
         conn.poll_event(),
         Some(Event::Closed {
-            reason: CloseCause::Timeout(bus_proto::connection::Deadline::Handshake)
+            reason: CloseCause::Timeout(bus_proto::connection::Deadline::Hello)
         })
     );
     assert!(conn.is_drained() && conn.poll_timeout().is_none());
@@ -755,6 +756,26 @@ fn bytes_after_the_hello_before_the_answer_close_the_dial() {
         })
     );
     assert_eq!(conn.read_buffer().len(), 0, "the early bytes were dropped");
+}
+
+/// PROTOCOL.md §8.3: bytes that arrive in the same read as the `hello`
+/// are early data too, refused before the gate runs.
+#[test]
+fn bytes_in_the_same_read_as_the_hello_close_the_dial_before_admission() {
+    let ring = KeyRing::new(key(1));
+    let mut stream = hello(PeerId::Replica(0), 1, &ring, Binding::NONE, wall(0), 1);
+    stream.extend_from_slice(&[0u8; 100]);
+    let mut conn = Connection::accept(Instant::ZERO, &config(), Binding::NONE);
+    conn.handle_input(Instant::ZERO, &stream);
+    assert!(conn.take_hello().is_none(), "nothing reaches the gate");
+    assert_eq!(
+        conn.poll_event(),
+        Some(Event::Closed {
+            reason: CloseCause::Unauthenticated(bus_proto::connection::Violation::EarlyData {
+                bytes: 100
+            })
+        })
+    );
 }
 
 #[test]

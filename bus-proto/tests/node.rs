@@ -10,9 +10,10 @@ use bus_proto::config::{Config, ValidConfig};
 use bus_proto::connection::{CloseCause, Event};
 use bus_proto::crypto::{Key, KeyRing, PeerId};
 use bus_proto::handshake::Binding;
-use bus_proto::node::{AcceptError, NodeEvent, ReplyError, RouteError, SocketError};
-use bus_proto::wire::{CloseReason, RequestHeader};
+use bus_proto::node::{AcceptError, Action, NodeEvent, ReplyError, RouteError, SocketError};
+use bus_proto::wire::{CloseReason, FrameDecoder, Integrity, Kind, RejectStatus, RequestHeader};
 use bytes::Bytes;
+use std::net::SocketAddr;
 use std::time::Duration;
 use support::net::{Host, Net};
 
@@ -341,39 +342,126 @@ fn a_peer_that_is_connected_or_mid_dial_is_never_dialled_again() {
     assert_eq!(net.connects.len(), dials);
 }
 
-/// Hazard 12 at the node: handshakes in flight are capped; silent sockets
-/// are dropped at the handshake deadline and free their slots.
+/// Hazards 12 and 33 at the node: the unauthenticated pool is capped, a
+/// new socket evicts the oldest (told `reject Busy`) instead of being
+/// refused, and silent sockets close at the `hello` deadline.
 #[test]
-fn handshakes_in_flight_are_capped_and_silent_sockets_expire() {
+fn a_full_unauthenticated_pool_evicts_its_oldest_and_silent_sockets_expire() {
     let c = Config {
         max_handshakes_in_flight: 4,
+        hello_timeout: Duration::from_millis(200),
         ..config()
     };
     let mut net = Net::new(valid(c), 1);
     let at = net.at();
-    for _ in 0..4 {
-        net.node(0).accept(at, Binding::NONE).unwrap();
-    }
+    let first: Vec<_> = (0..4)
+        .map(|_| net.node(0).accept(at, Binding::NONE).unwrap())
+        .collect();
+    let newest = net
+        .node(0)
+        .accept(at, Binding::NONE)
+        .expect("never refused");
+    assert_eq!(net.node(0).handshakes_in_flight(), 4);
+    assert_eq!(net.node(0).stats().unauthenticated_evicted, 1);
+    assert_eq!(net.node(0).stats().accepts_refused, 0);
+    // The oldest is told `Busy`, then closed.
+    let (to, transmit) = net.node(0).poll_transmit(at).expect("the reject");
+    assert_eq!(to, first[0]);
+    let mut bytes = Vec::new();
+    transmit.write_to(&mut bytes);
+    let mut decoder = FrameDecoder::new(Integrity::Checksum, 256);
+    decoder.feed(&bytes);
+    let frame = decoder.next_frame().unwrap().expect("a whole frame");
+    assert!(
+        matches!(frame.header.kind, Kind::Reject(r) if r.status == RejectStatus::Busy),
+        "{:?}",
+        frame.header.kind
+    );
     assert_eq!(
-        net.node(0).accept(at, Binding::NONE),
-        Err(AcceptError::HandshakesInFlight {
-            in_flight: 4,
-            max: 4
+        net.node(0).poll_action(),
+        Some(Action::Disconnect {
+            connection: first[0]
         })
     );
-    net.now = bus_proto::time::Instant::from_nanos(300_000_000);
+    let failed = net.node(0).poll_event();
+    assert!(
+        matches!(
+            &failed,
+            Some(NodeEvent::HandshakeFailed { connection, cause: CloseCause::Refused(RejectStatus::Busy), .. })
+                if *connection == first[0]
+        ),
+        "{failed:?}"
+    );
+    assert!(net.node(0).connection(newest).is_some());
+    // Before the whole handshake deadline, the hello deadline closes the
+    // rest.
+    net.now = bus_proto::time::Instant::from_nanos(250_000_000);
     let at = net.at();
     net.node(0).handle_timeout(at);
     let mut dropped = 0;
     while let Some(a) = net.node(0).poll_action() {
-        assert!(matches!(a, bus_proto::node::Action::Disconnect { .. }));
+        assert!(matches!(a, Action::Disconnect { .. }));
         dropped += 1;
     }
     assert_eq!(dropped, 4);
     assert_eq!(net.node(0).handshakes_in_flight(), 0);
-    assert_eq!(net.node(0).stats().handshakes_failed, 4);
+    assert_eq!(net.node(0).stats().handshakes_failed, 5);
     let at = net.at();
     assert!(net.node(0).accept(at, Binding::NONE).is_ok());
+}
+
+/// One address over its share of the pool evicts its own oldest, never
+/// another address's connection; a full pool evicts from the address
+/// holding the most.
+#[test]
+fn eviction_takes_from_the_address_that_holds_the_most() {
+    let c = Config {
+        max_handshakes_in_flight: 6,
+        max_unauthenticated_per_address: 4,
+        ..config()
+    };
+    let mut net = Net::new(valid(c), 1);
+    let at = net.at();
+    let honest = SocketAddr::from(([10, 0, 0, 1], 4000));
+    let attacker = |port| SocketAddr::from(([10, 0, 0, 66], port));
+    let kept = net
+        .node(0)
+        .accept_from(at, Some(honest), Binding::NONE)
+        .unwrap();
+    for port in 0..100 {
+        net.node(0)
+            .accept_from(at, Some(attacker(port)), Binding::NONE)
+            .unwrap();
+        assert!(
+            net.node(0).connection(kept).is_some(),
+            "the honest socket stays"
+        );
+    }
+    assert_eq!(net.node(0).handshakes_in_flight(), 5);
+    assert_eq!(net.node(0).stats().unauthenticated_evicted, 96);
+    // Another address fills the pool: the attacker's address, holding the
+    // most, pays.
+    let other = SocketAddr::from(([10, 0, 0, 2], 4000));
+    for _ in 0..3 {
+        net.node(0)
+            .accept_from(at, Some(other), Binding::NONE)
+            .unwrap();
+    }
+    assert!(net.node(0).connection(kept).is_some());
+    assert_eq!(net.node(0).remote(kept), Some(honest));
+    assert_eq!(net.node(0).handshakes_in_flight(), 6);
+}
+
+/// `max_connections` full of authenticated clients: nothing to evict, so
+/// the accept is refused with a `reject Busy` for the adapter to write.
+#[test]
+fn a_refused_accept_carries_a_busy_reject() {
+    let error = AcceptError::ShuttingDown { cluster: 7 };
+    let mut decoder = FrameDecoder::new(Integrity::Checksum, 256);
+    decoder.feed(&error.reject());
+    let frame = decoder.next_frame().unwrap().expect("a whole frame");
+    assert_eq!(frame.header.cluster, 7);
+    assert!(matches!(frame.header.kind, Kind::Reject(r) if r.status == RejectStatus::Busy));
 }
 
 /// Wrong keys never establish, on either plane.

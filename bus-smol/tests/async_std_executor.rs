@@ -63,7 +63,7 @@ fn a_cluster_and_a_client_run_under_async_std_block_on() {
         });
         let reply_to = loop {
             match one_events.recv().await {
-                Some(NodeEvent::Request { request, body }) => break (request, body),
+                Some(NodeEvent::Request { request, body, .. }) => break (request, body),
                 Some(_) => {}
                 None => panic!("the event stream ended"),
             }

@@ -37,7 +37,7 @@ type Driver = Shared<NodeFront, Tokio>;
 /// let (node, mut events) = Node::start(&config, params, keys, options)?;
 /// node.listen("127.0.0.1:7000").await?;
 /// while let Some(event) = events.recv().await {
-///     if let NodeEvent::Request { request, body } = event {
+///     if let NodeEvent::Request { request, body, .. } = event {
 ///         node.reply(request, body)?; // echo
 ///     }
 /// }
@@ -185,12 +185,14 @@ async fn accept_loop(shared: &Arc<Driver>, listener: TcpListener) {
             () = shared.stopped() => return,
         };
         match accepted {
-            Ok((stream, _)) => {
-                if let Some(socket) = shared.accept_socket() {
+            Ok((stream, remote)) => match shared.accept_socket(Some(remote)) {
+                Ok(socket) => {
                     let task = drive(Arc::clone(shared), socket, stream);
                     shared.runtime().spawn(task);
                 }
-            }
+                // A new socket's send buffer is empty: the reject fits.
+                Err(refused) => drop(stream.try_write(&refused.reject())),
+            },
             Err(error) => {
                 // Out of file descriptors and the like: wait instead of
                 // spinning; the listener itself is still fine.
@@ -232,6 +234,16 @@ impl Events {
         self.shared
             .poll_events(cx, &mut batch, 1)
             .map(|_| batch.pop())
+    }
+}
+
+/// Dropping the event stream is harmless: the node keeps its connections
+/// and sends; messages and requests delivered from then on are discarded
+/// and counted in `NodeStats::deliveries_discarded` (one warning is
+/// logged).
+impl Drop for Events {
+    fn drop(&mut self) {
+        self.shared.events_dropped();
     }
 }
 

@@ -85,7 +85,7 @@ async fn replica<B: Bus>(me: u8, board: &Board) -> Seen {
         let mut messages = Vec::new();
         while !(board.all_finished() && messages.len() == others().count()) {
             match within::<B, _>(Duration::from_millis(20), events.recv()).await {
-                Some(Some(NodeEvent::Request { request, body })) => {
+                Some(Some(NodeEvent::Request { request, body, .. })) => {
                     let mut answer = format!("{me}:").into_bytes();
                     answer.extend_from_slice(&body);
                     node.reply(request, Bytes::from(answer)).unwrap();

@@ -86,7 +86,7 @@ async fn replicas_round_trip_messages_and_clients_get_replies<B: Bus>() {
     let reply = {
         let request = client.request(42, Bytes::from_static(b"ping"));
         let serve = async {
-            let NodeEvent::Request { request, body } =
+            let NodeEvent::Request { request, body, .. } =
                 wait_for::<B>(&mut members[1].events, "the request", |e| {
                     matches!(e, NodeEvent::Request { .. })
                 })
@@ -166,7 +166,9 @@ async fn a_wrong_key_is_rejected_on_both_sides_with_its_status<B: Bus>() {
 async fn silent_connections_do_not_delay_a_peer_and_close_at_the_deadline<B: Bus>() {
     let mut tuned = quick();
     tuned.max_handshakes_in_flight = 256;
+    tuned.max_unauthenticated_per_address = 256;
     tuned.handshake_timeout = Duration::from_secs(3);
+    tuned.hello_timeout = Duration::from_secs(3);
     let config = tuned.validate().unwrap();
     let acceptor = member::<B>(&config, 1, 2, keys(3), NodeOptions::default()).await;
     let mut silent = Vec::new();
@@ -265,7 +267,7 @@ async fn backpressure_reaches_the_sender_when_the_peer_stops_reading<B: Bus>() {
     let config = config();
     let sender = member::<B>(&config, 0, 2, keys(5), NodeOptions::default()).await;
     let options = NodeOptions {
-        event_capacity: 8,
+        message_capacity: 8,
         ..NodeOptions::default()
     };
     let mut receiver = member::<B>(&config, 1, 2, keys(5), options).await;
@@ -523,7 +525,7 @@ async fn a_blocked_send_wait_returns_when_the_node_shuts_down<B: Bus>() {
     let config = config();
     let sender = member::<B>(&config, 0, 2, keys(12), NodeOptions::default()).await;
     let options = NodeOptions {
-        event_capacity: 8,
+        message_capacity: 8,
         ..NodeOptions::default()
     };
     let receiver = member::<B>(&config, 1, 2, keys(12), options).await;

@@ -451,7 +451,9 @@ impl Client {
             origin: Origin::Dialed(self.params.target),
             socket: Socket::Connecting { deadline },
             announced: false,
-            handshaking: false,
+            unauthenticated: false,
+            counted: false,
+            remote: None,
             established_at: None,
         }) {
             Some(id) => {

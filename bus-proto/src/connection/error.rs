@@ -10,6 +10,8 @@ use crate::wire::{
 pub enum Deadline {
     /// The handshake did not complete in `handshake_timeout`.
     Handshake,
+    /// Acceptor: the dialer's `hello` did not arrive in `hello_timeout`.
+    Hello,
     /// Nothing was received for `liveness_timeout`.
     Liveness,
     /// A graceful close did not finish within `close_grace`.

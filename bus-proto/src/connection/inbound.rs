@@ -30,6 +30,15 @@ impl Connection {
                 Err(e) => self.on_decode_error(e),
             }
         }
+        if self.closed.is_none()
+            && matches!(self.phase, Phase::HelloParked(_))
+            && self.decoder.buffered() > 0
+        {
+            // Bytes that came with the `hello` (in the same read) are early
+            // data too: refused before the gate runs (PROTOCOL.md §8.3).
+            let bytes = self.decoder.buffered();
+            self.finish(CloseCause::Unauthenticated(Violation::EarlyData { bytes }));
+        }
     }
 
     fn on_decode_error(&mut self, e: DecodeError) {

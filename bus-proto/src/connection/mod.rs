@@ -131,6 +131,7 @@ struct Limits {
     heartbeat: Duration,
     liveness: Duration,
     handshake: Duration,
+    hello: Duration,
     close_grace: Duration,
 }
 
@@ -144,6 +145,7 @@ impl Limits {
             heartbeat: config.heartbeat_interval,
             liveness: config.liveness_timeout,
             handshake: config.handshake_timeout,
+            hello: config.hello_timeout,
             close_grace: config.close_grace,
         }
     }
@@ -238,6 +240,12 @@ pub struct Connection {
     /// Events: at most a few per frame fed in, drained by `poll_event`.
     events: VecDeque<Event>,
     handshake_deadline: Instant,
+    /// Acceptor: the `hello` must be complete by then (a short deadline
+    /// for unauthenticated sockets, within the handshake's).
+    hello_deadline: Instant,
+    /// We stopped reading (the application's deliveries wait): the peer
+    /// is not judged by the liveness deadline meanwhile.
+    reading_paused: bool,
     last_sent: Instant,
     last_received: Instant,
     closing: Option<Closing>,
@@ -286,6 +294,8 @@ impl Connection {
             queued_bytes: 0,
             events: VecDeque::new(),
             handshake_deadline: now.saturating_add(limits.handshake),
+            hello_deadline: now.saturating_add(limits.hello.min(limits.handshake)),
+            reading_paused: false,
             last_sent: now,
             last_received: now,
             closing: None,
@@ -444,13 +454,58 @@ impl Connection {
         self.finish(cause);
     }
 
+    /// The host stopped (`true`) or resumed (`false`) reading this
+    /// connection's transport because the application has not taken its
+    /// deliveries. While paused the liveness deadline is suspended (our
+    /// own pause says nothing about the peer; hazard 31); on resume the
+    /// peer gets a whole `liveness_timeout` again. Heartbeats and the close
+    /// deadline keep running.
+    pub fn set_reading_paused(&mut self, now: Instant, paused: bool) {
+        if self.reading_paused && !paused {
+            self.last_received = self.last_received.max(now);
+        }
+        self.reading_paused = paused;
+    }
+
+    /// Whether reading is paused ([`Connection::set_reading_paused`]).
+    pub fn reading_paused(&self) -> bool {
+        self.reading_paused
+    }
+
+    /// Acceptor, before a `hello` was admitted: refuse the dialer with
+    /// `status` (a `reject` naming `cluster`, ours), then close. Used when
+    /// the node evicts an unauthenticated connection to make room. Ignored
+    /// in any other state.
+    pub fn refuse(&mut self, cluster: u128, status: crate::wire::RejectStatus) {
+        if self.side != Side::Acceptor
+            || !matches!(self.phase, Phase::AwaitingHello | Phase::HelloParked(_))
+        {
+            return;
+        }
+        self.cluster = cluster;
+        self.queue_handshake(Kind::Reject(crate::wire::Reject {
+            status,
+            protocol_min: PROTOCOL_VERSION,
+            protocol_max: PROTOCOL_VERSION,
+        }));
+        self.finish(CloseCause::Refused(status));
+    }
+
+    /// Acceptor: no `hello` has arrived yet (the dialer has proved
+    /// nothing).
+    pub fn awaiting_hello(&self) -> bool {
+        matches!(self.phase, Phase::AwaitingHello)
+    }
+
     /// Advances timers. Harmless when called early or more than once.
     pub fn handle_timeout(&mut self, now: Instant) {
         if self.closed.is_some() {
             return;
         }
         if !self.is_established() {
-            if now >= self.handshake_deadline {
+            if matches!(self.phase, Phase::AwaitingHello) && now >= self.hello_deadline {
+                self.finish(CloseCause::Timeout(Deadline::Hello));
+            } else if now >= self.handshake_deadline {
                 self.finish(CloseCause::Timeout(Deadline::Handshake));
             }
             return;
@@ -461,7 +516,7 @@ impl Connection {
                 return;
             }
         }
-        if now >= self.last_received.saturating_add(self.limits.liveness) {
+        if !self.reading_paused && now >= self.last_received.saturating_add(self.limits.liveness) {
             self.fail(
                 CloseCause::Timeout(Deadline::Liveness),
                 CloseReason::Timeout,
@@ -608,10 +663,16 @@ impl Connection {
             return None;
         }
         if !self.is_established() {
+            if matches!(self.phase, Phase::AwaitingHello) {
+                return Some(self.hello_deadline.min(self.handshake_deadline));
+            }
             return Some(self.handshake_deadline);
         }
-        let liveness = self.last_received.saturating_add(self.limits.liveness);
-        let mut next = liveness;
+        let mut next = match self.reading_paused {
+            // Not reading: nothing can arrive, so silence proves nothing.
+            true => Instant::from_nanos(u64::MAX),
+            false => self.last_received.saturating_add(self.limits.liveness),
+        };
         match self.closing {
             // Closing: no more heartbeats, just the grace deadline.
             Some(closing) => next = next.min(closing.deadline),

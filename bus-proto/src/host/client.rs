@@ -157,10 +157,6 @@ impl Machine for ClientFront {
             }
         }
     }
-    fn reading_paused(&self) -> bool {
-        // Replies go straight to their waiters.
-        false
-    }
     fn dial_error(&mut self, error: &std::io::Error) {
         if self.tally.is_none() {
             self.set_link(Link::Unreachable {

@@ -89,18 +89,18 @@ fn space<M>(state: &mut State<M>) -> &mut Waiters {
     &mut state.space
 }
 
-impl<M> State<M> {
+impl<M: Machine> State<M> {
     pub(super) fn more_space(&mut self) {
         self.space_epoch = self.space_epoch.wrapping_add(1);
         self.space.notify_all();
     }
 
-    /// Wakes every socket paused for room in the event queue.
-    pub(super) fn resume_readers(&mut self) {
-        for id in self.paused.drain(..) {
-            if let Some(entry) = self.sockets.get_mut(&id) {
-                entry.paused = false;
-                entry.wake.notify();
+    /// Moves the timer earlier if the core's next deadline is.
+    fn rearm_timer(&mut self) {
+        if let Some(at) = self.machine.poll_timeout() {
+            if self.timer_at.is_none_or(|t| at < t) {
+                self.timer_at = Some(at);
+                self.timer.notify();
             }
         }
     }
@@ -148,6 +148,11 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
     /// The adapter's runtime handle.
     pub fn runtime(&self) -> &R {
         &self.runtime
+    }
+
+    /// How long a closing socket may take to write its last bytes.
+    pub fn linger(&self) -> Duration {
+        self.linger
     }
 
     /// Bytes to read at once.
@@ -223,12 +228,32 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
             }
         }
         state.machine.deliver();
-        if let Some(at) = state.machine.poll_timeout() {
-            if state.timer_at.is_none_or(|t| at < t) {
-                state.timer_at = Some(at);
-                state.timer.notify();
+        state.rearm_timer();
+    }
+
+    /// Wakes the sockets paused for the application whose deliveries have
+    /// been read (or are no longer wanted).
+    pub(super) fn resume_readers(&self, state: &mut State<M>) {
+        let now = self.runtime.now();
+        let State {
+            machine,
+            sockets,
+            paused,
+            ..
+        } = state;
+        paused.retain(|&id| {
+            let Some(entry) = sockets.get_mut(&id) else {
+                return false;
+            };
+            if machine.reading_paused(id) {
+                return true;
             }
-        }
+            entry.paused = false;
+            machine.set_reading_paused(now, id, false);
+            entry.wake.notify();
+            false
+        });
+        state.rearm_timer();
     }
 
     /// Retries `attempt` while it reports a full queue (`full`), waiting

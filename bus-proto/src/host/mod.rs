@@ -72,6 +72,7 @@ macro_rules! forward_socket_io {
 }
 
 mod client;
+mod deliveries;
 mod driver;
 mod error;
 mod node;
@@ -122,9 +123,15 @@ pub trait Machine: Send + 'static {
     fn poll_timeout(&self) -> Option<Instant>;
     /// Hands the core's events to the application.
     fn deliver(&mut self);
-    /// True while the application's event queue is full: socket tasks stop
-    /// reading, so a slow application pushes back on its peers through TCP.
-    fn reading_paused(&self) -> bool;
+    /// True while `id`'s socket should not be read: the application has
+    /// not taken its deliveries, so a slow application pushes back on that
+    /// peer through TCP.
+    fn reading_paused(&self, _id: ConnectionId) -> bool {
+        false
+    }
+    /// The driver paused or resumed reading `id` (the core suspends its
+    /// liveness deadline meanwhile).
+    fn set_reading_paused(&mut self, _now: Now, _id: ConnectionId, _paused: bool) {}
     /// Connections the core still holds.
     fn connections(&self) -> usize;
     /// A dial's TCP connect failed (the core has been told).

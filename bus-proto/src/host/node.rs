@@ -1,7 +1,8 @@
 //! A replica's node as the adapters run it: the core node plus the
-//! application's bounded event queue.
+//! application's event queues ([`deliveries`](super::deliveries)).
 
 use super::Machine;
+use super::deliveries::Deliveries;
 use super::driver::{Runtime, Shared};
 use super::shutdown::{ShutdownReport, Tally};
 use crate::config::ValidConfig;
@@ -10,7 +11,8 @@ use crate::crypto::KeyRing;
 use crate::entropy::Entropy;
 use crate::handshake::Binding;
 use crate::node::{
-    self, Action, ConnectionId, NodeError, NodeEvent, NodeParams, NodeStats, ReplyError, RouteError,
+    self, AcceptError, Action, ConnectionId, NodeError, NodeEvent, NodeParams, NodeStats,
+    ReplyError, RouteError,
 };
 use crate::time::{Instant, Now};
 use crate::wire::RequestHeader;
@@ -19,7 +21,7 @@ use core::net::SocketAddr;
 use core::task::{Context, Poll, Waker};
 use core::time::Duration;
 use std::boxed::Box;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::vec::Vec;
 
@@ -29,12 +31,17 @@ pub struct NodeOptions {
     /// Where the peers listen, by replica id. Only peers this node dials
     /// (higher ids) need one; `Node::set_address` changes it later.
     pub peers: BTreeMap<u8, SocketAddr>,
-    /// Events the application has not read yet before socket tasks stop
-    /// reading (backpressure through TCP). Default 4096. The queue may
-    /// exceed it by what one read chunk or timer tick produces; while it is
-    /// full, `HandshakeFailed` events are dropped (they are logged and
-    /// counted in `NodeStats::handshakes_failed`).
-    pub event_capacity: usize,
+    /// Replica messages delivered but not yet read by the application
+    /// before the replica connections whose messages wait stop being read
+    /// (backpressure through TCP, on those connections only; their
+    /// liveness deadline is suspended meanwhile). Default 4096. It may be
+    /// exceeded by one read chunk per connection. Also bounds the
+    /// `HandshakeFailed` events kept (more are logged, counted in
+    /// `NodeStats::handshakes_failed`, and dropped).
+    pub message_capacity: usize,
+    /// The same budget for client requests, kept apart so a client flood
+    /// never pauses replica traffic. Default 4096.
+    pub request_capacity: usize,
     /// Bytes each socket task reads at once into its reused buffer.
     /// Default 64 KiB.
     pub read_chunk: usize,
@@ -44,7 +51,8 @@ impl Default for NodeOptions {
     fn default() -> Self {
         NodeOptions {
             peers: BTreeMap::new(),
-            event_capacity: 4096,
+            message_capacity: 4096,
+            request_capacity: 4096,
             read_chunk: 64 << 10,
         }
     }
@@ -53,8 +61,7 @@ impl Default for NodeOptions {
 /// The core node plus the application's event queue.
 pub struct NodeFront {
     node: node::Node,
-    events: VecDeque<NodeEvent>,
-    capacity: usize,
+    events: Deliveries,
     waker: Option<Waker>,
     /// Set once shutdown started.
     tally: Option<Tally>,
@@ -74,8 +81,7 @@ impl NodeFront {
     ) -> Result<Self, NodeError> {
         Ok(NodeFront {
             node: node::Node::new(now, config, params, keys, entropy)?,
-            events: VecDeque::new(),
-            capacity: options.event_capacity.max(1),
+            events: Deliveries::new(options.message_capacity, options.request_capacity),
             waker: None,
             tally: None,
             finished: false,
@@ -87,7 +93,7 @@ impl Machine for NodeFront {
     forward_socket_io!(node);
 
     fn deliver(&mut self) {
-        let before = self.events.len();
+        let mut delivered = false;
         while let Some(event) = self.node.poll_event() {
             if let Some(tally) = &mut self.tally {
                 if let NodeEvent::PeerDisconnected { cause, .. }
@@ -98,25 +104,28 @@ impl Machine for NodeFront {
                 }
             }
             log_event(&event);
-            // Diagnostics must not grow a full queue: unauthenticated
-            // sockets could otherwise add events without bound. They are
-            // logged above and counted in the core's stats.
-            if self.events.len() >= self.capacity
-                && matches!(event, NodeEvent::HandshakeFailed { .. })
-            {
-                continue;
-            }
-            self.events.push_back(event);
+            delivered |= self.events.push(event);
         }
-        if self.events.len() > before {
+        if delivered {
             if let Some(waker) = self.waker.take() {
                 waker.wake();
             }
         }
     }
-    fn reading_paused(&self) -> bool {
+    fn reading_paused(&self, id: ConnectionId) -> bool {
         // Once shutting down, sockets keep reading so closes complete.
-        self.tally.is_none() && self.events.len() >= self.capacity
+        if self.tally.is_some() {
+            return false;
+        }
+        let replica = self
+            .node
+            .connection(id)
+            .and_then(|c| c.peer())
+            .is_some_and(|p| matches!(p, crate::crypto::PeerId::Replica(_)));
+        self.events.should_pause(id, replica)
+    }
+    fn set_reading_paused(&mut self, now: Now, id: ConnectionId, paused: bool) {
+        self.node.set_reading_paused(now, id, paused);
     }
 }
 
@@ -144,20 +153,24 @@ fn log_event(event: &NodeEvent) {
         NodeEvent::HandshakeFailed {
             connection,
             dialed,
+            remote,
             cause,
-        } => tracing::info!(%connection, ?dialed, %cause, "handshake failed"),
+        } => tracing::info!(%connection, ?dialed, ?remote, %cause, "handshake failed"),
         NodeEvent::Message { .. } | NodeEvent::Request { .. } => {}
     }
 }
 
 /// What every adapter's `Node` and `Events` forward to.
 impl<R: Runtime> Shared<NodeFront, R> {
-    /// Registers an accepted socket; `None` if the node refuses it before
-    /// reading (shutting down, or too many handshakes in progress).
-    pub fn accept_socket(self: &Arc<Self>) -> Option<super::Socket> {
-        self.accept(|m, now| m.node.accept(now, Binding::NONE))
-            .inspect_err(|error| tracing::debug!(%error, "connection refused before reading"))
-            .ok()
+    /// Registers a socket accepted from `remote` (if known). On `Err`, write
+    /// the refusal's bytes ([`AcceptError::reject`]) if the socket takes
+    /// them without waiting, then close it.
+    pub fn accept_socket(
+        self: &Arc<Self>,
+        remote: Option<SocketAddr>,
+    ) -> Result<super::Socket, AcceptError> {
+        self.accept(|m, now| m.node.accept_from(now, remote, Binding::NONE))
+            .inspect_err(|error| tracing::debug!(?remote, %error, "connection refused"))
     }
 
     /// Queues a message to replica `to`; see `Node::send`.
@@ -197,7 +210,27 @@ impl<R: Runtime> Shared<NodeFront, R> {
 
     /// The node's counters.
     pub fn stats(&self) -> NodeStats {
-        self.read(|m| m.node.stats())
+        self.read(|m| NodeStats {
+            deliveries_discarded: m.events.discarded(),
+            ..m.node.stats()
+        })
+    }
+
+    /// The application dropped its event stream: later deliveries are
+    /// discarded and counted (`NodeStats::deliveries_discarded`), paused
+    /// sockets resume, and the node keeps its connections and sends.
+    pub fn events_dropped(&self) {
+        let mut state = self.lock();
+        if state.machine.tally.is_some() || state.machine.events.stream_dropped() {
+            return;
+        }
+        let waiting = state.machine.events.len();
+        state.machine.events.drop_stream();
+        tracing::warn!(
+            waiting,
+            "the application dropped its event stream: messages and requests are discarded from now on"
+        );
+        self.resume_readers(&mut state);
     }
 
     /// True while replica `replica` has a registered connection.
@@ -250,12 +283,17 @@ impl<R: Runtime> Shared<NodeFront, R> {
     ) -> Poll<usize> {
         let mut state = self.lock();
         let machine = &mut state.machine;
-        let was_full = machine.events.len() >= machine.capacity;
-        let n = limit.max(1).min(machine.events.len());
-        out.extend(machine.events.drain(..n));
+        let mut n = 0;
+        while n < limit.max(1) {
+            let Some(event) = machine.events.pop() else {
+                break;
+            };
+            out.push(event);
+            n += 1;
+        }
         if n > 0 {
-            if was_full && machine.events.len() < machine.capacity {
-                state.resume_readers();
+            if !state.paused.is_empty() {
+                self.resume_readers(&mut state);
             }
             return Poll::Ready(n);
         }

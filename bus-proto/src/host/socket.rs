@@ -135,16 +135,27 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
             }
         }
         let mut read = !closing && !socket.eof && !socket.reading;
-        if read && state.machine.reading_paused() {
-            read = false;
-            let State {
-                sockets, paused, ..
-            } = &mut *state;
-            if let Some(entry) = sockets.get_mut(&id).filter(|e| !e.paused) {
-                entry.paused = true;
-                paused.push(id);
+        // Reading pauses while this connection's deliveries wait for the
+        // application; the core is told, so it does not count our pause as
+        // the peer's silence.
+        let pause = read && state.machine.reading_paused(id);
+        let State {
+            sockets,
+            paused,
+            machine,
+            ..
+        } = &mut *state;
+        if let Some(entry) = sockets.get_mut(&id) {
+            if pause != entry.paused && (pause || read) {
+                entry.paused = pause;
+                match pause {
+                    true => paused.push(id),
+                    false => paused.retain(|&p| p != id),
+                }
+                machine.set_reading_paused(self.runtime.now(), id, pause);
             }
         }
+        read &= !pause;
         if read && socket.inbox.is_none() {
             socket.inbox = state.machine.take_read_buffer(id);
             read = socket.inbox.is_some();
@@ -296,7 +307,7 @@ mod tests {
         };
         let shared = Shared::new(front, Frozen, options, []);
 
-        let mut old = shared.accept_socket().expect("accepted");
+        let mut old = shared.accept_socket(None).expect("accepted");
         assert!(matches!(
             shared.step(&mut old),
             Step::Run { read: true, .. }
@@ -307,7 +318,7 @@ mod tests {
                 .complete(&mut old, Completion::Read(Ok(0), None))
                 .is_continue()
         );
-        let new = shared.accept_socket().expect("accepted");
+        let new = shared.accept_socket(None).expect("accepted");
         assert_eq!(new.id().slot(), old.id().slot(), "the slot was reused");
         assert_ne!(new.id(), old.id());
 

@@ -51,7 +51,11 @@ impl Node {
             Ok(evicted) => {
                 self.evict_sessions(now, evicted);
                 self.stats.requests += 1;
-                self.events.push_back(NodeEvent::Request { request, body });
+                self.events.push_back(NodeEvent::Request {
+                    request,
+                    connection: id,
+                    body,
+                });
             }
             Err(DedupError::NotFresh { state, .. }) => match state {
                 Lookup::InFlight => self.stats.duplicates_dropped += 1,

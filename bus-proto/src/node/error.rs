@@ -2,7 +2,10 @@
 
 use super::ConnectionId;
 use crate::connection::DialError;
-use crate::wire::EncodeError;
+use crate::wire::layout::HEADER_SIZE_U32;
+use crate::wire::{
+    EncodeError, HEADER_SIZE, Header, Integrity, Kind, PROTOCOL_VERSION, Reject, RejectStatus,
+};
 
 /// Why [`Node::new`](super::Node::new) refused its parameters.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -15,9 +18,6 @@ pub enum NodeError {
         /// The cluster size.
         replica_count: u8,
     },
-    /// `replica_count` leaves no room for the client marker `255`.
-    #[error("replica_count {0} exceeds 255")]
-    TooManyReplicas(u8),
 }
 
 /// Why a socket input could not be taken.
@@ -40,30 +40,52 @@ pub enum SocketError {
     },
 }
 
-/// Why an inbound connection was refused; the adapter drops the socket at
-/// once, before reading anything.
+/// Why an inbound connection was refused. The adapter writes
+/// [`AcceptError::reject`] if the socket takes it at once (a new socket's
+/// send buffer is empty, so it does) and closes the socket unread.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum AcceptError {
-    /// `max_handshakes_in_flight` handshakes are already under way
-    /// (slowloris, hazard 12).
-    #[error("{in_flight} handshakes in flight, the limit is {max}")]
-    HandshakesInFlight {
-        /// Handshakes under way.
-        in_flight: usize,
-        /// The limit.
-        max: usize,
-    },
-    /// `max_connections` connections are held.
-    #[error("{held} connections held, the limit is {max}")]
+    /// `max_connections` accepted connections are held and none of them is
+    /// unauthenticated, so there is nothing to evict.
+    #[error("{held} accepted connections held, all authenticated; the limit is {max}")]
     TooManyConnections {
-        /// Connections held.
+        /// Accepted non-replica connections held.
         held: usize,
         /// The limit.
         max: usize,
+        /// Our cluster, named in the reject.
+        cluster: u128,
     },
     /// The node is shutting down.
     #[error("the node is shutting down")]
-    ShuttingDown,
+    ShuttingDown {
+        /// Our cluster, named in the reject.
+        cluster: u128,
+    },
+}
+
+impl AcceptError {
+    /// The frame that tells the dialer: a `reject` with status `Busy`
+    /// (retry later), sequence 0, as PROTOCOL.md §5 lists for capacity
+    /// limits.
+    pub fn reject(&self) -> [u8; HEADER_SIZE] {
+        let cluster = match *self {
+            AcceptError::TooManyConnections { cluster, .. } => cluster,
+            AcceptError::ShuttingDown { cluster } => cluster,
+        };
+        let header = Header::new(
+            cluster,
+            Kind::Reject(Reject {
+                status: RejectStatus::Busy,
+                protocol_min: PROTOCOL_VERSION,
+                protocol_max: PROTOCOL_VERSION,
+            }),
+        );
+        // A header-only frame within the minimum size always encodes.
+        header
+            .encode(&[], &Integrity::Checksum, HEADER_SIZE_U32)
+            .unwrap_or([0; HEADER_SIZE])
+    }
 }
 
 /// Why a message to a replica was not queued. Nothing was queued.

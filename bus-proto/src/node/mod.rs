@@ -58,6 +58,7 @@
 //! `dedup_ttl` of inactivity or the caps evict it, so a retry after a
 //! reconnect is still answered from the cache (hazard 18).
 
+mod admission;
 mod backoff;
 mod clients;
 mod error;
@@ -73,12 +74,14 @@ use crate::connection::{CloseCause, Connection, Event};
 use crate::crypto::{KeyRing, PeerId};
 use crate::dedup::DedupWindow;
 use crate::entropy::Entropy;
-use crate::handshake::{Binding, Gate, GateParams};
+use crate::handshake::{AdmissionOutcome, Binding, Gate, GateParams};
 use crate::time::{Instant, Now};
-use crate::wire::{CloseReason, Kind, RequestHeader};
+use crate::wire::{CloseReason, Kind, RejectStatus, RequestHeader};
+use admission::Pool;
 use alloc::boxed::Box;
 use alloc::collections::{BTreeMap, VecDeque};
 use bytes::{Bytes, BytesMut};
+use core::net::SocketAddr;
 use peers::Peers;
 use table::{Entry, Next, Origin, Socket, Table};
 
@@ -118,13 +121,16 @@ pub enum NodeEvent {
     /// A connection closed before it was established (never announced):
     /// our dial was rejected (`cause` is [`CloseCause::Rejected`] with the
     /// acceptor's status), or an inbound peer failed to authenticate, was
-    /// refused, or said nothing until the handshake deadline. For logs and
-    /// metrics; the dial schedule already retries.
+    /// refused or evicted (`Refused(Busy)`), or said nothing until its
+    /// deadline. For logs and metrics; the dial schedule already retries.
     HandshakeFailed {
         /// The connection that failed.
         connection: ConnectionId,
         /// The replica we dialled, or `None` for an inbound connection.
         dialed: Option<u8>,
+        /// The inbound connection's remote address, where the adapter
+        /// passed it to [`Node::accept_from`].
+        remote: Option<SocketAddr>,
         /// Why.
         cause: CloseCause,
     },
@@ -162,6 +168,8 @@ pub enum NodeEvent {
     Request {
         /// Client, request number and operation.
         request: RequestHeader,
+        /// The connection it arrived on.
+        connection: ConnectionId,
         /// The body.
         body: Bytes,
     },
@@ -170,8 +178,12 @@ pub enum NodeEvent {
 /// Counters since the node started.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NodeStats {
-    /// Inbound connections refused before reading (caps, shutdown).
+    /// Inbound connections refused before reading (`max_connections` full
+    /// of authenticated connections, shutdown).
     pub accepts_refused: u64,
+    /// Unauthenticated connections evicted to make room for newer ones
+    /// (see [`admission`](self#admission-before-authentication)).
+    pub unauthenticated_evicted: u64,
     /// Connections that closed before the handshake completed.
     pub handshakes_failed: u64,
     /// Second connections from a registered replica, closed as duplicates.
@@ -193,6 +205,10 @@ pub struct NodeStats {
     pub busy: u64,
     /// Client sessions evicted at the dedup caps.
     pub sessions_evicted: u64,
+    /// Messages and requests discarded because the application dropped its
+    /// event stream. Counted by the adapters' event queue
+    /// (`bus_proto::host`); a bare `Node` leaves it 0.
+    pub deliveries_discarded: u64,
 }
 
 /// A replica's node. See the [module docs](self).
@@ -210,8 +226,10 @@ pub struct Node {
     /// Drained by the application after every input, so it holds at most
     /// what one input produced.
     events: VecDeque<NodeEvent>,
-    /// Accepted connections still in their handshake.
-    handshakes: usize,
+    /// Accepted connections whose `hello` has not verified.
+    pool: Pool,
+    /// Accepted connections counted against `max_connections`.
+    counted: usize,
     shutting_down: bool,
     stats: NodeStats,
 }
@@ -238,9 +256,6 @@ impl Node {
         keys: KeyRing,
         entropy: Box<dyn Entropy + Send>,
     ) -> Result<Node, NodeError> {
-        if params.replica_count == u8::MAX {
-            return Err(NodeError::TooManyReplicas(params.replica_count));
-        }
         if params.replica >= params.replica_count {
             return Err(NodeError::ReplicaOutOfRange {
                 replica: params.replica,
@@ -263,17 +278,20 @@ impl Node {
             keys,
             gate,
             entropy,
-            // Dialled peers need slots even when clients fill the accept cap.
+            // Beyond `max_connections`: replicas (dialled and accepted) have
+            // room of their own, and evicted connections flush their reject.
             table: Table::new(
                 config
                     .max_connections
-                    .saturating_add(usize::from(params.replica_count)),
+                    .saturating_add(config.max_handshakes_in_flight)
+                    .saturating_add(2 * usize::from(params.replica_count)),
             ),
             peers: Peers::new(now.mono, config, params.replica, params.replica_count),
             clients: BTreeMap::new(),
             dedup: DedupWindow::new(config.dedup_limits()),
             events: VecDeque::new(),
-            handshakes: 0,
+            pool: Pool::default(),
+            counted: 0,
             shutting_down: false,
             stats: NodeStats::default(),
         })
@@ -294,9 +312,21 @@ impl Node {
         self.table.len()
     }
 
-    /// Accepted connections still in their handshake.
+    /// Accepted connections whose `hello` has not verified yet (the
+    /// unauthenticated pool).
     pub fn handshakes_in_flight(&self) -> usize {
-        self.handshakes
+        self.pool.len()
+    }
+
+    /// Accepted connections counted against `max_connections` (clients
+    /// and the unauthenticated pool).
+    pub fn accepted_non_replica(&self) -> usize {
+        self.counted
+    }
+
+    /// The remote address `id` was accepted from, if the adapter said.
+    pub fn remote(&self, id: ConnectionId) -> Option<SocketAddr> {
+        self.table.get(id)?.remote
     }
 
     /// Whether replica `replica` has a registered connection.
@@ -335,46 +365,122 @@ impl Node {
         self.table.conn(id)
     }
 
-    /// An inbound socket was accepted. Refused (drop the socket unread)
-    /// when `max_handshakes_in_flight` or `max_connections` is reached.
-    /// `binding` is the transport's channel binding ([`Binding::NONE`] for
-    /// plain TCP).
+    /// An inbound socket was accepted, remote address unknown. See
+    /// [`Node::accept_from`].
     pub fn accept(&mut self, now: Now, binding: Binding) -> Result<ConnectionId, AcceptError> {
+        self.accept_from(now, None, binding)
+    }
+
+    /// An inbound socket was accepted from `remote`. It joins the
+    /// unauthenticated pool: if the pool (or `remote`'s share of it) is
+    /// full, the oldest member of the address holding the most is evicted
+    /// (told `reject Busy`) to make room; the new socket is never refused
+    /// for it. Refused only while shutting down, or when `max_connections`
+    /// is full of authenticated connections: then write
+    /// [`AcceptError::reject`]'s bytes if the socket takes them, and close
+    /// it. `binding` is the transport's channel binding ([`Binding::NONE`]
+    /// for plain TCP).
+    pub fn accept_from(
+        &mut self,
+        now: Now,
+        remote: Option<SocketAddr>,
+        binding: Binding,
+    ) -> Result<ConnectionId, AcceptError> {
         let refused = if self.shutting_down {
-            Some(AcceptError::ShuttingDown)
-        } else if self.handshakes >= self.config.max_handshakes_in_flight {
-            Some(AcceptError::HandshakesInFlight {
-                in_flight: self.handshakes,
-                max: self.config.max_handshakes_in_flight,
-            })
-        } else if self.table.len() >= self.config.max_connections {
-            Some(AcceptError::TooManyConnections {
-                held: self.table.len(),
-                max: self.config.max_connections,
+            Some(AcceptError::ShuttingDown {
+                cluster: self.params.cluster,
             })
         } else {
-            None
+            self.make_room(now.mono, remote.map(|r| r.ip()))
         };
         if let Some(error) = refused {
             self.stats.accepts_refused += 1;
             return Err(error);
         }
         let conn = Connection::accept(now.mono, &self.config, binding);
-        let id = self
-            .table
-            .insert(Entry {
-                origin: Origin::Accepted,
-                socket: Socket::Open(Box::new(conn)),
-                announced: false,
-                handshaking: true,
-                established_at: None,
-            })
-            .ok_or(AcceptError::TooManyConnections {
-                held: self.table.len(),
-                max: self.config.max_connections,
-            })?;
-        self.handshakes += 1;
+        let full = AcceptError::TooManyConnections {
+            held: self.counted,
+            max: self.config.max_connections,
+            cluster: self.params.cluster,
+        };
+        let Some(id) = self.table.insert(Entry {
+            origin: Origin::Accepted,
+            socket: Socket::Open(Box::new(conn)),
+            announced: false,
+            unauthenticated: true,
+            counted: true,
+            remote,
+            established_at: None,
+        }) else {
+            self.stats.accepts_refused += 1;
+            return Err(full);
+        };
+        self.counted += 1;
+        let table = &self.table;
+        self.pool.join(
+            id,
+            remote.map(|r| r.ip()),
+            self.config.max_handshakes_in_flight,
+            |id| table.get(id).is_some_and(|e| e.unauthenticated),
+        );
         Ok(id)
+    }
+
+    /// Evicts as the pool's caps require before a connection from
+    /// `address` joins; the refusal if there is still no room.
+    fn make_room(
+        &mut self,
+        now: Instant,
+        address: Option<core::net::IpAddr>,
+    ) -> Option<AcceptError> {
+        if self.pool.count(address) >= self.config.max_unauthenticated_per_address {
+            self.evict(now, Some(address));
+        } else if self.pool.len() >= self.config.max_handshakes_in_flight {
+            self.evict(now, None);
+        }
+        let over = self.counted >= self.config.max_connections;
+        // The table has headroom for evicted sockets still flushing their
+        // reject; it is full only under a flood of evictions.
+        if (over && !self.evict(now, None)) || self.table.is_full() {
+            return Some(AcceptError::TooManyConnections {
+                held: self.counted,
+                max: self.config.max_connections,
+                cluster: self.params.cluster,
+            });
+        }
+        None
+    }
+
+    /// Evicts one member of the unauthenticated pool (of `address` if
+    /// given); false if there is none.
+    fn evict(&mut self, now: Instant, address: Option<Option<core::net::IpAddr>>) -> bool {
+        let table = &self.table;
+        let Some(id) = self.pool.victim(address, |id| {
+            table.get(id).is_some_and(|e| e.unauthenticated)
+        }) else {
+            return false;
+        };
+        self.stats.unauthenticated_evicted += 1;
+        if let Some(conn) = self.table.conn_mut(id) {
+            conn.refuse(self.params.cluster, RejectStatus::Busy);
+        }
+        self.settle(now, id);
+        true
+    }
+
+    /// `id` left the unauthenticated pool (its `hello` verified, or it
+    /// closed); `replica`: it is a replica's, so it no longer counts
+    /// against `max_connections`.
+    fn authenticated(&mut self, id: ConnectionId, replica: bool) {
+        let Some(entry) = self.table.get_mut(id) else {
+            return;
+        };
+        if core::mem::take(&mut entry.unauthenticated) {
+            self.pool.leave(entry.remote.map(|r| r.ip()));
+        }
+        if replica && core::mem::take(&mut entry.counted) {
+            self.counted -= 1;
+        }
     }
 
     /// The socket for an [`Action::Connect`] is open: the handshake starts.
@@ -451,6 +557,16 @@ impl Node {
         self.table.input(now.mono, id, None)?;
         self.after_input(now, id);
         Ok(())
+    }
+
+    /// The adapter stopped (`true`) or resumed (`false`) reading `id`'s
+    /// socket because the application has not taken its deliveries; see
+    /// [`Connection::set_reading_paused`]. Stale ids are ignored.
+    pub fn set_reading_paused(&mut self, now: Now, id: ConnectionId, paused: bool) {
+        if let Some(conn) = self.table.conn_mut(id) {
+            conn.set_reading_paused(now.mono, paused);
+            self.table.touch(id);
+        }
     }
 
     /// `id`'s socket reached EOF or failed.
@@ -609,6 +725,9 @@ impl Node {
         if let Some(conn) = self.table.conn_mut(id) {
             if let Some(hello) = conn.take_hello() {
                 let admission = self.gate.admit(now.wall, hello, &mut *self.entropy);
+                if let AdmissionOutcome::Accepted { peer } = admission.outcome() {
+                    self.authenticated(id, matches!(peer, PeerId::Replica(_)));
+                }
                 if let Some(conn) = self.table.conn_mut(id) {
                     conn.admit(now.mono, admission);
                 }
@@ -639,9 +758,6 @@ impl Node {
     fn on_established(&mut self, now: Instant, id: ConnectionId, peer: PeerId) {
         if let Some(entry) = self.table.get_mut(id) {
             entry.established_at = Some(now);
-            if core::mem::take(&mut entry.handshaking) {
-                self.handshakes -= 1;
-            }
         }
         match peer {
             PeerId::Replica(replica) => self.install_peer(now, id, replica),
@@ -675,11 +791,9 @@ impl Node {
         let Some(entry) = self.table.get_mut(id) else {
             return;
         };
-        let (origin, announced) = (entry.origin, entry.announced);
-        if core::mem::take(&mut entry.handshaking) {
-            self.handshakes -= 1;
-        }
+        let (origin, announced, remote) = (entry.origin, entry.announced, entry.remote);
         let since = entry.established_at;
+        self.authenticated(id, true);
         if since.is_none() {
             self.stats.handshakes_failed += 1;
         }
@@ -722,6 +836,7 @@ impl Node {
                     self.events.push_back(NodeEvent::HandshakeFailed {
                         connection: id,
                         dialed,
+                        remote,
                         cause,
                     });
                 }
@@ -764,7 +879,9 @@ impl Node {
             origin: Origin::Dialed(replica),
             socket: Socket::Connecting { deadline },
             announced: false,
-            handshaking: false,
+            unauthenticated: false,
+            counted: false,
+            remote: None,
             established_at: None,
         }) {
             Some(id) => {

@@ -92,9 +92,16 @@ pub(crate) struct Entry {
     /// The application was told it is connected, so it will be told once
     /// that it is disconnected.
     pub(crate) announced: bool,
-    /// An accepted connection counted in the node's handshakes in flight;
-    /// cleared exactly once, when it establishes or closes.
-    pub(crate) handshaking: bool,
+    /// Accepted, and its `hello` has not verified yet: in the node's
+    /// unauthenticated pool. Cleared exactly once, when the `hello`
+    /// verifies or the connection closes.
+    pub(crate) unauthenticated: bool,
+    /// Accepted and not (yet) known to be a replica: counted against
+    /// `max_connections`. Cleared when its `hello` verifies as a replica's,
+    /// or when it closes.
+    pub(crate) counted: bool,
+    /// The remote address, where the adapter knows it.
+    pub(crate) remote: Option<core::net::SocketAddr>,
     /// When the handshake completed.
     pub(crate) established_at: Option<Instant>,
 }

@@ -309,7 +309,10 @@ impl Harness {
         }
         let c = &self.config;
         assert!(self.node.handshakes_in_flight() <= c.max_handshakes_in_flight);
-        assert!(self.node.connections() <= c.max_connections + 2);
+        // Accepted non-replicas within `max_connections`; replicas (three)
+        // and evicted sockets flushing their reject have room beyond it.
+        assert!(self.node.accepted_non_replica() <= c.max_connections);
+        assert!(self.node.connections() <= c.max_connections + c.max_handshakes_in_flight + 2 * 3);
         assert!(self.node.dedup().clients() <= c.dedup_max_clients);
         assert!(self.node.dedup().cached_bytes() <= c.dedup_max_cached_bytes);
         assert!(self.node.gate().replay_peers() <= c.max_replay_peers);

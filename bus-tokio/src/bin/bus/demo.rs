@@ -89,7 +89,7 @@ fn application(
                         }
                         *expected = operation.wrapping_add(1);
                     }
-                    NodeEvent::Request { request, body } => {
+                    NodeEvent::Request { request, body, .. } => {
                         tally.requests.fetch_add(1, Ordering::Relaxed);
                         if request.operation == OP_HELD {
                             let _ = held.send(request).await;

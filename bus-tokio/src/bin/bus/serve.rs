@@ -88,7 +88,7 @@ pub(crate) async fn node(args: NodeArgs) -> Result<(), Failure> {
     loop {
         tokio::select! {
             event = events.recv() => match event {
-                Some(NodeEvent::Request { request, body }) => {
+                Some(NodeEvent::Request { request, body, .. }) => {
                     if let Err(error) = node.reply(request, body) {
                         tracing::warn!(%error, "reply not sent");
                     }

@@ -1,0 +1,297 @@
+//! The application's event queue, budgeted per plane and paused per
+//! connection (hazards 31, 32 and 36).
+//!
+//! Events wait in three FIFO queues: the replica plane's (peer connects,
+//! messages, disconnects), the client plane's (client connects, requests,
+//! disconnects) and diagnostics (handshake failures). The application reads
+//! them in turn, one event from each non-empty queue, so neither plane
+//! waits behind the other's backlog; order within a plane is kept.
+//!
+//! Messages and requests are budgeted separately: once `message_capacity`
+//! messages (or `request_capacity` requests) are waiting, the connections
+//! that have deliveries among them stop being read, and only those; the
+//! core suspends their liveness deadline meanwhile, so a slow application
+//! never makes a live peer look dead. A connection with nothing waiting
+//! keeps reading, so each plane's queue may exceed its budget by what one
+//! read chunk per connection holds. Connect and disconnect events are
+//! bounded by the connections held; handshake failures are dropped (and
+//! counted by the core) once `message_capacity` of them wait.
+//!
+//! Once the application drops its event stream, deliveries are discarded
+//! and counted ([`Deliveries::discarded`]), and nothing pauses.
+
+use crate::node::{ConnectionId, NodeEvent};
+use std::collections::VecDeque;
+use std::vec::Vec;
+
+/// The application's event queues. See the [module docs](self).
+#[derive(Debug)]
+pub(super) struct Deliveries {
+    replica: VecDeque<NodeEvent>,
+    client: VecDeque<NodeEvent>,
+    other: VecDeque<NodeEvent>,
+    /// Messages in `replica`, requests in `client`.
+    messages: usize,
+    requests: usize,
+    message_capacity: usize,
+    request_capacity: usize,
+    /// Messages and requests waiting, by connection slot. A slot reused
+    /// while its old connection's deliveries still wait inherits the count
+    /// until they are read: conservative, and cheaper than hashing ids.
+    waiting: Vec<u32>,
+    /// Which queue the next read starts with.
+    turn: u8,
+    /// The application dropped its event stream.
+    dropped: bool,
+    discarded: u64,
+}
+
+/// Which budget a delivery counts against.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Plane {
+    Replica,
+    Client,
+}
+
+impl Deliveries {
+    pub(super) fn new(message_capacity: usize, request_capacity: usize) -> Self {
+        Deliveries {
+            replica: VecDeque::new(),
+            client: VecDeque::new(),
+            other: VecDeque::new(),
+            messages: 0,
+            requests: 0,
+            message_capacity: message_capacity.max(1),
+            request_capacity: request_capacity.max(1),
+            waiting: Vec::new(),
+            turn: 0,
+            dropped: false,
+            discarded: 0,
+        }
+    }
+
+    /// Events waiting.
+    pub(super) fn len(&self) -> usize {
+        self.replica.len() + self.client.len() + self.other.len()
+    }
+
+    /// Messages and requests discarded because the event stream was
+    /// dropped.
+    pub(super) fn discarded(&self) -> u64 {
+        self.discarded
+    }
+
+    /// Queues an event; false if it was dropped (a diagnostic over its
+    /// bound, or any delivery after the stream was dropped).
+    pub(super) fn push(&mut self, event: NodeEvent) -> bool {
+        if self.dropped {
+            if matches!(event, NodeEvent::Message { .. } | NodeEvent::Request { .. }) {
+                self.discarded += 1;
+            }
+            return false;
+        }
+        match &event {
+            NodeEvent::Message { connection, .. } => {
+                self.count(*connection, Plane::Replica, true);
+                self.replica.push_back(event);
+            }
+            NodeEvent::Request { connection, .. } => {
+                self.count(*connection, Plane::Client, true);
+                self.client.push_back(event);
+            }
+            NodeEvent::PeerConnected { .. } | NodeEvent::PeerDisconnected { .. } => {
+                self.replica.push_back(event);
+            }
+            NodeEvent::ClientConnected { .. } | NodeEvent::ClientDisconnected { .. } => {
+                self.client.push_back(event);
+            }
+            NodeEvent::HandshakeFailed { .. } => {
+                // Unauthenticated sockets must not grow the queue.
+                if self.other.len() >= self.message_capacity {
+                    return false;
+                }
+                self.other.push_back(event);
+            }
+        }
+        true
+    }
+
+    /// The next event, taking the queues in turn.
+    pub(super) fn pop(&mut self) -> Option<NodeEvent> {
+        for _ in 0..3 {
+            let turn = self.turn;
+            self.turn = (self.turn + 1) % 3;
+            let event = match turn {
+                0 => self.replica.pop_front(),
+                1 => self.client.pop_front(),
+                _ => self.other.pop_front(),
+            };
+            if let Some(event) = event {
+                match &event {
+                    NodeEvent::Message { connection, .. } => {
+                        self.count(*connection, Plane::Replica, false);
+                    }
+                    NodeEvent::Request { connection, .. } => {
+                        self.count(*connection, Plane::Client, false);
+                    }
+                    _ => {}
+                }
+                return Some(event);
+            }
+        }
+        None
+    }
+
+    fn count(&mut self, id: ConnectionId, plane: Plane, add: bool) {
+        let slot = id.slot();
+        if self.waiting.len() <= slot {
+            self.waiting.resize(slot + 1, 0);
+        }
+        let total = match plane {
+            Plane::Replica => &mut self.messages,
+            Plane::Client => &mut self.requests,
+        };
+        if add {
+            self.waiting[slot] = self.waiting[slot].saturating_add(1);
+            *total += 1;
+        } else {
+            self.waiting[slot] = self.waiting[slot].saturating_sub(1);
+            *total = total.saturating_sub(1);
+        }
+    }
+
+    /// Whether connection `id` should stop reading: deliveries of its own
+    /// wait, and its plane's budget is spent. `replica` says which plane
+    /// the connection is on.
+    pub(super) fn should_pause(&self, id: ConnectionId, replica: bool) -> bool {
+        if self.dropped || self.waiting.get(id.slot()).is_none_or(|&n| n == 0) {
+            return false;
+        }
+        match replica {
+            true => self.messages >= self.message_capacity,
+            false => self.requests >= self.request_capacity,
+        }
+    }
+
+    /// The application dropped its event stream: what waits is discarded,
+    /// and so is every later delivery.
+    pub(super) fn drop_stream(&mut self) {
+        self.dropped = true;
+        let waiting = self.messages + self.requests;
+        self.discarded += waiting as u64;
+        self.replica.clear();
+        self.client.clear();
+        self.other.clear();
+        self.messages = 0;
+        self.requests = 0;
+        self.waiting.clear();
+    }
+
+    /// Whether the stream was dropped.
+    pub(super) fn stream_dropped(&self) -> bool {
+        self.dropped
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Deliveries;
+    use crate::node::{ConnectionId, NodeEvent};
+    use bytes::Bytes;
+
+    fn message(connection: ConnectionId, operation: u32) -> NodeEvent {
+        NodeEvent::Message {
+            from: 1,
+            connection,
+            view: 0,
+            operation,
+            body: Bytes::new(),
+        }
+    }
+
+    fn ids() -> (ConnectionId, ConnectionId) {
+        // Ids come from a node's table; two fresh slots of a node.
+        use crate::config::Config;
+        use crate::crypto::{Key, KeyRing};
+        use crate::entropy::SeededEntropy;
+        use crate::handshake::Binding;
+        use crate::node::{Node, NodeParams};
+        use crate::time::{Instant, Now, UnixNanos};
+        let config = Config::default().validate().expect("valid");
+        let params = NodeParams {
+            cluster: 1,
+            replica: 0,
+            replica_count: 1,
+            accept_clients: true,
+        };
+        let keys = KeyRing::new(Key::from_bytes([1; 32]));
+        let now = Now {
+            mono: Instant::from_nanos(1),
+            wall: UnixNanos::from_nanos(1),
+        };
+        let mut node = Node::new(
+            now,
+            &config,
+            params,
+            keys,
+            std::boxed::Box::new(SeededEntropy::new(1)),
+        )
+        .expect("node");
+        let a = node.accept(now, Binding::NONE).expect("a");
+        let b = node.accept(now, Binding::NONE).expect("b");
+        (a, b)
+    }
+
+    #[test]
+    fn only_connections_with_waiting_deliveries_pause_and_planes_are_separate() {
+        let (a, b) = ids();
+        let mut queue = Deliveries::new(2, 2);
+        assert!(queue.push(message(a, 1)));
+        assert!(!queue.should_pause(a, true), "budget not spent");
+        assert!(queue.push(message(a, 2)));
+        assert!(queue.should_pause(a, true), "a's deliveries wait");
+        assert!(!queue.should_pause(b, true), "b has nothing waiting");
+        assert!(
+            !queue.should_pause(a, false),
+            "the client budget is its own"
+        );
+        assert!(matches!(
+            queue.pop(),
+            Some(NodeEvent::Message { operation: 1, .. })
+        ));
+        assert!(!queue.should_pause(a, true));
+    }
+
+    #[test]
+    fn planes_are_read_in_turn_and_in_order_within_a_plane() {
+        let (a, b) = ids();
+        let mut queue = Deliveries::new(16, 16);
+        for op in 0..3 {
+            queue.push(message(a, op));
+        }
+        queue.push(NodeEvent::ClientConnected {
+            client: 9,
+            connection: b,
+        });
+        let order: std::vec::Vec<_> = core::iter::from_fn(|| queue.pop())
+            .map(|e| match e {
+                NodeEvent::Message { operation, .. } => operation,
+                _ => 100,
+            })
+            .collect();
+        assert_eq!(order, [0, 100, 1, 2]);
+    }
+
+    #[test]
+    fn a_dropped_stream_discards_and_counts_and_never_pauses() {
+        let (a, _) = ids();
+        let mut queue = Deliveries::new(1, 1);
+        queue.push(message(a, 1));
+        assert!(queue.should_pause(a, true));
+        queue.drop_stream();
+        assert!(!queue.should_pause(a, true));
+        assert!(!queue.push(message(a, 2)));
+        assert_eq!(queue.discarded(), 2);
+        assert_eq!(queue.len(), 0);
+    }
+}
