@@ -109,3 +109,130 @@ fn the_demo_runs_every_step() {
         );
     }
 }
+
+/// A `bus node` whose stderr is read line by line on a thread.
+struct Running {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Running {
+    fn start(args: &[&str]) -> Running {
+        use std::io::BufRead;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_bus"))
+            .args(args)
+            .stderr(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("the bus binary runs");
+        let stderr = child.stderr.take().expect("piped");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Running {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// The first line from now on containing `needle`; panics naming it
+    /// (and what was printed) if none comes within a generous deadline.
+    fn wait_for(&mut self, needle: &str) -> String {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!(
+                    "no line with {needle:?}; printed:\n{}",
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Hazard 34: a service manager stops `bus node` with SIGTERM; it closes
+/// every connection with a `close` (the peer sees `Shutdown`, not a
+/// reset or a liveness timeout) and exits 0. SIGINT does the same.
+#[test]
+#[cfg(unix)]
+fn sigterm_and_sigint_stop_a_node_gracefully() {
+    let dir = std::env::temp_dir().join(format!("bus-cli-stop-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = dir.join("cluster.key");
+    let _ = std::fs::remove_file(&key);
+    assert!(
+        bus(&["keygen", "--out", key.to_str().unwrap()])
+            .status
+            .success()
+    );
+    let key = key.to_str().unwrap();
+    let node = |replica: &str, peer: Option<&str>| {
+        let mut args = vec![
+            "node",
+            "--replica",
+            replica,
+            "--replicas",
+            "2",
+            "--listen",
+            "127.0.0.1:0",
+            "--key-file",
+            key,
+        ];
+        if let Some(peer) = peer {
+            args.extend(["--peer", peer]);
+        }
+        Running::start(&args)
+    };
+    for signal in ["TERM", "INT"] {
+        let mut one = node("1", None);
+        let line = one.wait_for("listening on ");
+        let address = line
+            .split("listening on ")
+            .nth(1)
+            .and_then(|rest| rest.split(';').next())
+            .expect("an address")
+            .to_owned();
+        let mut zero = node("0", Some(&format!("1={address}")));
+        one.wait_for("peer connected");
+        zero.wait_for("peer connected");
+        zero.signal(signal);
+        zero.wait_for("shutting down");
+        let status = zero.child.wait().expect("exits");
+        assert!(status.success(), "SIG{signal}: {status:?}");
+        let closed = one.wait_for("peer disconnected");
+        assert!(closed.contains("Shutdown"), "SIG{signal}: {closed}");
+        one.signal(signal);
+        assert!(one.child.wait().expect("exits").success());
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

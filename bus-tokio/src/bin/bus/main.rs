@@ -5,6 +5,7 @@
 mod bench;
 mod demo;
 mod serve;
+mod stop;
 
 use bus_tokio::bus_proto::config::{Config, ValidConfig};
 use bus_tokio::bus_proto::crypto::{Key, KeyRing};

@@ -57,13 +57,18 @@ fn logging(verbose: bool) {
     tracing_subscriber::fmt()
         .with_max_level(level)
         .with_target(false)
+        // Colours only on a terminal, not in a journal or a log file.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
 }
 
-/// Runs a replica that echoes client requests until Ctrl-C.
+/// Runs a replica that echoes client requests until SIGTERM or SIGINT,
+/// then shuts down gracefully: every peer gets a `close`.
 pub(crate) async fn node(args: NodeArgs) -> Result<(), Failure> {
     logging(args.verbose);
+    let stop = crate::stop::stop_signal()?;
+    let mut stop = std::pin::pin!(stop);
     let config = args.common.config()?;
     let keys = args.common.keys()?;
     let params = NodeParams {
@@ -82,7 +87,7 @@ pub(crate) async fn node(args: NodeArgs) -> Result<(), Failure> {
         .await
         .map_err(|e| Failure(format!("{}: {e}", args.listen)))?;
     eprintln!(
-        "replica {} of {} listening on {address}; Ctrl-C stops it",
+        "replica {} of {} listening on {address}; SIGTERM or Ctrl-C stops it",
         args.replica, args.replicas
     );
     loop {
@@ -99,8 +104,8 @@ pub(crate) async fn node(args: NodeArgs) -> Result<(), Failure> {
                 Some(_) => {}
                 None => break,
             },
-            _ = tokio::signal::ctrl_c() => {
-                eprintln!("shutting down");
+            signal = &mut stop => {
+                eprintln!("{signal}: shutting down");
                 let report = node.shutdown(Duration::from_secs(5)).await;
                 eprintln!("{report}");
                 break;
@@ -132,8 +137,11 @@ pub(crate) struct ClientArgs {
     operation: u32,
 }
 
-/// Sends `count` requests and prints replies and latency.
+/// Sends `count` requests and prints replies and latency; SIGTERM or
+/// SIGINT stops it early, gracefully.
 pub(crate) async fn client(args: ClientArgs) -> Result<(), Failure> {
+    let stop = crate::stop::stop_signal()?;
+    let mut stop = std::pin::pin!(stop);
     let config = args.common.config()?;
     let keys = args.common.keys()?;
     let params = ClientParams {
@@ -156,7 +164,13 @@ pub(crate) async fn client(args: ClientArgs) -> Result<(), Failure> {
     let mut latencies = Vec::new();
     for _ in 0..args.count {
         let started = Instant::now();
-        let reply = client.request(args.operation, body.clone()).await?;
+        let reply = tokio::select! {
+            reply = client.request(args.operation, body.clone()) => reply?,
+            signal = &mut stop => {
+                eprintln!("{signal}: stopping after {} replies", latencies.len());
+                break;
+            }
+        };
         latencies.push(started.elapsed());
         if args.count <= 10 {
             println!(
