@@ -93,8 +93,11 @@ pub struct Config {
     #[serde(rename = "dedup_ttl_ms", with = "millis")]
     pub dedup_ttl: Duration,
     /// Client: requests outstanding at once; more are refused. Default 64;
-    /// `1..=send_queue_frames`, so a reconnect can resend them all. Keep it
-    /// at most `dedup_entries_per_client` so every retry finds its entry.
+    /// `1..=send_queue_frames`, so a reconnect can resend them all, and at
+    /// most `dedup_entries_per_client`, the node's window: a node answers
+    /// `Busy` to a request that finds its client's window full of requests
+    /// in flight, so the nodes a client talks to must run with a window at
+    /// least this large (the same config file on both sides does).
     pub client_max_outstanding: usize,
     /// Client: how long a request may stay unanswered (resends included)
     /// before it is reported expired. Default 30 s; `>= 1 ms` and below
@@ -324,6 +327,16 @@ impl Config {
         }
         at_least("dedup_ttl_ms", c.dedup_ttl, Duration::from_secs(1))?;
         at_least("client_max_outstanding", c.client_max_outstanding, 1)?;
+        if c.client_max_outstanding > c.dedup_entries_per_client {
+            return Err(invalid(
+                "client_max_outstanding",
+                c.client_max_outstanding,
+                format!(
+                    "must be at most dedup_entries_per_client ({}): a node answers `Busy` to requests beyond its window",
+                    c.dedup_entries_per_client
+                ),
+            ));
+        }
         if c.client_max_outstanding > c.send_queue_frames {
             return Err(invalid(
                 "client_max_outstanding",

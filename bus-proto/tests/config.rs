@@ -140,6 +140,27 @@ fn each_rule_names_its_field() {
         ),
         (
             Config {
+                hello_timeout: Duration::from_millis(5),
+                ..d()
+            },
+            "hello_timeout_ms",
+        ),
+        (
+            Config {
+                max_unauthenticated_per_address: 0,
+                ..d()
+            },
+            "max_unauthenticated_per_address",
+        ),
+        (
+            Config {
+                client_max_outstanding: 65,
+                ..d()
+            },
+            "client_max_outstanding",
+        ),
+        (
+            Config {
                 dedup_entries_per_client: 0,
                 ..d()
             },

@@ -12,6 +12,7 @@ use bus_proto::crypto::{Key, KeyRing};
 use bus_proto::entropy::SeededEntropy;
 use std::time::Duration;
 
+pub mod attack;
 pub mod bus;
 pub mod cluster;
 pub mod proxy;

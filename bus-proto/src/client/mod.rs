@@ -377,6 +377,15 @@ impl Client {
         }
     }
 
+    /// The caller stopped waiting for `request` (its future was dropped):
+    /// it leaves the outstanding set at once, freeing its slot, and a later
+    /// reply is counted as unmatched. A copy already queued on the
+    /// connection may still be sent; the node runs it at most once either
+    /// way. Returns whether it was outstanding.
+    pub fn abandon(&mut self, request: u64) -> bool {
+        self.outstanding.take(request).is_some()
+    }
+
     /// Closes gracefully; outstanding requests are dropped without events.
     pub fn shutdown(&mut self, now: Now) {
         self.shutting_down = true;

@@ -170,7 +170,9 @@ fn link_waiters(state: &mut State<ClientFront>) -> &mut Waiters {
     &mut state.machine.link_waiters
 }
 
-/// Forgets a request's entry when its caller stops waiting.
+/// Forgets a request when its caller stops waiting: its waiter, and its
+/// slot among the client's outstanding requests, so a loop of abandoned
+/// requests cannot lock the client out with `TooManyOutstanding`.
 struct Forget<'a, R: Runtime> {
     shared: &'a Shared<ClientFront, R>,
     request: u64,
@@ -178,7 +180,12 @@ struct Forget<'a, R: Runtime> {
 
 impl<R: Runtime> Drop for Forget<'_, R> {
     fn drop(&mut self) {
-        self.shared.lock().machine.waiting.remove(&self.request);
+        let mut state = self.shared.lock();
+        let waiting = state.machine.waiting.remove(&self.request);
+        // Answered requests already left the outstanding set.
+        if waiting.is_some_and(|w| w.answer.is_none()) {
+            state.machine.client.abandon(self.request);
+        }
     }
 }
 

@@ -92,7 +92,7 @@ impl Harness {
             max_message_size: 4096,
             send_queue_frames: 32,
             send_queue_bytes: 32 * 4096,
-            client_max_outstanding: 8,
+            client_max_outstanding: 4,
             max_batch: 8,
             max_handshakes_in_flight: 4,
             max_connections: 8,

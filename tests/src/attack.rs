@@ -1,0 +1,141 @@
+//! Key-less adversaries on real sockets: silent floods and forged `hello`s.
+//! Their sockets are async-io's, so they attack a node on any runtime.
+
+use crate::CLUSTER;
+use crate::bus::Bus;
+use bus_proto::config::ValidConfig;
+use bus_proto::connection::{Connection, DialParams};
+use bus_proto::crypto::{KeyRing, PeerId};
+use bus_proto::entropy::SeededEntropy;
+use bus_proto::handshake::Binding;
+use bus_proto::time::{Instant, UnixNanos};
+use smol::Async;
+use smol::io::AsyncWriteExt;
+use std::collections::VecDeque;
+use std::future::{Future, poll_fn};
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::pin::Pin;
+use std::task::Poll;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// A TCP connection to `target` from `source` (any port): a loopback
+/// address other than 127.0.0.1 stands for another host.
+pub fn connect_from(source: IpAddr, target: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    socket.bind(&SocketAddr::new(source, 0).into())?;
+    // Loopback connects complete at once while the accept queue has room.
+    socket.connect(&target.into())?;
+    Ok(socket.into())
+}
+
+/// Holds `hold` silent connections from `source` to `target` and keeps
+/// opening `per_round` more every `period`, closing the oldest beyond
+/// `hold`: more than any handshake cap, forever. Never completes; race it.
+pub async fn silent_flood<B: Bus>(
+    source: IpAddr,
+    target: SocketAddr,
+    hold: usize,
+    per_round: usize,
+    period: Duration,
+) {
+    let mut held = VecDeque::new();
+    loop {
+        for _ in 0..per_round {
+            match connect_from(source, target) {
+                Ok(stream) => held.push_back(stream),
+                // The listener's queue is full: that is the point.
+                Err(_) => break,
+            }
+            while held.len() > hold {
+                held.pop_front();
+            }
+        }
+        B::sleep(period).await;
+    }
+}
+
+/// A `hello` from client `client` signed with `keys` (the wrong ones, for
+/// a forgery), fresh by the wall clock.
+pub fn hello_bytes(config: &ValidConfig, keys: &KeyRing, client: u128, acceptor: u8) -> Vec<u8> {
+    let wall = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let wall = UnixNanos::from_nanos(u64::try_from(wall.as_nanos()).unwrap_or(u64::MAX));
+    let params = DialParams {
+        cluster: CLUSTER,
+        local: PeerId::Client(client),
+        acceptor,
+        keys,
+        binding: Binding::NONE,
+    };
+    let mut entropy = SeededEntropy::new(u64::try_from(client & 0xffff_ffff).unwrap_or(0));
+    let mut conn = Connection::dial(Instant::ZERO, wall, config, params, &mut entropy)
+        .expect("a client may dial");
+    let mut bytes = Vec::new();
+    conn.poll_transmit(Instant::ZERO)
+        .expect("the hello")
+        .write_to(&mut bytes);
+    bytes
+}
+
+/// Sends `bursts` bursts of `per_burst` forged `hello`s (signed with
+/// `wrong`) to `target`, each on its own connection, pausing `period`
+/// between bursts. Returns how many were written.
+pub async fn forged_hellos<B: Bus>(
+    config: &ValidConfig,
+    wrong: &KeyRing,
+    target: SocketAddr,
+    acceptor: u8,
+    bursts: usize,
+    per_burst: usize,
+    period: Duration,
+) -> usize {
+    let mut written = 0;
+    for burst in 0..bursts {
+        let mut open = Vec::new();
+        for i in 0..per_burst {
+            let client = u128::try_from(burst * per_burst + i).unwrap_or(0) + 1;
+            let Ok(mut stream) = Async::<TcpStream>::connect(target).await else {
+                continue;
+            };
+            if stream
+                .write_all(&hello_bytes(config, wrong, client, acceptor))
+                .await
+                .is_ok()
+            {
+                written += 1;
+            }
+            open.push(stream);
+        }
+        B::sleep(period).await;
+        drop(open);
+    }
+    written
+}
+
+/// Runs every future to completion, concurrently, on the current task.
+pub async fn join_all<T>(futures: Vec<Pin<Box<dyn Future<Output = T> + '_>>>) -> Vec<T> {
+    let mut futures: Vec<_> = futures.into_iter().map(Some).collect();
+    let mut outputs: Vec<Option<T>> = futures.iter().map(|_| None).collect();
+    poll_fn(|cx| {
+        let mut pending = false;
+        for (slot, output) in futures.iter_mut().zip(outputs.iter_mut()) {
+            if let Some(future) = slot {
+                match future.as_mut().poll(cx) {
+                    Poll::Ready(value) => {
+                        *output = Some(value);
+                        *slot = None;
+                    }
+                    Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    })
+    .await;
+    outputs.into_iter().flatten().collect()
+}
