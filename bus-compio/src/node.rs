@@ -213,9 +213,12 @@ async fn accept_loop(shared: &Arc<Driver>, listener: TcpListener) {
     }
 }
 
-/// The node's events, in order: an async stream (also
-/// [`futures_core::Stream`]). Ends after shutdown. While the application
-/// leaves `event_capacity` events unread, socket tasks stop reading.
+/// The node's events: an async stream (also [`futures_core::Stream`]),
+/// in order within each plane, the planes read in turn. Ends after
+/// shutdown. While `message_capacity` messages (or `request_capacity`
+/// requests) wait unread, the connections they came on stop being read
+/// (their liveness deadline suspended), and only those. Dropping it is
+/// harmless: later deliveries are discarded and counted.
 pub struct Events {
     shared: Arc<Owner<NodeFront, Compio>>,
     _local: PhantomData<Rc<()>>,

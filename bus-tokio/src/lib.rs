@@ -17,8 +17,8 @@
 //! Protocol decisions (who dials, handshakes, replay and dedup, backoff,
 //! routing) live in `bus_proto`, and so does the runtime-independent
 //! driver (`bus_proto::host`: when sockets read, write and close, the
-//! bounded event queue, reply waiters, shutdown). This crate moves bytes,
-//! sleeps and spawns.
+//! event queues and per-connection pauses, admission, reply waiters,
+//! shutdown). This crate moves bytes, sleeps and spawns.
 
 #![deny(unsafe_code)]
 

@@ -4,9 +4,9 @@
 //! and timers. Everything else it needs is here, written once: the socket
 //! registry and when each socket task reads, writes or closes
 //! ([`Shared`]), the wake-ups between tasks, the timer loop, graceful
-//! shutdown, the application's event queue ([`NodeFront`]), reply waiters
-//! and link state ([`ClientFront`]), and the errors and reports of the
-//! public API.
+//! shutdown, the application's event queues paused per connection
+//! ([`NodeFront`]), reply waiters and link state ([`ClientFront`]), and
+//! the errors and reports of the public API.
 //!
 //! Like the rest of the crate this performs no I/O and reads no clock: the
 //! adapter's [`Runtime`] supplies the time, sleeps and starts dial tasks.
