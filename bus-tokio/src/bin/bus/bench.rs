@@ -73,6 +73,7 @@ struct Report {
     throughput: Vec<Throughput>,
     round_trip: Vec<RoundTrip>,
     handshakes: Handshakes,
+    under_attack: Vec<crate::under_attack::Row>,
 }
 
 fn config() -> Result<ValidConfig, Failure> {
@@ -156,12 +157,14 @@ async fn measure(args: &BenchArgs) -> Result<Report, Failure> {
         eprintln!("handshakes, {connections} connections ...");
     }
     let handshakes = handshake_rate(&config, connections).await?;
+    let under_attack = crate::under_attack::measure(&config, scale).await?;
     Ok(Report {
         runtime: "tokio multi-thread, 2 workers",
         batch_frames: config.max_batch,
         throughput,
         round_trip,
         handshakes,
+        under_attack,
     })
 }
 
@@ -234,6 +237,7 @@ fn print_table(report: &Report) {
         "\nhandshakes: {:.0} per second ({} sequential client connections, each dialled, authenticated both ways and dropped)",
         report.handshakes.per_sec, report.handshakes.connections
     );
+    crate::under_attack::print(&report.under_attack);
 }
 
 /// Two nodes, replica 0 sending to replica 1.

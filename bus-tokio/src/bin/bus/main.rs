@@ -6,6 +6,7 @@ mod bench;
 mod demo;
 mod serve;
 mod stop;
+mod under_attack;
 
 use bus_tokio::bus_proto::config::{Config, ValidConfig};
 use bus_tokio::bus_proto::crypto::{Key, KeyRing};
