@@ -6,7 +6,7 @@ use super::ops;
 use super::{CLUSTER, Forged, forge, wall};
 use arbitrary::{Arbitrary, Unstructured};
 use bus_proto::config::{Config, ValidConfig};
-use bus_proto::connection::{Connection, DialParams};
+use bus_proto::connection::{CloseCause, Connection, Deadline, DialParams};
 use bus_proto::crypto::{Key, KeyRing, PeerId};
 use bus_proto::entropy::SeededEntropy;
 use bus_proto::handshake::Binding;
@@ -27,7 +27,11 @@ enum Peer {
 
 #[derive(Arbitrary, Debug)]
 enum Op {
-    Accept(Peer),
+    /// An accept from one of a few remote addresses.
+    Accept {
+        peer: Peer,
+        from: u8,
+    },
     /// Answers the oldest connect in progress.
     Connect {
         ok: bool,
@@ -62,6 +66,11 @@ enum Op {
         len: u8,
     },
     Shutdown,
+    /// The host stops or resumes reading a socket (a slow application).
+    Pause {
+        socket: u8,
+        paused: bool,
+    },
 }
 
 struct Socket {
@@ -84,6 +93,8 @@ struct Harness {
     entropy: SeededEntropy,
     connected: BTreeSet<u8>,
     requests: Vec<RequestHeader>,
+    /// Connections whose reading the host paused.
+    paused: BTreeSet<ConnectionId>,
 }
 
 impl Harness {
@@ -123,6 +134,7 @@ impl Harness {
             entropy: SeededEntropy::new(3),
             connected: BTreeSet::new(),
             requests: Vec::new(),
+            paused: BTreeSet::new(),
         }
     }
 
@@ -134,8 +146,9 @@ impl Harness {
     fn apply(&mut self, op: Op) {
         let now = at(self.now);
         match op {
-            Op::Accept(peer) => {
-                let Ok(id) = self.node.accept(now, Binding::NONE) else {
+            Op::Accept { peer, from } => {
+                let remote = std::net::SocketAddr::from(([10, 0, 0, from % 3], 4000));
+                let Ok(id) = self.node.accept_from(now, Some(remote), Binding::NONE) else {
                     return;
                 };
                 let local = match peer {
@@ -243,6 +256,15 @@ impl Harness {
                     .reply(now, request, Bytes::from(vec![len; usize::from(len)]));
             }
             Op::Shutdown => self.node.shutdown(now),
+            Op::Pause { socket, paused } => {
+                let Some(s) = self.socket(socket) else { return };
+                let id = s.id;
+                self.node.set_reading_paused(now, id, paused);
+                match paused {
+                    true => self.paused.insert(id),
+                    false => self.paused.remove(&id),
+                };
+            }
         }
         self.settle();
     }
@@ -294,6 +316,18 @@ impl Harness {
                         self.connected.insert(replica),
                         "replica {replica} connected twice"
                     );
+                }
+                NodeEvent::PeerDisconnected {
+                    connection,
+                    cause: CloseCause::Timeout(Deadline::Liveness),
+                    ..
+                }
+                | NodeEvent::ClientDisconnected {
+                    connection,
+                    cause: CloseCause::Timeout(Deadline::Liveness),
+                    ..
+                } if self.paused.contains(&connection) => {
+                    panic!("{connection} declared dead while we did not read it");
                 }
                 NodeEvent::PeerDisconnected { replica, .. } => {
                     assert!(
