@@ -66,18 +66,19 @@ pub struct Config {
     pub hello_timeout: Duration,
     /// Accepted connections whose `hello` has not verified yet (the
     /// unauthenticated pool). At the cap a new connection evicts the
-    /// oldest one of the address holding the most, so silent or garbage
-    /// sockets never lock legitimate dialers out. Default 64; `>= 1`.
+    /// oldest one of the address holding the most (closed at once), so
+    /// silent or garbage sockets never lock legitimate dialers out.
+    /// Default 64; `>= 1`.
     pub max_handshakes_in_flight: usize,
-    /// The unauthenticated pool's share for one remote IP address: a new
-    /// connection beyond it evicts that address's oldest. Default 16;
+    /// The unauthenticated pool's share for one remote address (an IPv4
+    /// address, an IPv6 /64): a new connection beyond it evicts that
+    /// address's oldest. Default 16;
     /// `>= 1`; above `max_handshakes_in_flight` it is that.
     pub max_unauthenticated_per_address: usize,
-    /// Accepted connections that are not replicas (clients and the
-    /// unauthenticated pool). Replica connections have room of their own
-    /// beyond it. An accept beyond it evicts an unauthenticated connection,
-    /// or, with none to evict, is refused with `reject Busy`.
-    /// Default 1024; `>= max_handshakes_in_flight`.
+    /// Admitted clients (their `hello` verified) a node holds at once; a
+    /// client beyond it is told `reject Busy`. Replicas and the
+    /// unauthenticated pool have room of their own beyond it. Default 1024;
+    /// `>= max_handshakes_in_flight`.
     pub max_connections: usize,
     /// Peers tracked by the replay store. Default 4096; `>= 1`.
     pub max_replay_peers: usize,

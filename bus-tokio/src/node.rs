@@ -190,8 +190,14 @@ async fn accept_loop(shared: &Arc<Driver>, listener: TcpListener) {
                     let task = drive(Arc::clone(shared), socket, stream);
                     shared.runtime().spawn(task);
                 }
-                // A new socket's send buffer is empty: the reject fits.
-                Err(refused) => drop(stream.try_write(&refused.reject())),
+                // tokio's `try_write` waits for a readiness event a new
+                // socket has not had yet; the std socket writes at once
+                // (non-blocking, and a new socket's send buffer is empty).
+                Err(refused) => {
+                    if let Ok(stream) = stream.into_std() {
+                        drop(std::io::Write::write(&mut &stream, &refused.reject()));
+                    }
+                }
             },
             Err(error) => {
                 // Out of file descriptors and the like: wait instead of

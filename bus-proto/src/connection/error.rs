@@ -53,6 +53,10 @@ pub enum CloseCause {
     /// A deadline expired.
     #[error("{0:?} deadline expired")]
     Timeout(Deadline),
+    /// Acceptor: closed before its `hello` arrived, to make room for newer
+    /// connections in the unauthenticated pool.
+    #[error("evicted before authenticating, to make room")]
+    Evicted,
     /// The transport ended without a `close` frame.
     #[error("transport closed without a close frame")]
     Reset,
@@ -67,6 +71,7 @@ impl CloseCause {
             CloseCause::Ignored(_)
             | CloseCause::Refused(_)
             | CloseCause::Handshake(_)
+            | CloseCause::Evicted
             | CloseCause::Unauthenticated(_) => Some(ErrorClass::Unauthenticated),
             CloseCause::Violation(_) => Some(ErrorClass::ProtocolViolation),
             _ => None,

@@ -474,8 +474,8 @@ impl Connection {
 
     /// Acceptor, before a `hello` was admitted: refuse the dialer with
     /// `status` (a `reject` naming `cluster`, ours), then close. Used when
-    /// the node evicts an unauthenticated connection to make room. Ignored
-    /// in any other state.
+    /// the node has no room for a client whose `hello` verified. Ignored in
+    /// any other state.
     pub fn refuse(&mut self, cluster: u128, status: crate::wire::RejectStatus) {
         if self.side != Side::Acceptor
             || !matches!(self.phase, Phase::AwaitingHello | Phase::HelloParked(_))
@@ -489,6 +489,15 @@ impl Connection {
             protocol_max: PROTOCOL_VERSION,
         }));
         self.finish(CloseCause::Refused(status));
+    }
+
+    /// Acceptor, before a whole `hello` arrived: close at once, without an
+    /// answer, to make room for newer connections. Ignored in any other
+    /// state.
+    pub fn evict(&mut self) {
+        if self.side == Side::Acceptor && matches!(self.phase, Phase::AwaitingHello) {
+            self.finish(CloseCause::Evicted);
+        }
     }
 
     /// Acceptor: no `hello` has arrived yet (the dialer has proved

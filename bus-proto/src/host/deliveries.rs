@@ -7,15 +7,18 @@
 //! them in turn, one event from each non-empty queue, so neither plane
 //! waits behind the other's backlog; order within a plane is kept.
 //!
-//! Messages and requests are budgeted separately: once `message_capacity`
-//! messages (or `request_capacity` requests) are waiting, the connections
-//! that have deliveries among them stop being read, and only those; the
-//! core suspends their liveness deadline meanwhile, so a slow application
-//! never makes a live peer look dead. A connection with nothing waiting
-//! keeps reading, so each plane's queue may exceed its budget by what one
-//! read chunk per connection holds. Connect and disconnect events are
-//! bounded by the connections held; handshake failures are dropped (and
-//! counted by the core) once `message_capacity` of them wait.
+//! The planes are budgeted separately: once `message_capacity` replica
+//! events (or `request_capacity` client events) wait, the connections that
+//! have messages or requests among them stop being read, and only those;
+//! the core suspends their liveness deadline meanwhile, so a slow
+//! application never makes a live peer look dead. A connection with
+//! nothing waiting keeps reading, so a plane may exceed its budget by what
+//! one read chunk per connection holds, and by connect and disconnect
+//! events. At twice its budget a plane is full: every connection on it
+//! stops reading, and the node admits no new client while the client
+//! plane is full (they are told `Busy`), so even connection churn cannot
+//! grow the queue further. Handshake failures are dropped (and counted by
+//! the core) once `message_capacity` of them wait.
 //!
 //! Once the application drops its event stream, deliveries are discarded
 //! and counted ([`Deliveries::discarded`]), and nothing pauses.
@@ -30,15 +33,15 @@ pub(super) struct Deliveries {
     replica: VecDeque<NodeEvent>,
     client: VecDeque<NodeEvent>,
     other: VecDeque<NodeEvent>,
-    /// Messages in `replica`, requests in `client`.
+    /// Events in `replica` and in `client`.
     messages: usize,
     requests: usize,
     message_capacity: usize,
     request_capacity: usize,
-    /// Messages and requests waiting, by connection slot. A slot reused
-    /// while its old connection's deliveries still wait inherits the count
-    /// until they are read: conservative, and cheaper than hashing ids.
-    waiting: Vec<u32>,
+    /// Messages and requests waiting per connection, indexed by slot; the
+    /// id tells a slot's current connection from one that used it before
+    /// (whose deliveries no longer count for the slot).
+    waiting: Vec<Option<(ConnectionId, u32)>>,
     /// Which queue the next read starts with.
     turn: u8,
     /// The application dropped its event stream.
@@ -92,17 +95,19 @@ impl Deliveries {
         }
         match &event {
             NodeEvent::Message { connection, .. } => {
-                self.count(*connection, Plane::Replica, true);
+                self.count(Some(*connection), Plane::Replica, true);
                 self.replica.push_back(event);
             }
             NodeEvent::Request { connection, .. } => {
-                self.count(*connection, Plane::Client, true);
+                self.count(Some(*connection), Plane::Client, true);
                 self.client.push_back(event);
             }
             NodeEvent::PeerConnected { .. } | NodeEvent::PeerDisconnected { .. } => {
+                self.count(None, Plane::Replica, true);
                 self.replica.push_back(event);
             }
             NodeEvent::ClientConnected { .. } | NodeEvent::ClientDisconnected { .. } => {
+                self.count(None, Plane::Client, true);
                 self.client.push_back(event);
             }
             NodeEvent::HandshakeFailed { .. } => {
@@ -129,12 +134,18 @@ impl Deliveries {
             if let Some(event) = event {
                 match &event {
                     NodeEvent::Message { connection, .. } => {
-                        self.count(*connection, Plane::Replica, false);
+                        self.count(Some(*connection), Plane::Replica, false);
                     }
                     NodeEvent::Request { connection, .. } => {
-                        self.count(*connection, Plane::Client, false);
+                        self.count(Some(*connection), Plane::Client, false);
                     }
-                    _ => {}
+                    NodeEvent::PeerConnected { .. } | NodeEvent::PeerDisconnected { .. } => {
+                        self.count(None, Plane::Replica, false);
+                    }
+                    NodeEvent::ClientConnected { .. } | NodeEvent::ClientDisconnected { .. } => {
+                        self.count(None, Plane::Client, false);
+                    }
+                    NodeEvent::HandshakeFailed { .. } => {}
                 }
                 return Some(event);
             }
@@ -142,43 +153,69 @@ impl Deliveries {
         None
     }
 
-    fn count(&mut self, id: ConnectionId, plane: Plane, add: bool) {
-        let slot = id.slot();
-        if self.waiting.len() <= slot {
-            self.waiting.resize(slot + 1, 0);
-        }
+    /// Counts an event of `plane` in or out, and against connection `id`
+    /// for a message or request.
+    fn count(&mut self, id: Option<ConnectionId>, plane: Plane, add: bool) {
         let total = match plane {
             Plane::Replica => &mut self.messages,
             Plane::Client => &mut self.requests,
         };
-        if add {
-            self.waiting[slot] = self.waiting[slot].saturating_add(1);
-            *total += 1;
-        } else {
-            self.waiting[slot] = self.waiting[slot].saturating_sub(1);
-            *total = total.saturating_sub(1);
+        *total = match add {
+            true => total.saturating_add(1),
+            false => total.saturating_sub(1),
+        };
+        let Some(id) = id else {
+            return;
+        };
+        let slot = id.slot();
+        if self.waiting.len() <= slot {
+            self.waiting.resize(slot + 1, None);
+        }
+        let entry = &mut self.waiting[slot];
+        match (add, entry) {
+            (true, Some((current, n))) if *current == id => *n = n.saturating_add(1),
+            (true, entry) => *entry = Some((id, 1)),
+            (false, Some((current, n))) if *current == id => *n = n.saturating_sub(1),
+            // An earlier connection of this slot: nothing to uncount.
+            (false, _) => {}
         }
     }
 
-    /// Whether connection `id` should stop reading: deliveries of its own
-    /// wait, and its plane's budget is spent. `replica` says which plane
-    /// the connection is on.
+    /// Messages and requests of connection `id` waiting.
+    fn waiting(&self, id: ConnectionId) -> u32 {
+        match self.waiting.get(id.slot()) {
+            Some(Some((current, n))) if *current == id => *n,
+            _ => 0,
+        }
+    }
+
+    /// Whether established connection `id` should stop reading: deliveries
+    /// of its own wait and its plane's budget is spent, or its plane is
+    /// full. `replica` says which plane it is on.
     pub(super) fn should_pause(&self, id: ConnectionId, replica: bool) -> bool {
-        if self.dropped || self.waiting.get(id.slot()).is_none_or(|&n| n == 0) {
+        if self.dropped {
             return false;
         }
-        match replica {
-            true => self.messages >= self.message_capacity,
-            false => self.requests >= self.request_capacity,
-        }
+        let (waiting, capacity) = match replica {
+            true => (self.messages, self.message_capacity),
+            false => (self.requests, self.request_capacity),
+        };
+        waiting >= capacity.saturating_mul(2) || (waiting >= capacity && self.waiting(id) > 0)
+    }
+
+    /// The client plane is full: no new client should be admitted.
+    pub(super) fn client_plane_full(&self) -> bool {
+        !self.dropped && self.requests >= self.request_capacity.saturating_mul(2)
     }
 
     /// The application dropped its event stream: what waits is discarded,
     /// and so is every later delivery.
     pub(super) fn drop_stream(&mut self) {
         self.dropped = true;
-        let waiting = self.messages + self.requests;
-        self.discarded += waiting as u64;
+        let deliveries = (self.replica.iter().chain(&self.client))
+            .filter(|e| matches!(e, NodeEvent::Message { .. } | NodeEvent::Request { .. }))
+            .count();
+        self.discarded += deliveries as u64;
         self.replica.clear();
         self.client.clear();
         self.other.clear();
@@ -260,6 +297,71 @@ mod tests {
             Some(NodeEvent::Message { operation: 1, .. })
         ));
         assert!(!queue.should_pause(a, true));
+    }
+
+    /// A slot's next connection does not inherit the deliveries its
+    /// previous one left waiting: it reads unless its plane is full.
+    #[test]
+    fn a_reused_slot_does_not_inherit_waiting_deliveries() {
+        use crate::config::Config;
+        use crate::crypto::{Key, KeyRing};
+        use crate::entropy::SeededEntropy;
+        use crate::handshake::Binding;
+        use crate::node::{Node, NodeParams};
+        use crate::time::{Instant, Now, UnixNanos};
+        let config = Config::default().validate().expect("valid");
+        let params = NodeParams {
+            cluster: 1,
+            replica: 0,
+            replica_count: 1,
+            accept_clients: true,
+        };
+        let now = Now {
+            mono: Instant::from_nanos(1),
+            wall: UnixNanos::from_nanos(1),
+        };
+        let keys = KeyRing::new(Key::from_bytes([1; 32]));
+        let entropy = std::boxed::Box::new(SeededEntropy::new(1));
+        let mut node = Node::new(now, &config, params, keys, entropy).expect("node");
+        let old = node.accept(now, Binding::NONE).expect("old");
+        node.handle_eof(now, old);
+        let new = node.accept(now, Binding::NONE).expect("new");
+        assert_eq!(old.slot(), new.slot());
+        let mut queue = Deliveries::new(4, 4);
+        for op in 0..4 {
+            queue.push(message(old, op));
+        }
+        assert!(queue.should_pause(old, true));
+        assert!(!queue.should_pause(new, true), "nothing of its own waits");
+        queue.push(message(new, 9));
+        assert!(queue.should_pause(new, true));
+        // The old connection's deliveries leave without touching the new.
+        for _ in 0..4 {
+            queue.pop();
+        }
+        assert!(!queue.should_pause(new, true), "below the budget again");
+    }
+
+    /// At twice its budget a plane is full: every connection on it pauses,
+    /// even one with nothing waiting, and new clients are refused.
+    #[test]
+    fn a_full_plane_pauses_every_connection_on_it() {
+        let (a, b) = ids();
+        let mut queue = Deliveries::new(2, 2);
+        for op in 0..4 {
+            queue.push(NodeEvent::Request {
+                request: crate::wire::RequestHeader {
+                    client: 1,
+                    request: op,
+                    operation: 0,
+                },
+                connection: a,
+                body: Bytes::new(),
+            });
+        }
+        assert!(queue.should_pause(b, false), "the client plane is full");
+        assert!(queue.client_plane_full());
+        assert!(!queue.should_pause(b, true), "the replica plane is not");
     }
 
     #[test]

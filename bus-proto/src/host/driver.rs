@@ -398,7 +398,9 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
     /// A socket task (or a dial that never opened one) ended.
     pub fn closed(&self, id: ConnectionId) {
         let mut state = self.lock();
-        state.sockets.remove(&id);
+        if state.sockets.remove(&id).is_some_and(|e| e.paused) {
+            state.paused.retain(|&p| p != id);
+        }
         state.changed.notify_all();
         state.more_space();
     }

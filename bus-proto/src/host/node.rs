@@ -106,6 +106,7 @@ impl Machine for NodeFront {
             log_event(&event);
             delivered |= self.events.push(event);
         }
+        self.node.refuse_clients(self.events.client_plane_full());
         if delivered {
             if let Some(waker) = self.waker.take() {
                 waker.wake();
@@ -117,12 +118,15 @@ impl Machine for NodeFront {
         if self.tally.is_some() {
             return false;
         }
-        let replica = self
-            .node
-            .connection(id)
-            .and_then(|c| c.peer())
-            .is_some_and(|p| matches!(p, crate::crypto::PeerId::Replica(_)));
-        self.events.should_pause(id, replica)
+        // Only an established connection can have deliveries: one still
+        // in its handshake always reads.
+        match self.node.connection(id).filter(|c| c.is_established()) {
+            Some(conn) => {
+                let replica = matches!(conn.peer(), Some(crate::crypto::PeerId::Replica(_)));
+                self.events.should_pause(id, replica)
+            }
+            None => false,
+        }
     }
     fn set_reading_paused(&mut self, now: Now, id: ConnectionId, paused: bool) {
         self.node.set_reading_paused(now, id, paused);
@@ -150,12 +154,21 @@ fn log_event(event: &NodeEvent) {
         } => {
             tracing::debug!(client = %format_args!("{client:032x}"), %connection, %cause, "client disconnected");
         }
+        // Our own dials matter to the operator; inbound failures come at
+        // the rate of whatever floods the port, so they are debug only
+        // (counted in `NodeStats`).
         NodeEvent::HandshakeFailed {
             connection,
-            dialed,
+            dialed: Some(replica),
+            cause,
+            ..
+        } => tracing::info!(%connection, replica, %cause, "dial failed"),
+        NodeEvent::HandshakeFailed {
+            connection,
+            dialed: None,
             remote,
             cause,
-        } => tracing::info!(%connection, ?dialed, ?remote, %cause, "handshake failed"),
+        } => tracing::debug!(%connection, ?remote, %cause, "inbound handshake failed"),
         NodeEvent::Message { .. } | NodeEvent::Request { .. } => {}
     }
 }
@@ -221,11 +234,12 @@ impl<R: Runtime> Shared<NodeFront, R> {
     /// sockets resume, and the node keeps its connections and sends.
     pub fn events_dropped(&self) {
         let mut state = self.lock();
-        if state.machine.tally.is_some() || state.machine.events.stream_dropped() {
+        if state.machine.events.stream_dropped() {
             return;
         }
         let waiting = state.machine.events.len();
         state.machine.events.drop_stream();
+        state.machine.node.refuse_clients(false);
         tracing::warn!(
             waiting,
             "the application dropped its event stream: messages and requests are discarded from now on"

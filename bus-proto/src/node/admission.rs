@@ -13,13 +13,32 @@
 //! before it can be evicted, and an address holding few slots (a replica,
 //! an honest client) is evicted last.
 //!
-//! Evicted connections are told `reject Busy`, so a slow but honest dialer
-//! learns to retry; the eviction is counted in
+//! Evicted connections are closed at once, without an answer: they have
+//! not said who they are, and an honest dialer evicted with its `hello`
+//! still unread sees a reset and redials. Evictions are counted in
 //! [`NodeStats::unauthenticated_evicted`](super::NodeStats).
+//!
+//! Addresses are grouped as an attacker would have to vary them: IPv4 by
+//! address (IPv4-mapped IPv6 included), IPv6 by /64 prefix.
 
 use super::table::ConnectionId;
 use alloc::collections::{BTreeMap, VecDeque};
 use core::net::IpAddr;
+
+/// The group `ip` counts in: IPv4 addresses alone (an IPv4-mapped IPv6
+/// address as its IPv4 address), IPv6 addresses by their /64 prefix, which
+/// one host typically holds whole.
+pub(super) fn group(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(core::net::Ipv6Addr::from_bits(
+                v6.to_bits() & !((1u128 << 64) - 1),
+            )),
+        },
+    }
+}
 
 /// The unauthenticated pool's bookkeeping: members in accept order and
 /// their count per address. Membership itself is the table entry's

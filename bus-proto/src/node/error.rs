@@ -41,18 +41,17 @@ pub enum SocketError {
 }
 
 /// Why an inbound connection was refused. The adapter writes
-/// [`AcceptError::reject`] if the socket takes it at once (a new socket's
-/// send buffer is empty, so it does) and closes the socket unread.
+/// [`AcceptError::reject`] without waiting (a new socket's send buffer is
+/// empty, so it fits) and closes the socket unread.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum AcceptError {
-    /// `max_connections` accepted connections are held and none of them is
-    /// unauthenticated, so there is nothing to evict.
-    #[error("{held} accepted connections held, all authenticated; the limit is {max}")]
-    TooManyConnections {
-        /// Accepted non-replica connections held.
+    /// The connection table is full
+    /// ([`table_capacity`](super::table_capacity)): clients, the
+    /// unauthenticated pool, replicas and closing connections fill it.
+    #[error("{held} connections held, the table is full")]
+    TableFull {
+        /// Connections held.
         held: usize,
-        /// The limit.
-        max: usize,
         /// Our cluster, named in the reject.
         cluster: u128,
     },
@@ -70,7 +69,7 @@ impl AcceptError {
     /// limits.
     pub fn reject(&self) -> [u8; HEADER_SIZE] {
         let cluster = match *self {
-            AcceptError::TooManyConnections { cluster, .. } => cluster,
+            AcceptError::TableFull { cluster, .. } => cluster,
             AcceptError::ShuttingDown { cluster } => cluster,
         };
         let header = Header::new(

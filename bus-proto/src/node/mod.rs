@@ -178,8 +178,9 @@ pub enum NodeEvent {
 /// Counters since the node started.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NodeStats {
-    /// Inbound connections refused before reading (`max_connections` full
-    /// of authenticated connections, shutdown).
+    /// Inbound connections refused: at accept (shutting down, or the
+    /// connection table full), or at their verified `hello` because
+    /// `max_connections` clients are held. Each was told `reject Busy`.
     pub accepts_refused: u64,
     /// Unauthenticated connections evicted to make room for newer ones
     /// (see [`admission`](self#admission-before-authentication)).
@@ -228,8 +229,10 @@ pub struct Node {
     events: VecDeque<NodeEvent>,
     /// Accepted connections whose `hello` has not verified.
     pool: Pool,
-    /// Accepted connections counted against `max_connections`.
+    /// Admitted clients, counted against `max_connections`.
     counted: usize,
+    /// The host asked to admit no new client for now.
+    refusing_clients: bool,
     shutting_down: bool,
     stats: NodeStats,
 }
@@ -278,20 +281,14 @@ impl Node {
             keys,
             gate,
             entropy,
-            // Beyond `max_connections`: replicas (dialled and accepted) have
-            // room of their own, and evicted connections flush their reject.
-            table: Table::new(
-                config
-                    .max_connections
-                    .saturating_add(config.max_handshakes_in_flight)
-                    .saturating_add(2 * usize::from(params.replica_count)),
-            ),
+            table: Table::new(table_capacity(config, params.replica_count)),
             peers: Peers::new(now.mono, config, params.replica, params.replica_count),
             clients: BTreeMap::new(),
             dedup: DedupWindow::new(config.dedup_limits()),
             events: VecDeque::new(),
             pool: Pool::default(),
             counted: 0,
+            refusing_clients: false,
             shutting_down: false,
             stats: NodeStats::default(),
         })
@@ -318,9 +315,17 @@ impl Node {
         self.pool.len()
     }
 
-    /// Accepted connections counted against `max_connections` (clients
-    /// and the unauthenticated pool).
-    pub fn accepted_non_replica(&self) -> usize {
+    /// While `refuse` holds, a client whose `hello` verifies is told `Busy`
+    /// instead of admitted (replicas are still admitted): the host sets it
+    /// while its application's client-plane queue is full, so connection
+    /// churn cannot grow that queue.
+    pub fn refuse_clients(&mut self, refuse: bool) {
+        self.refusing_clients = refuse;
+    }
+
+    /// Admitted clients (their `hello` verified), counted against
+    /// `max_connections`.
+    pub fn admitted_clients(&self) -> usize {
         self.counted
     }
 
@@ -374,9 +379,9 @@ impl Node {
     /// An inbound socket was accepted from `remote`. It joins the
     /// unauthenticated pool: if the pool (or `remote`'s share of it) is
     /// full, the oldest member of the address holding the most is evicted
-    /// (told `reject Busy`) to make room; the new socket is never refused
-    /// for it. Refused only while shutting down, or when `max_connections`
-    /// is full of authenticated connections: then write
+    /// (closed at once, without an answer) to make room; the new socket is
+    /// never refused for it. Refused only while shutting down or when the
+    /// connection table is full ([`table_capacity`]): then write
     /// [`AcceptError::reject`]'s bytes if the socket takes them, and close
     /// it. `binding` is the transport's channel binding ([`Binding::NONE`]
     /// for plain TCP).
@@ -386,21 +391,16 @@ impl Node {
         remote: Option<SocketAddr>,
         binding: Binding,
     ) -> Result<ConnectionId, AcceptError> {
-        let refused = if self.shutting_down {
-            Some(AcceptError::ShuttingDown {
-                cluster: self.params.cluster,
-            })
-        } else {
-            self.make_room(now.mono, remote.map(|r| r.ip()))
-        };
-        if let Some(error) = refused {
+        if self.shutting_down {
             self.stats.accepts_refused += 1;
-            return Err(error);
+            return Err(AcceptError::ShuttingDown {
+                cluster: self.params.cluster,
+            });
         }
+        self.make_room(now.mono, remote.map(|r| admission::group(r.ip())));
         let conn = Connection::accept(now.mono, &self.config, binding);
-        let full = AcceptError::TooManyConnections {
-            held: self.counted,
-            max: self.config.max_connections,
+        let full = AcceptError::TableFull {
+            held: self.table.len(),
             cluster: self.params.cluster,
         };
         let Some(id) = self.table.insert(Entry {
@@ -408,18 +408,17 @@ impl Node {
             socket: Socket::Open(Box::new(conn)),
             announced: false,
             unauthenticated: true,
-            counted: true,
+            counted: false,
             remote,
             established_at: None,
         }) else {
             self.stats.accepts_refused += 1;
             return Err(full);
         };
-        self.counted += 1;
         let table = &self.table;
         self.pool.join(
             id,
-            remote.map(|r| r.ip()),
+            remote.map(|r| admission::group(r.ip())),
             self.config.max_handshakes_in_flight,
             |id| table.get(id).is_some_and(|e| e.unauthenticated),
         );
@@ -427,28 +426,15 @@ impl Node {
     }
 
     /// Evicts as the pool's caps require before a connection from
-    /// `address` joins; the refusal if there is still no room.
-    fn make_room(
-        &mut self,
-        now: Instant,
-        address: Option<core::net::IpAddr>,
-    ) -> Option<AcceptError> {
-        if self.pool.count(address) >= self.config.max_unauthenticated_per_address {
+    /// `address` joins. Sockets whose address the adapter did not give
+    /// share only the node-wide cap.
+    fn make_room(&mut self, now: Instant, address: Option<core::net::IpAddr>) {
+        let per_address = self.config.max_unauthenticated_per_address;
+        if address.is_some() && self.pool.count(address) >= per_address {
             self.evict(now, Some(address));
         } else if self.pool.len() >= self.config.max_handshakes_in_flight {
             self.evict(now, None);
         }
-        let over = self.counted >= self.config.max_connections;
-        // The table has headroom for evicted sockets still flushing their
-        // reject; it is full only under a flood of evictions.
-        if (over && !self.evict(now, None)) || self.table.is_full() {
-            return Some(AcceptError::TooManyConnections {
-                held: self.counted,
-                max: self.config.max_connections,
-                cluster: self.params.cluster,
-            });
-        }
-        None
     }
 
     /// Evicts one member of the unauthenticated pool (of `address` if
@@ -462,24 +448,35 @@ impl Node {
         };
         self.stats.unauthenticated_evicted += 1;
         if let Some(conn) = self.table.conn_mut(id) {
-            conn.refuse(self.params.cluster, RejectStatus::Busy);
+            conn.evict();
         }
+        // Closed without a frame to flush: the slot is free at once.
         self.settle(now, id);
         true
     }
 
-    /// `id` left the unauthenticated pool (its `hello` verified, or it
-    /// closed); `replica`: it is a replica's, so it no longer counts
-    /// against `max_connections`.
-    fn authenticated(&mut self, id: ConnectionId, replica: bool) {
+    /// `id` left the unauthenticated pool: its `hello` verified (`client`:
+    /// as a client's, now counted against `max_connections`), or it closed.
+    fn authenticated(&mut self, id: ConnectionId, client: bool) {
         let Some(entry) = self.table.get_mut(id) else {
             return;
         };
         if core::mem::take(&mut entry.unauthenticated) {
-            self.pool.leave(entry.remote.map(|r| r.ip()));
+            self.pool
+                .leave(entry.remote.map(|r| admission::group(r.ip())));
         }
-        if replica && core::mem::take(&mut entry.counted) {
-            self.counted -= 1;
+        if client && !core::mem::replace(&mut entry.counted, true) {
+            self.counted += 1;
+        }
+    }
+
+    /// `id` closed: it leaves the pool, and a client frees its place.
+    fn released(&mut self, id: ConnectionId) {
+        self.authenticated(id, false);
+        if let Some(entry) = self.table.get_mut(id) {
+            if core::mem::take(&mut entry.counted) {
+                self.counted -= 1;
+            }
         }
     }
 
@@ -725,11 +722,24 @@ impl Node {
         if let Some(conn) = self.table.conn_mut(id) {
             if let Some(hello) = conn.take_hello() {
                 let admission = self.gate.admit(now.wall, hello, &mut *self.entropy);
-                if let AdmissionOutcome::Accepted { peer } = admission.outcome() {
-                    self.authenticated(id, matches!(peer, PeerId::Replica(_)));
-                }
-                if let Some(conn) = self.table.conn_mut(id) {
-                    conn.admit(now.mono, admission);
+                let client = match admission.outcome() {
+                    AdmissionOutcome::Accepted { peer } => Some(matches!(peer, PeerId::Client(_))),
+                    _ => None,
+                };
+                let full = self.counted >= self.config.max_connections || self.refusing_clients;
+                if client == Some(true) && full {
+                    // Replicas have room of their own; clients wait.
+                    self.stats.accepts_refused += 1;
+                    if let Some(conn) = self.table.conn_mut(id) {
+                        conn.refuse(self.params.cluster, RejectStatus::Busy);
+                    }
+                } else {
+                    if let Some(client) = client {
+                        self.authenticated(id, client);
+                    }
+                    if let Some(conn) = self.table.conn_mut(id) {
+                        conn.admit(now.mono, admission);
+                    }
                 }
             }
         }
@@ -793,7 +803,7 @@ impl Node {
         };
         let (origin, announced, remote) = (entry.origin, entry.announced, entry.remote);
         let since = entry.established_at;
-        self.authenticated(id, true);
+        self.released(id);
         if since.is_none() {
             self.stats.handshakes_failed += 1;
         }
@@ -908,6 +918,18 @@ impl Node {
             }
         }
     }
+}
+
+/// The most connections a node holds at once: `max_connections` admitted
+/// clients, the unauthenticated pool (`max_handshakes_in_flight`), two per
+/// replica (the one we dial and the one that dials us), and as many again
+/// as the pool for connections that closed and still flush a last frame.
+/// An accept beyond it is refused with `reject Busy`.
+pub fn table_capacity(config: &ValidConfig, replica_count: u8) -> usize {
+    config
+        .max_connections
+        .saturating_add(config.max_handshakes_in_flight.saturating_mul(2))
+        .saturating_add(2 * usize::from(replica_count))
 }
 
 fn route_error(replica: u8, error: crate::connection::SendError) -> RouteError {

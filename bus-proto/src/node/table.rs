@@ -96,9 +96,8 @@ pub(crate) struct Entry {
     /// unauthenticated pool. Cleared exactly once, when the `hello`
     /// verifies or the connection closes.
     pub(crate) unauthenticated: bool,
-    /// Accepted and not (yet) known to be a replica: counted against
-    /// `max_connections`. Cleared when its `hello` verifies as a replica's,
-    /// or when it closes.
+    /// An admitted client (its `hello` verified): counted against
+    /// `max_connections` until it closes.
     pub(crate) counted: bool,
     /// The remote address, where the adapter knows it.
     pub(crate) remote: Option<core::net::SocketAddr>,

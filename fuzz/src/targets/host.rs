@@ -13,7 +13,7 @@ use bus_proto::entropy::SeededEntropy;
 use bus_proto::host::{
     Completion, Machine, NodeFront, NodeOptions, Runtime, Shared, SharedOptions, Socket, Step,
 };
-use bus_proto::node::{ConnectionId, NodeParams};
+use bus_proto::node::{ConnectionId, NodeParams, table_capacity};
 use bus_proto::time::{Instant, Now};
 use bytes::Bytes;
 use std::future::Future;
@@ -342,16 +342,17 @@ pub fn host(data: &[u8]) {
                 let _ = shared.poll_events(&mut cx, &mut events, 64);
             }
         }
-        // The core holds at most its configured connections: 8 accepted
-        // non-replicas, plus 4 evicted ones flushing their reject and room
-        // for the three replicas both ways.
+        // The core holds at most its configured connections: 8 admitted
+        // clients, and the table's capacity in all.
+        let (clients, capacity) = shared.inspect(|n| {
+            (
+                n.admitted_clients(),
+                table_capacity(&config, n.params().replica_count),
+            )
+        });
+        assert!(clients <= 8, "{clients} clients admitted");
         assert!(
-            shared.inspect(|n| n.accepted_non_replica()) <= 8,
-            "{} accepted",
-            shared.inspect(|n| n.accepted_non_replica())
-        );
-        assert!(
-            shared.connections() <= 8 + 4 + 2 * 3,
+            shared.connections() <= capacity,
             "{} connections",
             shared.connections()
         );

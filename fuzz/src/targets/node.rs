@@ -10,7 +10,7 @@ use bus_proto::connection::{CloseCause, Connection, Deadline, DialParams};
 use bus_proto::crypto::{Key, KeyRing, PeerId};
 use bus_proto::entropy::SeededEntropy;
 use bus_proto::handshake::Binding;
-use bus_proto::node::{Action, ConnectionId, Node, NodeEvent, NodeParams};
+use bus_proto::node::{Action, ConnectionId, Node, NodeEvent, NodeParams, table_capacity};
 use bus_proto::time::{Instant, Now};
 use bus_proto::wire::{Kind, RequestHeader};
 use bytes::Bytes;
@@ -343,10 +343,10 @@ impl Harness {
         }
         let c = &self.config;
         assert!(self.node.handshakes_in_flight() <= c.max_handshakes_in_flight);
-        // Accepted non-replicas within `max_connections`; replicas (three)
-        // and evicted sockets flushing their reject have room beyond it.
-        assert!(self.node.accepted_non_replica() <= c.max_connections);
-        assert!(self.node.connections() <= c.max_connections + c.max_handshakes_in_flight + 2 * 3);
+        // Admitted clients within `max_connections`; the table within its
+        // capacity (replicas and the pool have room beyond the clients).
+        assert!(self.node.admitted_clients() <= c.max_connections);
+        assert!(self.node.connections() <= table_capacity(c, 3));
         assert!(self.node.dedup().clients() <= c.dedup_max_clients);
         assert!(self.node.dedup().cached_bytes() <= c.dedup_max_cached_bytes);
         assert!(self.node.gate().replay_peers() <= c.max_replay_peers);
