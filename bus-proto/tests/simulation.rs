@@ -54,6 +54,9 @@ fn add(totals: &mut Report, r: &Report) {
     totals.impostor_dials += r.impostor_dials;
     totals.handshake_replays += r.handshake_replays;
     totals.frame_replays += r.frame_replays;
+    totals.stalls += r.stalls;
+    totals.silent_sockets += r.silent_sockets;
+    totals.unauthenticated_evicted += r.unauthenticated_evicted;
     totals.authenticated_frames |= r.authenticated_frames;
 }
 

@@ -1,8 +1,9 @@
 //! A deterministic cluster simulator: N nodes and M clients in memory, a
 //! virtual clock, and a seeded network with chunking, latency, stalls,
-//! resets, partitions that heal, node restarts, corruption, and an
-//! adversary that replays captured handshakes and frames and dials with
-//! wrong keys.
+//! resets, partitions that heal, node restarts, corruption, stalled
+//! applications (a node stops reading its sockets for a while), and an
+//! adversary that replays captured handshakes and frames, dials with wrong
+//! keys, and floods nodes with silent sockets from a few addresses.
 //!
 //! Everything random comes from the seed, so a run replays exactly. The
 //! checks run as the simulation goes; [`Sim::run`] returns the first
@@ -11,6 +12,7 @@
 
 use bus_proto::client::{Client, ClientEvent, ClientParams, RequestFailure};
 use bus_proto::config::{Config, ValidConfig};
+use bus_proto::connection::{CloseCause, Deadline};
 use bus_proto::crypto::{Key, KeyRing};
 use bus_proto::entropy::{Entropy, SeededEntropy};
 use bus_proto::handshake::Binding;
@@ -19,6 +21,7 @@ use bus_proto::time::{Instant, Now, UnixNanos};
 use bus_proto::wire::RequestHeader;
 use bytes::Bytes;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 pub const CLUSTER: u128 = 0x51_u128;
@@ -26,6 +29,8 @@ const WALL_BASE: u64 = 1_767_225_600_000_000_000;
 const MS: u64 = 1_000_000;
 /// Client ids of impostors (wrong key) start here.
 const IMPOSTOR_BASE: u128 = 0xBAD << 100;
+/// The adversary's first address (10.0.0.66); a burst may use a few more.
+const ADVERSARY_HOST: u8 = 66;
 
 /// A simulation's shape; everything else comes from the seed.
 #[derive(Clone, Debug)]
@@ -68,6 +73,12 @@ pub struct Report {
     pub impostor_dials: u64,
     pub handshake_replays: u64,
     pub frame_replays: u64,
+    /// Slow-application stalls: a node stopped reading its sockets.
+    pub stalls: u64,
+    /// Silent sockets the adversary opened into nodes.
+    pub silent_sockets: u64,
+    /// Unauthenticated connections the nodes evicted for newer ones.
+    pub unauthenticated_evicted: u64,
     pub authenticated_frames: bool,
 }
 
@@ -107,6 +118,17 @@ struct NodeSlot {
     /// Next message number per destination.
     sent: Vec<u64>,
     skew: i64,
+    /// The application is stalled: the node's sockets are not read.
+    stall: Option<Stall>,
+}
+
+/// A slow application: until `until` the host reads none of the node's
+/// sockets (bytes wait in the pipes) and every connection is paused.
+struct Stall {
+    started: Instant,
+    until: Instant,
+    /// Connections paused with `set_reading_paused(.., true)`.
+    paused: BTreeSet<ConnectionId>,
 }
 
 struct ClientSlot {
@@ -138,6 +160,8 @@ pub struct Sim {
     captured: VecDeque<(u8, Vec<Vec<u8>>)>,
     corrupt_per_mille: u64,
     faults_on: bool,
+    /// The next source port for an accepted socket's remote address.
+    next_port: u16,
     pub report: Report,
 }
 
@@ -182,7 +206,9 @@ impl Sim {
             reconnect_min: Duration::from_millis(20),
             reconnect_max: Duration::from_millis(1000),
             request_timeout: Duration::from_secs(5),
+            hello_timeout: Duration::from_millis(500),
             max_handshakes_in_flight: 8,
+            max_unauthenticated_per_address: 4,
             max_connections: 64,
             send_queue_frames: 256,
             max_batch: 16,
@@ -211,6 +237,7 @@ impl Sim {
             captured: VecDeque::new(),
             corrupt_per_mille,
             faults_on: true,
+            next_port: 40_000,
             report: Report {
                 authenticated_frames: authenticated,
                 ..Report::default()
@@ -227,6 +254,7 @@ impl Sim {
                 delayed: Vec::new(),
                 sent: vec![0; usize::from(sim.shape.nodes)],
                 skew,
+                stall: None,
             });
             sim.start_node(i);
         }
@@ -314,6 +342,7 @@ impl Sim {
         slot.executed.clear();
         slot.delayed.clear();
         slot.down_until = None;
+        slot.stall = None;
     }
 
     fn collect_stats(&mut self, i: u8) {
@@ -322,6 +351,7 @@ impl Sim {
             self.report.dedup_hits += s.dedup_hits;
             self.report.duplicates_dropped += s.duplicates_dropped;
             self.report.stale += s.stale;
+            self.report.unauthenticated_evicted += s.unauthenticated_evicted;
         }
     }
 
@@ -329,13 +359,16 @@ impl Sim {
         self.report.restarts += 1;
         self.collect_stats(i);
         self.nodes[usize::from(i)].node = None;
+        self.nodes[usize::from(i)].stall = None;
         self.nodes[usize::from(i)].down_until = Some(self.now.saturating_add(downtime));
-        let mine: Vec<usize> = self
+        let mut mine: Vec<usize> = self
             .by_end
             .iter()
             .filter(|((h, _), _)| *h == Host::Node(i))
             .map(|(_, &s)| s)
             .collect();
+        // In socket order, not the hash map's, so a seed replays exactly.
+        mine.sort_unstable();
         for s in mine {
             self.reset_socket(s);
         }
@@ -396,6 +429,213 @@ impl Sim {
         self.by_end.insert(dialer, s);
         self.by_end.insert(acceptor, s);
         s
+    }
+
+    /// A fresh source port for an accepted socket's remote address.
+    fn port(&mut self) -> u16 {
+        let port = self.next_port;
+        self.next_port = port.checked_add(1).unwrap_or(40_000);
+        port
+    }
+
+    /// The remote address a node sees for a socket dialled by an honest
+    /// host: one address per host (10.0.1.<host index>: nodes first, then
+    /// clients), a fresh port per socket.
+    fn remote_of(&mut self, host: Host) -> SocketAddr {
+        let index = match host {
+            Host::Node(i) => i,
+            Host::Client(j) => self
+                .shape
+                .nodes
+                .saturating_add(u8::try_from(j).unwrap_or(u8::MAX)),
+            Host::Adversary => return self.adversary_address(0),
+        };
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 1, index)), self.port())
+    }
+
+    /// The adversary's `k`th address, 10.0.0.(66 + k).
+    fn adversary_address(&mut self, k: u8) -> SocketAddr {
+        let host = ADVERSARY_HOST.saturating_add(k);
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, host)), self.port())
+    }
+
+    /// Whether node `i`'s application is stalled (its sockets are not read).
+    fn stalled(&self, i: u8) -> bool {
+        self.nodes[usize::from(i)].stall.is_some()
+    }
+
+    /// Whether bytes and EOF toward `host` wait in the pipes: a stalled
+    /// node reads nothing.
+    fn reader_stalled(&self, host: Host) -> bool {
+        matches!(host, Host::Node(i) if self.stalled(i))
+    }
+
+    /// Connection `id` of node `i` opened: paused at once while the node's
+    /// application is stalled.
+    fn opened(&mut self, i: u8, id: ConnectionId) {
+        let at = self.node_now(i);
+        let slot = &mut self.nodes[usize::from(i)];
+        if let (Some(stall), Some(node)) = (slot.stall.as_mut(), slot.node.as_mut()) {
+            node.set_reading_paused(at, id, true);
+            stall.paused.insert(id);
+        }
+    }
+
+    /// The slow-application fault: a random live node stops reading its
+    /// sockets for 1-3 times `liveness_timeout`; every open connection is
+    /// paused, and so is every connection opened meanwhile.
+    fn start_stall(&mut self) {
+        let candidates: Vec<u8> = (0..self.shape.nodes)
+            .filter(|&i| self.nodes[usize::from(i)].node.is_some() && !self.stalled(i))
+            .collect();
+        if candidates.is_empty() {
+            return;
+        }
+        let i = candidates[self.pick(candidates.len())];
+        let per_mille = 1000 + u32::try_from(self.rand(2001)).unwrap_or(0);
+        let length = self.config.liveness_timeout.saturating_mul(per_mille) / 1000;
+        // Sorted, so the pauses replay in one order.
+        let mut ids: Vec<ConnectionId> = self
+            .by_end
+            .keys()
+            .filter(|(host, _)| *host == Host::Node(i))
+            .map(|&(_, id)| id)
+            .collect();
+        ids.extend(
+            self.adversary
+                .iter()
+                .filter(|(n, _)| *n == i)
+                .map(|&(_, id)| id),
+        );
+        ids.sort();
+        ids.dedup();
+        let at = self.node_now(i);
+        let slot = &mut self.nodes[usize::from(i)];
+        let Some(node) = slot.node.as_mut() else {
+            return;
+        };
+        let mut paused = BTreeSet::new();
+        for id in ids {
+            if node.connection(id).is_some_and(|c| !c.is_closed()) {
+                node.set_reading_paused(at, id, true);
+                paused.insert(id);
+            }
+        }
+        slot.stall = Some(Stall {
+            started: self.now,
+            until: self.now.saturating_add(length),
+            paused,
+        });
+        self.report.stalls += 1;
+    }
+
+    /// Node `i`'s application catches up: every paused connection resumes
+    /// (the peer gets a fresh `liveness_timeout`) and the bytes that
+    /// waited in the pipes are delivered, in order.
+    fn end_stall(&mut self, i: u8) -> Result<(), String> {
+        let seed = self.seed;
+        let at = self.node_now(i);
+        let slot = &mut self.nodes[usize::from(i)];
+        let Some(stall) = slot.stall.take() else {
+            return Ok(());
+        };
+        let Some(node) = slot.node.as_mut() else {
+            return Ok(());
+        };
+        for id in stall.paused {
+            if node.connection(id).is_some_and(|c| !c.reading_paused()) {
+                return Err(format!(
+                    "seed {seed}: node {i} connection {id:?} was no longer paused at the end \
+                     of the stall {:?}..{:?}",
+                    stall.started, stall.until
+                ));
+            }
+            node.set_reading_paused(at, id, false);
+        }
+        Ok(())
+    }
+
+    /// Stalls due to end at `now` end.
+    fn end_due_stalls(&mut self) -> Result<(), String> {
+        for i in 0..self.shape.nodes {
+            let due = self.nodes[usize::from(i)]
+                .stall
+                .as_ref()
+                .is_some_and(|s| s.until <= self.now);
+            if due {
+                self.end_stall(i)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The silent-connection adversary: a burst of sockets into one node,
+    /// more than its unauthenticated pool holds, from one adversary address
+    /// or a few, never written on. The node's bounds hold after every
+    /// accept.
+    fn silent_burst(&mut self) -> Result<(), String> {
+        let i = self.pick_node();
+        let Some(node) = self.nodes[usize::from(i)].node.as_ref() else {
+            return Ok(());
+        };
+        // Closed ones can never be established: forget them.
+        self.adversary
+            .retain(|&(n, id)| n != i || node.connection(id).is_some());
+        let cap = self.config.max_handshakes_in_flight;
+        let count = cap + 1 + self.pick(2 * cap);
+        let addresses = if self.chance(333) {
+            2 + self.rand(3)
+        } else {
+            1
+        };
+        for k in 0..count {
+            let which = u8::try_from(self.rand(addresses)).unwrap_or(0);
+            let remote = self.adversary_address(which);
+            let at = self.node_now(i);
+            let Some(node) = self.nodes[usize::from(i)].node.as_mut() else {
+                return Ok(());
+            };
+            let accepted = node.accept_from(at, Some(remote), Binding::NONE);
+            self.report.silent_sockets += 1;
+            if let Ok(id) = accepted {
+                self.adversary.insert((i, id));
+                self.opened(i, id);
+            }
+            self.check_admission(i).map_err(|e| {
+                format!("{e}, after silent socket {k} of a burst of {count} from {remote}")
+            })?;
+            // Sometimes the host runs the node between accepts.
+            if self.chance(500) {
+                self.drain_node(i)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The admission bounds, which hold at every instant.
+    fn check_admission(&self, i: u8) -> Result<(), String> {
+        let Some(node) = self.nodes[usize::from(i)].node.as_ref() else {
+            return Ok(());
+        };
+        let seed = self.seed;
+        let now = self.now;
+        if node.handshakes_in_flight() > self.config.max_handshakes_in_flight {
+            return Err(format!(
+                "seed {seed}: node {i} holds {} unauthenticated connections at {now:?}, over \
+                 max_handshakes_in_flight {}",
+                node.handshakes_in_flight(),
+                self.config.max_handshakes_in_flight
+            ));
+        }
+        if node.admitted_clients() > self.config.max_connections {
+            return Err(format!(
+                "seed {seed}: node {i} counts {} admitted clients at {now:?}, over \
+                 max_connections {}",
+                node.admitted_clients(),
+                self.config.max_connections
+            ));
+        }
+        Ok(())
     }
 
     fn partitioned(&self, a: Host, b: Host) -> bool {
@@ -472,6 +712,10 @@ impl Sim {
             for side in 0..2 {
                 while let Some(socket) = self.sockets[s].as_mut() {
                     let (from, to) = (socket.ends[side], socket.ends[1 - side]);
+                    if self.reader_stalled(to.0) {
+                        // Not read: bytes and EOF wait, in order.
+                        break;
+                    }
                     let blocked = self.partitioned(from.0, to.0);
                     let Some(socket) = self.sockets[s].as_mut() else {
                         break;
@@ -546,7 +790,7 @@ impl Sim {
             let heal = self.partitions.values().min().copied().unwrap_or(fault_end);
             self.advance(next_fault.min(next_app).min(fault_end).min(heal));
         }
-        self.heal();
+        self.heal()?;
         let heal_deadline = self.now.saturating_add(self.shape.heal_bound);
         let healed_at = loop {
             if self.all_connected() {
@@ -622,14 +866,16 @@ impl Sim {
         Ok(self.report.clone())
     }
 
-    fn heal(&mut self) {
+    fn heal(&mut self) -> Result<(), String> {
         self.faults_on = false;
         self.partitions.clear();
         for i in 0..self.shape.nodes {
+            self.end_stall(i)?;
             if self.nodes[usize::from(i)].node.is_none() {
                 self.start_node(i);
             }
         }
+        Ok(())
     }
 
     fn all_connected(&self) -> bool {
@@ -667,7 +913,11 @@ impl Sim {
             if self.partitioned(socket.ends[0].0, socket.ends[1].0) {
                 continue;
             }
-            for pipe in &socket.pipes {
+            for (side, pipe) in socket.pipes.iter().enumerate() {
+                // A stalled reader's pipes wait for the stall's end.
+                if self.reader_stalled(socket.ends[1 - side].0) {
+                    continue;
+                }
                 if let Some((at, _)) = pipe.chunks.front() {
                     next = next.min(*at);
                 }
@@ -682,6 +932,9 @@ impl Sim {
             }
             if let Some(t) = slot.down_until {
                 next = next.min(t);
+            }
+            if let Some(stall) = &slot.stall {
+                next = next.min(stall.until);
             }
             for (t, _) in &slot.delayed {
                 next = next.min(*t);
@@ -704,6 +957,7 @@ impl Sim {
                 self.start_node(i);
             }
         }
+        self.end_due_stalls()?;
         for _ in 0..10_000 {
             let mut moved = self.deliver();
             for i in 0..self.shape.nodes {
@@ -727,6 +981,9 @@ impl Sim {
                 moved |= self.drain_client(j)?;
             }
             if !moved {
+                for i in 0..self.shape.nodes {
+                    self.check_admission(i)?;
+                }
                 return Ok(());
             }
         }
@@ -806,11 +1063,13 @@ impl Sim {
                     return;
                 }
                 let rat = self.node_now(replica);
+                let remote = self.remote_of(Host::Node(i));
                 let Some(target) = self.nodes[usize::from(replica)].node.as_mut() else {
                     return;
                 };
-                match target.accept(rat, Binding::NONE) {
+                match target.accept_from(rat, Some(remote), Binding::NONE) {
                     Ok(accepted) => {
+                        self.opened(replica, accepted);
                         self.open_socket(
                             (Host::Node(i), connection),
                             (Host::Node(replica), accepted),
@@ -818,6 +1077,7 @@ impl Sim {
                         if let Some(node) = self.nodes[usize::from(i)].node.as_mut() {
                             let _ = node.connected(at, connection, Binding::NONE);
                         }
+                        self.opened(i, connection);
                     }
                     Err(_) => {
                         if let Some(node) = self.nodes[usize::from(i)].node.as_mut() {
@@ -832,6 +1092,28 @@ impl Sim {
 
     fn node_event(&mut self, i: u8, event: NodeEvent) -> Result<(), String> {
         let seed = self.seed;
+        if let NodeEvent::PeerDisconnected {
+            connection, cause, ..
+        }
+        | NodeEvent::ClientDisconnected {
+            connection, cause, ..
+        } = &event
+        {
+            let paused = self.nodes[usize::from(i)]
+                .stall
+                .as_ref()
+                .filter(|s| s.paused.contains(connection));
+            if let (CloseCause::Timeout(Deadline::Liveness), Some(stall)) = (cause, paused) {
+                return Err(format!(
+                    "seed {seed}: node {i} (incarnation {}) closed with a liveness timeout at \
+                     {:?} while its reading was paused by the stall {:?}..{:?}: {event:?}",
+                    self.nodes[usize::from(i)].incarnation,
+                    self.now,
+                    stall.started,
+                    stall.until
+                ));
+            }
+        }
         match event {
             NodeEvent::PeerConnected { connection, .. }
             | NodeEvent::ClientConnected { connection, .. }
@@ -930,12 +1212,14 @@ impl Sim {
                 replica,
             } => {
                 let rat = self.node_now(replica);
+                let remote = self.remote_of(Host::Client(j));
                 let accepted = self.nodes[usize::from(replica)]
                     .node
                     .as_mut()
-                    .and_then(|n| n.accept(rat, Binding::NONE).ok());
+                    .and_then(|n| n.accept_from(rat, Some(remote), Binding::NONE).ok());
                 match accepted {
                     Some(accepted) => {
+                        self.opened(replica, accepted);
                         self.open_socket(
                             (Host::Client(j), connection),
                             (Host::Node(replica), accepted),
@@ -1048,6 +1332,8 @@ impl Sim {
             4 => self.impostor_dial(),
             5 => self.replay_handshake(),
             6 => self.replay_frame(),
+            7 => self.start_stall(),
+            8 => self.silent_burst()?,
             _ => {}
         }
         Ok(())
@@ -1093,6 +1379,10 @@ impl Sim {
         }
         let pick = self.pick(self.captured.len());
         let (i, transmits) = self.captured[pick].clone();
+        if self.stalled(i) {
+            // Its application is stalled: the node reads nothing.
+            return;
+        }
         let at = self.node_now(i);
         let Some(node) = self.nodes[usize::from(i)].node.as_mut() else {
             return;
