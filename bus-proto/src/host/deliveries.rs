@@ -233,6 +233,7 @@ impl Deliveries {
 #[cfg(test)]
 mod tests {
     use super::Deliveries;
+    use crate::handshake::Binding;
     use crate::node::{ConnectionId, NodeEvent};
     use bytes::Bytes;
 
@@ -246,12 +247,11 @@ mod tests {
         }
     }
 
-    fn ids() -> (ConnectionId, ConnectionId) {
-        // Ids come from a node's table; two fresh slots of a node.
+    /// A node, to issue connection ids, and its clock reading.
+    fn node() -> (crate::node::Node, crate::time::Now) {
         use crate::config::Config;
         use crate::crypto::{Key, KeyRing};
         use crate::entropy::SeededEntropy;
-        use crate::handshake::Binding;
         use crate::node::{Node, NodeParams};
         use crate::time::{Instant, Now, UnixNanos};
         let config = Config::default().validate().expect("valid");
@@ -266,14 +266,16 @@ mod tests {
             mono: Instant::from_nanos(1),
             wall: UnixNanos::from_nanos(1),
         };
-        let mut node = Node::new(
+        let entropy = std::boxed::Box::new(SeededEntropy::new(1));
+        (
+            Node::new(now, &config, params, keys, entropy).expect("node"),
             now,
-            &config,
-            params,
-            keys,
-            std::boxed::Box::new(SeededEntropy::new(1)),
         )
-        .expect("node");
+    }
+
+    /// Two live connections' ids.
+    fn ids() -> (ConnectionId, ConnectionId) {
+        let (mut node, now) = node();
         let a = node.accept(now, Binding::NONE).expect("a");
         let b = node.accept(now, Binding::NONE).expect("b");
         (a, b)
@@ -303,26 +305,7 @@ mod tests {
     /// previous one left waiting: it reads unless its plane is full.
     #[test]
     fn a_reused_slot_does_not_inherit_waiting_deliveries() {
-        use crate::config::Config;
-        use crate::crypto::{Key, KeyRing};
-        use crate::entropy::SeededEntropy;
-        use crate::handshake::Binding;
-        use crate::node::{Node, NodeParams};
-        use crate::time::{Instant, Now, UnixNanos};
-        let config = Config::default().validate().expect("valid");
-        let params = NodeParams {
-            cluster: 1,
-            replica: 0,
-            replica_count: 1,
-            accept_clients: true,
-        };
-        let now = Now {
-            mono: Instant::from_nanos(1),
-            wall: UnixNanos::from_nanos(1),
-        };
-        let keys = KeyRing::new(Key::from_bytes([1; 32]));
-        let entropy = std::boxed::Box::new(SeededEntropy::new(1));
-        let mut node = Node::new(now, &config, params, keys, entropy).expect("node");
+        let (mut node, now) = node();
         let old = node.accept(now, Binding::NONE).expect("old");
         node.handle_eof(now, old);
         let new = node.accept(now, Binding::NONE).expect("new");

@@ -422,7 +422,8 @@ async fn codec_throughput(body: usize, messages: u64, batch: usize) -> Result<f6
     Ok(messages as f64 / elapsed)
 }
 
-fn percentiles(mut samples: Vec<Duration>) -> (f64, f64) {
+/// p50 and p99 of `samples`, in microseconds.
+pub(crate) fn percentiles(mut samples: Vec<Duration>) -> (f64, f64) {
     samples.sort();
     let at = |q: usize| {
         samples

@@ -4,6 +4,7 @@
 //! one run.
 
 use crate::Failure;
+use crate::bench::percentiles;
 use bus_tokio::bus_proto::client::ClientParams;
 use bus_tokio::bus_proto::config::ValidConfig;
 use bus_tokio::bus_proto::connection::{Connection, DialParams};
@@ -45,16 +46,6 @@ pub(crate) struct Row {
     /// Attack rates while the legitimate client worked, per second.
     silent_per_sec: f64,
     forged_per_sec: f64,
-}
-
-fn percentiles(mut samples: Vec<Duration>) -> (f64, f64) {
-    samples.sort();
-    let at = |q: usize| {
-        samples
-            .get((samples.len() * q / 100).min(samples.len().saturating_sub(1)))
-            .map_or(0.0, |d| d.as_secs_f64() * 1e6)
-    };
-    (at(50), at(99))
 }
 
 async fn connect_from(source: IpAddr, target: SocketAddr) -> std::io::Result<TcpStream> {
