@@ -44,6 +44,9 @@ pub(super) struct Deliveries {
     waiting: Vec<Option<(ConnectionId, u32)>>,
     /// Which queue the next read starts with.
     turn: u8,
+    /// Since [`Deliveries::take_resumable`] last ran, a pop crossed a
+    /// threshold that may let a paused connection read again.
+    resumable: bool,
     /// The application dropped its event stream.
     dropped: bool,
     discarded: u64,
@@ -68,6 +71,7 @@ impl Deliveries {
             request_capacity: request_capacity.max(1),
             waiting: Vec::new(),
             turn: 0,
+            resumable: false,
             dropped: false,
             discarded: 0,
         }
@@ -156,14 +160,18 @@ impl Deliveries {
     /// Counts an event of `plane` in or out, and against connection `id`
     /// for a message or request.
     fn count(&mut self, id: Option<ConnectionId>, plane: Plane, add: bool) {
-        let total = match plane {
-            Plane::Replica => &mut self.messages,
-            Plane::Client => &mut self.requests,
+        let (total, capacity) = match plane {
+            Plane::Replica => (&mut self.messages, self.message_capacity),
+            Plane::Client => (&mut self.requests, self.request_capacity),
         };
         *total = match add {
             true => total.saturating_add(1),
             false => total.saturating_sub(1),
         };
+        // Falling below a threshold may let paused connections read again.
+        if !add && (*total + 1 == capacity || *total + 1 == capacity.saturating_mul(2)) {
+            self.resumable = true;
+        }
         let Some(id) = id else {
             return;
         };
@@ -175,7 +183,10 @@ impl Deliveries {
         match (add, entry) {
             (true, Some((current, n))) if *current == id => *n = n.saturating_add(1),
             (true, entry) => *entry = Some((id, 1)),
-            (false, Some((current, n))) if *current == id => *n = n.saturating_sub(1),
+            (false, Some((current, n))) if *current == id => {
+                *n = n.saturating_sub(1);
+                self.resumable |= *n == 0;
+            }
             // An earlier connection of this slot: nothing to uncount.
             (false, _) => {}
         }
@@ -201,6 +212,12 @@ impl Deliveries {
             false => (self.requests, self.request_capacity),
         };
         waiting >= capacity.saturating_mul(2) || (waiting >= capacity && self.waiting(id) > 0)
+    }
+
+    /// Whether paused connections may read again since the last call: the
+    /// driver re-checks them only then, not on every event read.
+    pub(super) fn take_resumable(&mut self) -> bool {
+        core::mem::take(&mut self.resumable)
     }
 
     /// The client plane is full: no new client should be admitted.

@@ -306,7 +306,7 @@ impl<R: Runtime> Shared<NodeFront, R> {
             n += 1;
         }
         if n > 0 {
-            if !state.paused.is_empty() {
+            if state.machine.events.take_resumable() && !state.paused.is_empty() {
                 self.resume_readers(&mut state);
             }
             return Poll::Ready(n);
