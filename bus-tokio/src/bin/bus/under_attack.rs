@@ -40,6 +40,10 @@ pub(crate) struct Row {
     /// p99 against the scenario without attack.
     handshake_p99_vs_baseline: f64,
     request_p99_vs_baseline: f64,
+    /// p99 against the same attack aimed at another listener: what the
+    /// node's handling of the attack adds to sharing the machine with it.
+    handshake_p99_vs_control: f64,
+    request_p99_vs_control: f64,
     /// Attacker sockets the node evicted, and handshakes that failed.
     evicted: u64,
     failed: u64,
@@ -123,6 +127,10 @@ async fn forgeries(config: ValidConfig, source: IpAddr, target: SocketAddr, sent
     }
 }
 
+/// Where the silent sockets and the forged hellos come from, and what
+/// they attack.
+type Attackers = (IpAddr, IpAddr, SocketAddr);
+
 /// The attackers, on their own thread and runtime (as on their own
 /// machine, though this one shares its cores).
 struct Attack {
@@ -174,6 +182,67 @@ impl Attack {
 }
 
 impl Drop for Attack {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A plain listener on its own thread and runtime: it accepts, reads until
+/// the peer closes, and keeps nothing.
+struct Bystander {
+    address: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Bystander {
+    fn start() -> Result<Bystander, Failure> {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        listener.set_nonblocking(true)?;
+        let address = listener.local_addr()?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async move {
+                let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
+                    return;
+                };
+                let serve = async {
+                    while let Ok((mut stream, _)) = listener.accept().await {
+                        tokio::spawn(async move {
+                            let mut sink = [0u8; 256];
+                            while let Ok(1..) =
+                                tokio::io::AsyncReadExt::read(&mut stream, &mut sink).await
+                            {
+                            }
+                        });
+                    }
+                };
+                tokio::select! {
+                    () = serve => {}
+                    _ = stopped => {}
+                }
+            });
+        });
+        Ok(Bystander {
+            address,
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Bystander {
     fn drop(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
@@ -249,16 +318,30 @@ pub(crate) async fn measure(config: &ValidConfig, scale: u64) -> Result<Vec<Row>
     });
     let (handshakes, requests) = (200 / scale, 5000 / scale);
     let other = |last| IpAddr::V4(Ipv4Addr::new(127, 0, 0, last));
-    let scenarios: [(&'static str, Option<(IpAddr, IpAddr)>); 3] = [
+    let bystander = Bystander::start()?;
+    // The control row aims the same attack at a plain listener: what the
+    // legitimate client loses there is the cost of sharing the machine
+    // with the attackers, not of the node's defences.
+    let scenarios: [(&'static str, Option<Attackers>); 4] = [
         ("no attack", None),
-        ("attackers on other hosts", Some((other(2), other(3)))),
-        ("attackers on the client's host", Some((other(1), other(1)))),
+        (
+            "same attack at another listener",
+            Some((other(2), other(3), bystander.address)),
+        ),
+        (
+            "attackers on other hosts",
+            Some((other(2), other(3), address)),
+        ),
+        (
+            "attackers on the client's host",
+            Some((other(1), other(1), address)),
+        ),
     ];
     let mut rows: Vec<Row> = Vec::new();
     for (scenario, attackers) in scenarios {
         eprintln!("under attack: {scenario} ...");
-        let attack = attackers.map(|(silent_from, forged_from)| {
-            Attack::start(config, silent_from, forged_from, address)
+        let attack = attackers.map(|(silent_from, forged_from, target)| {
+            Attack::start(config, silent_from, forged_from, target)
         });
         if let Some(attack) = &attack {
             // Let the attack reach full strength first: the pool is full
@@ -285,6 +368,7 @@ pub(crate) async fn measure(config: &ValidConfig, scale: u64) -> Result<Vec<Row>
         let (handshake_p50_us, handshake_p99_us) = percentiles(connects);
         let (request_p50_us, request_p99_us) = percentiles(round_trips);
         let baseline = rows.first();
+        let control = rows.get(1);
         rows.push(Row {
             scenario,
             handshakes,
@@ -296,6 +380,9 @@ pub(crate) async fn measure(config: &ValidConfig, scale: u64) -> Result<Vec<Row>
             handshake_p99_vs_baseline: baseline
                 .map_or(1.0, |b| handshake_p99_us / b.handshake_p99_us),
             request_p99_vs_baseline: baseline.map_or(1.0, |b| request_p99_us / b.request_p99_us),
+            handshake_p99_vs_control: control
+                .map_or(1.0, |c| handshake_p99_us / c.handshake_p99_us),
+            request_p99_vs_control: control.map_or(1.0, |c| request_p99_us / c.request_p99_us),
             evicted: after.unauthenticated_evicted - before.unauthenticated_evicted,
             failed: after.handshakes_failed - before.handshakes_failed,
             silent_per_sec: rates.0,
@@ -314,8 +401,9 @@ pub(crate) fn print(rows: &[Row]) {
     println!(
         "\nunder attack: a legitimate client while attackers hold {SILENT} silent sockets and flood forged hellos"
     );
+    println!("(p99 ratios: against no attack / against the same attack aimed at another listener)");
     println!(
-        "{:<32} {:>19} {:>8} {:>19} {:>8} {:>9} {:>9} {:>15}",
+        "{:<32} {:>19} {:>13} {:>19} {:>13} {:>8} {:>7} {:>15}",
         "",
         "handshake p50/p99",
         "p99 vs",
@@ -327,14 +415,16 @@ pub(crate) fn print(rows: &[Row]) {
     );
     for r in rows {
         println!(
-            "{:<32} {:>8.0}/{:>8.0}us {:>7.2}x {:>8.1}/{:>8.1}us {:>7.2}x {:>9} {:>9} {:>7.0}/{:>7.0}",
+            "{:<32} {:>8.0}/{:>8.0}us {:>5.2}x/{:>5.2}x {:>8.1}/{:>8.1}us {:>5.2}x/{:>5.2}x {:>8} {:>7} {:>7.0}/{:>7.0}",
             r.scenario,
             r.handshake_p50_us,
             r.handshake_p99_us,
             r.handshake_p99_vs_baseline,
+            r.handshake_p99_vs_control,
             r.request_p50_us,
             r.request_p99_us,
             r.request_p99_vs_baseline,
+            r.request_p99_vs_control,
             r.evicted,
             r.failed,
             r.silent_per_sec,
