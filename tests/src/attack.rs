@@ -10,7 +10,7 @@ use bus_proto::entropy::SeededEntropy;
 use bus_proto::handshake::Binding;
 use bus_proto::time::{Instant, UnixNanos};
 use smol::Async;
-use smol::io::AsyncWriteExt;
+use smol::io::{AsyncReadExt, AsyncWriteExt};
 use std::collections::VecDeque;
 use std::future::{Future, poll_fn};
 use std::net::{IpAddr, SocketAddr, TcpStream};
@@ -54,9 +54,9 @@ pub async fn silent_flood<B: Bus>(
     }
 }
 
-/// A `hello` from client `client` signed with `keys` (the wrong ones, for
-/// a forgery), fresh by the wall clock.
-pub fn hello_bytes(config: &ValidConfig, keys: &KeyRing, client: u128, acceptor: u8) -> Vec<u8> {
+/// A dialing client connection (sans-IO) with `keys`, its `hello` fresh
+/// by the wall clock.
+fn dialer(config: &ValidConfig, keys: &KeyRing, client: u128, acceptor: u8) -> Connection {
     let wall = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
@@ -69,13 +69,52 @@ pub fn hello_bytes(config: &ValidConfig, keys: &KeyRing, client: u128, acceptor:
         binding: Binding::NONE,
     };
     let mut entropy = SeededEntropy::new(u64::try_from(client & 0xffff_ffff).unwrap_or(0));
-    let mut conn = Connection::dial(Instant::ZERO, wall, config, params, &mut entropy)
-        .expect("a client may dial");
+    Connection::dial(Instant::ZERO, wall, config, params, &mut entropy).expect("a client may dial")
+}
+
+/// Everything `conn` has to send, as bytes.
+fn outgoing(conn: &mut Connection) -> Vec<u8> {
     let mut bytes = Vec::new();
-    conn.poll_transmit(Instant::ZERO)
-        .expect("the hello")
-        .write_to(&mut bytes);
+    while let Some(transmit) = conn.poll_transmit(Instant::ZERO) {
+        transmit.write_to(&mut bytes);
+    }
     bytes
+}
+
+/// A `hello` from client `client` signed with `keys` (the wrong ones, for
+/// a forgery), fresh by the wall clock.
+pub fn hello_bytes(config: &ValidConfig, keys: &KeyRing, client: u128, acceptor: u8) -> Vec<u8> {
+    outgoing(&mut dialer(config, keys, client, acceptor))
+}
+
+/// A client that completes its handshake with node `acceptor` at `target`
+/// and then says and reads nothing more: a graceful close with it can only
+/// end at `close_grace`.
+pub async fn established_then_silent(
+    config: &ValidConfig,
+    keys: &KeyRing,
+    client: u128,
+    acceptor: u8,
+    target: SocketAddr,
+) -> Async<TcpStream> {
+    let mut stream = Async::<TcpStream>::connect(target).await.expect("connect");
+    let mut conn = dialer(config, keys, client, acceptor);
+    stream.write_all(&outgoing(&mut conn)).await.expect("hello");
+    let mut buf = [0u8; 4096];
+    while !conn.is_established() {
+        let n = stream.read(&mut buf).await.expect("read");
+        assert!(
+            n > 0,
+            "closed during the handshake: {:?}",
+            conn.close_cause()
+        );
+        conn.handle_input(Instant::ZERO, &buf[..n]);
+    }
+    stream
+        .write_all(&outgoing(&mut conn))
+        .await
+        .expect("confirm");
+    stream
 }
 
 /// Sends `bursts` bursts of `per_burst` forged `hello`s (signed with

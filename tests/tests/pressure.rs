@@ -7,7 +7,7 @@
 use bus_proto::client::ClientParams;
 use bus_proto::host::{ClientError, NodeOptions};
 use bus_proto::node::NodeEvent;
-use bus_tests::attack::{forged_hellos, join_all, silent_flood};
+use bus_tests::attack::{established_then_silent, forged_hellos, join_all, silent_flood};
 use bus_tests::bus::{Bus, ClientApi, EventsApi, NodeApi};
 use bus_tests::cluster::{Member, member, until, wait_for, within};
 use bus_tests::{CLUSTER, PATIENCE, config, keys, quick};
@@ -26,6 +26,7 @@ bus_tests::scenarios!(
     a_silent_flood_from_the_same_host_still_lets_peers_in,
     forged_hello_bursts_do_not_keep_a_client_out,
     abandoned_requests_free_their_slots,
+    a_node_shutting_down_refuses_new_sockets_with_busy,
 );
 
 fn client_params<B: Bus>(target: u8) -> ClientParams {
@@ -438,4 +439,49 @@ async fn abandoned_requests_free_their_slots<B: Bus>() {
         .await
         .expect("the eleventh request is answered");
     client.shutdown(Duration::from_secs(1)).await;
+}
+
+/// A refused accept is told why: while a node shuts down (its drain held
+/// open by a client that never answers the close), a new socket receives
+/// a `reject Busy` frame before it is closed, on every adapter.
+async fn a_node_shutting_down_refuses_new_sockets_with_busy<B: Bus>() {
+    use bus_proto::wire::{FrameDecoder, Integrity, Kind, RejectStatus};
+    use smol::io::AsyncReadExt;
+    let config = config();
+    let acceptor = member::<B>(&config, 1, 2, keys(38), NodeOptions::default()).await;
+    let address = acceptor.address;
+    let _silent = established_then_silent(&config, &keys(38), 0xfeed, 1, address).await;
+    until::<B>("the silent client is established", || {
+        acceptor.node.inspect(|n| n.client_connection(0xfeed).is_some())
+    })
+    .await;
+    let node = acceptor.node.clone();
+    let probe = async {
+        until::<B>("the node is shutting down", || {
+            node.inspect(|n| n.is_shutting_down())
+        })
+        .await;
+        let mut socket = smol::Async::<std::net::TcpStream>::connect(address)
+            .await
+            .expect("the listener still accepts during the drain");
+        let mut frame = [0u8; 256];
+        socket.read_exact(&mut frame).await.expect("a whole frame");
+        let mut decoder = FrameDecoder::new(Integrity::Checksum, 256);
+        decoder.feed(&frame);
+        let frame = decoder.next_frame().unwrap().expect("a frame");
+        assert_eq!(frame.header.cluster, CLUSTER);
+        assert!(
+            matches!(frame.header.kind, Kind::Reject(r) if r.status == RejectStatus::Busy),
+            "{:?}",
+            frame.header.kind
+        );
+    };
+    let (report, ()) = within::<B, _>(
+        PATIENCE,
+        zip(acceptor.node.shutdown(Duration::from_secs(5)), probe),
+    )
+    .await
+    .expect("the drain ends at close_grace");
+    assert_eq!(report.total, 1);
+    assert!(acceptor.node.stats().accepts_refused >= 1);
 }

@@ -309,6 +309,11 @@ impl Node {
         self.table.len()
     }
 
+    /// Whether [`Node::shutdown`] started: accepts are refused from then on.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down
+    }
+
     /// Accepted connections whose `hello` has not verified yet (the
     /// unauthenticated pool).
     pub fn handshakes_in_flight(&self) -> usize {
