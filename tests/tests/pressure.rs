@@ -452,7 +452,9 @@ async fn a_node_shutting_down_refuses_new_sockets_with_busy<B: Bus>() {
     let address = acceptor.address;
     let _silent = established_then_silent(&config, &keys(38), 0xfeed, 1, address).await;
     until::<B>("the silent client is established", || {
-        acceptor.node.inspect(|n| n.client_connection(0xfeed).is_some())
+        acceptor
+            .node
+            .inspect(|n| n.client_connection(0xfeed).is_some())
     })
     .await;
     let node = acceptor.node.clone();
