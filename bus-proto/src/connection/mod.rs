@@ -500,12 +500,6 @@ impl Connection {
         }
     }
 
-    /// Acceptor: no `hello` has arrived yet (the dialer has proved
-    /// nothing).
-    pub fn awaiting_hello(&self) -> bool {
-        matches!(self.phase, Phase::AwaitingHello)
-    }
-
     /// Advances timers. Harmless when called early or more than once.
     pub fn handle_timeout(&mut self, now: Instant) {
         if self.closed.is_some() {

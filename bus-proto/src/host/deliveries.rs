@@ -30,20 +30,18 @@ use std::vec::Vec;
 /// The application's event queues. See the [module docs](self).
 #[derive(Debug)]
 pub(super) struct Deliveries {
-    replica: VecDeque<NodeEvent>,
-    client: VecDeque<NodeEvent>,
+    /// The replica plane's events and the client plane's, by [`Plane`].
+    planes: [VecDeque<NodeEvent>; 2],
+    /// Handshake failures.
     other: VecDeque<NodeEvent>,
-    /// Events in `replica` and in `client`.
-    messages: usize,
-    requests: usize,
-    message_capacity: usize,
-    request_capacity: usize,
+    /// Each plane's budget, by [`Plane`].
+    capacity: [usize; 2],
     /// Messages and requests waiting per connection, indexed by slot; the
     /// id tells a slot's current connection from one that used it before
     /// (whose deliveries no longer count for the slot).
     waiting: Vec<Option<(ConnectionId, u32)>>,
-    /// Which queue the next read starts with.
-    turn: u8,
+    /// Which queue the next read starts with: a plane, or 2 for `other`.
+    turn: usize,
     /// Since [`Deliveries::take_resumable`] last ran, a pop crossed a
     /// threshold that may let a paused connection read again.
     resumable: bool,
@@ -52,23 +50,36 @@ pub(super) struct Deliveries {
     discarded: u64,
 }
 
-/// Which budget a delivery counts against.
+/// Which queue and budget an event belongs to; indexes the per-plane
+/// arrays.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Plane {
-    Replica,
-    Client,
+    Replica = 0,
+    Client = 1,
+}
+
+/// An event's plane (`None`: a diagnostic), and the connection a message
+/// or request counts against.
+fn classify(event: &NodeEvent) -> (Option<Plane>, Option<ConnectionId>) {
+    match event {
+        NodeEvent::Message { connection, .. } => (Some(Plane::Replica), Some(*connection)),
+        NodeEvent::Request { connection, .. } => (Some(Plane::Client), Some(*connection)),
+        NodeEvent::PeerConnected { .. } | NodeEvent::PeerDisconnected { .. } => {
+            (Some(Plane::Replica), None)
+        }
+        NodeEvent::ClientConnected { .. } | NodeEvent::ClientDisconnected { .. } => {
+            (Some(Plane::Client), None)
+        }
+        NodeEvent::HandshakeFailed { .. } => (None, None),
+    }
 }
 
 impl Deliveries {
     pub(super) fn new(message_capacity: usize, request_capacity: usize) -> Self {
         Deliveries {
-            replica: VecDeque::new(),
-            client: VecDeque::new(),
+            planes: [VecDeque::new(), VecDeque::new()],
             other: VecDeque::new(),
-            messages: 0,
-            requests: 0,
-            message_capacity: message_capacity.max(1),
-            request_capacity: request_capacity.max(1),
+            capacity: [message_capacity.max(1), request_capacity.max(1)],
             waiting: Vec::new(),
             turn: 0,
             resumable: false,
@@ -79,7 +90,7 @@ impl Deliveries {
 
     /// Events waiting.
     pub(super) fn len(&self) -> usize {
-        self.replica.len() + self.client.len() + self.other.len()
+        self.planes.iter().map(VecDeque::len).sum::<usize>() + self.other.len()
     }
 
     /// Messages and requests discarded because the event stream was
@@ -91,36 +102,19 @@ impl Deliveries {
     /// Queues an event; false if it was dropped (a diagnostic over its
     /// bound, or any delivery after the stream was dropped).
     pub(super) fn push(&mut self, event: NodeEvent) -> bool {
+        let (plane, connection) = classify(&event);
         if self.dropped {
-            if matches!(event, NodeEvent::Message { .. } | NodeEvent::Request { .. }) {
-                self.discarded += 1;
-            }
+            self.discarded += u64::from(connection.is_some());
             return false;
         }
-        match &event {
-            NodeEvent::Message { connection, .. } => {
-                self.count(Some(*connection), Plane::Replica, true);
-                self.replica.push_back(event);
+        match plane {
+            Some(plane) => {
+                self.count(connection, plane, true);
+                self.planes[plane as usize].push_back(event);
             }
-            NodeEvent::Request { connection, .. } => {
-                self.count(Some(*connection), Plane::Client, true);
-                self.client.push_back(event);
-            }
-            NodeEvent::PeerConnected { .. } | NodeEvent::PeerDisconnected { .. } => {
-                self.count(None, Plane::Replica, true);
-                self.replica.push_back(event);
-            }
-            NodeEvent::ClientConnected { .. } | NodeEvent::ClientDisconnected { .. } => {
-                self.count(None, Plane::Client, true);
-                self.client.push_back(event);
-            }
-            NodeEvent::HandshakeFailed { .. } => {
-                // Unauthenticated sockets must not grow the queue.
-                if self.other.len() >= self.message_capacity {
-                    return false;
-                }
-                self.other.push_back(event);
-            }
+            // Unauthenticated sockets must not grow the queue.
+            None if self.other.len() >= self.capacity[Plane::Replica as usize] => return false,
+            None => self.other.push_back(event),
         }
         true
     }
@@ -130,26 +124,13 @@ impl Deliveries {
         for _ in 0..3 {
             let turn = self.turn;
             self.turn = (self.turn + 1) % 3;
-            let event = match turn {
-                0 => self.replica.pop_front(),
-                1 => self.client.pop_front(),
-                _ => self.other.pop_front(),
+            let event = match self.planes.get_mut(turn) {
+                Some(queue) => queue.pop_front(),
+                None => self.other.pop_front(),
             };
             if let Some(event) = event {
-                match &event {
-                    NodeEvent::Message { connection, .. } => {
-                        self.count(Some(*connection), Plane::Replica, false);
-                    }
-                    NodeEvent::Request { connection, .. } => {
-                        self.count(Some(*connection), Plane::Client, false);
-                    }
-                    NodeEvent::PeerConnected { .. } | NodeEvent::PeerDisconnected { .. } => {
-                        self.count(None, Plane::Replica, false);
-                    }
-                    NodeEvent::ClientConnected { .. } | NodeEvent::ClientDisconnected { .. } => {
-                        self.count(None, Plane::Client, false);
-                    }
-                    NodeEvent::HandshakeFailed { .. } => {}
+                if let (Some(plane), connection) = classify(&event) {
+                    self.count(connection, plane, false);
                 }
                 return Some(event);
             }
@@ -160,16 +141,11 @@ impl Deliveries {
     /// Counts an event of `plane` in or out, and against connection `id`
     /// for a message or request.
     fn count(&mut self, id: Option<ConnectionId>, plane: Plane, add: bool) {
-        let (total, capacity) = match plane {
-            Plane::Replica => (&mut self.messages, self.message_capacity),
-            Plane::Client => (&mut self.requests, self.request_capacity),
-        };
-        *total = match add {
-            true => total.saturating_add(1),
-            false => total.saturating_sub(1),
-        };
-        // Falling below a threshold may let paused connections read again.
-        if !add && (*total + 1 == capacity || *total + 1 == capacity.saturating_mul(2)) {
+        let capacity = self.capacity[plane as usize];
+        let total = self.planes[plane as usize].len();
+        // Called after a push and after a pop: falling below a threshold
+        // may let paused connections read again.
+        if !add && (total + 1 == capacity || total + 1 == capacity.saturating_mul(2)) {
             self.resumable = true;
         }
         let Some(id) = id else {
@@ -207,10 +183,14 @@ impl Deliveries {
         if self.dropped {
             return false;
         }
-        let (waiting, capacity) = match replica {
-            true => (self.messages, self.message_capacity),
-            false => (self.requests, self.request_capacity),
+        let plane = match replica {
+            true => Plane::Replica,
+            false => Plane::Client,
         };
+        let (waiting, capacity) = (
+            self.planes[plane as usize].len(),
+            self.capacity[plane as usize],
+        );
         waiting >= capacity.saturating_mul(2) || (waiting >= capacity && self.waiting(id) > 0)
     }
 
@@ -222,22 +202,20 @@ impl Deliveries {
 
     /// The client plane is full: no new client should be admitted.
     pub(super) fn client_plane_full(&self) -> bool {
-        !self.dropped && self.requests >= self.request_capacity.saturating_mul(2)
+        let plane = Plane::Client as usize;
+        !self.dropped && self.planes[plane].len() >= self.capacity[plane].saturating_mul(2)
     }
 
     /// The application dropped its event stream: what waits is discarded,
     /// and so is every later delivery.
     pub(super) fn drop_stream(&mut self) {
         self.dropped = true;
-        let deliveries = (self.replica.iter().chain(&self.client))
-            .filter(|e| matches!(e, NodeEvent::Message { .. } | NodeEvent::Request { .. }))
+        let deliveries = (self.planes.iter().flatten())
+            .filter(|e| classify(e).1.is_some())
             .count();
         self.discarded += deliveries as u64;
-        self.replica.clear();
-        self.client.clear();
+        self.planes.iter_mut().for_each(VecDeque::clear);
         self.other.clear();
-        self.messages = 0;
-        self.requests = 0;
         self.waiting.clear();
     }
 

@@ -121,8 +121,8 @@ pub enum NodeEvent {
     /// A connection closed before it was established (never announced):
     /// our dial was rejected (`cause` is [`CloseCause::Rejected`] with the
     /// acceptor's status), or an inbound peer failed to authenticate, was
-    /// refused or evicted (`Refused(Busy)`), or said nothing until its
-    /// deadline. For logs and metrics; the dial schedule already retries.
+    /// refused (`Refused(Busy)`) or evicted ([`CloseCause::Evicted`]), or
+    /// said nothing until its deadline. For logs and metrics; the dial schedule already retries.
     HandshakeFailed {
         /// The connection that failed.
         connection: ConnectionId,
@@ -402,12 +402,9 @@ impl Node {
                 cluster: self.params.cluster,
             });
         }
-        self.make_room(now.mono, remote.map(|r| admission::group(r.ip())));
+        let address = remote.map(|r| admission::group(r.ip()));
+        self.make_room(now.mono, address);
         let conn = Connection::accept(now.mono, &self.config, binding);
-        let full = AcceptError::TableFull {
-            held: self.table.len(),
-            cluster: self.params.cluster,
-        };
         let Some(id) = self.table.insert(Entry {
             origin: Origin::Accepted,
             socket: Socket::Open(Box::new(conn)),
@@ -418,15 +415,16 @@ impl Node {
             established_at: None,
         }) else {
             self.stats.accepts_refused += 1;
-            return Err(full);
+            return Err(AcceptError::TableFull {
+                held: self.table.len(),
+                cluster: self.params.cluster,
+            });
         };
         let table = &self.table;
-        self.pool.join(
-            id,
-            remote.map(|r| admission::group(r.ip())),
-            self.config.max_handshakes_in_flight,
-            |id| table.get(id).is_some_and(|e| e.unauthenticated),
-        );
+        self.pool
+            .join(id, address, self.config.max_handshakes_in_flight, |id| {
+                table.get(id).is_some_and(|e| e.unauthenticated)
+            });
         Ok(id)
     }
 
@@ -443,13 +441,13 @@ impl Node {
     }
 
     /// Evicts one member of the unauthenticated pool (of `address` if
-    /// given); false if there is none.
-    fn evict(&mut self, now: Instant, address: Option<Option<core::net::IpAddr>>) -> bool {
+    /// given), if there is one.
+    fn evict(&mut self, now: Instant, address: Option<Option<core::net::IpAddr>>) {
         let table = &self.table;
         let Some(id) = self.pool.victim(address, |id| {
             table.get(id).is_some_and(|e| e.unauthenticated)
         }) else {
-            return false;
+            return;
         };
         self.stats.unauthenticated_evicted += 1;
         if let Some(conn) = self.table.conn_mut(id) {
@@ -457,7 +455,6 @@ impl Node {
         }
         // Closed without a frame to flush: the slot is free at once.
         self.settle(now, id);
-        true
     }
 
     /// `id` left the unauthenticated pool: its `hello` verified (`client`:

@@ -498,21 +498,27 @@ async fn raw_round_trip(body: usize, iterations: u64) -> Result<(f64, f64), Fail
     Ok(percentiles(samples))
 }
 
-async fn handshake_rate(config: &ValidConfig, connections: u64) -> Result<Handshakes, Failure> {
+/// A one-replica cluster `cluster` that accepts clients, listening on
+/// loopback under a fresh key.
+pub(crate) async fn lone_node(
+    config: &ValidConfig,
+    cluster: u128,
+) -> Result<(Node, Events, std::net::SocketAddr, Key), Failure> {
     let key = Key::generate(&mut OsEntropy);
     let params = NodeParams {
-        cluster: CLUSTER,
+        cluster,
         replica: 0,
         replica_count: 1,
         accept_clients: true,
     };
-    let (node, _events) = Node::start(
-        config,
-        params,
-        KeyRing::new(key.clone()),
-        NodeOptions::default(),
-    )?;
+    let keys = KeyRing::new(key.clone());
+    let (node, events) = Node::start(config, params, keys, NodeOptions::default())?;
     let address = node.listen("127.0.0.1:0").await?;
+    Ok((node, events, address, key))
+}
+
+async fn handshake_rate(config: &ValidConfig, connections: u64) -> Result<Handshakes, Failure> {
+    let (node, _events, address, key) = lone_node(config, CLUSTER).await?;
     let started = Instant::now();
     for _ in 0..connections {
         let params = ClientParams {

@@ -10,9 +10,9 @@ use bus_tokio::bus_proto::config::ValidConfig;
 use bus_tokio::bus_proto::connection::{Connection, DialParams};
 use bus_tokio::bus_proto::crypto::{Key, KeyRing, PeerId};
 use bus_tokio::bus_proto::handshake::Binding;
-use bus_tokio::bus_proto::node::{NodeEvent, NodeParams};
+use bus_tokio::bus_proto::node::NodeEvent;
 use bus_tokio::bus_proto::time::{Instant as CoreInstant, UnixNanos};
-use bus_tokio::{Client, Node, NodeOptions, OsEntropy};
+use bus_tokio::{Client, OsEntropy};
 use bytes::Bytes;
 use serde::Serialize;
 use std::collections::VecDeque;
@@ -131,11 +131,51 @@ async fn forgeries(config: ValidConfig, source: IpAddr, target: SocketAddr, sent
 /// they attack.
 type Attackers = (IpAddr, IpAddr, SocketAddr);
 
-/// The attackers, on their own thread and runtime (as on their own
-/// machine, though this one shares its cores).
-struct Attack {
+/// A task on its own thread and current-thread runtime (as on its own
+/// machine, though this one shares its cores), stopped and joined on drop.
+struct Background {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Background {
+    fn spawn<F: Future<Output = ()> + 'static>(task: impl FnOnce() -> F + Send + 'static) -> Self {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async move {
+                tokio::select! {
+                    () = task() => {}
+                    _ = stopped => {}
+                }
+            });
+        });
+        Background {
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The attackers, in the background.
+struct Attack {
+    _task: Background,
     silent: Arc<AtomicU64>,
     forged: Arc<AtomicU64>,
 }
@@ -147,27 +187,16 @@ impl Attack {
         forged_from: IpAddr,
         target: SocketAddr,
     ) -> Attack {
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let (opened, sent) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
         let (o, s, config) = (Arc::clone(&opened), Arc::clone(&sent), config.clone());
-        let thread = std::thread::spawn(move || {
-            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            runtime.block_on(async move {
-                tokio::select! {
-                    () = silent(silent_from, target, o) => {}
-                    () = forgeries(config, forged_from, target, s) => {}
-                    _ = stopped => {}
-                }
-            });
+        let task = Background::spawn(move || async move {
+            tokio::join!(
+                silent(silent_from, target, o),
+                forgeries(config, forged_from, target, s)
+            );
         });
         Attack {
-            stop: Some(stop),
-            thread: Some(thread),
+            _task: task,
             silent: opened,
             forged: sent,
         }
@@ -181,23 +210,11 @@ impl Attack {
     }
 }
 
-impl Drop for Attack {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-/// A plain listener on its own thread and runtime: it accepts, reads until
-/// the peer closes, and keeps nothing.
+/// A plain listener in the background: it accepts, reads until the peer
+/// closes, and keeps nothing.
 struct Bystander {
     address: SocketAddr,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    _task: Background,
 }
 
 impl Bystander {
@@ -205,51 +222,23 @@ impl Bystander {
         let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
         listener.set_nonblocking(true)?;
         let address = listener.local_addr()?;
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::spawn(move || {
-            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
+        let task = Background::spawn(move || async move {
+            let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
                 return;
             };
-            runtime.block_on(async move {
-                let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
-                    return;
-                };
-                let serve = async {
-                    while let Ok((mut stream, _)) = listener.accept().await {
-                        tokio::spawn(async move {
-                            let mut sink = [0u8; 256];
-                            while let Ok(1..) =
-                                tokio::io::AsyncReadExt::read(&mut stream, &mut sink).await
-                            {
-                            }
-                        });
+            while let Ok((mut stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut sink = [0u8; 256];
+                    while let Ok(1..) = tokio::io::AsyncReadExt::read(&mut stream, &mut sink).await
+                    {
                     }
-                };
-                tokio::select! {
-                    () = serve => {}
-                    _ = stopped => {}
-                }
-            });
+                });
+            }
         });
         Ok(Bystander {
             address,
-            stop: Some(stop),
-            thread: Some(thread),
+            _task: task,
         })
-    }
-}
-
-impl Drop for Bystander {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
     }
 }
 
@@ -271,8 +260,9 @@ async fn legitimate(
     for _ in 0..handshakes {
         let started = Instant::now();
         let client = Client::start(config, params(), KeyRing::new(key.clone()), address)?;
-        // A dial evicted before its hello was read is told Busy; the
-        // client retries on its own, and that time counts.
+        // A dial evicted before its hello was read sees a reset, or one
+        // refused is told Busy; the client retries on its own, and that
+        // time counts.
         while client.connected().await.is_err() {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
@@ -292,22 +282,9 @@ async fn legitimate(
     Ok((connects, round_trips))
 }
 
-/// Runs the three scenarios against one node.
+/// Runs the four scenarios against one node.
 pub(crate) async fn measure(config: &ValidConfig, scale: u64) -> Result<Vec<Row>, Failure> {
-    let key = Key::generate(&mut OsEntropy);
-    let params = NodeParams {
-        cluster: CLUSTER,
-        replica: 0,
-        replica_count: 1,
-        accept_clients: true,
-    };
-    let (node, mut events) = Node::start(
-        config,
-        params,
-        KeyRing::new(key.clone()),
-        NodeOptions::default(),
-    )?;
-    let address = node.listen("127.0.0.1:0").await?;
+    let (node, mut events, address, key) = crate::bench::lone_node(config, CLUSTER).await?;
     let server = node.clone();
     let echo = tokio::spawn(async move {
         while let Some(event) = events.recv().await {
