@@ -109,7 +109,9 @@ impl Deliveries {
         }
         match plane {
             Some(plane) => {
-                self.count(connection, plane, true);
+                if let Some(connection) = connection {
+                    self.count(connection);
+                }
                 self.planes[plane as usize].push_back(event);
             }
             // Unauthenticated sockets must not grow the queue.
@@ -120,51 +122,82 @@ impl Deliveries {
     }
 
     /// The next event, taking the queues in turn.
-    pub(super) fn pop(&mut self) -> Option<NodeEvent> {
-        for _ in 0..3 {
-            let turn = self.turn;
-            self.turn = (self.turn + 1) % 3;
-            let event = match self.planes.get_mut(turn) {
-                Some(queue) => queue.pop_front(),
-                None => self.other.pop_front(),
-            };
-            if let Some(event) = event {
-                if let (Some(plane), connection) = classify(&event) {
-                    self.count(connection, plane, false);
-                }
-                return Some(event);
-            }
-        }
-        None
+    #[cfg(test)]
+    fn pop(&mut self) -> Option<NodeEvent> {
+        let turn = self.take_turn()?;
+        self.queue(turn).pop_front()
     }
 
-    /// Counts an event of `plane` in or out, and against connection `id`
-    /// for a message or request.
-    fn count(&mut self, id: Option<ConnectionId>, plane: Plane, add: bool) {
-        let capacity = self.capacity[plane as usize];
-        let total = self.planes[plane as usize].len();
-        // Called after a push and after a pop: falling below a threshold
-        // may let paused connections read again.
-        if !add && (total + 1 == capacity || total + 1 == capacity.saturating_mul(2)) {
+    /// Moves up to `limit` events into `out`, taking the queues in turn;
+    /// returns how many.
+    pub(super) fn pop_into(&mut self, out: &mut Vec<NodeEvent>, limit: usize) -> usize {
+        let mut moved = 0;
+        while moved < limit {
+            let Some(turn) = self.take_turn() else {
+                break;
+            };
+            out.extend(self.queue(turn).pop_front());
+            moved += 1;
+        }
+        moved
+    }
+
+    /// The queue read next (a plane's, or 2 for diagnostics), its front
+    /// event already uncounted; `None` when every queue is empty.
+    fn take_turn(&mut self) -> Option<usize> {
+        let lens = [self.planes[0].len(), self.planes[1].len(), self.other.len()];
+        let turn = (0..3)
+            .map(|k| (self.turn + k) % 3)
+            .find(|&turn| lens[turn] > 0)?;
+        self.turn = (turn + 1) % 3;
+        if let Some(front) = self.planes.get(turn).and_then(VecDeque::front) {
+            if let (Some(plane), connection) = classify(front) {
+                self.uncount(connection, plane);
+            }
+        }
+        Some(turn)
+    }
+
+    fn queue(&mut self, turn: usize) -> &mut VecDeque<NodeEvent> {
+        match self.planes.get_mut(turn) {
+            Some(queue) => queue,
+            None => &mut self.other,
+        }
+    }
+
+    /// Counts a message or request against connection `id`, before it
+    /// joins its plane's queue.
+    fn count(&mut self, id: ConnectionId) {
+        let slot = id.slot();
+        if self.waiting.len() <= slot {
+            self.waiting.resize(slot + 1, None);
+        }
+        match &mut self.waiting[slot] {
+            Some((current, n)) if *current == id => *n = n.saturating_add(1),
+            entry => *entry = Some((id, 1)),
+        }
+    }
+
+    /// Uncounts the front event of `plane` (from connection `id`), before
+    /// it leaves the queue. Falling below a threshold may let paused
+    /// connections read again.
+    fn uncount(&mut self, id: Option<ConnectionId>, plane: Plane) {
+        let (len, capacity) = (
+            self.planes[plane as usize].len(),
+            self.capacity[plane as usize],
+        );
+        if len == capacity || len == capacity.saturating_mul(2) {
             self.resumable = true;
         }
         let Some(id) = id else {
             return;
         };
-        let slot = id.slot();
-        if self.waiting.len() <= slot {
-            self.waiting.resize(slot + 1, None);
-        }
-        let entry = &mut self.waiting[slot];
-        match (add, entry) {
-            (true, Some((current, n))) if *current == id => *n = n.saturating_add(1),
-            (true, entry) => *entry = Some((id, 1)),
-            (false, Some((current, n))) if *current == id => {
+        // An earlier connection of this slot: nothing to uncount.
+        if let Some(Some((current, n))) = self.waiting.get_mut(id.slot()) {
+            if *current == id {
                 *n = n.saturating_sub(1);
                 self.resumable |= *n == 0;
             }
-            // An earlier connection of this slot: nothing to uncount.
-            (false, _) => {}
         }
     }
 
@@ -192,6 +225,15 @@ impl Deliveries {
             self.capacity[plane as usize],
         );
         waiting >= capacity.saturating_mul(2) || (waiting >= capacity && self.waiting(id) > 0)
+    }
+
+    /// Whether any connection may have to pause: a plane's budget is
+    /// spent. The cheap check every socket step makes first.
+    pub(super) fn may_pause(&self) -> bool {
+        !self.dropped
+            && (self.planes.iter())
+                .zip(self.capacity)
+                .any(|(queue, capacity)| queue.len() >= capacity)
     }
 
     /// Whether paused connections may read again since the last call: the

@@ -115,7 +115,7 @@ impl Machine for NodeFront {
     }
     fn reading_paused(&self, id: ConnectionId) -> bool {
         // Once shutting down, sockets keep reading so closes complete.
-        if self.tally.is_some() {
+        if self.tally.is_some() || !self.events.may_pause() {
             return false;
         }
         // Only an established connection can have deliveries: one still
@@ -297,14 +297,7 @@ impl<R: Runtime> Shared<NodeFront, R> {
     ) -> Poll<usize> {
         let mut state = self.lock();
         let machine = &mut state.machine;
-        let mut n = 0;
-        while n < limit.max(1) {
-            let Some(event) = machine.events.pop() else {
-                break;
-            };
-            out.push(event);
-            n += 1;
-        }
+        let n = machine.events.pop_into(out, limit.max(1));
         if n > 0 {
             if state.machine.events.take_resumable() && !state.paused.is_empty() {
                 self.resume_readers(&mut state);
