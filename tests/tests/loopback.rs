@@ -286,7 +286,7 @@ async fn backpressure_reaches_the_sender_when_the_peer_stops_reading<B: Bus>() {
             Ok(()) => sent += 1,
             Err(error) => break error,
         }
-        if sent % 64 == 0 {
+        if sent.is_multiple_of(64) {
             B::sleep(Duration::from_millis(1)).await;
         }
         assert!(sent < 1_000_000, "no backpressure after {sent} messages");

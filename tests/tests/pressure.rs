@@ -62,7 +62,7 @@ async fn send_until_full<B: Bus>(node: &B::Node, to: u8) -> u32 {
     let mut sent = 0u32;
     while node.send(to, sent, body.clone()).is_ok() {
         sent += 1;
-        if sent % 256 == 0 {
+        if sent.is_multiple_of(256) {
             // Let the socket tasks move what they can.
             B::sleep(Duration::from_millis(1)).await;
         }
@@ -432,11 +432,10 @@ async fn abandoned_requests_free_their_slots<B: Bus>() {
     let node = acceptor.node.clone();
     let answering = async {
         while let Some(event) = acceptor.events.recv().await {
-            if let NodeEvent::Request { request, body, .. } = event {
-                if request.operation == 99 {
+            if let NodeEvent::Request { request, body, .. } = event
+                && request.operation == 99 {
                     node.reply(request, body).unwrap();
                 }
-            }
         }
     };
     within::<B, _>(PATIENCE, or(answered, answering))

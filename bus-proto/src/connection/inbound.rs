@@ -42,9 +42,9 @@ impl Connection {
     }
 
     fn on_decode_error(&mut self, e: DecodeError) {
-        if matches!(self.phase, Phase::AwaitingHello) {
-            if let DecodeError::UnsupportedProtocol { command, .. } = e {
-                if command == Command::Hello.to_wire() {
+        if matches!(self.phase, Phase::AwaitingHello)
+            && let DecodeError::UnsupportedProtocol { command, .. } = e
+                && command == Command::Hello.to_wire() {
                     // A dialer speaking another version learns which we speak.
                     self.queue_handshake(Kind::Reject(crate::wire::Reject {
                         status: RejectStatus::UnsupportedVersion,
@@ -54,8 +54,6 @@ impl Connection {
                     self.finish(CloseCause::Refused(RejectStatus::UnsupportedVersion));
                     return;
                 }
-            }
-        }
         self.fail(CloseCause::Decode(e), CloseReason::ProtocolViolation);
     }
 

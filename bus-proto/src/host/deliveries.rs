@@ -150,11 +150,10 @@ impl Deliveries {
             .map(|k| (self.turn + k) % 3)
             .find(|&turn| lens[turn] > 0)?;
         self.turn = (turn + 1) % 3;
-        if let Some(front) = self.planes.get(turn).and_then(VecDeque::front) {
-            if let (Some(plane), connection) = classify(front) {
+        if let Some(front) = self.planes.get(turn).and_then(VecDeque::front)
+            && let (Some(plane), connection) = classify(front) {
                 self.uncount(connection, plane);
             }
-        }
         Some(turn)
     }
 
@@ -193,12 +192,11 @@ impl Deliveries {
             return;
         };
         // An earlier connection of this slot: nothing to uncount.
-        if let Some(Some((current, n))) = self.waiting.get_mut(id.slot()) {
-            if *current == id {
+        if let Some(Some((current, n))) = self.waiting.get_mut(id.slot())
+            && *current == id {
                 *n = n.saturating_sub(1);
                 self.resumable |= *n == 0;
             }
-        }
     }
 
     /// Messages and requests of connection `id` waiting.

@@ -95,23 +95,21 @@ impl Machine for NodeFront {
     fn deliver(&mut self) {
         let mut delivered = false;
         while let Some(event) = self.node.poll_event() {
-            if let Some(tally) = &mut self.tally {
-                if let NodeEvent::PeerDisconnected { cause, .. }
+            if let Some(tally) = &mut self.tally
+                && let NodeEvent::PeerDisconnected { cause, .. }
                 | NodeEvent::ClientDisconnected { cause, .. }
                 | NodeEvent::HandshakeFailed { cause, .. } = &event
                 {
                     tally.closed(cause);
                 }
-            }
             log_event(&event);
             delivered |= self.events.push(event);
         }
         self.node.refuse_clients(self.events.client_plane_full());
-        if delivered {
-            if let Some(waker) = self.waker.take() {
+        if delivered
+            && let Some(waker) = self.waker.take() {
                 waker.wake();
             }
-        }
     }
     fn reading_paused(&self, id: ConnectionId) -> bool {
         // Once shutting down, sockets keep reading so closes complete.

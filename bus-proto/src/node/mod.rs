@@ -477,11 +477,10 @@ impl Node {
     /// `id` closed: it leaves the pool, and a client frees its place.
     fn released(&mut self, id: ConnectionId) {
         self.authenticated(id, false);
-        if let Some(entry) = self.table.get_mut(id) {
-            if core::mem::take(&mut entry.counted) {
+        if let Some(entry) = self.table.get_mut(id)
+            && core::mem::take(&mut entry.counted) {
                 self.counted -= 1;
             }
-        }
     }
 
     /// The socket for an [`Action::Connect`] is open: the handshake starts.
@@ -723,8 +722,8 @@ impl Node {
 
     /// After bytes arrived: admits a parked `hello`, then settles.
     fn after_input(&mut self, now: Now, id: ConnectionId) {
-        if let Some(conn) = self.table.conn_mut(id) {
-            if let Some(hello) = conn.take_hello() {
+        if let Some(conn) = self.table.conn_mut(id)
+            && let Some(hello) = conn.take_hello() {
                 let admission = self.gate.admit(now.wall, hello, &mut *self.entropy);
                 let client = match admission.outcome() {
                     AdmissionOutcome::Accepted { peer } => Some(matches!(peer, PeerId::Client(_))),
@@ -746,7 +745,6 @@ impl Node {
                     }
                 }
             }
-        }
         self.settle(now.mono, id);
     }
 
@@ -916,11 +914,9 @@ impl Node {
             origin: Origin::Dialed(replica),
             ..
         }) = self.table.remove(id)
-        {
-            if !self.shutting_down {
+            && !self.shutting_down {
                 self.peers.dial_ended(now, replica, id, &mut *self.entropy);
             }
-        }
     }
 }
 

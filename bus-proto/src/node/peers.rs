@@ -118,11 +118,10 @@ impl Peers {
         entropy: &mut dyn Entropy,
     ) {
         if self.link(replica) == Some(Link::Connected(id)) {
-            if let Some(b) = self.backoff.get_mut(usize::from(replica)) {
-                if lasted.is_some_and(|d| d >= self.stable) {
+            if let Some(b) = self.backoff.get_mut(usize::from(replica))
+                && lasted.is_some_and(|d| d >= self.stable) {
                     b.reset();
                 }
-            }
             self.schedule(now, replica, entropy);
         }
     }

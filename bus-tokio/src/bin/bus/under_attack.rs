@@ -94,11 +94,9 @@ fn forged_hello(config: &ValidConfig, wrong: &KeyRing, client: u128) -> Vec<u8> 
     };
     let mut bytes = Vec::new();
     if let Ok(mut conn) = Connection::dial(CoreInstant::ZERO, wall, config, params, &mut OsEntropy)
-    {
-        if let Some(hello) = conn.poll_transmit(CoreInstant::ZERO) {
+        && let Some(hello) = conn.poll_transmit(CoreInstant::ZERO) {
             hello.write_to(&mut bytes);
         }
-    }
     bytes
 }
 
@@ -108,8 +106,8 @@ async fn forgeries(config: ValidConfig, source: IpAddr, target: SocketAddr, sent
     let wrong = KeyRing::new(Key::generate(&mut OsEntropy));
     let mut open = VecDeque::new();
     for client in 1u128.. {
-        if let Ok(mut stream) = connect_from(source, target).await {
-            if stream
+        if let Ok(mut stream) = connect_from(source, target).await
+            && stream
                 .write_all(&forged_hello(&config, &wrong, client))
                 .await
                 .is_ok()
@@ -117,7 +115,6 @@ async fn forgeries(config: ValidConfig, source: IpAddr, target: SocketAddr, sent
                 open.push_back(stream);
                 sent.fetch_add(1, Ordering::Relaxed);
             }
-        }
         while open.len() > 100 {
             open.pop_front();
         }
