@@ -1,7 +1,8 @@
 //! A client on compio: requests that resolve to replies.
 
 use crate::runtime::{Compio, OsEntropy};
-use bus_proto::client::{self, ClientParams, ClientStats};
+use bus_proto::client::identity::file::ClientIdentity;
+use bus_proto::client::{self, ClientParams, ClientStats, Reservation};
 use bus_proto::config::ValidConfig;
 use bus_proto::crypto::KeyRing;
 use bus_proto::host::{
@@ -67,16 +68,72 @@ impl Client {
     ) -> Result<Client, StartError> {
         let runtime = Compio::current().ok_or(StartError::NoRuntime { runtime: "compio" })?;
         let front = ClientFront::new(runtime.now(), config, params, keys, Box::new(OsEntropy));
+        Ok(Client::launch(
+            runtime,
+            front,
+            config,
+            params.target,
+            address,
+        ))
+    }
+
+    /// [`Client::start`] under a persistent identity: its id, and request
+    /// numbers that continue past every number an earlier process under
+    /// it issued, so that a restarted process can resend what its
+    /// predecessor left unanswered ([`Client::submit`]). The client
+    /// renews the identity's lease as it goes, writing the file on
+    /// compio's blocking pool.
+    ///
+    /// ```no_run
+    /// use bus_compio::{Client, ClientIdentity, OsEntropy};
+    /// use bus_compio::bus_proto::config::Config;
+    /// use bus_compio::bus_proto::crypto::{Key, KeyRing};
+    ///
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// let config = Config::default().validate()?;
+    /// let keys = KeyRing::new(Key::from_hex(&std::env::var("BUS_KEY")?)?);
+    /// let identity = ClientIdentity::load_or_create("/var/lib/app/client.id", &mut OsEntropy)?;
+    /// let client =
+    ///     Client::start_with_identity(&config, 7, 0, identity, keys, "127.0.0.1:7000".parse()?)?;
+    /// // An outbox: take the number, store it with the body, then send.
+    /// let reservation = client.reserve()?;
+    /// // ... store reservation.to_bytes(), the operation and the body durably ...
+    /// let reply = client.submit(reservation, 1, "transfer 10".into()).await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn start_with_identity(
+        config: &ValidConfig,
+        cluster: u128,
+        target: u8,
+        identity: ClientIdentity,
+        keys: KeyRing,
+        address: SocketAddr,
+    ) -> Result<Client, StartError> {
+        let runtime = Compio::current().ok_or(StartError::NoRuntime { runtime: "compio" })?;
+        let now = runtime.now();
+        let entropy = Box::new(OsEntropy);
+        let front =
+            ClientFront::with_identity(now, config, cluster, target, identity, keys, entropy);
+        Ok(Client::launch(runtime, front, config, target, address))
+    }
+
+    fn launch(
+        runtime: Compio,
+        front: ClientFront,
+        config: &ValidConfig,
+        target: u8,
+        address: SocketAddr,
+    ) -> Client {
         let options = SharedOptions {
             read_chunk: 64 << 10,
             linger: config.close_grace,
         };
-        let shared = Shared::new(front, runtime, options, [(params.target, address)]);
+        let shared = Shared::new(front, runtime, options, [(target, address)]);
         Compio::spawn(Shared::run_timers(Arc::clone(&shared)));
-        Ok(Client {
+        Client {
             shared: Arc::new(Owner(shared)),
             _local: PhantomData,
-        })
+        }
     }
 
     /// Sends a request and waits for its reply. A request is resent on
@@ -85,6 +142,28 @@ impl Client {
     /// request.
     pub async fn request(&self, operation: u32, body: Bytes) -> Result<Reply, ClientError> {
         self.shared.request(operation, body).await
+    }
+
+    /// Issues the next request number without sending anything: store the
+    /// [`Reservation`] with the request in your outbox, then
+    /// [`Client::submit`] it.
+    pub fn reserve(&self) -> Result<Reservation, ClientError> {
+        self.shared.reserve()
+    }
+
+    /// Sends the request numbered by `reservation` and waits for its reply:
+    /// one reserved by this client, or, after a restart under the same
+    /// identity, one an earlier process reserved and stored. The node
+    /// answers a request it already ran from its dedup window. Refused
+    /// once `request_timeout` has passed since the reservation was issued
+    /// (the node may have forgotten it).
+    pub async fn submit(
+        &self,
+        reservation: Reservation,
+        operation: u32,
+        body: Bytes,
+    ) -> Result<Reply, ClientError> {
+        self.shared.submit(reservation, operation, body).await
     }
 
     /// The connection's state now.

@@ -57,6 +57,8 @@ mod node;
 mod runtime;
 
 pub use bus_proto;
+pub use bus_proto::client::Reservation;
+pub use bus_proto::client::identity::file::ClientIdentity;
 pub use bus_proto::host::{
     ClientError, ConnectError, Link, ListenError, NodeOptions, Reply, ShutdownReport, StartError,
 };

@@ -60,6 +60,20 @@ impl Runtime for Compio {
         // The handles are `!Send`, so this runs on the runtime's thread.
         Compio::spawn(dial(Arc::clone(shared), id, replica));
     }
+
+    fn run_blocking<T: Send + 'static>(
+        &self,
+        job: impl FnOnce() -> T + Send + 'static,
+        done: impl FnOnce(T) + Send + 'static,
+    ) {
+        // Called from the client's API, on the runtime's thread.
+        Compio::spawn(async move {
+            // An error means the job panicked: nothing to hand over.
+            if let Ok(result) = compio::runtime::spawn_blocking(job).await {
+                done(result);
+            }
+        });
+    }
 }
 
 /// The operating system's random generator.
@@ -154,32 +168,28 @@ async fn run<M: Machine>(shared: &Arc<Shared<M, Compio>>, socket: &mut Socket, s
         if write && writing.is_none() {
             writing = Some(Box::pin(write_batch(stream.clone(), socket.lend_batch())));
         }
-        if read && reading.is_none() {
-            if let Some(buffer) = socket.lend_inbox() {
+        if read && reading.is_none()
+            && let Some(buffer) = socket.lend_inbox() {
                 reading = Some(Box::pin(read_into(stream.clone(), buffer, chunk)));
             }
-        }
         let done = {
             let mut woken = std::pin::pin!(shared.woken(id));
             let mut lingered = linger.map(|at| Box::pin(shared.runtime().sleep_until(at)));
             poll_fn(|cx| {
-                if let Some(op) = writing.as_mut() {
-                    if let Poll::Ready(result) = op.as_mut().poll(cx) {
+                if let Some(op) = writing.as_mut()
+                    && let Poll::Ready(result) = op.as_mut().poll(cx) {
                         writing = None;
                         return Poll::Ready(Completion::Wrote(result));
                     }
-                }
-                if let Some(sleep) = lingered.as_mut() {
-                    if sleep.as_mut().poll(cx).is_ready() {
+                if let Some(sleep) = lingered.as_mut()
+                    && sleep.as_mut().poll(cx).is_ready() {
                         return Poll::Ready(Completion::Lingered);
                     }
-                }
-                if let Some(op) = reading.as_mut() {
-                    if let Poll::Ready((result, buffer)) = op.as_mut().poll(cx) {
+                if let Some(op) = reading.as_mut()
+                    && let Poll::Ready((result, buffer)) = op.as_mut().poll(cx) {
                         reading = None;
                         return Poll::Ready(Completion::Read(result, Some(buffer)));
                     }
-                }
                 woken.as_mut().poll(cx).map(|()| Completion::Woken)
             })
             .await

@@ -60,6 +60,14 @@ impl Runtime for Smol {
             .runtime()
             .spawn(dial(Arc::clone(shared), id, replica));
     }
+
+    fn run_blocking<T: Send + 'static>(
+        &self,
+        job: impl FnOnce() -> T + Send + 'static,
+        done: impl FnOnce(T) + Send + 'static,
+    ) {
+        self.spawn(async move { done(smol::unblock(job).await) });
+    }
 }
 
 /// The operating system's random generator.

@@ -57,6 +57,20 @@ impl Runtime for Tokio {
             .runtime()
             .spawn(dial(Arc::clone(shared), id, replica));
     }
+
+    fn run_blocking<T: Send + 'static>(
+        &self,
+        job: impl FnOnce() -> T + Send + 'static,
+        done: impl FnOnce(T) + Send + 'static,
+    ) {
+        let blocking = self.handle.spawn_blocking(job);
+        self.spawn(async move {
+            // An error means the job panicked: nothing to hand over.
+            if let Ok(result) = blocking.await {
+                done(result);
+            }
+        });
+    }
 }
 
 /// The operating system's random generator.

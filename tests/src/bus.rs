@@ -3,7 +3,8 @@
 //! also proves the three share one shape: a method missing or typed
 //! differently in one adapter fails to compile here.
 
-use bus_proto::client::{ClientParams, ClientStats};
+use bus_proto::client::identity::file::ClientIdentity;
+use bus_proto::client::{ClientParams, ClientStats, Reservation};
 use bus_proto::config::ValidConfig;
 use bus_proto::crypto::KeyRing;
 use bus_proto::host::{
@@ -63,6 +64,15 @@ pub trait EventsApi: 'static {
 pub trait ClientApi: Clone + 'static {
     /// `Client::request`.
     async fn request(&self, operation: u32, body: Bytes) -> Result<Reply, ClientError>;
+    /// `Client::reserve`.
+    fn reserve(&self) -> Result<Reservation, ClientError>;
+    /// `Client::submit`.
+    async fn submit(
+        &self,
+        reservation: Reservation,
+        operation: u32,
+        body: Bytes,
+    ) -> Result<Reply, ClientError>;
     /// `Client::link`.
     fn link(&self) -> Link;
     /// `Client::connected`.
@@ -101,6 +111,15 @@ pub trait Bus: 'static {
     fn start_client(
         config: &ValidConfig,
         params: ClientParams,
+        keys: KeyRing,
+        address: SocketAddr,
+    ) -> Result<Self::Client, StartError>;
+    /// `Client::start_with_identity`.
+    fn start_client_with_identity(
+        config: &ValidConfig,
+        cluster: u128,
+        target: u8,
+        identity: ClientIdentity,
         keys: KeyRing,
         address: SocketAddr,
     ) -> Result<Self::Client, StartError>;
@@ -171,6 +190,17 @@ macro_rules! forward_api {
             async fn request(&self, operation: u32, body: Bytes) -> Result<Reply, ClientError> {
                 $adapter::Client::request(self, operation, body).await
             }
+            fn reserve(&self) -> Result<Reservation, ClientError> {
+                $adapter::Client::reserve(self)
+            }
+            async fn submit(
+                &self,
+                reservation: Reservation,
+                operation: u32,
+                body: Bytes,
+            ) -> Result<Reply, ClientError> {
+                $adapter::Client::submit(self, reservation, operation, body).await
+            }
             fn link(&self) -> Link {
                 $adapter::Client::link(self)
             }
@@ -212,6 +242,16 @@ macro_rules! forward_start {
             address: SocketAddr,
         ) -> Result<Self::Client, StartError> {
             $adapter::Client::start(config, params, keys, address)
+        }
+        fn start_client_with_identity(
+            config: &ValidConfig,
+            cluster: u128,
+            target: u8,
+            identity: ClientIdentity,
+            keys: KeyRing,
+            address: SocketAddr,
+        ) -> Result<Self::Client, StartError> {
+            $adapter::Client::start_with_identity(config, cluster, target, identity, keys, address)
         }
         fn random_id() -> u128 {
             $adapter::Client::random_id()
@@ -322,6 +362,24 @@ impl Bus for SmolExecutor {
         address: SocketAddr,
     ) -> Result<Self::Client, StartError> {
         bus_smol::Client::start_on(smol_executor(), config, params, keys, address)
+    }
+    fn start_client_with_identity(
+        config: &ValidConfig,
+        cluster: u128,
+        target: u8,
+        identity: ClientIdentity,
+        keys: KeyRing,
+        address: SocketAddr,
+    ) -> Result<Self::Client, StartError> {
+        bus_smol::Client::start_with_identity_on(
+            smol_executor(),
+            config,
+            cluster,
+            target,
+            identity,
+            keys,
+            address,
+        )
     }
     fn random_id() -> u128 {
         bus_smol::Client::random_id()

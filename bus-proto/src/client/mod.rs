@@ -21,9 +21,20 @@
 //! # Ids and restarts
 //!
 //! A node remembers the requests of an id for `dedup_ttl`. A process that
-//! reuses an id must continue its request numbers; a new process should
-//! draw a new id ([`Client::random_id`]).
+//! reuses an id must never reuse a request number under it: the node would
+//! answer the new request with the old one's reply. So either draw a fresh
+//! id at each start ([`Client::random_id`], numbers from zero), or keep a
+//! persistent [identity](identity): its id, and a leased high-water mark
+//! of numbers ([`Client::with_lease`], [`Client::poll_lease`]).
+//!
+//! With a persistent identity a restarted process can also finish what the
+//! last one started. An application that keeps an outbox takes a number
+//! first ([`Client::reserve`]), stores the [`Reservation`] with the body,
+//! then sends ([`Client::submit`]); after a crash it submits the stored
+//! reservations again, and the node answers each from its dedup window
+//! instead of executing it twice. PROTOCOL.md §9 states the guarantee.
 
+pub mod identity;
 mod outstanding;
 
 use crate::config::ValidConfig;
@@ -38,7 +49,10 @@ use crate::wire::{CloseReason, EncodeError, Header, Kind, ReplyStatus, RequestHe
 use alloc::boxed::Box;
 use alloc::collections::VecDeque;
 use bytes::{Bytes, BytesMut};
+use core::time::Duration;
 use outstanding::{Outstanding, Pending};
+
+pub use identity::{Lease, Reservation};
 
 /// Who a client is and whom it talks to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -126,6 +140,43 @@ pub enum RequestError {
     /// Request numbers are exhausted (after 2^64 - 1 requests).
     #[error("request numbers are exhausted")]
     Exhausted,
+    /// Every number of the persisted lease is issued and the next lease is
+    /// not stored yet (its write is under way or failed; see
+    /// [`Client::poll_lease`]). Nothing was issued.
+    #[error(
+        "request numbers below {until} are all issued and the identity's next lease is not stored yet"
+    )]
+    LeaseExhausted {
+        /// The end of the current lease.
+        until: u64,
+    },
+    /// [`Client::submit`] with a number this client's identity never issued:
+    /// sending it could collide with a later request.
+    #[error("request {request} was never reserved (the next number is {next})")]
+    NotReserved {
+        /// The number submitted.
+        request: u64,
+        /// The next number [`Client::reserve`] would issue.
+        next: u64,
+    },
+    /// [`Client::submit`] with a number that is already outstanding.
+    #[error("request {request} is already outstanding")]
+    AlreadyOutstanding {
+        /// The number submitted.
+        request: u64,
+    },
+    /// [`Client::submit`] of a reservation issued `request_timeout` or longer
+    /// ago: a node may have forgotten the first send, so a resend could run
+    /// it twice. It may or may not have executed.
+    #[error("request {request} was issued {age:?} ago, at or past request_timeout {timeout:?}")]
+    TooOld {
+        /// The number submitted.
+        request: u64,
+        /// Time since it was issued, by the wall clock.
+        age: Duration,
+        /// `request_timeout`.
+        timeout: Duration,
+    },
 }
 
 /// Counters since the client started.
@@ -154,7 +205,8 @@ pub struct Client {
     due: Option<Instant>,
     backoff: Backoff,
     established: bool,
-    next_request: u64,
+    lease: Lease,
+    renewal: Renewal,
     outstanding: Outstanding,
     /// Some outstanding request is not on the current connection yet.
     unsent: bool,
@@ -162,6 +214,20 @@ pub struct Client {
     shutting_down: bool,
     stats: ClientStats,
 }
+
+/// The lease's next block, for persistent identities.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Renewal {
+    /// No renewal under way.
+    Idle,
+    /// [`Client::poll_lease`] asked for this mark to be stored.
+    Asked(u64),
+    /// The last write failed; ask again from this time.
+    RetryAt(Instant),
+}
+
+/// How long after a failed lease write [`Client::poll_lease`] asks again.
+const LEASE_RETRY: Duration = Duration::from_secs(1);
 
 impl core::fmt::Debug for Client {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
@@ -175,11 +241,49 @@ impl core::fmt::Debug for Client {
 }
 
 impl Client {
-    /// A client that connects to `params.target` at `now`.
+    /// A client that connects to `params.target` at `now`, numbering its
+    /// requests from zero: for an id drawn afresh by this process.
     pub fn new(
         now: Now,
         config: &ValidConfig,
         params: ClientParams,
+        keys: KeyRing,
+        entropy: Box<dyn Entropy + Send>,
+    ) -> Client {
+        Self::with_lease(now, config, params, Lease::UNBOUNDED, keys, entropy)
+    }
+
+    /// A client whose id is persistent: it issues numbers from `lease`,
+    /// which its [identity](identity) stored before the client starts
+    /// (`file::ClientIdentity::lease` with feature `std`).
+    ///
+    /// ```
+    /// use bus_proto::client::identity::IdentityRecord;
+    /// use bus_proto::client::{Client, ClientParams};
+    /// use bus_proto::config::Config;
+    /// use bus_proto::crypto::{Key, KeyRing};
+    /// use bus_proto::entropy::SeededEntropy;
+    /// use bus_proto::time::Now;
+    ///
+    /// // What the last process stored: nothing at or above 4096 was issued.
+    /// let stored = IdentityRecord { id: 0xc1, reserved_until: 4096 };
+    /// // Store `raised` before issuing from `lease` (the file module does both).
+    /// let (raised, lease) = stored.start(4096)?;
+    /// assert_eq!((lease.next, raised.reserved_until), (4096, 8192));
+    ///
+    /// let config = Config::default().validate()?;
+    /// let params = ClientParams { cluster: 7, id: stored.id, target: 0 };
+    /// let keys = KeyRing::new(Key::from_bytes([9; 32]));
+    /// let entropy = Box::new(SeededEntropy::new(1));
+    /// let mut client = Client::with_lease(Now::default(), &config, params, lease, keys, entropy);
+    /// assert_eq!(client.reserve(Now::default())?.request, 4096);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn with_lease(
+        now: Now,
+        config: &ValidConfig,
+        params: ClientParams,
+        lease: Lease,
         keys: KeyRing,
         entropy: Box<dyn Entropy + Send>,
     ) -> Client {
@@ -194,7 +298,8 @@ impl Client {
             due: Some(now.mono),
             backoff: Backoff::new(config.reconnect_min, config.reconnect_max),
             established: false,
-            next_request: 0,
+            lease,
+            renewal: Renewal::Idle,
             outstanding: Outstanding::new(config.client_max_outstanding),
             unsent: false,
             events: VecDeque::new(),
@@ -239,6 +344,129 @@ impl Client {
     /// connected, else once connected, and resent after a reconnect until
     /// answered or expired.
     pub fn request(&mut self, now: Now, operation: u32, body: Bytes) -> Result<u64, RequestError> {
+        self.check_room()?;
+        // Checked before a number is spent on it.
+        self.check_size(0, operation, &body)?;
+        let reservation = self.reserve(now)?;
+        self.queue(now, reservation.request, operation, body, Duration::ZERO);
+        Ok(reservation.request)
+    }
+
+    /// Issues the next request number without sending anything, for an
+    /// application that records each request in its own outbox before
+    /// sending it ([`Client::submit`]).
+    pub fn reserve(&mut self, now: Now) -> Result<Reservation, RequestError> {
+        if self.shutting_down {
+            return Err(RequestError::ShuttingDown);
+        }
+        let number = self.lease.next;
+        if number == u64::MAX {
+            return Err(RequestError::Exhausted);
+        }
+        if number >= self.lease.until {
+            return Err(RequestError::LeaseExhausted {
+                until: self.lease.until,
+            });
+        }
+        self.lease.next += 1;
+        Ok(Reservation {
+            request: number,
+            issued_at: now.wall,
+        })
+    }
+
+    /// Sends the request numbered by `reservation`: one this process
+    /// reserved, or one a previous process under the same identity reserved
+    /// and stored, resent after a restart so that the node answers it from
+    /// its dedup window if it already ran it. Its deadline counts from
+    /// `reservation.issued_at`; a reservation at or past `request_timeout`
+    /// is refused ([`RequestError::TooOld`]).
+    ///
+    /// The body must be the one first sent under this number: the node
+    /// matches by number only.
+    pub fn submit(
+        &mut self,
+        now: Now,
+        reservation: Reservation,
+        operation: u32,
+        body: Bytes,
+    ) -> Result<(), RequestError> {
+        let request = reservation.request;
+        self.check_room()?;
+        if request >= self.lease.next {
+            return Err(RequestError::NotReserved {
+                request,
+                next: self.lease.next,
+            });
+        }
+        if self.outstanding.contains(request) {
+            return Err(RequestError::AlreadyOutstanding { request });
+        }
+        let age = Duration::from_nanos(
+            now.wall
+                .as_nanos()
+                .saturating_sub(reservation.issued_at.as_nanos()),
+        );
+        let timeout = self.config.request_timeout;
+        if age >= timeout {
+            return Err(RequestError::TooOld {
+                request,
+                age,
+                timeout,
+            });
+        }
+        self.check_size(request, operation, &body)?;
+        self.queue(now, request, operation, body, age);
+        Ok(())
+    }
+
+    /// The next lease mark to store, when half of the current lease is
+    /// issued (persistent identities only). Store it durably, then call
+    /// [`Client::lease_extended`]; on failure [`Client::lease_failed`].
+    /// Asks once at a time; call it after issuing requests.
+    #[must_use]
+    pub fn poll_lease(&mut self, now: Now) -> Option<u64> {
+        let Lease { until, block, .. } = self.lease;
+        if block == 0 || self.lease.remaining() > block / 2 {
+            return None;
+        }
+        match self.renewal {
+            Renewal::Asked(_) => return None,
+            Renewal::RetryAt(at) if at > now.mono => return None,
+            Renewal::Idle | Renewal::RetryAt(_) => {}
+        }
+        // Past the last block the lease simply runs out.
+        let next = until.checked_add(block).filter(|&n| n < u64::MAX)?;
+        self.renewal = Renewal::Asked(next);
+        Some(next)
+    }
+
+    /// The mark from [`Client::poll_lease`] is stored: numbers below it may
+    /// be issued.
+    pub fn lease_extended(&mut self, until: u64) {
+        if self.renewal == Renewal::Asked(until) {
+            self.renewal = Renewal::Idle;
+        }
+        self.lease.until = self.lease.until.max(until);
+    }
+
+    /// Storing the mark from [`Client::poll_lease`] failed; it is asked
+    /// again a second after `now`.
+    pub fn lease_failed(&mut self, now: Now) {
+        self.renewal = Renewal::RetryAt(now.mono.saturating_add(LEASE_RETRY));
+    }
+
+    /// The numbers this client may still issue.
+    pub fn lease(&self) -> Lease {
+        self.lease
+    }
+
+    /// True while a mark from [`Client::poll_lease`] is being stored.
+    pub fn lease_pending(&self) -> bool {
+        matches!(self.renewal, Renewal::Asked(_))
+    }
+
+    fn check_room(&self) -> Result<(), RequestError> {
         if self.shutting_down {
             return Err(RequestError::ShuttingDown);
         }
@@ -248,30 +476,34 @@ impl Client {
                 max: self.config.client_max_outstanding,
             });
         }
-        let number = self.next_request;
-        if number == u64::MAX {
-            return Err(RequestError::Exhausted);
-        }
+        Ok(())
+    }
+
+    fn check_size(&self, request: u64, operation: u32, body: &Bytes) -> Result<(), RequestError> {
         let header = RequestHeader {
             client: self.params.id,
-            request: number,
+            request,
             operation,
         };
         Header::new(self.params.cluster, Kind::Request(header))
             .check(body.len(), self.config.max_message_size)?;
-        self.next_request += 1;
+        Ok(())
+    }
+
+    /// Makes `number` outstanding, `age` after it was first issued.
+    fn queue(&mut self, now: Now, number: u64, operation: u32, body: Bytes, age: Duration) {
+        let timeout = self.config.request_timeout.saturating_sub(age);
         self.outstanding.insert(
             number,
             Pending {
                 operation,
                 body,
-                deadline: now.mono.saturating_add(self.config.request_timeout),
+                deadline: now.mono.saturating_add(timeout),
                 sent_on: None,
             },
         );
         self.unsent = true;
         self.flush();
-        Ok(number)
     }
 
     /// Moves to another replica: the current connection closes and the

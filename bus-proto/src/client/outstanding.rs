@@ -3,7 +3,7 @@
 
 use crate::node::ConnectionId;
 use crate::time::Instant;
-use alloc::collections::BTreeMap;
+use alloc::collections::{BTreeMap, BTreeSet};
 use bytes::Bytes;
 
 /// A request sent (or waiting to be sent) and not yet answered.
@@ -16,12 +16,13 @@ pub(crate) struct Pending {
     pub(crate) sent_on: Option<ConnectionId>,
 }
 
-/// At most `max` requests, keyed by request number. Numbers grow with time
-/// and every request gets the same timeout, so the lowest number always
-/// holds the earliest deadline.
+/// At most `max` requests, keyed by request number, with their deadlines
+/// in order. (Numbers alone do not order deadlines: a request resent after
+/// a restart keeps the deadline it was first issued with.)
 #[derive(Debug)]
 pub(crate) struct Outstanding {
     requests: BTreeMap<u64, Pending>,
+    deadlines: BTreeSet<(Instant, u64)>,
     max: usize,
 }
 
@@ -29,6 +30,7 @@ impl Outstanding {
     pub(crate) fn new(max: usize) -> Self {
         Outstanding {
             requests: BTreeMap::new(),
+            deadlines: BTreeSet::new(),
             max,
         }
     }
@@ -41,33 +43,44 @@ impl Outstanding {
         self.requests.len() >= self.max
     }
 
+    pub(crate) fn contains(&self, number: u64) -> bool {
+        self.requests.contains_key(&number)
+    }
+
     pub(crate) fn insert(&mut self, number: u64, pending: Pending) {
-        self.requests.insert(number, pending);
+        self.deadlines.insert((pending.deadline, number));
+        if let Some(old) = self.requests.insert(number, pending) {
+            self.deadlines.remove(&(old.deadline, number));
+        }
     }
 
     /// Takes the request a reply answers; `None` means the reply matches
     /// nothing outstanding (stale, duplicated or forged) and is dropped.
     pub(crate) fn take(&mut self, number: u64) -> Option<Pending> {
-        self.requests.remove(&number)
+        let pending = self.requests.remove(&number)?;
+        self.deadlines.remove(&(pending.deadline, number));
+        Some(pending)
     }
 
     /// The earliest deadline.
     pub(crate) fn next_deadline(&self) -> Option<Instant> {
-        self.requests.first_key_value().map(|(_, p)| p.deadline)
+        self.deadlines.first().map(|&(deadline, _)| deadline)
     }
 
-    /// The lowest-numbered request expired at `now`, removed.
+    /// The request with the earliest deadline, removed if it expired at `now`.
     pub(crate) fn pop_expired(&mut self, now: Instant) -> Option<(u64, Pending)> {
-        let (_, first) = self.requests.first_key_value()?;
-        if first.deadline > now {
+        let &(deadline, number) = self.deadlines.first()?;
+        if deadline > now {
             return None;
         }
-        self.requests.pop_first()
+        Some((number, self.take(number)?))
     }
 
     /// The lowest-numbered request, removed.
     pub(crate) fn pop_first(&mut self) -> Option<(u64, Pending)> {
-        self.requests.pop_first()
+        let (number, pending) = self.requests.pop_first()?;
+        self.deadlines.remove(&(pending.deadline, number));
+        Some((number, pending))
     }
 
     /// Requests not yet queued on connection `on`, in number order.

@@ -6,7 +6,8 @@ use super::driver::{Runtime, Shared, State};
 use super::error::{ClientError, ConnectError};
 use super::shutdown::{ShutdownReport, Tally};
 use super::signal::Waiters;
-use crate::client::{self, ClientEvent, ClientParams, ClientStats, RequestFailure};
+use crate::client::identity::file::ClientIdentity;
+use crate::client::{self, ClientEvent, ClientParams, ClientStats, RequestFailure, Reservation};
 use crate::config::ValidConfig;
 use crate::connection::{CloseCause, Transmit};
 use crate::crypto::KeyRing;
@@ -21,7 +22,7 @@ use core::time::Duration;
 use std::boxed::Box;
 use std::collections::HashMap;
 use std::string::{String, ToString};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// A reply to a client request.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -81,10 +82,15 @@ pub struct ClientFront {
     link: Link,
     link_waiters: Waiters,
     tally: Option<Tally>,
+    /// The persistent identity whose lease the client renews; written
+    /// off the runtime's threads ([`Runtime::run_blocking`]).
+    identity: Option<Arc<Mutex<ClientIdentity>>>,
+    /// Requests waiting for a lease renewal to land.
+    lease_waiters: Waiters,
 }
 
 impl ClientFront {
-    /// A client started at `now`.
+    /// A client started at `now` under an id drawn for this process.
     pub fn new(
         now: Now,
         config: &ValidConfig,
@@ -92,12 +98,42 @@ impl ClientFront {
         keys: KeyRing,
         entropy: Box<dyn Entropy + Send>,
     ) -> Self {
+        Self::front(
+            client::Client::new(now, config, params, keys, entropy),
+            None,
+        )
+    }
+
+    /// A client started at `now` under a persistent `identity`, of replica
+    /// `target` in `cluster`.
+    pub fn with_identity(
+        now: Now,
+        config: &ValidConfig,
+        cluster: u128,
+        target: u8,
+        identity: ClientIdentity,
+        keys: KeyRing,
+        entropy: Box<dyn Entropy + Send>,
+    ) -> Self {
+        let params = ClientParams {
+            cluster,
+            id: identity.id(),
+            target,
+        };
+        let lease = identity.lease();
+        let client = client::Client::with_lease(now, config, params, lease, keys, entropy);
+        Self::front(client, Some(Arc::new(Mutex::new(identity))))
+    }
+
+    fn front(client: client::Client, identity: Option<Arc<Mutex<ClientIdentity>>>) -> Self {
         ClientFront {
-            client: client::Client::new(now, config, params, keys, entropy),
+            client,
             waiting: HashMap::new(),
             link: Link::Connecting,
             link_waiters: Waiters::default(),
             tally: None,
+            identity,
+            lease_waiters: Waiters::default(),
         }
     }
 
@@ -170,6 +206,10 @@ fn link_waiters(state: &mut State<ClientFront>) -> &mut Waiters {
     &mut state.machine.link_waiters
 }
 
+fn lease_waiters(state: &mut State<ClientFront>) -> &mut Waiters {
+    &mut state.machine.lease_waiters
+}
+
 /// Forgets a request when its caller stops waiting: its waiter, and its
 /// slot among the client's outstanding requests, so a loop of abandoned
 /// requests cannot lock the client out with `TooManyOutstanding`.
@@ -197,11 +237,61 @@ impl<R: Runtime> Shared<ClientFront, R> {
         operation: u32,
         body: Bytes,
     ) -> Result<Reply, ClientError> {
-        let request = self.with(|m, now| {
-            let request = m.client.request(now, operation, body)?;
-            m.waiting.insert(request, Waiting::default());
-            Ok::<_, ClientError>(request)
-        })?;
+        self.send_and_wait(|client, now| client.request(now, operation, body.clone()))
+            .await
+    }
+
+    /// Issues the next request number; see `Client::reserve`.
+    pub fn reserve(self: &Arc<Self>) -> Result<Reservation, ClientError> {
+        let reservation = self.with(|m, now| m.client.reserve(now))?;
+        self.renew_lease();
+        Ok(reservation)
+    }
+
+    /// Sends the request `reservation` numbers and waits for its reply;
+    /// see `Client::submit`.
+    pub async fn submit(
+        self: &Arc<Self>,
+        reservation: Reservation,
+        operation: u32,
+        body: Bytes,
+    ) -> Result<Reply, ClientError> {
+        self.send_and_wait(|client, now| {
+            client
+                .submit(now, reservation, operation, body.clone())
+                .map(|()| reservation.request)
+        })
+        .await
+    }
+
+    /// Sends with `send` and waits for the reply. A request that finds the
+    /// lease spent while its renewal is being written waits for the write.
+    async fn send_and_wait(
+        self: &Arc<Self>,
+        mut send: impl FnMut(&mut client::Client, Now) -> Result<u64, client::RequestError>,
+    ) -> Result<Reply, ClientError> {
+        let request = loop {
+            let sent = self.with(|m, now| match send(&mut m.client, now) {
+                Ok(request) => {
+                    m.waiting.insert(request, Waiting::default());
+                    Ok(Some(request))
+                }
+                Err(client::RequestError::LeaseExhausted { .. }) if m.client.lease_pending() => {
+                    Ok(None)
+                }
+                Err(error) => Err(ClientError::from(error)),
+            })?;
+            self.renew_lease();
+            match sent {
+                Some(request) => break request,
+                None => {
+                    self.wait_in(lease_waiters, |state| {
+                        (!state.machine.client.lease_pending()).then_some(())
+                    })
+                    .await
+                }
+            }
+        };
         let _forget = Forget {
             shared: self,
             request,
@@ -221,6 +311,37 @@ impl<R: Runtime> Shared<ClientFront, R> {
             }
         })
         .await
+    }
+
+    /// Stores the identity's next lease when the client asks for it, on a
+    /// thread that may block; the client issues past the current lease
+    /// only once the write is durable.
+    fn renew_lease(self: &Arc<Self>) {
+        let Some((identity, until)) = self.with(|m, now| {
+            let identity = m.identity.clone()?;
+            Some((identity, m.client.poll_lease(now)?))
+        }) else {
+            return;
+        };
+        let shared = Arc::clone(self);
+        self.runtime().run_blocking(
+            move || {
+                let mut identity = identity.lock().unwrap_or_else(|e| e.into_inner());
+                identity.extend(until)
+            },
+            move |stored| {
+                shared.with(|m, now| {
+                    match stored {
+                        Ok(()) => m.client.lease_extended(until),
+                        Err(error) => {
+                            tracing::warn!(%error, "client identity: the next lease is not stored");
+                            m.client.lease_failed(now);
+                        }
+                    }
+                    m.lease_waiters.notify_all();
+                });
+            },
+        );
     }
 
     /// The connection's state now.

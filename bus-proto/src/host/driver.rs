@@ -32,6 +32,14 @@ pub trait Runtime: Send + Sync + Sized + 'static {
     /// run the socket it returns. Called with the driver's lock held:
     /// spawn, do not run.
     fn dial<M: Machine>(shared: &Arc<Shared<M, Self>>, id: ConnectionId, replica: u8);
+    /// Runs `job` on a thread where blocking is allowed (a client
+    /// identity's file writes), then `done` with its result on a task of
+    /// this runtime. Called without the driver's lock.
+    fn run_blocking<T: Send + 'static>(
+        &self,
+        job: impl FnOnce() -> T + Send + 'static,
+        done: impl FnOnce(T) + Send + 'static,
+    );
 }
 
 /// Driver settings.
@@ -97,12 +105,11 @@ impl<M: Machine> State<M> {
 
     /// Moves the timer earlier if the core's next deadline is.
     fn rearm_timer(&mut self) {
-        if let Some(at) = self.machine.poll_timeout() {
-            if self.timer_at.is_none_or(|t| at < t) {
+        if let Some(at) = self.machine.poll_timeout()
+            && self.timer_at.is_none_or(|t| at < t) {
                 self.timer_at = Some(at);
                 self.timer.notify();
             }
-        }
     }
 }
 

@@ -145,8 +145,8 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
             machine,
             ..
         } = &mut *state;
-        if let Some(entry) = sockets.get_mut(&id) {
-            if pause != entry.paused && (pause || read) {
+        if let Some(entry) = sockets.get_mut(&id)
+            && pause != entry.paused && (pause || read) {
                 entry.paused = pause;
                 match pause {
                     true => paused.push(id),
@@ -154,7 +154,6 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
                 }
                 machine.set_reading_paused(self.runtime.now(), id, pause);
             }
-        }
         read &= !pause;
         if read && socket.inbox.is_none() {
             socket.inbox = state.machine.take_read_buffer(id);
@@ -270,6 +269,13 @@ mod tests {
             core::future::pending()
         }
         fn dial<M: Machine>(_: &Arc<Shared<M, Self>>, _: ConnectionId, _: u8) {}
+        fn run_blocking<T: Send + 'static>(
+            &self,
+            job: impl FnOnce() -> T + Send + 'static,
+            done: impl FnOnce(T) + Send + 'static,
+        ) {
+            done(job());
+        }
     }
 
     fn woken_now(shared: &Shared<NodeFront, Frozen>, id: ConnectionId) -> bool {

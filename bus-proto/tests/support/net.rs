@@ -3,7 +3,7 @@
 //! every event and socket action. The simulator (`sim.rs`) adds faults.
 #![allow(dead_code, unreachable_pub)]
 
-use bus_proto::client::{Client, ClientEvent, ClientParams};
+use bus_proto::client::{Client, ClientEvent, ClientParams, Lease};
 use bus_proto::config::ValidConfig;
 use bus_proto::connection::{Connection, DialParams, Event};
 use bus_proto::crypto::{Key, KeyRing, PeerId};
@@ -116,8 +116,14 @@ impl Net {
 
     /// Adds a client of `target`; returns its index.
     pub fn add_client(&mut self, id: u128, target: u8) -> usize {
+        self.add_client_with_lease(id, target, Lease::UNBOUNDED)
+    }
+
+    /// Adds a client of `target` that issues numbers from `lease` (a
+    /// persistent identity); returns its index.
+    pub fn add_client_with_lease(&mut self, id: u128, target: u8, lease: Lease) -> usize {
         let entropy = self.entropy();
-        let client = Client::new(
+        let client = Client::with_lease(
             self.at(),
             &self.config,
             ClientParams {
@@ -125,6 +131,7 @@ impl Net {
                 id,
                 target,
             },
+            lease,
             keys(),
             entropy,
         );

@@ -43,6 +43,13 @@ impl Runtime for Harness {
     fn dial<M: Machine>(shared: &Arc<Shared<M, Self>>, id: ConnectionId, _replica: u8) {
         shared.runtime().dials.lock().unwrap().push(id);
     }
+    fn run_blocking<T: Send + 'static>(
+        &self,
+        job: impl FnOnce() -> T + Send + 'static,
+        done: impl FnOnce(T) + Send + 'static,
+    ) {
+        done(job());
+    }
 }
 
 #[derive(Arbitrary, Debug)]
