@@ -99,6 +99,9 @@ fn the_demo_runs_every_step() {
         "messages delivered, each sender's in order",
         "correct replies",
         "answered from the cache (dedup hits 0 -> 1); executed once",
+        "the process is killed (SIGKILL) before the reply",
+        "(resent from the outbox): transferred",
+        "answered from the cache (dedup hits 1 -> 2); executed once",
         "BadMac",
         "0 forced",
         "all steps passed",
@@ -235,4 +238,139 @@ fn sigterm_and_sigint_stop_a_node_gracefully() {
         assert!(one.child.wait().expect("exits").success());
     }
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The at-most-once guarantee across a crash: `bus client --identity` is
+/// killed with SIGKILL while the node executes its request, and started
+/// again under the same identity file. It resends the request from its
+/// outbox, under its number, and gets the one reply: from the dedup
+/// window's cache when the execution ended while it was down, or routed to
+/// its new connection when the execution ends after the resend arrived.
+/// The node's application counts executions: one.
+#[test]
+#[cfg(unix)]
+fn a_client_killed_mid_request_and_restarted_under_its_identity_runs_it_once() {
+    use bus_tokio::bus_proto::config::Config;
+    use bus_tokio::bus_proto::crypto::{Key, KeyRing};
+    use bus_tokio::bus_proto::node::{NodeEvent, NodeParams, ReplyError};
+    use bus_tokio::{Node, NodeOptions, OsEntropy};
+    use std::time::Duration;
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let key = Key::generate(&mut OsEntropy);
+        let config = Config::default().validate().unwrap();
+        let params = NodeParams {
+            cluster: 0xb05,
+            replica: 0,
+            replica_count: 1,
+            accept_clients: true,
+        };
+        let (node, mut events) = Node::start(
+            &config,
+            params,
+            KeyRing::new(key.clone()),
+            NodeOptions::default(),
+        )
+        .unwrap();
+        let address = node.listen("127.0.0.1:0").await.unwrap();
+        let dir = std::env::temp_dir().join(format!("bus-cli-identity-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+
+        for (round, reply_while_down) in [true, false].into_iter().enumerate() {
+            let identity = dir.join(format!("client-{round}.id"));
+            let message = format!("transfer {round}");
+            let client = |count: &str| {
+                let mut command = Command::new(env!("CARGO_BIN_EXE_bus"));
+                command
+                    .args(["client", "--cluster", "b05", "--key-env", "BUS_TEST_KEY"])
+                    .args(["--connect", &address.to_string(), "--count", count])
+                    .args(["--message", &message, "--identity"])
+                    .arg(&identity)
+                    .env("BUS_TEST_KEY", &*key.to_hex())
+                    .stdin(std::process::Stdio::null())
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped());
+                command
+            };
+            let mut executions = 0;
+            let mut first = client("1").spawn().unwrap();
+            // The node's application starts executing the request, and
+            // does not finish before the client is gone.
+            let request = loop {
+                let event = tokio::time::timeout(Duration::from_secs(30), events.recv())
+                    .await
+                    .expect("the request arrives")
+                    .expect("events");
+                if let NodeEvent::Request { request, body, .. } = event {
+                    assert_eq!(body, message.as_bytes());
+                    executions += 1;
+                    break request;
+                }
+            };
+            first.kill().unwrap(); // SIGKILL
+            assert!(!first.wait().unwrap().success());
+            let gone = async {
+                while node.inspect(|n| n.client_connection(request.client).is_some()) {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            };
+            tokio::time::timeout(Duration::from_secs(30), gone)
+                .await
+                .expect("the killed client's connection closes");
+            if reply_while_down {
+                let answered = node.reply(request, "done".into());
+                assert!(
+                    matches!(answered, Err(ReplyError::Disconnected { cached: true, .. })),
+                    "{answered:?}"
+                );
+            }
+            let before = node.stats();
+            let second = client("0").spawn().unwrap();
+            if !reply_while_down {
+                let resent = async {
+                    while node.stats().duplicates_dropped == before.duplicates_dropped {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                };
+                tokio::time::timeout(Duration::from_secs(30), resent)
+                    .await
+                    .expect("the restarted client resends");
+                node.reply(request, "done".into()).unwrap();
+            }
+            let output = tokio::task::spawn_blocking(|| second.wait_with_output())
+                .await
+                .unwrap()
+                .unwrap();
+            let stdout = text(&output.stdout);
+            assert!(output.status.success(), "{stdout}{}", text(&output.stderr));
+            assert!(
+                stdout.contains(&format!(
+                    "reply to request {} (resent from the outbox): done",
+                    request.request
+                )),
+                "{stdout}"
+            );
+            // Nothing else reached the application: executed once.
+            while let Ok(Some(event)) =
+                tokio::time::timeout(Duration::from_millis(200), events.recv()).await
+            {
+                if let NodeEvent::Request { .. } = event {
+                    executions += 1;
+                }
+            }
+            assert_eq!(executions, 1, "round {round}");
+            let after = node.stats();
+            if reply_while_down {
+                assert_eq!(after.dedup_hits, before.dedup_hits + 1);
+            }
+            assert!(
+                !dir.join(format!("client-{round}.id.outbox")).exists(),
+                "the answered request left the outbox"
+            );
+        }
+        node.shutdown(Duration::from_secs(2)).await;
+        std::fs::remove_dir_all(&dir).unwrap();
+    });
 }

@@ -350,6 +350,9 @@ pub(crate) async fn run(args: DemoArgs) -> Result<(), Failure> {
     );
     client.shutdown(Duration::from_secs(2)).await;
 
+    step("A client process killed mid-request restarts under its identity file");
+    restarted_client(&key, front, &mut held_rx).await?;
+
     step("An impostor with the wrong key is rejected");
     let params = ClientParams {
         cluster: CLUSTER,
@@ -404,6 +407,103 @@ pub(crate) async fn run(args: DemoArgs) -> Result<(), Failure> {
         "\nall steps passed in {:.1}s",
         started.elapsed().as_secs_f64()
     );
+    Ok(())
+}
+
+/// `bus client --identity` as a separate process: it is killed with
+/// SIGKILL while replica 0 executes its request, then started again under
+/// the same identity file; it resends the request from its outbox and the
+/// replica answers from its dedup window.
+async fn restarted_client(
+    key: &Key,
+    front: &Replica,
+    held: &mut mpsc::Receiver<RequestHeader>,
+) -> Result<(), Failure> {
+    let scratch = std::env::temp_dir().join(format!("bus-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch)
+        .map_err(|e| Failure(format!("{}: {e}", scratch.display())))?;
+    let identity = scratch.join("client.id");
+    let client = |extra: &[&str]| {
+        let mut command = std::process::Command::new(std::env::current_exe()?);
+        command
+            .args(["client", "--cluster", &format!("{CLUSTER:x}")])
+            .args(["--key-env", "BUS_DEMO_KEY", "--connect"])
+            .arg(front.address.to_string())
+            .arg("--identity")
+            .arg(&identity)
+            .args(extra)
+            .env("BUS_DEMO_KEY", &*key.to_hex())
+            .stdin(std::process::Stdio::null());
+        Ok::<_, std::io::Error>(command)
+    };
+    let mut first = client(&["--operation", "99", "--message", "transfer 20"])?
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let request = tokio::time::timeout(Duration::from_secs(10), held.recv())
+        .await
+        .map_err(|_| Failure("the client process's request never arrived".into()))?
+        .ok_or_else(|| Failure("the application stopped".into()))?;
+    println!(
+        "  process {} (client {:x}, identity {}) sent request {}; replica 0 executes it...",
+        first.id(),
+        request.client,
+        identity.display(),
+        request.request
+    );
+    first.kill()?;
+    first.wait()?;
+    println!("  ...the process is killed (SIGKILL) before the reply");
+    wait("the killed client's connection to go", || {
+        front
+            .node
+            .inspect(|n| n.client_connection(request.client).is_none())
+    })
+    .await?;
+    let executed = front.tally.requests.load(Ordering::Relaxed);
+    let hits_before = front.node.stats().dedup_hits;
+    match front
+        .node
+        .reply(request, Bytes::from_static(b"transferred"))
+    {
+        Err(ReplyError::Disconnected { cached: true, .. }) => {
+            println!("  the execution ends; its reply is kept in the dedup window");
+        }
+        other => println!("  ! unexpected reply outcome: {other:?}"),
+    }
+    let restarted = client(&["--count", "0"])?;
+    let output = tokio::task::spawn_blocking(move || {
+        let mut restarted = restarted;
+        restarted.output()
+    })
+    .await
+    .map_err(|e| Failure(e.to_string()))??;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if !output.status.success() {
+        return Err(Failure(format!(
+            "the restarted client failed: {}",
+            stderr.trim()
+        )));
+    }
+    for line in stderr.lines().filter(|l| l.starts_with("client ")) {
+        println!("  restarted: {line}");
+    }
+    for line in stdout.lines() {
+        println!("  restarted: {line}");
+    }
+    let stats = front.node.stats();
+    let again = front.tally.requests.load(Ordering::Relaxed) - executed;
+    if !stdout.contains("(resent from the outbox): transferred") || again != 0 {
+        return Err(Failure(format!(
+            "the resend was not answered from the window (ran {again} more times):\n{stdout}{stderr}"
+        )));
+    }
+    println!(
+        "  answered from the cache (dedup hits {hits_before} -> {}); executed once",
+        stats.dedup_hits
+    );
+    let _ = std::fs::remove_dir_all(&scratch);
     Ok(())
 }
 

@@ -4,6 +4,7 @@
 
 mod bench;
 mod demo;
+mod outbox;
 mod serve;
 mod stop;
 mod under_attack;

@@ -1,12 +1,14 @@
 //! `bus node` and `bus client`.
 
+use crate::outbox::{Entry, Outbox};
 use crate::{Common, Failure};
-use bus_tokio::bus_proto::client::ClientParams;
+use bus_tokio::bus_proto::client::{ClientParams, RequestError};
 use bus_tokio::bus_proto::node::{NodeEvent, NodeParams};
-use bus_tokio::{Client, Node, NodeOptions};
+use bus_tokio::{Client, ClientError, ClientIdentity, Node, NodeOptions, OsEntropy};
 use bytes::Bytes;
 use clap::Args;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 /// `bus node` flags.
@@ -126,7 +128,7 @@ pub(crate) struct ClientArgs {
     /// The replica's id.
     #[arg(long, default_value_t = 0)]
     target: u8,
-    /// Requests to send, one after another.
+    /// Requests to send, one after another (0: only resend the outbox).
     #[arg(long, default_value_t = 1)]
     count: u32,
     /// The request body.
@@ -135,21 +137,52 @@ pub(crate) struct ClientArgs {
     /// Operation tag of each request.
     #[arg(long, default_value_t = 1)]
     operation: u32,
+    /// Keep the client's id and request numbers in this file (created on
+    /// the first start), and the request in flight in FILE.outbox: a
+    /// client restarted after a crash resends it under its number, so the
+    /// node answers it from its dedup window instead of running it twice.
+    #[arg(long, value_name = "FILE")]
+    identity: Option<PathBuf>,
 }
 
 /// Sends `count` requests and prints replies and latency; SIGTERM or
-/// SIGINT stops it early, gracefully.
+/// SIGINT stops it early, gracefully. With `--identity`, first resends
+/// what a previous process left in the outbox.
 pub(crate) async fn client(args: ClientArgs) -> Result<(), Failure> {
     let stop = crate::stop::stop_signal()?;
     let mut stop = std::pin::pin!(stop);
     let config = args.common.config()?;
     let keys = args.common.keys()?;
-    let params = ClientParams {
-        cluster: args.common.cluster,
-        id: Client::random_id(),
-        target: args.target,
+    let cluster = args.common.cluster;
+    let (client, outbox) = match &args.identity {
+        None => {
+            let params = ClientParams {
+                cluster,
+                id: Client::random_id(),
+                target: args.target,
+            };
+            (Client::start(&config, params, keys, args.connect)?, None)
+        }
+        Some(path) => {
+            let identity = ClientIdentity::load_or_create(path, &mut OsEntropy)?;
+            eprintln!(
+                "client {:x} ({} {}), request numbers from {}",
+                identity.id(),
+                if identity.created() { "new in" } else { "from" },
+                path.display(),
+                identity.lease().next
+            );
+            let client = Client::start_with_identity(
+                &config,
+                cluster,
+                args.target,
+                identity,
+                keys,
+                args.connect,
+            )?;
+            (client, Some(Outbox::beside(path)))
+        }
     };
-    let client = Client::start(&config, params, keys, args.connect)?;
     match tokio::time::timeout(config.handshake_timeout, client.connected()).await {
         Ok(Ok(replica)) => eprintln!("connected to replica {replica} at {}", args.connect),
         Ok(Err(cause)) => return Err(Failure(format!("{}: {cause}", args.connect))),
@@ -160,17 +193,43 @@ pub(crate) async fn client(args: ClientArgs) -> Result<(), Failure> {
             )));
         }
     }
+    if let Some(outbox) = &outbox
+        && let Some(entry) = outbox.load()?
+    {
+        resend(&client, outbox, entry).await?;
+    }
     let body = Bytes::from(args.message.into_bytes());
     let mut latencies = Vec::new();
     for _ in 0..args.count {
         let started = Instant::now();
+        let sent = async {
+            let Some(outbox) = &outbox else {
+                return Ok::<_, Failure>(client.request(args.operation, body.clone()).await?);
+            };
+            let entry = Entry {
+                reservation: client.reserve()?,
+                operation: args.operation,
+                body: body.clone(),
+            };
+            // On disk before it can reach the node.
+            outbox.store(&entry)?;
+            Ok(client
+                .submit(entry.reservation, entry.operation, entry.body)
+                .await?)
+        };
         let reply = tokio::select! {
-            reply = client.request(args.operation, body.clone()) => reply?,
+            reply = sent => reply?,
             signal = &mut stop => {
                 eprintln!("{signal}: stopping after {} replies", latencies.len());
+                if outbox.is_some() {
+                    eprintln!("the request in flight stays in the outbox for the next start");
+                }
                 break;
             }
         };
+        if let Some(outbox) = &outbox {
+            outbox.clear()?;
+        }
         latencies.push(started.elapsed());
         if args.count <= 10 {
             println!(
@@ -192,4 +251,27 @@ pub(crate) async fn client(args: ClientArgs) -> Result<(), Failure> {
     }
     client.shutdown(Duration::from_secs(2)).await;
     Ok(())
+}
+
+/// Resends the request a previous process left unanswered, under its
+/// number; prints the reply, or why its outcome stays unknown.
+async fn resend(client: &Client, outbox: &Outbox, entry: Entry) -> Result<(), Failure> {
+    let number = entry.reservation.request;
+    match client
+        .submit(entry.reservation, entry.operation, entry.body)
+        .await
+    {
+        Ok(reply) => println!(
+            "reply to request {number} (resent from the outbox): {}",
+            String::from_utf8_lossy(&reply.body)
+        ),
+        Err(ClientError::Request(error @ RequestError::TooOld { .. })) => {
+            eprintln!("outbox: {error}; not resent, it may or may not have run");
+        }
+        Err(ClientError::Failed { reason, .. }) => {
+            eprintln!("outbox: request {number} failed ({reason:?}); it may or may not have run");
+        }
+        Err(error) => return Err(Failure(format!("outbox: request {number}: {error}"))),
+    }
+    outbox.clear()
 }

@@ -94,9 +94,10 @@ fn forged_hello(config: &ValidConfig, wrong: &KeyRing, client: u128) -> Vec<u8> 
     };
     let mut bytes = Vec::new();
     if let Ok(mut conn) = Connection::dial(CoreInstant::ZERO, wall, config, params, &mut OsEntropy)
-        && let Some(hello) = conn.poll_transmit(CoreInstant::ZERO) {
-            hello.write_to(&mut bytes);
-        }
+        && let Some(hello) = conn.poll_transmit(CoreInstant::ZERO)
+    {
+        hello.write_to(&mut bytes);
+    }
     bytes
 }
 
@@ -111,10 +112,10 @@ async fn forgeries(config: ValidConfig, source: IpAddr, target: SocketAddr, sent
                 .write_all(&forged_hello(&config, &wrong, client))
                 .await
                 .is_ok()
-            {
-                open.push_back(stream);
-                sent.fetch_add(1, Ordering::Relaxed);
-            }
+        {
+            open.push_back(stream);
+            sent.fetch_add(1, Ordering::Relaxed);
+        }
         while open.len() > 100 {
             open.pop_front();
         }
