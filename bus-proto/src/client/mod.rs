@@ -24,7 +24,7 @@
 //! reuses an id must never reuse a request number under it: the node would
 //! answer the new request with the old one's reply. So either draw a fresh
 //! id at each start ([`Client::random_id`], numbers from zero), or keep a
-//! persistent [identity](identity): its id, and a leased high-water mark
+//! persistent [identity]: its id, and a leased high-water mark
 //! of numbers ([`Client::with_lease`], [`Client::poll_lease`]).
 //!
 //! With a persistent identity a restarted process can also finish what the
@@ -32,7 +32,9 @@
 //! first ([`Client::reserve`]), stores the [`Reservation`] with the body,
 //! then sends ([`Client::submit`]); after a crash it submits the stored
 //! reservations again, and the node answers each from its dedup window
-//! instead of executing it twice. PROTOCOL.md §9 states the guarantee.
+//! instead of executing it twice. PROTOCOL.md §9.1 states the guarantee
+//! and its limits (same replica, no node restart or cap eviction, a
+//! resend within `request_timeout` of the first send).
 
 pub mod identity;
 mod outstanding;
@@ -254,7 +256,7 @@ impl Client {
     }
 
     /// A client whose id is persistent: it issues numbers from `lease`,
-    /// which its [identity](identity) stored before the client starts
+    /// which its [identity] stored before the client starts
     /// (`file::ClientIdentity::lease` with feature `std`).
     ///
     /// ```

@@ -23,7 +23,7 @@
 //! ([`RequestError::LeaseExhausted`]).
 //!
 //! This module is the format and the arithmetic, with no I/O; the file
-//! (atomic writes, locking, fault injection) is in [`file`] (feature `std`).
+//! (atomic writes, locking, fault injection) is in [`file`](mod@file) (feature `std`).
 //!
 //! # The record (48 bytes, little-endian)
 //!
