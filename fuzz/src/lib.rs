@@ -26,4 +26,5 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("connection", connection),
     ("node", node),
     ("host", host),
+    ("identity", identity),
 ];
