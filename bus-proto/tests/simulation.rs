@@ -57,6 +57,13 @@ fn add(totals: &mut Report, r: &Report) {
     totals.stalls += r.stalls;
     totals.silent_sockets += r.silent_sockets;
     totals.unauthenticated_evicted += r.unauthenticated_evicted;
+    totals.client_restarts += r.client_restarts;
+    totals.outbox_resends += r.outbox_resends;
+    totals.resends_too_old += r.resends_too_old;
+    totals.lease_renewals += r.lease_renewals;
+    totals.renewal_failures += r.renewal_failures;
+    totals.crashes_during_renewal += r.crashes_during_renewal;
+    totals.lease_exhausted += r.lease_exhausted;
     totals.authenticated_frames |= r.authenticated_frames;
 }
 

@@ -1,16 +1,29 @@
 //! A deterministic cluster simulator: N nodes and M clients in memory, a
 //! virtual clock, and a seeded network with chunking, latency, stalls,
 //! resets, partitions that heal, node restarts, corruption, stalled
-//! applications (a node stops reading its sockets for a while), and an
-//! adversary that replays captured handshakes and frames, dials with wrong
-//! keys, and floods nodes with silent sockets from a few addresses.
+//! applications (a node stops reading its sockets for a while), client
+//! crashes and restarts, and an adversary that replays captured handshakes
+//! and frames, dials with wrong keys, and floods nodes with silent sockets
+//! from a few addresses.
+//!
+//! Honest clients keep a persistent identity (hazard 18) on a simulated
+//! disk: the identity record, whose lease of request numbers is renewed by
+//! writes that take virtual time and sometimes fail, and an application
+//! outbox of requests reserved but not yet answered. A crashed client comes
+//! back from its disk, raises the record, and resubmits its outbox; the
+//! checks are that no logical operation runs twice on a node incarnation,
+//! that no number is issued twice under one id, and that every reply
+//! answers the operation sent under its number.
 //!
 //! Everything random comes from the seed, so a run replays exactly. The
 //! checks run as the simulation goes; [`Sim::run`] returns the first
 //! broken invariant as an error naming it.
 #![allow(dead_code, unreachable_pub)]
 
-use bus_proto::client::{Client, ClientEvent, ClientParams, RequestFailure};
+use bus_proto::client::identity::IdentityRecord;
+use bus_proto::client::{
+    Client, ClientEvent, ClientParams, RequestError, RequestFailure, Reservation,
+};
 use bus_proto::config::{Config, ValidConfig};
 use bus_proto::connection::{CloseCause, Deadline};
 use bus_proto::crypto::{Key, KeyRing};
@@ -79,6 +92,21 @@ pub struct Report {
     pub silent_sockets: u64,
     /// Unauthenticated connections the nodes evicted for newer ones.
     pub unauthenticated_evicted: u64,
+    /// Honest clients crashed and restarted from their disk.
+    pub client_restarts: u64,
+    /// Outbox entries resubmitted by a restarted client.
+    pub outbox_resends: u64,
+    /// Outbox entries a restarted client's `submit` refused as `TooOld`:
+    /// dropped with an unknown outcome.
+    pub resends_too_old: u64,
+    /// Lease renewals stored (`lease_extended`).
+    pub lease_renewals: u64,
+    /// Lease renewal writes that failed (`lease_failed`).
+    pub renewal_failures: u64,
+    /// Crashes with a renewal write in flight.
+    pub crashes_during_renewal: u64,
+    /// `reserve` refused with `LeaseExhausted`.
+    pub lease_exhausted: u64,
     pub authenticated_frames: bool,
 }
 
@@ -113,8 +141,11 @@ struct NodeSlot {
     down_until: Option<Instant>,
     /// Requests executed by this incarnation: (client, request) -> count.
     executed: BTreeMap<(u128, u64), u32>,
-    /// Replies held back to make retries meet requests in flight.
-    delayed: Vec<(Instant, RequestHeader)>,
+    /// Logical operations executed by this incarnation: body -> count.
+    ops: BTreeMap<Bytes, u32>,
+    /// Replies held back to make retries meet requests in flight, with the
+    /// request's body.
+    delayed: Vec<(Instant, RequestHeader, Bytes)>,
     /// Next message number per destination.
     sent: Vec<u64>,
     skew: i64,
@@ -132,12 +163,50 @@ struct Stall {
 }
 
 struct ClientSlot {
-    client: Client,
-    /// Outstanding request numbers.
+    /// The running process; `None` while crashed.
+    client: Option<Client>,
+    id: u128,
+    target: u8,
+    /// Outstanding request numbers of the running process: the outbox's.
     waiting: BTreeSet<u64>,
     completed: u64,
     failures: BTreeMap<u64, RequestFailure>,
     impostor: bool,
+    /// What survives a crash.
+    disk: Disk,
+    /// The lease block of this client's identity.
+    block: u64,
+    /// A lease renewal write under way.
+    write: Option<LeaseWrite>,
+    /// A renewal write failed: `poll_lease` asks again at this time.
+    lease_retry: Option<Instant>,
+    /// Crashed until then.
+    down_until: Option<Instant>,
+}
+
+/// A client's durable state. Writes to it are durable when they complete
+/// (the simulated writes are atomic, like a rename).
+struct Disk {
+    /// The persisted identity record.
+    record: IdentityRecord,
+    /// The application's outbox: request number -> what was sent under it.
+    outbox: BTreeMap<u64, Outgoing>,
+    /// The next logical operation's number.
+    next_op: u64,
+}
+
+/// An outbox entry: recorded after `reserve`, before `submit`.
+struct Outgoing {
+    reservation: Reservation,
+    operation: u32,
+    body: Bytes,
+}
+
+/// A lease renewal being written to the disk.
+struct LeaseWrite {
+    mark: u64,
+    done_at: Instant,
+    fails: bool,
 }
 
 /// The simulator.
@@ -162,6 +231,11 @@ pub struct Sim {
     faults_on: bool,
     /// The next source port for an accepted socket's remote address.
     next_port: u16,
+    /// Every request number issued per client id, across its processes,
+    /// with the body recorded under it.
+    issued: BTreeMap<u128, BTreeMap<u64, Bytes>>,
+    /// Client stats of crashed processes (resends).
+    resent_by_crashed: u64,
     pub report: Report,
 }
 
@@ -190,14 +264,53 @@ fn parse_message(body: &[u8]) -> Option<(u8, u8, u64, usize)> {
     ))
 }
 
-fn reply_for(client: u128, request: u64) -> Bytes {
-    Bytes::from(format!("reply {client:x}/{request}"))
+/// The node's reply: names the client, the number and the operation.
+fn reply_for(client: u128, request: u64, body: &[u8]) -> Bytes {
+    let mut reply = format!("reply {client:x}/{request} to ").into_bytes();
+    reply.extend_from_slice(body);
+    Bytes::from(reply)
+}
+
+/// The body of client slot `j`'s `k`th logical operation.
+fn op_body(j: usize, k: u64) -> Bytes {
+    Bytes::from(format!("op {j}/{k}"))
+}
+
+/// Parses [`op_body`].
+fn parse_op(body: &[u8]) -> Option<(usize, u64)> {
+    let text = std::str::from_utf8(body).ok()?;
+    let (j, k) = text.strip_prefix("op ")?.split_once('/')?;
+    Some((j.parse().ok()?, k.parse().ok()?))
+}
+
+impl ClientSlot {
+    /// A client that has never run: a new identity, an empty outbox.
+    fn new(id: u128, target: u8, block: u64, impostor: bool) -> ClientSlot {
+        ClientSlot {
+            client: None,
+            id,
+            target,
+            waiting: BTreeSet::new(),
+            completed: 0,
+            failures: BTreeMap::new(),
+            impostor,
+            disk: Disk {
+                record: IdentityRecord::new(id),
+                outbox: BTreeMap::new(),
+                next_op: 0,
+            },
+            block,
+            write: None,
+            lease_retry: None,
+            down_until: None,
+        }
+    }
 }
 
 impl Sim {
     pub fn new(seed: u64, shape: Shape) -> Sim {
         let mut rng = SeededEntropy::new(seed);
-        let authenticated = rng.next_u64() % 2 == 0;
+        let authenticated = rng.next_u64().is_multiple_of(2);
         let config = Config {
             heartbeat_interval: Duration::from_millis(100),
             liveness_timeout: Duration::from_millis(600),
@@ -214,6 +327,17 @@ impl Sim {
             max_batch: 16,
             client_max_outstanding: 8,
             dedup_entries_per_client: 16,
+            // The dedup window never ends a session during a run, so a
+            // node incarnation runs each request number at most once and
+            // the per-operation check below holds without exceptions:
+            // sessions are never evicted at the caps (far more sessions
+            // and bytes than the few clients use: no `Evicted`, no
+            // `RequestFailure::Unknown`), and the TTL is far longer than a
+            // run (40 s of virtual time). `request_timeout` (5 s) is below
+            // it, as `validate` requires.
+            dedup_max_clients: 64,
+            dedup_max_cached_bytes: 64 << 20,
+            dedup_ttl: Duration::from_secs(300),
             authenticated_frames: authenticated,
             ..Config::default()
         }
@@ -238,6 +362,8 @@ impl Sim {
             corrupt_per_mille,
             faults_on: true,
             next_port: 40_000,
+            issued: BTreeMap::new(),
+            resent_by_crashed: 0,
             report: Report {
                 authenticated_frames: authenticated,
                 ..Report::default()
@@ -251,6 +377,7 @@ impl Sim {
                 incarnation: 0,
                 down_until: None,
                 executed: BTreeMap::new(),
+                ops: BTreeMap::new(),
                 delayed: Vec::new(),
                 sent: vec![0; usize::from(sim.shape.nodes)],
                 skew,
@@ -261,14 +388,12 @@ impl Sim {
         for j in 0..sim.shape.clients {
             let target = u8::try_from(j % usize::from(sim.shape.nodes)).unwrap_or(0);
             let id = 0xC0DE_0000 + j as u128;
-            let client = sim.new_client(id, target, sim.keys.clone());
-            sim.clients.push(ClientSlot {
-                client,
-                waiting: BTreeSet::new(),
-                completed: 0,
-                failures: BTreeMap::new(),
-                impostor: false,
-            });
+            // Small blocks, so renewals and exhausted leases happen.
+            let block = 8 + sim.rand(57);
+            sim.clients.push(ClientSlot::new(id, target, block, false));
+            if let Err(e) = sim.boot_client(j) {
+                panic!("seed {seed}: {e}");
+            }
         }
         sim
     }
@@ -340,6 +465,7 @@ impl Sim {
         slot.node = Some(node);
         slot.incarnation += 1;
         slot.executed.clear();
+        slot.ops.clear();
         slot.delayed.clear();
         slot.down_until = None;
         slot.stall = None;
@@ -398,7 +524,9 @@ impl Sim {
             }
             Host::Client(j) => {
                 let at = self.now_for(0);
-                self.clients[j].client.handle_eof(at, id);
+                if let Some(client) = self.clients[j].client.as_mut() {
+                    client.handle_eof(at, id);
+                }
             }
             Host::Adversary => {}
         }
@@ -760,7 +888,9 @@ impl Sim {
             }
             Host::Client(j) => {
                 let at = self.now_for(0);
-                let _ = self.clients[j].client.handle_input(at, id, bytes);
+                if let Some(client) = self.clients[j].client.as_mut() {
+                    let _ = client.handle_input(at, id, bytes);
+                }
             }
             Host::Adversary => {}
         }
@@ -810,58 +940,64 @@ impl Sim {
             self.step()?;
             self.advance(next_app.min(heal_deadline));
         };
-        // Every client completes a fresh request.
+        // Every honest client completes a fresh request. One whose lease
+        // is exhausted (its renewal still being written) or whose
+        // outstanding requests fill its window issues it once it can.
         let before: Vec<u64> = self.clients.iter().map(|c| c.completed).collect();
-        let mut fresh = Vec::new();
-        for j in 0..self.clients.len() {
-            if self.clients[j].impostor {
-                fresh.push(None);
-                continue;
-            }
-            let now = self.now_for(0);
-            let n = self.clients[j]
-                .client
-                .request(now, 7, Bytes::from_static(b"after healing"));
-            let n = n.ok();
-            fresh.push(n);
-            if let Some(n) = n {
-                self.clients[j].waiting.insert(n);
-            }
-        }
+        let mut fresh: Vec<Option<u64>> = vec![None; self.clients.len()];
         let reply_deadline = self.now.saturating_add(self.shape.heal_bound);
         loop {
+            let mut unissued = false;
+            for j in 0..self.clients.len() {
+                if self.clients[j].impostor || fresh[j].is_some() {
+                    continue;
+                }
+                fresh[j] = self.issue(j, 7)?;
+                unissued |= fresh[j].is_none();
+            }
             let done = self
                 .clients
                 .iter()
                 .zip(&fresh)
-                .all(|(c, n)| n.is_none_or(|n| !c.waiting.contains(&n)));
+                .all(|(c, n)| c.impostor || n.is_some_and(|n| !c.waiting.contains(&n)));
             if done {
                 break;
             }
             if self.now >= reply_deadline {
                 return Err(format!(
-                    "clients did not complete a request within {:?} of healing at {healed_at:?}",
+                    "clients did not complete a request within {:?} of healing at {healed_at:?} \
+                     (fresh requests {fresh:?})",
                     self.shape.heal_bound
                 ));
             }
             self.step()?;
-            self.advance(reply_deadline);
+            let limit = if unissued {
+                self.now.saturating_add(Duration::from_millis(5))
+            } else {
+                reply_deadline
+            };
+            self.advance(limit.min(reply_deadline));
         }
         for (j, (c, n)) in self.clients.iter().zip(&fresh).enumerate() {
-            if let Some(n) = n {
-                if c.completed <= before[j] {
+            if let Some(n) = n
+                && c.completed <= before[j] {
                     return Err(format!(
                         "client {j} request {n} failed after healing: {:?}",
                         c.failures.get(n)
                     ));
                 }
-            }
         }
         self.check_bounds()?;
         for i in 0..self.shape.nodes {
             self.collect_stats(i);
         }
-        self.report.resent = self.clients.iter().map(|c| c.client.stats().resent).sum();
+        self.report.resent = self.resent_by_crashed
+            + self
+                .clients
+                .iter()
+                .filter_map(|c| c.client.as_ref())
+                .map(|c| c.stats().resent)
+                .sum::<u64>();
         self.report.virtual_time = self.now.saturating_duration_since(Instant::ZERO);
         Ok(self.report.clone())
     }
@@ -873,6 +1009,11 @@ impl Sim {
             self.end_stall(i)?;
             if self.nodes[usize::from(i)].node.is_none() {
                 self.start_node(i);
+            }
+        }
+        for j in 0..self.clients.len() {
+            if self.clients[j].down_until.is_some() {
+                self.boot_client(j)?;
             }
         }
         Ok(())
@@ -936,12 +1077,18 @@ impl Sim {
             if let Some(stall) = &slot.stall {
                 next = next.min(stall.until);
             }
-            for (t, _) in &slot.delayed {
+            for (t, _, _) in &slot.delayed {
                 next = next.min(*t);
             }
         }
         for c in &self.clients {
-            if let Some(t) = c.client.poll_timeout() {
+            let timers = [
+                c.client.as_ref().and_then(Client::poll_timeout),
+                c.down_until,
+                c.write.as_ref().map(|w| w.done_at),
+                c.lease_retry,
+            ];
+            for t in timers.into_iter().flatten() {
                 next = next.min(t);
             }
         }
@@ -957,28 +1104,31 @@ impl Sim {
                 self.start_node(i);
             }
         }
+        for j in 0..self.clients.len() {
+            if self.clients[j].down_until.is_some_and(|t| t <= self.now) {
+                self.boot_client(j)?;
+            }
+        }
         self.end_due_stalls()?;
         for _ in 0..10_000 {
             let mut moved = self.deliver();
             for i in 0..self.shape.nodes {
                 let at = self.node_now(i);
-                if let Some(node) = self.nodes[usize::from(i)].node.as_mut() {
-                    if node.poll_timeout().is_some_and(|t| t <= self.now) {
+                if let Some(node) = self.nodes[usize::from(i)].node.as_mut()
+                    && node.poll_timeout().is_some_and(|t| t <= self.now) {
                         node.handle_timeout(at);
                     }
-                }
                 moved |= self.drain_node(i)?;
             }
             for j in 0..self.clients.len() {
                 let at = self.now_for(0);
-                if self.clients[j]
-                    .client
-                    .poll_timeout()
-                    .is_some_and(|t| t <= self.now)
-                {
-                    self.clients[j].client.handle_timeout(at);
-                }
+                let now = self.now;
+                if let Some(client) = self.clients[j].client.as_mut()
+                    && client.poll_timeout().is_some_and(|t| t <= now) {
+                        client.handle_timeout(at);
+                    }
                 moved |= self.drain_client(j)?;
+                moved |= self.service_lease(j)?;
             }
             if !moved {
                 for i in 0..self.shape.nodes {
@@ -995,16 +1145,16 @@ impl Sim {
         let mut moved = false;
         let idx = usize::from(i);
         // Replies whose delay passed.
-        let due: Vec<RequestHeader> = {
+        let due: Vec<(RequestHeader, Bytes)> = {
             let slot = &mut self.nodes[idx];
             let now = self.now;
             let (due, keep): (Vec<_>, Vec<_>) =
-                slot.delayed.drain(..).partition(|(t, _)| *t <= now);
+                slot.delayed.drain(..).partition(|(t, _, _)| *t <= now);
             slot.delayed = keep;
-            due.into_iter().map(|(_, r)| r).collect()
+            due.into_iter().map(|(_, r, b)| (r, b)).collect()
         };
-        for request in due {
-            moved |= self.reply(i, request);
+        for (request, body) in due {
+            moved |= self.reply(i, request, body);
         }
         loop {
             let Some(node) = self.nodes[idx].node.as_mut() else {
@@ -1031,16 +1181,16 @@ impl Sim {
     }
 
     /// The application answers; a full queue means trying again shortly.
-    fn reply(&mut self, i: u8, request: RequestHeader) -> bool {
+    fn reply(&mut self, i: u8, request: RequestHeader, body: Bytes) -> bool {
         let at = self.node_now(i);
         let slot = &mut self.nodes[usize::from(i)];
         let Some(node) = slot.node.as_mut() else {
             return false;
         };
-        let body = reply_for(request.client, request.request);
-        if let Err(ReplyError::Backpressure { .. }) = node.reply(at, request, body) {
+        let reply = reply_for(request.client, request.request, &body);
+        if let Err(ReplyError::Backpressure { .. }) = node.reply(at, request, reply) {
             let retry = self.now.saturating_add(Duration::from_millis(10));
-            slot.delayed.push((retry, request));
+            slot.delayed.push((retry, request, body));
         }
         true
     }
@@ -1055,11 +1205,10 @@ impl Sim {
                 let target_up = self.nodes[usize::from(replica)].node.is_some();
                 if !target_up || self.partitioned(Host::Node(i), Host::Node(replica)) {
                     // Half the time the SYN is lost and the dial times out.
-                    if self.chance(500) {
-                        if let Some(node) = self.nodes[usize::from(i)].node.as_mut() {
+                    if self.chance(500)
+                        && let Some(node) = self.nodes[usize::from(i)].node.as_mut() {
                             node.connect_failed(at, connection);
                         }
-                    }
                     return;
                 }
                 let rat = self.node_now(replica);
@@ -1151,17 +1300,33 @@ impl Sim {
                 }
                 self.report.messages_delivered += 1;
             }
-            NodeEvent::Request { request, .. } => {
+            NodeEvent::Request { request, body, .. } => {
+                let (client, number) = (request.client, request.request);
+                let incarnation = self.nodes[usize::from(i)].incarnation;
+                // The request is one its client issued, with that body.
+                let issued = self.issued.get(&client).and_then(|m| m.get(&number));
+                if issued != Some(&body) || parse_op(&body).is_none() {
+                    return Err(format!(
+                        "seed {seed}: node {i} (incarnation {incarnation}) executed client \
+                         {client:#x} request {number} with body {body:?}, issued with {issued:?}"
+                    ));
+                }
                 let slot = &mut self.nodes[usize::from(i)];
-                let count = slot
-                    .executed
-                    .entry((request.client, request.request))
-                    .or_insert(0);
+                let count = slot.executed.entry((client, number)).or_insert(0);
                 *count += 1;
                 if *count > 1 {
                     return Err(format!(
-                        "node {i} (incarnation {}) executed client {:#x} request {} twice",
-                        slot.incarnation, request.client, request.request
+                        "seed {seed}: node {i} (incarnation {incarnation}) executed client \
+                         {client:#x} request {number} twice"
+                    ));
+                }
+                // No logical operation runs twice, under any number.
+                let count = slot.ops.entry(body.clone()).or_insert(0);
+                *count += 1;
+                if *count > 1 {
+                    return Err(format!(
+                        "seed {seed}: node {i} (incarnation {incarnation}) executed operation \
+                         {body:?} twice (the second time as client {client:#x} request {number})"
                     ));
                 }
                 self.report.requests_executed += 1;
@@ -1169,9 +1334,9 @@ impl Sim {
                     let at = self
                         .now
                         .saturating_add(Duration::from_millis(self.rand(300)));
-                    self.nodes[usize::from(i)].delayed.push((at, request));
+                    self.nodes[usize::from(i)].delayed.push((at, request, body));
                 } else {
-                    self.reply(i, request);
+                    self.reply(i, request, body);
                 }
             }
             _ => {}
@@ -1183,7 +1348,9 @@ impl Sim {
         let at = self.now_for(0);
         let mut moved = false;
         loop {
-            let c = &mut self.clients[j].client;
+            let Some(c) = self.clients[j].client.as_mut() else {
+                return Ok(moved);
+            };
             if let Some((id, transmit)) = c.poll_transmit(at) {
                 moved = true;
                 let bytes: Vec<u8> = transmit.segments().concat();
@@ -1224,11 +1391,15 @@ impl Sim {
                             (Host::Client(j), connection),
                             (Host::Node(replica), accepted),
                         );
-                        let _ = self.clients[j]
-                            .client
-                            .connected(at, connection, Binding::NONE);
+                        if let Some(client) = self.clients[j].client.as_mut() {
+                            let _ = client.connected(at, connection, Binding::NONE);
+                        }
                     }
-                    None => self.clients[j].client.connect_failed(at, connection),
+                    None => {
+                        if let Some(client) = self.clients[j].client.as_mut() {
+                            client.connect_failed(at, connection);
+                        }
+                    }
                 }
             }
             Action::Disconnect { connection } => self.close_end((Host::Client(j), connection)),
@@ -1236,20 +1407,34 @@ impl Sim {
     }
 
     fn client_event(&mut self, j: usize, event: ClientEvent) -> Result<(), String> {
+        let seed = self.seed;
         let slot = &mut self.clients[j];
         match event {
             ClientEvent::Connected { .. } if slot.impostor => {
                 return Err(format!("impostor client {j} connected without the key"));
             }
-            ClientEvent::Reply { request, body, .. } => {
+            ClientEvent::Reply {
+                request,
+                operation,
+                body,
+            } => {
                 if !slot.waiting.remove(&request) {
                     return Err(format!(
-                        "client {j}: reply to request {request} not outstanding"
+                        "seed {seed}: client {j}: reply to request {request} not outstanding"
                     ));
                 }
-                if body != reply_for(slot.client.id(), request) {
+                // The answer leaves the outbox; it must answer what was
+                // sent under this number.
+                let Some(sent) = slot.disk.outbox.remove(&request) else {
                     return Err(format!(
-                        "client {j}: wrong reply to request {request}: {body:?}"
+                        "seed {seed}: client {j}: reply to request {request}, not in the outbox"
+                    ));
+                };
+                if body != reply_for(slot.id, request, &sent.body) || operation != sent.operation {
+                    return Err(format!(
+                        "seed {seed}: client {j}: wrong reply to request {request} (operation \
+                         {}, {:?}): operation {operation}, {body:?}",
+                        sent.operation, sent.body
                     ));
                 }
                 slot.completed += 1;
@@ -1258,13 +1443,270 @@ impl Sim {
             ClientEvent::Failed { request, reason } => {
                 if !slot.waiting.remove(&request) {
                     return Err(format!(
-                        "client {j}: failure of request {request} not outstanding"
+                        "seed {seed}: client {j}: failure of request {request} not outstanding"
+                    ));
+                }
+                // The client will not resend it: the application gives up
+                // (`Busy`: it did not run; otherwise the outcome is unknown).
+                if !slot.impostor && slot.disk.outbox.remove(&request).is_none() {
+                    return Err(format!(
+                        "seed {seed}: client {j}: failure of request {request}, not in the outbox"
                     ));
                 }
                 slot.failures.insert(request, reason);
             }
             _ => {}
         }
+        Ok(())
+    }
+
+    /// The application issues a new logical operation through its outbox:
+    /// reserve a number, record the entry durably, then submit. Returns
+    /// the number, or `None` when the client is down, its window is full
+    /// or its lease is exhausted (nothing was issued then).
+    fn issue(&mut self, j: usize, operation: u32) -> Result<Option<u64>, String> {
+        let seed = self.seed;
+        let at = self.now_for(0);
+        let max = self.config.client_max_outstanding;
+        let slot = &mut self.clients[j];
+        if slot.impostor {
+            return Ok(None);
+        }
+        let Some(client) = slot.client.as_mut() else {
+            return Ok(None);
+        };
+        if client.outstanding() >= max {
+            return Ok(None);
+        }
+        let reservation = match client.reserve(at) {
+            Ok(r) => r,
+            Err(RequestError::LeaseExhausted { until }) => {
+                let lease = client.lease();
+                if lease.next != until || until > slot.disk.record.reserved_until {
+                    return Err(format!(
+                        "seed {seed}: client {j}: LeaseExhausted at {until} with lease \
+                         {lease:?} and {:?} stored",
+                        slot.disk.record
+                    ));
+                }
+                self.report.lease_exhausted += 1;
+                return Ok(None);
+            }
+            Err(e) => return Err(format!("seed {seed}: client {j}: reserve failed: {e}")),
+        };
+        let number = reservation.request;
+        // Every issued number is covered by the stored record.
+        if number >= slot.disk.record.reserved_until {
+            return Err(format!(
+                "seed {seed}: client {j} issued request {number}, but the stored record is \
+                 {:?}",
+                slot.disk.record
+            ));
+        }
+        let body = op_body(j, slot.disk.next_op);
+        slot.disk.next_op += 1;
+        let numbers = self.issued.entry(slot.id).or_default();
+        if let Some(earlier) = numbers.insert(number, body.clone()) {
+            return Err(format!(
+                "seed {seed}: client {j} (id {:#x}) issued request {number} twice: for {earlier:?} \
+                 and for {body:?}",
+                slot.id
+            ));
+        }
+        slot.disk.outbox.insert(
+            number,
+            Outgoing {
+                reservation,
+                operation,
+                body: body.clone(),
+            },
+        );
+        if let Err(e) = client.submit(at, reservation, operation, body) {
+            return Err(format!(
+                "seed {seed}: client {j}: submit of fresh request {number} failed: {e}"
+            ));
+        }
+        slot.waiting.insert(number);
+        Ok(Some(number))
+    }
+
+    /// Moves client `j`'s lease renewal along: a write that finished is
+    /// reported to the client, and a renewal the client asks for starts
+    /// one (taking virtual time, failing sometimes while faults are on).
+    /// Returns whether anything happened.
+    fn service_lease(&mut self, j: usize) -> Result<bool, String> {
+        let seed = self.seed;
+        let now = self.now;
+        let at = self.now_for(0);
+        if self.clients[j].impostor || self.clients[j].client.is_none() {
+            return Ok(false);
+        }
+        let mut moved = false;
+        if self.clients[j]
+            .write
+            .as_ref()
+            .is_some_and(|w| w.done_at <= now)
+        {
+            moved = true;
+            let slot = &mut self.clients[j];
+            let write = slot.write.take().expect("checked");
+            let Some(client) = slot.client.as_mut() else {
+                return Ok(moved);
+            };
+            if write.fails {
+                client.lease_failed(at);
+                slot.lease_retry = Some(now.saturating_add(Duration::from_secs(1)));
+                self.report.renewal_failures += 1;
+            } else {
+                slot.disk.record.reserved_until = slot.disk.record.reserved_until.max(write.mark);
+                client.lease_extended(write.mark);
+                self.report.lease_renewals += 1;
+            }
+        }
+        if self.clients[j].write.is_some() {
+            return Ok(moved);
+        }
+        let Some(mark) = self.clients[j]
+            .client
+            .as_mut()
+            .and_then(|c| c.poll_lease(at))
+        else {
+            // A retry time that passed is not a timer any more.
+            let slot = &mut self.clients[j];
+            if slot.lease_retry.is_some_and(|t| t <= now) {
+                slot.lease_retry = None;
+            }
+            return Ok(moved);
+        };
+        let slot = &self.clients[j];
+        let lease = slot.client.as_ref().map(Client::lease);
+        if lease.is_none_or(|l| mark <= l.until || mark != l.until + slot.block) {
+            return Err(format!(
+                "seed {seed}: client {j} asked to store mark {mark} with lease {lease:?} \
+                 (block {})",
+                slot.block
+            ));
+        }
+        // Mostly a quick write; sometimes an fsync stall that outlasts
+        // the half lease left; sometimes a failure.
+        let delay = if self.chance(50) {
+            200 + self.rand(1500)
+        } else {
+            1 + self.rand(60)
+        };
+        let fails = self.faults_on && self.chance(100);
+        let slot = &mut self.clients[j];
+        slot.lease_retry = None;
+        slot.write = Some(LeaseWrite {
+            mark,
+            done_at: now.saturating_add(Duration::from_millis(delay)),
+            fails,
+        });
+        Ok(true)
+    }
+
+    /// Client `j`'s process crashes: its memory is gone, its sockets
+    /// reset, a renewal write under way landed or not. Its disk stays.
+    fn crash_client(&mut self, j: usize, downtime: Duration) {
+        let Some(client) = self.clients[j].client.take() else {
+            return;
+        };
+        self.report.client_restarts += 1;
+        self.resent_by_crashed += client.stats().resent;
+        drop(client);
+        if let Some(write) = self.clients[j].write.take() {
+            self.report.crashes_during_renewal += 1;
+            if !write.fails && self.chance(500) {
+                let record = &mut self.clients[j].disk.record;
+                record.reserved_until = record.reserved_until.max(write.mark);
+            }
+        }
+        let slot = &mut self.clients[j];
+        slot.lease_retry = None;
+        slot.waiting.clear();
+        slot.down_until = Some(self.now.saturating_add(downtime));
+        // Every socket of the process, also ones it was closing, so that
+        // no byte meant for it reaches the next process's connections.
+        let mut mine: Vec<usize> = (0..self.sockets.len())
+            .filter(|&s| {
+                self.sockets[s]
+                    .as_ref()
+                    .is_some_and(|k| k.ends.iter().any(|e| e.0 == Host::Client(j)))
+            })
+            .collect();
+        mine.sort_unstable();
+        for s in mine {
+            self.reset_socket(s);
+        }
+    }
+
+    /// Client `j`'s process starts: it loads its record, stores the raised
+    /// one before issuing anything, and resubmits its outbox.
+    fn boot_client(&mut self, j: usize) -> Result<(), String> {
+        let seed = self.seed;
+        let slot = &mut self.clients[j];
+        slot.down_until = None;
+        let block = slot.block;
+        let start = |record: IdentityRecord| {
+            record
+                .start(block)
+                .map_err(|e| format!("seed {seed}: client {j}: {e}"))
+        };
+        let (mut raised, mut lease) = start(slot.disk.record)?;
+        if lease.next != slot.disk.record.reserved_until || raised.reserved_until != lease.until {
+            return Err(format!(
+                "seed {seed}: client {j}: start from {:?} gave {raised:?} and {lease:?}",
+                slot.disk.record
+            ));
+        }
+        slot.disk.record = raised;
+        if self.faults_on && self.chance(100) {
+            // The process died right after storing its record, and the
+            // next one starts from there: the numbers of that lease are
+            // never issued.
+            let slot = &mut self.clients[j];
+            (raised, lease) = start(slot.disk.record)?;
+            slot.disk.record = raised;
+        }
+        let entropy = self.rng.next_u64();
+        let at = self.now_for(0);
+        let slot = &mut self.clients[j];
+        let mut client = Client::with_lease(
+            at,
+            &self.config,
+            ClientParams {
+                cluster: CLUSTER,
+                id: slot.id,
+                target: slot.target,
+            },
+            lease,
+            self.keys.clone(),
+            Box::new(SeededEntropy::new(entropy)),
+        );
+        let mut too_old = Vec::new();
+        for (&number, sent) in &slot.disk.outbox {
+            match client.submit(at, sent.reservation, sent.operation, sent.body.clone()) {
+                Ok(()) => {
+                    slot.waiting.insert(number);
+                    self.report.outbox_resends += 1;
+                }
+                Err(RequestError::TooOld { .. }) => too_old.push(number),
+                Err(e) => {
+                    return Err(format!(
+                        "seed {seed}: client {j}: resubmitting request {number} ({:?}) after a \
+                         restart failed: {e}",
+                        sent.body
+                    ));
+                }
+            }
+        }
+        // Issued a request_timeout or more ago: a node may have forgotten
+        // it, so its outcome stays unknown.
+        for number in too_old {
+            slot.disk.outbox.remove(&number);
+            self.report.resends_too_old += 1;
+        }
+        slot.client = Some(client);
         Ok(())
     }
 
@@ -1277,22 +1719,14 @@ impl Sim {
             let big = self.chance(50);
             let len = 16 + self.pick(if big { 8000 } else { 200 });
             let body = body_for(from, to, k, len);
-            if let Some(node) = self.nodes[usize::from(from)].node.as_mut() {
-                if node.send(to, 1, body).is_ok() {
+            if let Some(node) = self.nodes[usize::from(from)].node.as_mut()
+                && node.send(to, 1, body).is_ok() {
                     self.nodes[usize::from(from)].sent[usize::from(to)] += 1;
                 }
-            }
         }
         if !self.clients.is_empty() {
             let j = self.pick(self.clients.len());
-            let at = self.now_for(0);
-            let slot = &mut self.clients[j];
-            if !slot.impostor {
-                let body = Bytes::from(vec![b'r'; 8]);
-                if let Ok(number) = slot.client.request(at, 3, body) {
-                    slot.waiting.insert(number);
-                }
-            }
+            self.issue(j, 3)?;
         }
         Ok(())
     }
@@ -1334,7 +1768,24 @@ impl Sim {
             6 => self.replay_frame(),
             7 => self.start_stall(),
             8 => self.silent_burst()?,
-            _ => {}
+            _ => {
+                if self.chance(500) {
+                    let honest: Vec<usize> = (0..self.clients.len())
+                        .filter(|&j| !self.clients[j].impostor && self.clients[j].client.is_some())
+                        .collect();
+                    if !honest.is_empty() {
+                        let j = honest[self.pick(honest.len())];
+                        // Mostly back within request_timeout, so the outbox
+                        // is resent; sometimes later, so it is too old.
+                        let downtime = if self.chance(750) {
+                            Duration::from_millis(10 + self.rand(1500))
+                        } else {
+                            Duration::from_millis(2000 + self.rand(6000))
+                        };
+                        self.crash_client(j, downtime);
+                    }
+                }
+            }
         }
         Ok(())
     }
@@ -1347,13 +1798,9 @@ impl Sim {
         let id = IMPOSTOR_BASE + self.clients.len() as u128;
         let wrong = KeyRing::new(Key::from_bytes([0x33; 32]));
         let client = self.new_client(id, target, wrong);
-        self.clients.push(ClientSlot {
-            client,
-            waiting: BTreeSet::new(),
-            completed: 0,
-            failures: BTreeMap::new(),
-            impostor: true,
-        });
+        let mut slot = ClientSlot::new(id, target, 0, true);
+        slot.client = Some(client);
+        self.clients.push(slot);
         self.report.impostor_dials += 1;
     }
 
@@ -1445,10 +1892,24 @@ impl Sim {
             }
         }
         for (j, c) in self.clients.iter().enumerate() {
-            if c.client.outstanding() > self.config.client_max_outstanding
-                || c.client.connections() > 2
+            let Some(client) = c.client.as_ref() else {
+                continue;
+            };
+            if client.outstanding() > self.config.client_max_outstanding || client.connections() > 2
             {
                 return Err(format!("client {j} exceeds its bounds"));
+            }
+            // The outbox is exactly what the process has outstanding.
+            if !c.impostor
+                && (client.outstanding() != c.waiting.len()
+                    || !c.disk.outbox.keys().eq(c.waiting.iter()))
+            {
+                return Err(format!(
+                    "client {j}: outbox {:?} but outstanding {:?} ({})",
+                    c.disk.outbox.keys().collect::<Vec<_>>(),
+                    c.waiting,
+                    client.outstanding()
+                ));
             }
         }
         Ok(())
