@@ -168,28 +168,33 @@ async fn run<M: Machine>(shared: &Arc<Shared<M, Compio>>, socket: &mut Socket, s
         if write && writing.is_none() {
             writing = Some(Box::pin(write_batch(stream.clone(), socket.lend_batch())));
         }
-        if read && reading.is_none()
-            && let Some(buffer) = socket.lend_inbox() {
-                reading = Some(Box::pin(read_into(stream.clone(), buffer, chunk)));
-            }
+        if read
+            && reading.is_none()
+            && let Some(buffer) = socket.lend_inbox()
+        {
+            reading = Some(Box::pin(read_into(stream.clone(), buffer, chunk)));
+        }
         let done = {
             let mut woken = std::pin::pin!(shared.woken(id));
             let mut lingered = linger.map(|at| Box::pin(shared.runtime().sleep_until(at)));
             poll_fn(|cx| {
                 if let Some(op) = writing.as_mut()
-                    && let Poll::Ready(result) = op.as_mut().poll(cx) {
-                        writing = None;
-                        return Poll::Ready(Completion::Wrote(result));
-                    }
+                    && let Poll::Ready(result) = op.as_mut().poll(cx)
+                {
+                    writing = None;
+                    return Poll::Ready(Completion::Wrote(result));
+                }
                 if let Some(sleep) = lingered.as_mut()
-                    && sleep.as_mut().poll(cx).is_ready() {
-                        return Poll::Ready(Completion::Lingered);
-                    }
+                    && sleep.as_mut().poll(cx).is_ready()
+                {
+                    return Poll::Ready(Completion::Lingered);
+                }
                 if let Some(op) = reading.as_mut()
-                    && let Poll::Ready((result, buffer)) = op.as_mut().poll(cx) {
-                        reading = None;
-                        return Poll::Ready(Completion::Read(result, Some(buffer)));
-                    }
+                    && let Poll::Ready((result, buffer)) = op.as_mut().poll(cx)
+                {
+                    reading = None;
+                    return Poll::Ready(Completion::Read(result, Some(buffer)));
+                }
                 woken.as_mut().poll(cx).map(|()| Completion::Woken)
             })
             .await

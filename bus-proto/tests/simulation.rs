@@ -87,7 +87,7 @@ fn cluster_invariants_hold_under_faults_for_every_seed() {
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(&seed) = seeds.get(i) else { break };
-                    if i > 0 && i % 10_000 == 0 {
+                    if i > 0 && i.is_multiple_of(10_000) {
                         eprintln!("{i} seeds started after {:.0?}", started.elapsed());
                     }
                     match run_seed(seed) {

@@ -224,12 +224,13 @@ async fn replica<B: Bus>(id: u8, shared: Arc<Shared>) {
                     let n = u64::from_le_bytes(body[..8].try_into().expect("8 bytes"));
                     let mut last = shared.last.lock().unwrap();
                     if let Some(&previous) = last.get(&(from, id))
-                        && n <= previous {
-                            shared.violation(format!(
-                                "{}: {id} got {n} from {from} after {previous}",
-                                B::NAME
-                            ));
-                        }
+                        && n <= previous
+                    {
+                        shared.violation(format!(
+                            "{}: {id} got {n} from {from} after {previous}",
+                            B::NAME
+                        ));
+                    }
                     last.insert((from, id), n);
                     shared.received.fetch_add(1, Ordering::Relaxed);
                     *shared

@@ -433,9 +433,10 @@ async fn abandoned_requests_free_their_slots<B: Bus>() {
     let answering = async {
         while let Some(event) = acceptor.events.recv().await {
             if let NodeEvent::Request { request, body, .. } = event
-                && request.operation == 99 {
-                    node.reply(request, body).unwrap();
-                }
+                && request.operation == 99
+            {
+                node.reply(request, body).unwrap();
+            }
         }
     };
     within::<B, _>(PATIENCE, or(answered, answering))

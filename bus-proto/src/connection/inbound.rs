@@ -44,16 +44,17 @@ impl Connection {
     fn on_decode_error(&mut self, e: DecodeError) {
         if matches!(self.phase, Phase::AwaitingHello)
             && let DecodeError::UnsupportedProtocol { command, .. } = e
-                && command == Command::Hello.to_wire() {
-                    // A dialer speaking another version learns which we speak.
-                    self.queue_handshake(Kind::Reject(crate::wire::Reject {
-                        status: RejectStatus::UnsupportedVersion,
-                        protocol_min: crate::wire::PROTOCOL_VERSION,
-                        protocol_max: crate::wire::PROTOCOL_VERSION,
-                    }));
-                    self.finish(CloseCause::Refused(RejectStatus::UnsupportedVersion));
-                    return;
-                }
+            && command == Command::Hello.to_wire()
+        {
+            // A dialer speaking another version learns which we speak.
+            self.queue_handshake(Kind::Reject(crate::wire::Reject {
+                status: RejectStatus::UnsupportedVersion,
+                protocol_min: crate::wire::PROTOCOL_VERSION,
+                protocol_max: crate::wire::PROTOCOL_VERSION,
+            }));
+            self.finish(CloseCause::Refused(RejectStatus::UnsupportedVersion));
+            return;
+        }
         self.fail(CloseCause::Decode(e), CloseReason::ProtocolViolation);
     }
 

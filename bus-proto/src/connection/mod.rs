@@ -514,10 +514,11 @@ impl Connection {
             return;
         }
         if let Some(closing) = self.closing
-            && now >= closing.deadline {
-                self.finish(CloseCause::Timeout(Deadline::CloseGrace));
-                return;
-            }
+            && now >= closing.deadline
+        {
+            self.finish(CloseCause::Timeout(Deadline::CloseGrace));
+            return;
+        }
         if !self.reading_paused && now >= self.last_received.saturating_add(self.limits.liveness) {
             self.fail(
                 CloseCause::Timeout(Deadline::Liveness),

@@ -151,9 +151,10 @@ impl Deliveries {
             .find(|&turn| lens[turn] > 0)?;
         self.turn = (turn + 1) % 3;
         if let Some(front) = self.planes.get(turn).and_then(VecDeque::front)
-            && let (Some(plane), connection) = classify(front) {
-                self.uncount(connection, plane);
-            }
+            && let (Some(plane), connection) = classify(front)
+        {
+            self.uncount(connection, plane);
+        }
         Some(turn)
     }
 
@@ -193,10 +194,11 @@ impl Deliveries {
         };
         // An earlier connection of this slot: nothing to uncount.
         if let Some(Some((current, n))) = self.waiting.get_mut(id.slot())
-            && *current == id {
-                *n = n.saturating_sub(1);
-                self.resumable |= *n == 0;
-            }
+            && *current == id
+        {
+            *n = n.saturating_sub(1);
+            self.resumable |= *n == 0;
+        }
     }
 
     /// Messages and requests of connection `id` waiting.

@@ -106,10 +106,11 @@ impl<M: Machine> State<M> {
     /// Moves the timer earlier if the core's next deadline is.
     fn rearm_timer(&mut self) {
         if let Some(at) = self.machine.poll_timeout()
-            && self.timer_at.is_none_or(|t| at < t) {
-                self.timer_at = Some(at);
-                self.timer.notify();
-            }
+            && self.timer_at.is_none_or(|t| at < t)
+        {
+            self.timer_at = Some(at);
+            self.timer.notify();
+        }
     }
 }
 

@@ -99,17 +99,16 @@ impl Machine for NodeFront {
                 && let NodeEvent::PeerDisconnected { cause, .. }
                 | NodeEvent::ClientDisconnected { cause, .. }
                 | NodeEvent::HandshakeFailed { cause, .. } = &event
-                {
-                    tally.closed(cause);
-                }
+            {
+                tally.closed(cause);
+            }
             log_event(&event);
             delivered |= self.events.push(event);
         }
         self.node.refuse_clients(self.events.client_plane_full());
-        if delivered
-            && let Some(waker) = self.waker.take() {
-                waker.wake();
-            }
+        if delivered && let Some(waker) = self.waker.take() {
+            waker.wake();
+        }
     }
     fn reading_paused(&self, id: ConnectionId) -> bool {
         // Once shutting down, sockets keep reading so closes complete.

@@ -69,10 +69,11 @@ impl<T> Slots<T> {
 
     pub(crate) fn remove(&mut self, id: &ConnectionId) -> Option<T> {
         if let Some(entry) = self.entries.get_mut(id.slot())
-            && entry.as_ref().is_some_and(|(held, _)| held == id) {
-                self.len -= 1;
-                return entry.take().map(|(_, value)| value);
-            }
+            && entry.as_ref().is_some_and(|(held, _)| held == id)
+        {
+            self.len -= 1;
+            return entry.take().map(|(_, value)| value);
+        }
         let at = self.displaced.iter().position(|(held, _)| held == id)?;
         self.len -= 1;
         Some(self.displaced.swap_remove(at).1)

@@ -146,14 +146,16 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
             ..
         } = &mut *state;
         if let Some(entry) = sockets.get_mut(&id)
-            && pause != entry.paused && (pause || read) {
-                entry.paused = pause;
-                match pause {
-                    true => paused.push(id),
-                    false => paused.retain(|&p| p != id),
-                }
-                machine.set_reading_paused(self.runtime.now(), id, pause);
+            && pause != entry.paused
+            && (pause || read)
+        {
+            entry.paused = pause;
+            match pause {
+                true => paused.push(id),
+                false => paused.retain(|&p| p != id),
             }
+            machine.set_reading_paused(self.runtime.now(), id, pause);
+        }
         read &= !pause;
         if read && socket.inbox.is_none() {
             socket.inbox = state.machine.take_read_buffer(id);

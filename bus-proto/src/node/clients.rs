@@ -15,12 +15,13 @@ impl Node {
     /// new route (the ids differ).
     pub(super) fn install_client(&mut self, now: Instant, id: ConnectionId, client: u128) {
         if let Some(old) = self.clients.insert(client, id)
-            && old != id {
-                if let Some(conn) = self.table.conn_mut(old) {
-                    conn.close(now, CloseReason::Duplicate);
-                }
-                self.table.touch(old);
+            && old != id
+        {
+            if let Some(conn) = self.table.conn_mut(old) {
+                conn.close(now, CloseReason::Duplicate);
             }
+            self.table.touch(old);
+        }
         self.announce(
             id,
             NodeEvent::ClientConnected {
@@ -158,9 +159,10 @@ impl Node {
         body: Bytes,
     ) {
         if let Some(conn) = self.table.conn_mut(id)
-            && conn.send(Kind::Reply { request, status }, body).is_ok() {
-                self.table.touch(id);
-            }
+            && conn.send(Kind::Reply { request, status }, body).is_ok()
+        {
+            self.table.touch(id);
+        }
     }
 
     /// Sessions the dedup caps evicted: their clients are told, by closing

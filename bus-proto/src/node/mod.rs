@@ -478,9 +478,10 @@ impl Node {
     fn released(&mut self, id: ConnectionId) {
         self.authenticated(id, false);
         if let Some(entry) = self.table.get_mut(id)
-            && core::mem::take(&mut entry.counted) {
-                self.counted -= 1;
-            }
+            && core::mem::take(&mut entry.counted)
+        {
+            self.counted -= 1;
+        }
     }
 
     /// The socket for an [`Action::Connect`] is open: the handshake starts.
@@ -723,28 +724,29 @@ impl Node {
     /// After bytes arrived: admits a parked `hello`, then settles.
     fn after_input(&mut self, now: Now, id: ConnectionId) {
         if let Some(conn) = self.table.conn_mut(id)
-            && let Some(hello) = conn.take_hello() {
-                let admission = self.gate.admit(now.wall, hello, &mut *self.entropy);
-                let client = match admission.outcome() {
-                    AdmissionOutcome::Accepted { peer } => Some(matches!(peer, PeerId::Client(_))),
-                    _ => None,
-                };
-                let full = self.counted >= self.config.max_connections || self.refusing_clients;
-                if client == Some(true) && full {
-                    // Replicas have room of their own; clients wait.
-                    self.stats.accepts_refused += 1;
-                    if let Some(conn) = self.table.conn_mut(id) {
-                        conn.refuse(self.params.cluster, RejectStatus::Busy);
-                    }
-                } else {
-                    if let Some(client) = client {
-                        self.authenticated(id, client);
-                    }
-                    if let Some(conn) = self.table.conn_mut(id) {
-                        conn.admit(now.mono, admission);
-                    }
+            && let Some(hello) = conn.take_hello()
+        {
+            let admission = self.gate.admit(now.wall, hello, &mut *self.entropy);
+            let client = match admission.outcome() {
+                AdmissionOutcome::Accepted { peer } => Some(matches!(peer, PeerId::Client(_))),
+                _ => None,
+            };
+            let full = self.counted >= self.config.max_connections || self.refusing_clients;
+            if client == Some(true) && full {
+                // Replicas have room of their own; clients wait.
+                self.stats.accepts_refused += 1;
+                if let Some(conn) = self.table.conn_mut(id) {
+                    conn.refuse(self.params.cluster, RejectStatus::Busy);
+                }
+            } else {
+                if let Some(client) = client {
+                    self.authenticated(id, client);
+                }
+                if let Some(conn) = self.table.conn_mut(id) {
+                    conn.admit(now.mono, admission);
                 }
             }
+        }
         self.settle(now.mono, id);
     }
 
@@ -914,9 +916,10 @@ impl Node {
             origin: Origin::Dialed(replica),
             ..
         }) = self.table.remove(id)
-            && !self.shutting_down {
-                self.peers.dial_ended(now, replica, id, &mut *self.entropy);
-            }
+            && !self.shutting_down
+        {
+            self.peers.dial_ended(now, replica, id, &mut *self.entropy);
+        }
     }
 }
 

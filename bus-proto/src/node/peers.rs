@@ -119,9 +119,10 @@ impl Peers {
     ) {
         if self.link(replica) == Some(Link::Connected(id)) {
             if let Some(b) = self.backoff.get_mut(usize::from(replica))
-                && lasted.is_some_and(|d| d >= self.stable) {
-                    b.reset();
-                }
+                && lasted.is_some_and(|d| d >= self.stable)
+            {
+                b.reset();
+            }
             self.schedule(now, replica, entropy);
         }
     }

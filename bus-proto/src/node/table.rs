@@ -316,12 +316,13 @@ impl Table {
             self.ready.push_back(id.index);
         }
         if let Some(deadline) = deadline
-            && slot.timer.is_none_or(|t| deadline < t) {
-                if let Some(old) = slot.timer.replace(deadline) {
-                    self.timers.remove(&(old, id.index));
-                }
-                self.timers.insert((deadline, id.index));
+            && slot.timer.is_none_or(|t| deadline < t)
+        {
+            if let Some(old) = slot.timer.replace(deadline) {
+                self.timers.remove(&(old, id.index));
             }
+            self.timers.insert((deadline, id.index));
+        }
     }
 
     /// The first connection that may have output, left in the list.

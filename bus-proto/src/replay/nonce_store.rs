@@ -94,9 +94,10 @@ impl<P: Ord + Copy, const CAP: usize> NonceStore<P, CAP> {
         }
         let ring = self.peers.entry(peer).or_default();
         if let Some((_, oldest)) = ring.next_evicted()
-            && !stale(oldest) {
-                return Err(ReplayError::PeerSaturated { capacity: CAP });
-            }
+            && !stale(oldest)
+        {
+            return Err(ReplayError::PeerSaturated { capacity: CAP });
+        }
         ring.insert(nonce, timestamp);
         Ok(())
     }

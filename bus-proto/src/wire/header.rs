@@ -61,13 +61,14 @@ impl Header {
             });
         }
         if let Kind::Request(r) | Kind::Reply { request: r, .. } = &self.kind
-            && r.request == u64::MAX {
-                return Err(EncodeError::InvalidField {
-                    command,
-                    field: "request",
-                    value: u128::from(r.request),
-                });
-            }
+            && r.request == u64::MAX
+        {
+            return Err(EncodeError::InvalidField {
+                command,
+                field: "request",
+                value: u128::from(r.request),
+            });
+        }
         u32::try_from(body_len)
             .ok()
             .and_then(|b| b.checked_add(HEADER_SIZE_U32))

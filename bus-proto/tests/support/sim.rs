@@ -948,12 +948,12 @@ impl Sim {
         let reply_deadline = self.now.saturating_add(self.shape.heal_bound);
         loop {
             let mut unissued = false;
-            for j in 0..self.clients.len() {
-                if self.clients[j].impostor || fresh[j].is_some() {
+            for (j, slot) in fresh.iter_mut().enumerate() {
+                if self.clients[j].impostor || slot.is_some() {
                     continue;
                 }
-                fresh[j] = self.issue(j, 7)?;
-                unissued |= fresh[j].is_none();
+                *slot = self.issue(j, 7)?;
+                unissued |= slot.is_none();
             }
             let done = self
                 .clients
@@ -980,12 +980,13 @@ impl Sim {
         }
         for (j, (c, n)) in self.clients.iter().zip(&fresh).enumerate() {
             if let Some(n) = n
-                && c.completed <= before[j] {
-                    return Err(format!(
-                        "client {j} request {n} failed after healing: {:?}",
-                        c.failures.get(n)
-                    ));
-                }
+                && c.completed <= before[j]
+            {
+                return Err(format!(
+                    "client {j} request {n} failed after healing: {:?}",
+                    c.failures.get(n)
+                ));
+            }
         }
         self.check_bounds()?;
         for i in 0..self.shape.nodes {
@@ -1115,18 +1116,20 @@ impl Sim {
             for i in 0..self.shape.nodes {
                 let at = self.node_now(i);
                 if let Some(node) = self.nodes[usize::from(i)].node.as_mut()
-                    && node.poll_timeout().is_some_and(|t| t <= self.now) {
-                        node.handle_timeout(at);
-                    }
+                    && node.poll_timeout().is_some_and(|t| t <= self.now)
+                {
+                    node.handle_timeout(at);
+                }
                 moved |= self.drain_node(i)?;
             }
             for j in 0..self.clients.len() {
                 let at = self.now_for(0);
                 let now = self.now;
                 if let Some(client) = self.clients[j].client.as_mut()
-                    && client.poll_timeout().is_some_and(|t| t <= now) {
-                        client.handle_timeout(at);
-                    }
+                    && client.poll_timeout().is_some_and(|t| t <= now)
+                {
+                    client.handle_timeout(at);
+                }
                 moved |= self.drain_client(j)?;
                 moved |= self.service_lease(j)?;
             }
@@ -1206,9 +1209,10 @@ impl Sim {
                 if !target_up || self.partitioned(Host::Node(i), Host::Node(replica)) {
                     // Half the time the SYN is lost and the dial times out.
                     if self.chance(500)
-                        && let Some(node) = self.nodes[usize::from(i)].node.as_mut() {
-                            node.connect_failed(at, connection);
-                        }
+                        && let Some(node) = self.nodes[usize::from(i)].node.as_mut()
+                    {
+                        node.connect_failed(at, connection);
+                    }
                     return;
                 }
                 let rat = self.node_now(replica);
@@ -1720,9 +1724,10 @@ impl Sim {
             let len = 16 + self.pick(if big { 8000 } else { 200 });
             let body = body_for(from, to, k, len);
             if let Some(node) = self.nodes[usize::from(from)].node.as_mut()
-                && node.send(to, 1, body).is_ok() {
-                    self.nodes[usize::from(from)].sent[usize::from(to)] += 1;
-                }
+                && node.send(to, 1, body).is_ok()
+            {
+                self.nodes[usize::from(from)].sent[usize::from(to)] += 1;
+            }
         }
         if !self.clients.is_empty() {
             let j = self.pick(self.clients.len());
