@@ -14,7 +14,7 @@
 //!   so it is refused rather than executed a second time.
 //!
 //! So within a session, a request number is executed at most once, full stop.
-//! The guarantee ends when the session ends, which happens when:
+//! The session ends when:
 //!
 //! - the client is idle for longer than `ttl` (entries older than `ttl` are
 //!   also dropped, raising the floor, so their retries become `Stale`);
@@ -24,13 +24,22 @@
 //! - [`DedupWindow::evict_client`] is called (the node's disconnect policy);
 //! - the process exits: the window lives in memory only.
 //!
-//! A request retried after its session ended is `Fresh` again. Clients must
-//! use one id across reconnects (hazard 18) for any of this to apply.
+//! A session ended by eviction (the last two but one) leaves a *marker*:
+//! the highest request number the session had seen, kept until the session
+//! would have expired by `ttl`. A retry at or below it is `Stale`, not
+//! `Fresh`, so an eviction cannot make a request run twice, even for a
+//! client that could not be told (one that crashed, and retries after a
+//! restart). Markers are bounded by `max_clients`; when they are full the
+//! oldest goes first, and only then does a retry after an eviction run
+//! again. A request retried after a session expired (`ttl`) or after the
+//! process restarted is `Fresh` again. Clients must use one id across
+//! reconnects (hazard 18) for any of this to apply.
 //!
 //! # Bounds
 //!
 //! At most `max_clients` sessions of at most `entries_per_client` entries,
-//! and at most `max_cached_bytes` of reply bodies in total. When a cap is
+//! at most `max_cached_bytes` of reply bodies in total, and at most
+//! `max_clients` eviction markers (24 bytes of state each). When a cap is
 //! reached the least recently active *other* sessions are evicted. A full
 //! window forgets its oldest completed entry; a window full of requests in
 //! flight refuses new ones ([`DedupError::WindowFull`]) rather than dropping
@@ -167,6 +176,14 @@ impl Session {
 /// Client ids evicted by an operation; tell those clients their session ended.
 pub type Evicted = Vec<u128>;
 
+/// What the window keeps of an evicted session: its highest request number,
+/// until the session's `ttl` would have run out.
+#[derive(Clone, Copy, Debug)]
+struct Marker {
+    floor: u64,
+    last_active: Instant,
+}
+
 /// The dedup window. All times are inputs; see the [module docs](self) for
 /// exactly what it guarantees.
 #[derive(Clone, Debug)]
@@ -176,6 +193,9 @@ pub struct DedupWindow {
     /// `(last_active, client)` for every session: the LRU order.
     lru: BTreeSet<(Instant, u128)>,
     cached_bytes: usize,
+    /// Evicted sessions' markers, and their `(last_active, client)` order.
+    markers: BTreeMap<u128, Marker>,
+    marker_order: BTreeSet<(Instant, u128)>,
 }
 
 impl DedupWindow {
@@ -190,7 +210,14 @@ impl DedupWindow {
             sessions: BTreeMap::new(),
             lru: BTreeSet::new(),
             cached_bytes: 0,
+            markers: BTreeMap::new(),
+            marker_order: BTreeSet::new(),
         }
+    }
+
+    /// Markers of evicted sessions held.
+    pub fn markers(&self) -> usize {
+        self.markers.len()
     }
 
     /// Sessions held.
@@ -206,7 +233,10 @@ impl DedupWindow {
     /// What is known about `(client, request)`.
     pub fn lookup(&mut self, client: u128, request: u64, now: Instant) -> Lookup {
         let Some(session) = self.touch(client, now) else {
-            return Lookup::Fresh;
+            return match self.marker(client, now) {
+                Some(floor) if request <= floor => Lookup::Stale,
+                _ => Lookup::Fresh,
+            };
         };
         match session.entries.iter().find(|e| e.request == request) {
             Some(Entry {
@@ -247,11 +277,14 @@ impl DedupWindow {
                     None => break,
                 }
             }
+            // An evicted session's successor starts from its marker.
+            let floor = self.marker(client, now);
+            self.forget_marker(client);
             self.sessions.insert(
                 client,
                 Session {
                     entries: VecDeque::new(),
-                    floor: None,
+                    floor,
                     last_active: now,
                 },
             );
@@ -342,37 +375,86 @@ impl DedupWindow {
         Ok(evicted)
     }
 
-    /// Ends a client's session (e.g. on disconnect, per the node's policy).
+    /// Ends a client's session (e.g. on disconnect, per the node's policy),
+    /// leaving a marker so that its retries are `Stale`, not `Fresh`.
     /// Returns whether it existed.
     pub fn evict_client(&mut self, client: u128) -> bool {
-        match self.sessions.remove(&client) {
-            Some(session) => {
-                self.lru.remove(&(session.last_active, client));
-                self.cached_bytes -= session.bytes();
-                true
+        let Some(session) = self.end_session(client) else {
+            return false;
+        };
+        let seen = session
+            .entries
+            .iter()
+            .map(|e| e.request)
+            .chain(session.floor);
+        if let Some(floor) = seen.max() {
+            if self.markers.len() >= self.limits.max_clients
+                && let Some(&(_, oldest)) = self.marker_order.first()
+            {
+                self.forget_marker(oldest);
             }
-            None => false,
+            let last_active = session.last_active;
+            self.markers.insert(client, Marker { floor, last_active });
+            self.marker_order.insert((last_active, client));
+        }
+        true
+    }
+
+    /// Removes a session without a marker.
+    fn end_session(&mut self, client: u128) -> Option<Session> {
+        let session = self.sessions.remove(&client)?;
+        self.lru.remove(&(session.last_active, client));
+        self.cached_bytes -= session.bytes();
+        Some(session)
+    }
+
+    /// `client`'s marker floor, if it has one still within `ttl`.
+    fn marker(&mut self, client: u128, now: Instant) -> Option<u64> {
+        let marker = *self.markers.get(&client)?;
+        if now.saturating_duration_since(marker.last_active) > self.limits.ttl {
+            self.forget_marker(client);
+            return None;
+        }
+        Some(marker.floor)
+    }
+
+    fn forget_marker(&mut self, client: u128) {
+        if let Some(marker) = self.markers.remove(&client) {
+            self.marker_order.remove(&(marker.last_active, client));
         }
     }
 
     /// When [`DedupWindow::expire`] will next end a session.
     pub fn next_expiry(&self) -> Option<Instant> {
-        self.lru.first().map(|&(at, _)| {
-            at.saturating_add(self.limits.ttl)
-                .saturating_add(Duration::from_nanos(1))
-        })
+        let oldest = [self.lru.first(), self.marker_order.first()];
+        oldest
+            .into_iter()
+            .flatten()
+            .map(|&(at, _)| at)
+            .min()
+            .map(|at| {
+                at.saturating_add(self.limits.ttl)
+                    .saturating_add(Duration::from_nanos(1))
+            })
     }
 
-    /// Ends every session idle for longer than the TTL; returns how many.
-    /// Costs `O(expired * log n)`: it walks the LRU order from the oldest.
+    /// Ends every session idle for longer than the TTL, and drops markers
+    /// as old; returns how many sessions ended. Costs
+    /// `O(expired * log n)`: it walks both orders from the oldest.
     pub fn expire(&mut self, now: Instant) -> usize {
         let mut count = 0;
         while let Some(&(at, client)) = self.lru.first() {
             if now.saturating_duration_since(at) <= self.limits.ttl {
                 break;
             }
-            self.evict_client(client);
+            self.end_session(client);
             count += 1;
+        }
+        while let Some(&(at, client)) = self.marker_order.first() {
+            if now.saturating_duration_since(at) <= self.limits.ttl {
+                break;
+            }
+            self.forget_marker(client);
         }
         count
     }
@@ -383,7 +465,7 @@ impl DedupWindow {
         let ttl = self.limits.ttl;
         let last = self.sessions.get(&client)?.last_active;
         if now.saturating_duration_since(last) > ttl {
-            self.evict_client(client);
+            self.end_session(client);
             return None;
         }
         let session = self.sessions.get_mut(&client)?;

@@ -122,8 +122,52 @@ fn the_client_map_is_capped_and_evicts_the_least_recently_active() {
     w.lookup(3, 1, t(3));
     assert_eq!(w.mark_in_flight(3, 1, t(3)).unwrap(), vec![2]);
     assert_eq!(w.clients(), 2);
-    assert_eq!(w.lookup(2, 1, t(4)), Lookup::Fresh);
+    // The evicted session's retries are refused, never run again; its
+    // new numbers run.
+    assert_eq!(w.lookup(2, 1, t(4)), Lookup::Stale);
+    assert_eq!(w.lookup(2, 2, t(4)), Lookup::Fresh);
     assert!(matches!(w.lookup(1, 1, t(4)), Lookup::Cached(_)));
+}
+
+/// An eviction leaves a marker (the session's highest number) until the
+/// session would have expired: a client that could not be told (it had
+/// crashed) and retries after a restart gets `Stale`, not a second run.
+/// Markers are bounded by `max_clients`, the oldest dropped first.
+#[test]
+fn an_evicted_session_leaves_a_marker_until_its_ttl_and_markers_are_bounded() {
+    let mut w = DedupWindow::new(limits(4, 2, 1000, 100));
+    run(&mut w, 1, 7, b"a", t(0));
+    assert!(w.evict_client(1));
+    assert_eq!(w.markers(), 1);
+    assert_eq!(w.lookup(1, 7, t(50)), Lookup::Stale);
+    assert_eq!(w.lookup(1, 3, t(50)), Lookup::Stale);
+    // A new session of the same client starts from the marker.
+    w.mark_in_flight(1, 8, t(60)).unwrap();
+    assert_eq!(w.markers(), 0);
+    assert_eq!(w.lookup(1, 7, t(61)), Lookup::Stale);
+    assert_eq!(w.lookup(1, 8, t(61)), Lookup::InFlight);
+    // Past the TTL the marker is gone, as the session would have been.
+    let mut w = DedupWindow::new(limits(4, 2, 1000, 100));
+    run(&mut w, 1, 7, b"a", t(0));
+    w.evict_client(1);
+    assert_eq!(w.lookup(1, 7, t(100)), Lookup::Stale);
+    assert_eq!(w.lookup(1, 7, t(101)), Lookup::Fresh);
+    assert_eq!(w.markers(), 0);
+    // At most max_clients (2) markers: the oldest goes first.
+    for (client, at) in [(1, 0), (2, 1), (3, 2)] {
+        run(&mut w, client, 5, b"x", t(200 + at));
+        w.evict_client(client);
+    }
+    assert_eq!(w.markers(), 2);
+    assert_eq!(
+        w.lookup(1, 5, t(210)),
+        Lookup::Fresh,
+        "the oldest marker went"
+    );
+    assert_eq!(w.lookup(2, 5, t(210)), Lookup::Stale);
+    assert_eq!(w.lookup(3, 5, t(210)), Lookup::Stale);
+    assert_eq!(w.expire(t(303)), 0);
+    assert_eq!(w.markers(), 0, "expire drops old markers too");
 }
 
 #[test]
@@ -215,5 +259,6 @@ fn evict_client_reports_whether_a_session_existed() {
     assert!(!w.evict_client(9));
     run(&mut w, 9, 0, b"", t(0));
     assert!(w.evict_client(9));
-    assert_eq!(w.lookup(9, 0, t(1)), Lookup::Fresh);
+    assert_eq!(w.lookup(9, 0, t(1)), Lookup::Stale);
+    assert_eq!(w.lookup(9, 1, t(1)), Lookup::Fresh);
 }

@@ -8,7 +8,8 @@ mod support {
 }
 
 use bus_proto::client::identity::file::{
-    ClientIdentity, Filesystem, IdentityError, LockGuard, OsFilesystem, Step, write_atomically,
+    ClientIdentity, FileKind, Filesystem, IdentityError, LockGuard, OsFilesystem, Step,
+    write_atomically,
 };
 use bus_proto::client::identity::{FormatError, IdentityRecord, Lease};
 use bus_proto::client::{ClientEvent, RequestError, Reservation};
@@ -201,11 +202,27 @@ impl Drop for MemLock {
 }
 
 impl Filesystem for MemFs {
-    fn read(&mut self, path: &Path) -> io::Result<Option<Vec<u8>>> {
+    fn kind(&mut self, path: &Path) -> io::Result<Option<FileKind>> {
         if self.struck() {
             return Err(dead());
         }
-        Ok(self.disk.lock().unwrap().file(path).map(<[u8]>::to_vec))
+        let disk = self.disk.lock().unwrap();
+        Ok(disk
+            .names
+            .contains_key(path)
+            .then_some(FileKind::Regular { links: 1 }))
+    }
+
+    fn read(&mut self, path: &Path, limit: u64) -> io::Result<Vec<u8>> {
+        if self.struck() {
+            return Err(dead());
+        }
+        let disk = self.disk.lock().unwrap();
+        let bytes = disk.file(path).ok_or(io::ErrorKind::NotFound)?;
+        let limit = usize::try_from(limit)
+            .unwrap_or(usize::MAX)
+            .min(bytes.len());
+        Ok(bytes[..limit].to_vec())
     }
 
     fn list(&mut self, _dir: &Path) -> io::Result<Vec<OsString>> {
@@ -497,7 +514,8 @@ fn damaged_foreign_and_unreadable_files_are_refused_by_name() {
     };
     let valid = std::fs::read(&path).unwrap();
 
-    let cases: Vec<(&str, Vec<u8>, fn(&FormatError) -> bool)> = vec![
+    type Expected = fn(&FormatError) -> bool;
+    let cases: Vec<(&str, Vec<u8>, Expected)> = vec![
         ("truncated", valid[..30].to_vec(), |e| {
             matches!(e, FormatError::Length { len: 30, .. })
         }),
@@ -553,21 +571,43 @@ fn damaged_foreign_and_unreadable_files_are_refused_by_name() {
         );
     }
 
-    // A directory where the file should be cannot be read.
+    // Not a plain file: a directory, a symbolic link (even to the valid
+    // record, and dangling ones above all), a second hard link.
     std::fs::remove_file(&path).unwrap();
     std::fs::create_dir(&path).unwrap();
+    let error = load(&path).unwrap_err();
+    assert!(matches!(error, IdentityError::NotPlain { .. }), "{error}");
+    println!("a directory: {error}");
+    std::fs::remove_dir(&path).unwrap();
+    let real = dir.join("real.id");
+    std::fs::write(&real, &valid).unwrap();
+    std::os::unix::fs::symlink(&real, &path).unwrap();
     let error = load(&path).unwrap_err();
     assert!(
         matches!(
             error,
-            IdentityError::Access {
-                what: "reading",
+            IdentityError::NotPlain {
+                what: "a symbolic link",
                 ..
             }
         ),
         "{error}"
     );
-    println!("unreadable: {error}");
+    std::fs::remove_file(&path).unwrap();
+    std::os::unix::fs::symlink(dir.join("unmounted/volume.id"), &path).unwrap();
+    let error = load(&path).unwrap_err();
+    assert!(
+        matches!(error, IdentityError::NotPlain { .. }),
+        "dangling: {error}"
+    );
+    println!("a dangling symbolic link: {error}");
+    std::fs::remove_file(&path).unwrap();
+    std::fs::hard_link(&real, &path).unwrap();
+    let error = load(&path).unwrap_err();
+    assert!(matches!(error, IdentityError::NotPlain { .. }), "{error}");
+    println!("a second hard link: {error}");
+    std::fs::remove_file(&path).unwrap();
+    std::fs::remove_file(&real).unwrap();
 
     let missing = dir.join("no-such-dir").join("client.id");
     let error = load(&missing).unwrap_err();
@@ -582,7 +622,6 @@ fn damaged_foreign_and_unreadable_files_are_refused_by_name() {
     ));
 
     // The good record still loads where it is.
-    std::fs::remove_dir(&path).unwrap();
     std::fs::write(&path, &valid).unwrap();
     assert_eq!(load(&path).unwrap().id(), good);
     std::fs::remove_dir_all(&dir).unwrap();
@@ -782,6 +821,7 @@ fn submit_accepts_only_issued_numbers_not_outstanding_and_young_enough() {
     assert_eq!(reserved.request, 1000);
     assert_eq!(reserved.issued_at, at.wall);
     let unissued = Reservation {
+        client: 0x1D,
         request: 1001,
         issued_at: at.wall,
     };
@@ -799,6 +839,7 @@ fn submit_accepts_only_issued_numbers_not_outstanding_and_young_enough() {
     );
     // A number of an earlier incarnation, issued 2 s ago: too old.
     let old = Reservation {
+        client: 0x1D,
         request: 17,
         issued_at: UnixNanos::from_nanos(at.wall.as_nanos() - 2_000_000_000),
     };
@@ -807,7 +848,30 @@ fn submit_accepts_only_issued_numbers_not_outstanding_and_young_enough() {
         Err(RequestError::TooOld { request: 17, .. })
     ));
     // Issued 1.5 s ago: accepted, and it expires 0.5 s from now.
+    // Another client's reservation, or one issued in this clock's future
+    // (the clock stepped back: its age is unknown), is refused.
+    let foreign = Reservation {
+        client: 0xBEEF,
+        ..old
+    };
+    assert_eq!(
+        client.submit(at, foreign, 1, Bytes::new()),
+        Err(RequestError::WrongClient {
+            request: 17,
+            owner: 0xBEEF,
+            client: 0x1D
+        })
+    );
+    let future = Reservation {
+        issued_at: UnixNanos::from_nanos(at.wall.as_nanos() + 5_000_000_000),
+        ..old
+    };
+    assert!(matches!(
+        client.submit(at, future, 1, Bytes::new()),
+        Err(RequestError::IssuedInFuture { request: 17, .. })
+    ));
     let aging = Reservation {
+        client: 0x1D,
         request: 18,
         issued_at: UnixNanos::from_nanos(at.wall.as_nanos() - 1_500_000_000),
     };
@@ -983,11 +1047,13 @@ fn deadlines_follow_issue_time_not_request_number() {
     // the one issued 1.9 s ago expires first, whatever its number.
     let fresh = net.clients[j].request(at, 1, Bytes::new()).unwrap();
     let resend = Reservation {
+        client: 0x2A,
         request: 5,
         issued_at: UnixNanos::from_nanos(at.wall.as_nanos() - 1_900_000_000),
     };
     net.clients[j].submit(at, resend, 1, Bytes::new()).unwrap();
     let younger = Reservation {
+        client: 0x2A,
         request: 6,
         issued_at: UnixNanos::from_nanos(at.wall.as_nanos() - 500_000_000),
     };
@@ -1008,4 +1074,68 @@ fn deadlines_follow_issue_time_not_request_number() {
         .collect();
     assert_eq!(failed, vec![5]);
     assert_eq!(net.clients[j].outstanding(), 2, "{fresh} and 6 still wait");
+}
+
+/// A node that evicts a client's session at its cap can no longer say
+/// whether the client's earlier requests ran. The client, told by
+/// `close Evicted`, refuses to resubmit anything it issued before; and a
+/// client that could not be told (it had crashed) and resends after a
+/// restart is answered `Stale` from the session's marker, not run again.
+#[test]
+fn after_an_eviction_earlier_requests_are_never_run_again() {
+    let c = Config {
+        dedup_max_clients: 1,
+        ..config()
+    };
+    let mut net = Net::new(c.validate().unwrap(), 1);
+    let a = net.add_client_with_lease(0xA, 0, lease(0, 100, 100));
+    net.run_for(Duration::from_millis(5));
+    let at = net.at();
+    let first = net.clients[a].reserve(at).unwrap();
+    net.clients[a]
+        .submit(at, first, 1, Bytes::from_static(b"one"))
+        .unwrap();
+    net.run_for(Duration::from_millis(5));
+    assert_eq!(requests(&net.take_node_events(0)).len(), 1);
+    // Another client's session takes the only place: A's is evicted while
+    // A's request still runs, and A is told.
+    let b = net.add_client(0xB, 0);
+    net.run_for(Duration::from_millis(5));
+    let at = net.at();
+    net.clients[b].request(at, 1, Bytes::new()).unwrap();
+    net.run_for(Duration::from_millis(5));
+    assert_eq!(net.node(0).stats().sessions_evicted, 1);
+    assert_eq!(net.node(0).dedup().markers(), 1);
+    net.run_for(Duration::from_millis(100));
+    net.take_node_events(0);
+    let at = net.at();
+    assert_eq!(
+        net.clients[a].submit(at, first, 1, Bytes::from_static(b"one")),
+        Err(RequestError::SessionLost { request: 0 })
+    );
+    // A successor that never heard of the eviction resends: `Stale`.
+    let (_, later) = IdentityRecord {
+        id: 0xA,
+        reserved_until: 100,
+    }
+    .start(100)
+    .unwrap();
+    let successor = net.add_client_with_lease(0xA, 0, later);
+    net.run_for(Duration::from_millis(5));
+    let at = net.at();
+    net.clients[successor]
+        .submit(at, first, 1, Bytes::from_static(b"one"))
+        .unwrap();
+    net.run_for(Duration::from_millis(5));
+    assert!(
+        requests(&net.take_node_events(0)).is_empty(),
+        "not run again"
+    );
+    assert!(net.take_client_events(successor).iter().any(|e| matches!(
+        e,
+        ClientEvent::Failed {
+            request: 0,
+            reason: bus_proto::client::RequestFailure::Stale
+        }
+    )));
 }

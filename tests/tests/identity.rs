@@ -5,9 +5,12 @@
 //! pool while requests flow.
 
 use bus_proto::client::identity::IdentityRecord;
-use bus_proto::client::identity::file::{ClientIdentity, IdentityError, OsFilesystem};
-use bus_proto::client::{Lease, Reservation};
+use bus_proto::client::identity::file::{
+    ClientIdentity, FileKind, Filesystem, IdentityError, LockGuard, OsFilesystem,
+};
+use bus_proto::client::{Lease, RequestError, Reservation};
 use bus_proto::entropy::SeededEntropy;
+use bus_proto::host::ClientError;
 use bus_proto::host::NodeOptions;
 use bus_proto::node::NodeEvent;
 use bus_tests::bus::{Bus, ClientApi, NodeApi};
@@ -15,12 +18,17 @@ use bus_tests::cluster::{member, until, wait_for, within};
 use bus_tests::{CLUSTER, PATIENCE, config, keys};
 use bytes::Bytes;
 use smol::future::{or, zip};
+use std::ffi::OsString;
+use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 bus_tests::scenarios!(
     a_client_restarted_under_its_identity_resends_and_the_node_runs_it_once,
     lease_renewals_are_written_while_requests_flow,
+    a_failing_identity_disk_refuses_requests_and_the_client_recovers,
 );
 
 /// A fresh directory for one scenario on one runtime.
@@ -218,6 +226,137 @@ async fn lease_renewals_are_written_while_requests_flow<B: Bus>() {
     assert!(
         stored.reserved_until >= REQUESTS,
         "the file covers every number issued: {stored:?}"
+    );
+    client.shutdown(Duration::from_secs(1)).await;
+    node.node.shutdown(Duration::from_secs(1)).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The OS filesystem, whose writes fail (`FAILING`) or panic (`PANICKING`)
+/// while the test says so.
+struct Flaky {
+    mode: Arc<AtomicU8>,
+    panics: Arc<AtomicU8>,
+}
+
+const HEALTHY: u8 = 0;
+const FAILING: u8 = 1;
+const PANICKING: u8 = 2;
+
+impl Filesystem for Flaky {
+    fn kind(&mut self, path: &Path) -> io::Result<Option<FileKind>> {
+        OsFilesystem.kind(path)
+    }
+    fn read(&mut self, path: &Path, limit: u64) -> io::Result<Vec<u8>> {
+        OsFilesystem.read(path, limit)
+    }
+    fn list(&mut self, dir: &Path) -> io::Result<Vec<OsString>> {
+        OsFilesystem.list(dir)
+    }
+    fn create_new(&mut self, path: &Path, bytes: &[u8]) -> io::Result<()> {
+        match self.mode.load(Ordering::SeqCst) {
+            FAILING => Err(io::Error::other("the disk is full")),
+            PANICKING => {
+                self.panics.fetch_add(1, Ordering::SeqCst);
+                panic!("a filesystem bug")
+            }
+            _ => OsFilesystem.create_new(path, bytes),
+        }
+    }
+    fn sync_file(&mut self, path: &Path) -> io::Result<()> {
+        OsFilesystem.sync_file(path)
+    }
+    fn rename(&mut self, from: &Path, to: &Path) -> io::Result<()> {
+        OsFilesystem.rename(from, to)
+    }
+    fn remove(&mut self, path: &Path) -> io::Result<()> {
+        OsFilesystem.remove(path)
+    }
+    fn sync_dir(&mut self, dir: &Path) -> io::Result<()> {
+        OsFilesystem.sync_dir(dir)
+    }
+    fn try_lock(&mut self, path: &Path) -> io::Result<Option<LockGuard>> {
+        OsFilesystem.try_lock(path)
+    }
+}
+
+/// Lease writes that fail, then panic: requests past the stored lease are
+/// refused (`LeaseExhausted`), never hang and never issue a number the file
+/// does not cover; once the disk heals the client renews and goes on.
+async fn a_failing_identity_disk_refuses_requests_and_the_client_recovers<B: Bus>() {
+    const BLOCK: u64 = 4;
+    let config = config();
+    let dir = scratch::<B>("flaky");
+    let path = dir.join("client.id");
+    let mut node = member::<B>(&config, 0, 1, keys(23), NodeOptions::default()).await;
+    let (mode, panics) = (Arc::new(AtomicU8::new(HEALTHY)), Arc::new(AtomicU8::new(0)));
+    let fs = Flaky {
+        mode: Arc::clone(&mode),
+        panics: Arc::clone(&panics),
+    };
+    let identity =
+        ClientIdentity::open(Box::new(fs), &path, BLOCK, &mut SeededEntropy::new(4)).unwrap();
+    let client =
+        B::start_client_with_identity(&config, CLUSTER, 0, identity, keys(23), node.address)
+            .unwrap();
+    let stored = || IdentityRecord::decode(&std::fs::read(&path).unwrap()).unwrap();
+    let requests = async {
+        let mut answered = Vec::new();
+        for broken in [FAILING, PANICKING] {
+            mode.store(broken, Ordering::SeqCst);
+            // A failed write is retried a second later.
+            B::sleep(Duration::from_millis(1100)).await;
+            // Requests run until the lease is spent, then are refused.
+            loop {
+                match client.request(1, Bytes::from_static(b"x")).await {
+                    Ok(reply) => answered.push(reply.request),
+                    Err(ClientError::Request(RequestError::LeaseExhausted { until })) => {
+                        assert_eq!(until, stored().reserved_until, "the file's mark");
+                        break;
+                    }
+                    Err(error) => panic!("{error}"),
+                }
+            }
+        }
+        assert!(panics.load(Ordering::SeqCst) > 0, "the panicking write ran");
+        mode.store(HEALTHY, Ordering::SeqCst);
+        B::sleep(Duration::from_millis(1100)).await;
+        loop {
+            match client.request(1, Bytes::from_static(b"x")).await {
+                Ok(reply) => {
+                    answered.push(reply.request);
+                    break;
+                }
+                Err(ClientError::Request(RequestError::LeaseExhausted { .. })) => {
+                    B::sleep(Duration::from_millis(100)).await;
+                }
+                Err(error) => panic!("{error}"),
+            }
+        }
+        answered
+    };
+    let serve = async {
+        loop {
+            if let NodeEvent::Request { request, body, .. } =
+                wait_for::<B>(&mut node.events, "a request", |e| {
+                    matches!(e, NodeEvent::Request { .. })
+                })
+                .await
+            {
+                node.node.reply(request, body).unwrap();
+            }
+        }
+    };
+    let answered = within::<B, _>(PATIENCE, or(requests, serve))
+        .await
+        .expect("refused, then recovered, without hanging");
+    let mut sorted = answered.clone();
+    sorted.dedup();
+    assert_eq!(sorted, answered, "no number twice");
+    assert!(answered.iter().all(|&n| n < stored().reserved_until));
+    assert!(
+        *answered.last().unwrap() >= BLOCK,
+        "numbers past the first lease after recovery: {answered:?}"
     );
     client.shutdown(Duration::from_secs(1)).await;
     node.node.shutdown(Duration::from_secs(1)).await;

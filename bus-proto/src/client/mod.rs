@@ -144,7 +144,8 @@ pub enum RequestError {
     Exhausted,
     /// Every number of the persisted lease is issued and the next lease is
     /// not stored yet (its write is under way or failed; see
-    /// [`Client::poll_lease`]). Nothing was issued.
+    /// [`Client::poll_lease`], which must be called again after this too).
+    /// Nothing was issued.
     #[error(
         "request numbers below {until} are all issued and the identity's next lease is not stored yet"
     )]
@@ -152,7 +153,7 @@ pub enum RequestError {
         /// The end of the current lease.
         until: u64,
     },
-    /// [`Client::submit`] with a number this client's identity never issued:
+    /// [`Client::submit`] with a number at or above the next one to issue:
     /// sending it could collide with a later request.
     #[error("request {request} was never reserved (the next number is {next})")]
     NotReserved {
@@ -178,6 +179,36 @@ pub enum RequestError {
         age: Duration,
         /// `request_timeout`.
         timeout: Duration,
+    },
+    /// [`Client::submit`] of a reservation issued more than a second in the
+    /// future by this wall clock: the clock stepped back, so its age is
+    /// unknown and a resend could come after the node forgot it. It may or
+    /// may not have executed.
+    #[error("request {request} was issued {ahead:?} in the future: the wall clock stepped back")]
+    IssuedInFuture {
+        /// The number submitted.
+        request: u64,
+        /// How far ahead of now it was issued.
+        ahead: Duration,
+    },
+    /// [`Client::submit`] of another client id's reservation.
+    #[error("request {request} belongs to client {owner:#x}, not {client:#x}")]
+    WrongClient {
+        /// The number submitted.
+        request: u64,
+        /// The id the reservation was issued under.
+        owner: u128,
+        /// This client's id.
+        client: u128,
+    },
+    /// [`Client::submit`] of a number issued before the node evicted this
+    /// client's session (`close Evicted`): the node no longer knows whether
+    /// it ran, so a resend could run it twice. It may or may not have
+    /// executed.
+    #[error("request {request} was issued before the node evicted this client's session")]
+    SessionLost {
+        /// The number submitted.
+        request: u64,
     },
 }
 
@@ -209,6 +240,9 @@ pub struct Client {
     established: bool,
     lease: Lease,
     renewal: Renewal,
+    /// Numbers below this were issued before the node evicted our session:
+    /// never resent.
+    evicted_below: u64,
     outstanding: Outstanding,
     /// Some outstanding request is not on the current connection yet.
     unsent: bool,
@@ -230,6 +264,10 @@ enum Renewal {
 
 /// How long after a failed lease write [`Client::poll_lease`] asks again.
 const LEASE_RETRY: Duration = Duration::from_secs(1);
+
+/// How far in the future a reservation may claim to have been issued (the
+/// wall clock stepped back a little) and still count as issued now.
+const CLOCK_STEP_TOLERANCE: Duration = Duration::from_secs(1);
 
 impl core::fmt::Debug for Client {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
@@ -302,6 +340,7 @@ impl Client {
             established: false,
             lease,
             renewal: Renewal::Idle,
+            evicted_below: 0,
             outstanding: Outstanding::new(config.client_max_outstanding),
             unsent: false,
             events: VecDeque::new(),
@@ -372,6 +411,7 @@ impl Client {
         }
         self.lease.next += 1;
         Ok(Reservation {
+            client: self.params.id,
             request: number,
             issued_at: now.wall,
         })
@@ -385,7 +425,10 @@ impl Client {
     /// is refused ([`RequestError::TooOld`]).
     ///
     /// The body must be the one first sent under this number: the node
-    /// matches by number only.
+    /// matches by number only. After a restart, submit what the outbox
+    /// holds first, to the same replica, before new requests: the node
+    /// keeps only the last `dedup_entries_per_client` requests, and older
+    /// ones come back [`RequestFailure::Stale`].
     pub fn submit(
         &mut self,
         now: Now,
@@ -395,6 +438,13 @@ impl Client {
     ) -> Result<(), RequestError> {
         let request = reservation.request;
         self.check_room()?;
+        if reservation.client != self.params.id {
+            return Err(RequestError::WrongClient {
+                request,
+                owner: reservation.client,
+                client: self.params.id,
+            });
+        }
         if request >= self.lease.next {
             return Err(RequestError::NotReserved {
                 request,
@@ -404,11 +454,15 @@ impl Client {
         if self.outstanding.contains(request) {
             return Err(RequestError::AlreadyOutstanding { request });
         }
-        let age = Duration::from_nanos(
-            now.wall
-                .as_nanos()
-                .saturating_sub(reservation.issued_at.as_nanos()),
-        );
+        if request < self.evicted_below {
+            return Err(RequestError::SessionLost { request });
+        }
+        let (issued, wall) = (reservation.issued_at.as_nanos(), now.wall.as_nanos());
+        let ahead = Duration::from_nanos(issued.saturating_sub(wall));
+        if ahead > CLOCK_STEP_TOLERANCE {
+            return Err(RequestError::IssuedInFuture { request, ahead });
+        }
+        let age = Duration::from_nanos(wall.saturating_sub(issued));
         let timeout = self.config.request_timeout;
         if age >= timeout {
             return Err(RequestError::TooOld {
@@ -425,7 +479,9 @@ impl Client {
     /// The next lease mark to store, when half of the current lease is
     /// issued (persistent identities only). Store it durably, then call
     /// [`Client::lease_extended`]; on failure [`Client::lease_failed`].
-    /// Asks once at a time; call it after issuing requests.
+    /// Asks once at a time; call it after every attempt to issue a number,
+    /// refused ones included (after a failed write it asks again only a
+    /// second later, and only when called).
     #[must_use]
     pub fn poll_lease(&mut self, now: Now) -> Option<u64> {
         let Lease { until, block, .. } = self.lease;
@@ -456,6 +512,11 @@ impl Client {
     /// again a second after `now`.
     pub fn lease_failed(&mut self, now: Now) {
         self.renewal = Renewal::RetryAt(now.mono.saturating_add(LEASE_RETRY));
+    }
+
+    /// The configuration it runs with.
+    pub fn config(&self) -> &ValidConfig {
+        &self.config
     }
 
     /// The numbers this client may still issue.
@@ -793,6 +854,7 @@ impl Client {
     /// requests ran, so resending them could run one twice. Each ends as
     /// [`RequestFailure::Unknown`].
     fn forget_outstanding(&mut self) {
+        self.evicted_below = self.lease.next;
         while let Some((request, _)) = self.outstanding.pop_first() {
             self.events.push_back(ClientEvent::Failed {
                 request,

@@ -2,11 +2,11 @@
 //! the connection's state.
 
 use super::Machine;
-use super::driver::{Runtime, Shared, State};
+use super::driver::{Runtime, Shared, State, first};
 use super::error::{ClientError, ConnectError};
 use super::shutdown::{ShutdownReport, Tally};
 use super::signal::Waiters;
-use crate::client::identity::file::ClientIdentity;
+use crate::client::identity::file::{ClientIdentity, IdentityError};
 use crate::client::{self, ClientEvent, ClientParams, ClientStats, RequestFailure, Reservation};
 use crate::config::ValidConfig;
 use crate::connection::{CloseCause, Transmit};
@@ -125,6 +125,12 @@ impl ClientFront {
         Self::front(client, Some(Arc::new(Mutex::new(identity))))
     }
 
+    /// The identity and the mark to store, when the client asks for one.
+    fn renewal(&mut self, now: Now) -> Option<(Arc<Mutex<ClientIdentity>>, u64)> {
+        let identity = self.identity.clone()?;
+        Some((identity, self.client.poll_lease(now)?))
+    }
+
     fn front(client: client::Client, identity: Option<Arc<Mutex<ClientIdentity>>>) -> Self {
         ClientFront {
             client,
@@ -210,6 +216,42 @@ fn lease_waiters(state: &mut State<ClientFront>) -> &mut Waiters {
     &mut state.machine.lease_waiters
 }
 
+/// Reports a lease write's outcome to the client, exactly once: a job that
+/// never reports (it panicked, or its task was dropped) counts as failed,
+/// so no request waits for it forever.
+struct LeaseOutcome<R: Runtime> {
+    shared: Option<Arc<Shared<ClientFront, R>>>,
+    until: u64,
+}
+
+impl<R: Runtime> LeaseOutcome<R> {
+    fn report(&mut self, stored: Result<(), IdentityError>) {
+        let Some(shared) = self.shared.take() else {
+            return;
+        };
+        if let Err(error) = &stored {
+            tracing::warn!(%error, "client identity: the next lease is not stored");
+        }
+        let now = shared.runtime().now();
+        // Not `with`: this may run while the runtime winds down.
+        let mut state = shared.lock();
+        let front = &mut state.machine;
+        match stored {
+            Ok(()) => front.client.lease_extended(self.until),
+            Err(_) => front.client.lease_failed(now),
+        }
+        front.lease_waiters.notify_all();
+    }
+}
+
+impl<R: Runtime> Drop for LeaseOutcome<R> {
+    fn drop(&mut self) {
+        if self.shared.is_some() {
+            self.report(Err(IdentityError::Abandoned));
+        }
+    }
+}
+
 /// Forgets a request when its caller stops waiting: its waiter, and its
 /// slot among the client's outstanding requests, so a loop of abandoned
 /// requests cannot lock the client out with `TooManyOutstanding`.
@@ -237,15 +279,19 @@ impl<R: Runtime> Shared<ClientFront, R> {
         operation: u32,
         body: Bytes,
     ) -> Result<Reply, ClientError> {
-        self.send_and_wait(|client, now| client.request(now, operation, body.clone()))
+        self.send_and_wait(|m, now| m.client.request(now, operation, body.clone()))
             .await
     }
 
-    /// Issues the next request number; see `Client::reserve`.
+    /// Issues the next request number; see `Client::reserve`. Unlike a
+    /// request, it does not wait for a lease renewal under way.
     pub fn reserve(self: &Arc<Self>) -> Result<Reservation, ClientError> {
-        let reservation = self.with(|m, now| m.client.reserve(now))?;
-        self.renew_lease();
-        Ok(reservation)
+        let (reserved, renewal) = self.with(|m, now| {
+            let reserved = m.client.reserve(now);
+            (reserved, m.renewal(now))
+        });
+        self.store_lease(renewal);
+        Ok(reserved?)
     }
 
     /// Sends the request `reservation` numbers and waits for its reply;
@@ -256,39 +302,66 @@ impl<R: Runtime> Shared<ClientFront, R> {
         operation: u32,
         body: Bytes,
     ) -> Result<Reply, ClientError> {
-        self.send_and_wait(|client, now| {
-            client
+        let request = reservation.request;
+        self.send_and_wait(|m, now| {
+            // A caller still waits for this number's reply.
+            if m.waiting.contains_key(&request) {
+                return Err(client::RequestError::AlreadyOutstanding { request });
+            }
+            m.client
                 .submit(now, reservation, operation, body.clone())
-                .map(|()| reservation.request)
+                .map(|()| request)
         })
         .await
     }
 
     /// Sends with `send` and waits for the reply. A request that finds the
-    /// lease spent while its renewal is being written waits for the write.
+    /// lease spent while its renewal is being written waits for the write,
+    /// for at most `request_timeout`.
     async fn send_and_wait(
         self: &Arc<Self>,
-        mut send: impl FnMut(&mut client::Client, Now) -> Result<u64, client::RequestError>,
+        mut send: impl FnMut(&mut ClientFront, Now) -> Result<u64, client::RequestError>,
     ) -> Result<Reply, ClientError> {
+        let mut deadline = None;
         let request = loop {
-            let sent = self.with(|m, now| match send(&mut m.client, now) {
-                Ok(request) => {
-                    m.waiting.insert(request, Waiting::default());
-                    Ok(Some(request))
+            let (sent, renewal) = self.with(|m, now| {
+                // Asked before the attempt too: a spent lease whose failed
+                // write may be retried now is renewed, and this request
+                // waits for it.
+                let early = m.renewal(now);
+                let sent = match send(m, now) {
+                    Ok(request) => {
+                        m.waiting.insert(request, Waiting::default());
+                        Ok(Ok(Some(request)))
+                    }
+                    Err(client::RequestError::LeaseExhausted { until })
+                        if m.client.lease_pending() =>
+                    {
+                        let timeout = m.client.config().request_timeout;
+                        let at = *deadline.get_or_insert(now.mono.saturating_add(timeout));
+                        Ok((at > now.mono).then_some(None).ok_or(until))
+                    }
+                    Err(error) => Err(error),
+                };
+                // Asked after every attempt, refused ones too, so that a
+                // failed write is retried.
+                (sent, early.or_else(|| m.renewal(now)))
+            });
+            self.store_lease(renewal);
+            match sent? {
+                Ok(Some(request)) => break request,
+                Err(until) => {
+                    return Err(client::RequestError::LeaseExhausted { until }.into());
                 }
-                Err(client::RequestError::LeaseExhausted { .. }) if m.client.lease_pending() => {
-                    Ok(None)
-                }
-                Err(error) => Err(ClientError::from(error)),
-            })?;
-            self.renew_lease();
-            match sent {
-                Some(request) => break request,
-                None => {
-                    self.wait_in(lease_waiters, |state| {
-                        (!state.machine.client.lease_pending()).then_some(())
-                    })
-                    .await
+                Ok(None) => {
+                    let Some(at) = deadline else { continue };
+                    let landed = self.wait_in(lease_waiters, |state| {
+                        let (front, client) = (&state.machine, &state.machine.client);
+                        let done = !client.lease_pending() || front.tally.is_some();
+                        (done || client.lease().remaining() > 0).then_some(())
+                    });
+                    // Past the deadline the next attempt reports the error.
+                    first(landed, self.runtime().sleep_until(at)).await;
                 }
             }
         };
@@ -313,34 +386,29 @@ impl<R: Runtime> Shared<ClientFront, R> {
         .await
     }
 
-    /// Stores the identity's next lease when the client asks for it, on a
-    /// thread that may block; the client issues past the current lease
-    /// only once the write is durable.
-    fn renew_lease(self: &Arc<Self>) {
-        let Some((identity, until)) = self.with(|m, now| {
-            let identity = m.identity.clone()?;
-            Some((identity, m.client.poll_lease(now)?))
-        }) else {
+    /// Stores the identity's next lease mark, if the client asked for one,
+    /// on a thread that may block; the client issues past the current lease
+    /// only once the write is durable. However the job ends (stored,
+    /// failed, panicked, cancelled), the client learns of it.
+    fn store_lease(self: &Arc<Self>, renewal: Option<(Arc<Mutex<ClientIdentity>>, u64)>) {
+        let Some((identity, until)) = renewal else {
             return;
         };
-        let shared = Arc::clone(self);
+        let mut outcome = LeaseOutcome {
+            shared: Some(Arc::clone(self)),
+            until,
+        };
         self.runtime().run_blocking(
             move || {
-                let mut identity = identity.lock().unwrap_or_else(|e| e.into_inner());
-                identity.extend(until)
+                // A panicking `Filesystem` must not take a runtime thread
+                // (or smol's executor) down with it.
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    let mut identity = identity.lock().unwrap_or_else(|e| e.into_inner());
+                    identity.extend(until)
+                }))
+                .unwrap_or(Err(IdentityError::Abandoned))
             },
-            move |stored| {
-                shared.with(|m, now| {
-                    match stored {
-                        Ok(()) => m.client.lease_extended(until),
-                        Err(error) => {
-                            tracing::warn!(%error, "client identity: the next lease is not stored");
-                            m.client.lease_failed(now);
-                        }
-                    }
-                    m.lease_waiters.notify_all();
-                });
-            },
+            move |stored| outcome.report(stored),
         );
     }
 
@@ -388,6 +456,8 @@ impl<R: Runtime> Shared<ClientFront, R> {
             m.tally = Some(Tally::default());
             let total = m.client.connections();
             m.client.shutdown(now);
+            // Requests waiting for a lease give up.
+            m.lease_waiters.notify_all();
             // Replies that already came are still handed over.
             m.waiting.retain(|_, waiting| {
                 if waiting.answer.is_some() {

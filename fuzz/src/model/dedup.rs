@@ -25,6 +25,8 @@ struct Session {
 pub struct DedupModel {
     l: DedupLimits,
     sessions: Vec<Session>,
+    /// Evicted sessions: (client, highest number seen, last active).
+    markers: Vec<(u128, u64, Instant)>,
 }
 
 fn raise(floor: &mut Option<u64>, request: u64) {
@@ -37,6 +39,7 @@ impl DedupModel {
         DedupModel {
             l: limits,
             sessions: Vec::new(),
+            markers: Vec::new(),
         }
     }
 
@@ -57,6 +60,22 @@ impl DedupModel {
 
     fn idx(&self, client: u128) -> Option<usize> {
         self.sessions.iter().position(|s| s.client == client)
+    }
+
+    /// Markers held.
+    pub fn markers(&self) -> usize {
+        self.markers.len()
+    }
+
+    /// The live marker of `client` (an expired one is dropped).
+    fn marker(&mut self, client: u128, now: Instant) -> Option<u64> {
+        let i = self.markers.iter().position(|m| m.0 == client)?;
+        let (_, floor, last) = self.markers[i];
+        if now.saturating_duration_since(last) > self.l.ttl {
+            self.markers.remove(i);
+            return None;
+        }
+        Some(floor)
     }
 
     fn touch(&mut self, client: u128, now: Instant) -> Option<usize> {
@@ -82,7 +101,10 @@ impl DedupModel {
     /// What a request finds.
     pub fn lookup(&mut self, client: u128, request: u64, now: Instant) -> Lookup {
         let Some(i) = self.touch(client, now) else {
-            return Lookup::Fresh;
+            return match self.marker(client, now) {
+                Some(floor) if request <= floor => Lookup::Stale,
+                _ => Lookup::Fresh,
+            };
         };
         let s = &self.sessions[i];
         match s.entries.iter().find(|e| e.request == request) {
@@ -104,11 +126,23 @@ impl DedupModel {
         Some(victim)
     }
 
-    /// Ends `client`'s session; whether there was one.
+    /// Ends `client`'s session, leaving a marker; whether there was one.
     pub fn evict(&mut self, client: u128) -> bool {
-        let before = self.sessions.len();
-        self.sessions.retain(|s| s.client != client);
-        before != self.sessions.len()
+        let Some(i) = self.idx(client) else {
+            return false;
+        };
+        let s = self.sessions.remove(i);
+        let seen = s.entries.iter().map(|e| e.request).chain(s.floor).max();
+        if let Some(floor) = seen {
+            if self.markers.len() >= self.l.max_clients {
+                let oldest = (0..self.markers.len())
+                    .min_by_key(|&j| (self.markers[j].2, self.markers[j].0))
+                    .unwrap();
+                self.markers.remove(oldest);
+            }
+            self.markers.push((client, floor, s.last));
+        }
+        true
     }
 
     /// Marks a fresh request in flight; the clients evicted for room.
@@ -121,10 +155,12 @@ impl DedupModel {
             while self.sessions.len() >= self.l.max_clients {
                 evicted.push(self.evict_lru(client).unwrap());
             }
+            let floor = self.marker(client, now);
+            self.markers.retain(|m| m.0 != client);
             self.sessions.push(Session {
                 client,
                 entries: vec![],
-                floor: None,
+                floor,
                 last: now,
             });
         }
@@ -197,6 +233,8 @@ impl DedupModel {
         let before = self.sessions.len();
         self.sessions
             .retain(|s| now.saturating_duration_since(s.last) <= ttl);
+        self.markers
+            .retain(|m| now.saturating_duration_since(m.2) <= ttl);
         before - self.sessions.len()
     }
 }

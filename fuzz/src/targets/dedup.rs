@@ -80,5 +80,7 @@ pub fn dedup_window(data: &[u8]) {
         assert_eq!(window.cached_bytes(), model.bytes());
         assert!(window.clients() <= clients);
         assert!(window.cached_bytes() <= bytes);
+        assert_eq!(window.markers(), model.markers());
+        assert!(window.markers() <= clients);
     }
 }

@@ -18,7 +18,10 @@ enum Op {
     Reserve,
     /// Submit the `pick`-th number reserved so far (or one never issued),
     /// issued `age_ms` before now.
-    Submit { pick: u16, age_ms: u16 },
+    Submit {
+        pick: u16,
+        age_ms: u16,
+    },
     Request,
     PollLease,
     /// The asked-for renewal is stored.
@@ -87,7 +90,10 @@ fn lease_machine(data: &[u8]) {
     let mut outstanding = BTreeSet::new();
     let issue = |issued: &mut BTreeSet<u64>, number: u64, stored: u64| {
         assert!(number >= start, "{number} is below the lease");
-        assert!(number < stored, "{number} issued before mark {stored} was stored");
+        assert!(
+            number < stored,
+            "{number} issued before mark {stored} was stored"
+        );
         assert!(issued.insert(number), "{number} issued twice");
     };
     for op in ops::<Op>(&mut u) {
@@ -118,7 +124,11 @@ fn lease_machine(data: &[u8]) {
                 let age = std::time::Duration::from_millis(u64::from(age_ms) * 4);
                 let age_nanos = u64::try_from(age.as_nanos()).unwrap_or(u64::MAX);
                 let issued_at = UnixNanos::from_nanos(now.wall.as_nanos() - age_nanos);
-                let reservation = Reservation { request, issued_at };
+                let reservation = Reservation {
+                    client: 7,
+                    request,
+                    issued_at,
+                };
                 let result = client.submit(now, reservation, 1, Bytes::new());
                 match &result {
                     Ok(()) => {
@@ -172,6 +182,9 @@ fn lease_machine(data: &[u8]) {
                 }
             }
         }
-        assert!(client.lease().until <= stored, "the client issues past the stored mark");
+        assert!(
+            client.lease().until <= stored,
+            "the client issues past the stored mark"
+        );
     }
 }

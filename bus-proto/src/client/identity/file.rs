@@ -10,9 +10,14 @@
 //!
 //! One process at a time: an exclusive lock on `NAME.lock` beside the file
 //! is held for as long as the [`ClientIdentity`] lives (released by the OS
-//! if the process dies), and a second open fails with
-//! [`IdentityError::InUse`]. Two processes issuing numbers under one id
-//! would collide.
+//! if the process dies), and a second open, in this process or another,
+//! fails with [`IdentityError::InUse`]. Two processes issuing numbers
+//! under one id would collide. For the same reason the file must be a
+//! regular file with one name: a symbolic link or a second hard link
+//! (two names, two locks) is refused, and so must a copy be avoided
+//! (never copy, restore or snapshot an identity file into use). The lock
+//! needs a local filesystem; network filesystems may not enforce it.
+//! Unix only: durability needs a directory sync.
 //!
 //! All file access goes through the [`Filesystem`] trait, so tests can
 //! inject faults and crashes at every step; [`OsFilesystem`] is the real
@@ -29,11 +34,28 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::vec::Vec;
 
+/// What is at a path, as [`Filesystem::kind`] reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileKind {
+    /// A regular file with this many names (hard links).
+    Regular {
+        /// Its link count.
+        links: u64,
+    },
+    /// A symbolic link (not followed).
+    Symlink,
+    /// A directory, device, FIFO or socket.
+    Other,
+}
+
 /// File operations, one per step of an atomic write, so that tests can
 /// fail or crash each step. Paths are whole paths.
 pub trait Filesystem: Send {
-    /// The whole file, or `None` when it does not exist.
-    fn read(&mut self, path: &Path) -> io::Result<Option<Vec<u8>>>;
+    /// What is at `path`, without following a symbolic link; `None` when
+    /// nothing is.
+    fn kind(&mut self, path: &Path) -> io::Result<Option<FileKind>>;
+    /// At most `limit` bytes from the start of the file.
+    fn read(&mut self, path: &Path, limit: u64) -> io::Result<Vec<u8>>;
     /// The names of the entries in `dir`.
     fn list(&mut self, dir: &Path) -> io::Result<Vec<OsString>>;
     /// Creates `path`, which must not exist (else `AlreadyExists`), with
@@ -77,12 +99,33 @@ impl core::fmt::Debug for LockGuard {
 pub struct OsFilesystem;
 
 impl Filesystem for OsFilesystem {
-    fn read(&mut self, path: &Path) -> io::Result<Option<Vec<u8>>> {
-        match std::fs::read(path) {
-            Ok(bytes) => Ok(Some(bytes)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
-        }
+    fn kind(&mut self, path: &Path) -> io::Result<Option<FileKind>> {
+        let metadata = match std::fs::symlink_metadata(path) {
+            Ok(metadata) => metadata,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let kind = metadata.file_type();
+        Ok(Some(if kind.is_symlink() {
+            FileKind::Symlink
+        } else if kind.is_file() {
+            #[cfg(unix)]
+            let links = std::os::unix::fs::MetadataExt::nlink(&metadata);
+            #[cfg(not(unix))]
+            let links = 1;
+            FileKind::Regular { links }
+        } else {
+            FileKind::Other
+        }))
+    }
+
+    fn read(&mut self, path: &Path, limit: u64) -> io::Result<Vec<u8>> {
+        use std::io::Read;
+        let mut bytes = Vec::new();
+        std::fs::File::open(path)?
+            .take(limit)
+            .read_to_end(&mut bytes)?;
+        Ok(bytes)
     }
 
     fn list(&mut self, dir: &Path) -> io::Result<Vec<OsString>> {
@@ -117,7 +160,13 @@ impl Filesystem for OsFilesystem {
     }
 
     fn sync_dir(&mut self, dir: &Path) -> io::Result<()> {
-        std::fs::File::open(dir)?.sync_all()
+        #[cfg(unix)]
+        return std::fs::File::open(dir)?.sync_all();
+        #[cfg(not(unix))]
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!("cannot sync directory {} on this system", dir.display()),
+        ));
     }
 
     fn try_lock(&mut self, path: &Path) -> io::Result<Option<LockGuard>> {
@@ -126,11 +175,39 @@ impl Filesystem for OsFilesystem {
         #[cfg(unix)]
         std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
         let file = options.open(path)?;
+        // Some filesystems lock per process (NFS emulates flock with POSIX
+        // locks): a registry refuses a second holder in this process too.
+        let Some(held) = Held::take(std::fs::canonicalize(path)?) else {
+            return Ok(None);
+        };
         match file.try_lock() {
-            Ok(()) => Ok(Some(LockGuard::new(file))),
+            Ok(()) => Ok(Some(LockGuard::new((file, held)))),
             Err(std::fs::TryLockError::WouldBlock) => Ok(None),
             Err(std::fs::TryLockError::Error(e)) => Err(e),
         }
+    }
+}
+
+/// A lock path held by this process; released on drop.
+struct Held(PathBuf);
+
+/// Every lock path this process holds through [`OsFilesystem`].
+static HELD: std::sync::Mutex<std::collections::BTreeSet<PathBuf>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+impl Held {
+    fn take(path: PathBuf) -> Option<Held> {
+        let mut held = HELD.lock().unwrap_or_else(|e| e.into_inner());
+        // Lazily: a `Held` made for nothing would release the path on drop.
+        held.insert(path.clone()).then(|| Held(path))
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        HELD.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.0);
     }
 }
 
@@ -199,10 +276,16 @@ pub fn write_atomically(
         let temp = dir.join(temp_name(name, attempt));
         match fs.create_new(&temp, bytes) {
             Ok(()) => break temp,
-            // A stale file from a crashed process with our pid.
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && attempt < 16 => attempt += 1,
+            // Someone else's (a crashed process with our pid): not ours to
+            // remove.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                if attempt == 15 {
+                    return Err(fail(Step::Create)(e));
+                }
+                attempt += 1;
+            }
             Err(e) => {
-                // It may exist half-written.
+                // Ours, and it may exist half-written.
                 let _ = fs.remove(&temp);
                 return Err(fail(Step::Create)(e));
             }
@@ -245,6 +328,24 @@ fn temp_name(name: &OsStr, attempt: u32) -> OsString {
     let mut temp = temp_prefix(name);
     temp.push(format!("{}.{attempt}.tmp", std::process::id()));
     temp
+}
+
+/// Whether `entry` is exactly a temporary file [`write_atomically`] makes
+/// for `name` (`.NAME.PID.N.tmp`), and not, say, one for `NAME.2`.
+fn is_temp_of(entry: &OsStr, name: &OsStr) -> bool {
+    let prefix = temp_prefix(name);
+    let Some(rest) = entry
+        .as_encoded_bytes()
+        .strip_prefix(prefix.as_encoded_bytes())
+        .and_then(|rest| rest.strip_suffix(b".tmp"))
+    else {
+        return false;
+    };
+    let mut parts = rest.split(|&b| b == b'.');
+    let number = |part: Option<&[u8]>| {
+        part.is_some_and(|p| !p.is_empty() && p.iter().all(u8::is_ascii_digit))
+    };
+    number(parts.next()) && number(parts.next()) && parts.next().is_none()
 }
 
 /// Why an identity could not be loaded, created or extended. Each names
@@ -301,6 +402,27 @@ pub enum IdentityError {
         #[source]
         source: WriteError,
     },
+    /// A symbolic link, a second hard link, a directory or a device where
+    /// the file should be: two names would mean two locks on one id.
+    #[error("identity file {}: {what}; it must be a regular file with one name", .path.display())]
+    NotPlain {
+        /// The path given.
+        path: PathBuf,
+        /// What it is.
+        what: &'static str,
+    },
+    /// [`ClientIdentity::open`] with a block of zero or above 2^63.
+    #[error("identity file {}: lease block {block} is not in 1..=2^63", .path.display())]
+    Block {
+        /// The path given.
+        path: PathBuf,
+        /// The block asked for.
+        block: u64,
+    },
+    /// A lease write that never reported its outcome (its job panicked or
+    /// was dropped with the runtime).
+    #[error("the lease write was abandoned before it reported")]
+    Abandoned,
     /// The id's request numbers are spent.
     #[error("identity file {}: {error}", .path.display())]
     Exhausted {
@@ -359,6 +481,9 @@ impl ClientIdentity {
     /// with an id drawn from `entropy`; then stores a raised mark, so the
     /// returned lease starts past every number any earlier process could
     /// have issued. Uses the OS filesystem and [`Lease::DEFAULT_BLOCK`].
+    ///
+    /// Blocks on two fsyncs: call it before starting the runtime's work,
+    /// or on its blocking pool. A relative path is resolved once, here.
     pub fn load_or_create(
         path: impl AsRef<Path>,
         entropy: &mut dyn Entropy,
@@ -379,7 +504,12 @@ impl ClientIdentity {
         block: u64,
         entropy: &mut dyn Entropy,
     ) -> Result<ClientIdentity, IdentityError> {
-        let path = path.to_path_buf();
+        if !(1..=1 << 63).contains(&block) {
+            let path = path.to_path_buf();
+            return Err(IdentityError::Block { path, block });
+        }
+        // A later `chdir` must not move the file renewals write.
+        let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
         let Ok((dir, name)) = split(&path) else {
             return Err(IdentityError::NotAFile { path });
         };
@@ -405,18 +535,32 @@ impl ClientIdentity {
             });
         };
         // Under the lock nobody else writes: temporaries left are a crash's.
-        let prefix = temp_prefix(&name);
-        for entry in fs.list(&dir).map_err(|e| access("listing", e))? {
-            let bytes = entry.as_encoded_bytes();
-            if bytes.starts_with(prefix.as_encoded_bytes()) && bytes.ends_with(b".tmp") {
+        // (Cleaning up is a courtesy: a directory we cannot list is fine.)
+        for entry in fs.list(&dir).unwrap_or_default() {
+            if is_temp_of(&entry, &name) {
                 let _ = fs.remove(&dir.join(&entry));
             }
         }
-        let (record, created) = match fs.read(&path).map_err(|e| access("reading", e))? {
-            Some(bytes) => match IdentityRecord::decode(&bytes) {
-                Ok(record) => (record, false),
-                Err(error) => return Err(IdentityError::Format { path, error }),
-            },
+        let not_plain = |what| IdentityError::NotPlain {
+            path: path.clone(),
+            what,
+        };
+        let kind = fs.kind(&path).map_err(|e| access("inspecting", e))?;
+        let (record, created) = match kind {
+            Some(FileKind::Symlink) => return Err(not_plain("a symbolic link")),
+            Some(FileKind::Other) => return Err(not_plain("not a regular file")),
+            Some(FileKind::Regular { links }) if links > 1 => {
+                return Err(not_plain("a file with more than one hard link"));
+            }
+            Some(FileKind::Regular { .. }) => {
+                // One byte more than a record: a longer file is refused whole.
+                let limit = IdentityRecord::LEN as u64 + 1;
+                let bytes = fs.read(&path, limit).map_err(|e| access("reading", e))?;
+                match IdentityRecord::decode(&bytes) {
+                    Ok(record) => (record, false),
+                    Err(error) => return Err(IdentityError::Format { path, error }),
+                }
+            }
             None => {
                 let mut id = [0u8; 16];
                 entropy.fill_bytes(&mut id);
@@ -446,7 +590,8 @@ impl ClientIdentity {
     }
 
     /// The numbers this process may issue (as started, raised by
-    /// [`ClientIdentity::extend`]): hand it to the client at its start.
+    /// [`ClientIdentity::extend`]): hand it to exactly one client, at its
+    /// start (two clients from one lease would issue the same numbers).
     pub fn lease(&self) -> Lease {
         self.lease
     }
@@ -480,5 +625,28 @@ impl ClientIdentity {
         self.stored = record;
         self.lease.until = until;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_our_own_temporaries_are_recognised() {
+        let name = OsStr::new("client.id");
+        assert!(is_temp_of(OsStr::new(".client.id.4242.0.tmp"), name));
+        assert!(is_temp_of(&temp_name(name, 3), name));
+        for other in [
+            ".client.id.2.4242.0.tmp", // the temporary of `client.id.2`
+            ".client.id.outbox.4242.0.tmp",
+            ".client.id.4242.tmp",
+            ".client.id..0.tmp",
+            ".client.id.42x.0.tmp",
+            "client.id",
+            "client.id.lock",
+        ] {
+            assert!(!is_temp_of(OsStr::new(other), name), "{other}");
+        }
     }
 }

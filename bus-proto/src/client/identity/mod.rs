@@ -17,8 +17,8 @@
 //! leaves a record at or above every number issued, and the next process
 //! skips ahead of all of them. The client asks for the next block when half
 //! of the current one is left ([`Client::poll_lease`]), so renewals are
-//! rare (one per 2³¹ requests with the default block) and are written off
-//! the request path; a client whose renewal has not landed when its lease
+//! rare (with the default block, the first after 2³¹ requests, then one per
+//! 2³²) and are written off the request path; a client whose renewal has not landed when its lease
 //! runs out refuses requests rather than risk a number twice
 //! ([`RequestError::LeaseExhausted`]).
 //!
@@ -76,40 +76,47 @@ impl Lease {
 }
 
 /// A request number handed out by [`Client::reserve`](super::Client::reserve),
-/// with the wall-clock time it was issued: what an application that keeps
-/// its own outbox stores before sending, so that after a restart it can
-/// resend the request under the same number
+/// with the client id it belongs to and the wall-clock time it was issued:
+/// what an application that keeps its own outbox stores before sending, so
+/// that after a restart it can resend the request under the same number
 /// ([`Client::submit`](super::Client::submit)).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Reservation {
+    /// The client id that issued it; a client refuses another's.
+    pub client: u128,
     /// The request number.
     pub request: u64,
     /// When it was issued. A resend is refused once `request_timeout` has
-    /// passed since, so that every resend reaches a node while it still
-    /// remembers the first.
+    /// passed since (the node may have forgotten the first send).
     pub issued_at: UnixNanos,
 }
 
 impl Reservation {
-    /// Its encoding, 16 bytes: the number then the time, little-endian.
-    pub fn to_bytes(&self) -> [u8; 16] {
-        let mut out = [0u8; 16];
-        out[..8].copy_from_slice(&self.request.to_le_bytes());
-        out[8..].copy_from_slice(&self.issued_at.as_nanos().to_le_bytes());
+    /// The encoded length.
+    pub const LEN: usize = 32;
+
+    /// Its encoding, 32 bytes little-endian: client id, number, time.
+    pub fn to_bytes(&self) -> [u8; Self::LEN] {
+        let mut out = [0u8; Self::LEN];
+        out[..16].copy_from_slice(&self.client.to_le_bytes());
+        out[16..24].copy_from_slice(&self.request.to_le_bytes());
+        out[24..].copy_from_slice(&self.issued_at.as_nanos().to_le_bytes());
         out
     }
 
     /// Decodes [`Reservation::to_bytes`].
-    pub fn from_bytes(bytes: [u8; 16]) -> Reservation {
-        let (request, issued_at) = bytes.split_at(8);
+    pub fn from_bytes(bytes: [u8; Self::LEN]) -> Reservation {
+        let mut client = [0u8; 16];
+        client.copy_from_slice(&bytes[..16]);
         let word = |b: &[u8]| {
             let mut w = [0u8; 8];
             w.copy_from_slice(b);
             u64::from_le_bytes(w)
         };
         Reservation {
-            request: word(request),
-            issued_at: UnixNanos::from_nanos(word(issued_at)),
+            client: u128::from_le_bytes(client),
+            request: word(&bytes[16..24]),
+            issued_at: UnixNanos::from_nanos(word(&bytes[24..])),
         }
     }
 }
@@ -339,6 +346,7 @@ mod tests {
     #[test]
     fn reservation_round_trips() {
         let r = Reservation {
+            client: 0xa1a2_a3a4_a5a6_a7a8_a9aa_abac_adae_afb0,
             request: 0x0102_0304_0506_0708,
             issued_at: UnixNanos::from_nanos(1_767_225_600_000_000_000),
         };

@@ -4,7 +4,7 @@
 //! dedup window instead of running it again.
 //!
 //! The file (`IDENTITY.outbox`) holds one request: `BUSOUTBX`, the
-//! reservation (16 bytes), the operation (`u32`, little-endian), the body.
+//! reservation (32 bytes), the operation (`u32`, little-endian), the body.
 //! It is written atomically and removed once the request is answered.
 
 use crate::Failure;
@@ -14,7 +14,7 @@ use bytes::Bytes;
 use std::path::{Path, PathBuf};
 
 const MAGIC: &[u8; 8] = b"BUSOUTBX";
-const HEAD: usize = 8 + 16 + 4;
+const HEAD: usize = 8 + Reservation::LEN + 4;
 
 /// A request recorded before it was sent.
 pub(crate) struct Entry {
@@ -49,8 +49,8 @@ impl Outbox {
         if magic != MAGIC {
             return Err(self.bad("not a bus client outbox"));
         }
-        let (reservation, operation) = rest.split_at(16);
-        let mut r = [0u8; 16];
+        let (reservation, operation) = rest.split_at(Reservation::LEN);
+        let mut r = [0u8; Reservation::LEN];
         r.copy_from_slice(reservation);
         let mut op = [0u8; 4];
         op.copy_from_slice(operation);
