@@ -92,6 +92,7 @@ impl Client {
     /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
     /// let config = Config::default().validate()?;
     /// let keys = KeyRing::new(Key::from_hex(&std::env::var("BUS_KEY")?)?);
+    /// // Blocks on two fsyncs: at start-up, before serving.
     /// let identity = ClientIdentity::load_or_create("/var/lib/app/client.id", &mut OsEntropy)?;
     /// let client =
     ///     Client::start_with_identity(&config, 7, 0, identity, keys, "127.0.0.1:7000".parse()?)?;
@@ -146,7 +147,10 @@ impl Client {
 
     /// Issues the next request number without sending anything: store the
     /// [`Reservation`] with the request in your outbox, then
-    /// [`Client::submit`] it.
+    /// [`Client::submit`] it. Unlike a request it does not wait for a lease
+    /// renewal under way: with a spent lease it fails at once with
+    /// `LeaseExhausted` (rare: the next lease is written when half of the
+    /// current one, 2³² numbers by default, is left).
     pub fn reserve(&self) -> Result<Reservation, ClientError> {
         self.shared.reserve()
     }

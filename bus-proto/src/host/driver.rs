@@ -34,7 +34,9 @@ pub trait Runtime: Send + Sync + Sized + 'static {
     fn dial<M: Machine>(shared: &Arc<Shared<M, Self>>, id: ConnectionId, replica: u8);
     /// Runs `job` on a thread where blocking is allowed (a client
     /// identity's file writes), then `done` with its result on a task of
-    /// this runtime. Called without the driver's lock.
+    /// this runtime. Called without the driver's lock, so a runtime may
+    /// also run both inline. If `done` is dropped uncalled (the job
+    /// panicked, the runtime shut down), its drop reports the failure.
     fn run_blocking<T: Send + 'static>(
         &self,
         job: impl FnOnce() -> T + Send + 'static,
