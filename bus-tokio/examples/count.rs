@@ -1,8 +1,14 @@
-//! A fixed workload for instruction counts: on one current-thread runtime,
-//! replica 0 sends `N` messages of 64 B to replica 1 over loopback and
-//! replica 1 reads them all. Run it under callgrind at two sizes; the
-//! difference divided by the difference in `N` is the cost per message,
-//! free of start-up:
+//! Fixed workloads for instruction counts, on one current-thread runtime
+//! over loopback:
+//!
+//! - `count N` (or `count messages N`): replica 0 sends `N` messages of
+//!   64 B to replica 1, which reads them all;
+//! - `count requests N`: a client sends `N` requests of 64 B to replica 0
+//!   one after another, and the node's application answers each.
+//!
+//! Run it under callgrind at two sizes; the difference divided by the
+//! difference in `N` is the cost per message (or request round trip), free
+//! of start-up:
 //!
 //! ```sh
 //! cargo build --release -p bus-tokio --example count
@@ -10,54 +16,110 @@
 //! valgrind --tool=callgrind --callgrind-out-file=/dev/null target/release/examples/count 40000
 //! ```
 
-use bus_tokio::bus_proto::config::Config;
+use bus_tokio::bus_proto::client::ClientParams;
+use bus_tokio::bus_proto::config::{Config, ValidConfig};
 use bus_tokio::bus_proto::crypto::{Key, KeyRing};
 use bus_tokio::bus_proto::node::{NodeEvent, NodeParams};
-use bus_tokio::{Node, NodeOptions};
+use bus_tokio::{Client, Node, NodeOptions};
 use bytes::Bytes;
 
 fn main() {
-    let messages: u32 = std::env::args()
-        .nth(1)
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(20_000);
+    let mut args = std::env::args().skip(1);
+    let first = args.next();
+    let (requests, n) = match first.as_deref() {
+        Some("requests") => (true, args.next()),
+        Some("messages") => (false, args.next()),
+        _ => (false, first),
+    };
+    let n: u32 = n.and_then(|n| n.parse().ok()).unwrap_or(20_000);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("a runtime");
+    let config = Config::default().validate().expect("defaults are valid");
+    let keys = KeyRing::new(Key::from_bytes([7; 32]));
     runtime.block_on(async move {
-        let config = Config::default().validate().expect("defaults are valid");
-        let keys = KeyRing::new(Key::from_bytes([7; 32]));
-        let params = |replica| NodeParams {
-            cluster: 1,
-            replica,
-            replica_count: 2,
-            accept_clients: false,
-        };
-        let (one, mut events) =
-            Node::start(&config, params(1), keys.clone(), NodeOptions::default()).expect("node 1");
-        let address = one.listen("127.0.0.1:0").await.expect("listen");
-        let mut options = NodeOptions::default();
-        options.peers.insert(1, address);
-        let (zero, _zero_events) = Node::start(&config, params(0), keys, options).expect("node 0");
-        let body = Bytes::from(vec![0u8; 64]);
-        let send = async {
-            while !zero.is_connected(1) {
-                tokio::task::yield_now().await;
-            }
-            for i in 0..messages {
-                zero.send_wait(1, i, body.clone()).await.expect("sent");
-            }
-        };
-        let receive = async {
-            let mut received = 0;
-            while received < messages {
-                if let Some(NodeEvent::Message { .. }) = events.recv().await {
-                    received += 1;
-                }
-            }
-        };
-        tokio::join!(send, receive);
-        println!("{messages} messages");
+        if requests {
+            round_trips(&config, keys, n).await;
+            println!("{n} requests");
+        } else {
+            messages(&config, keys, n).await;
+            println!("{n} messages");
+        }
     });
+}
+
+fn params(replica: u8, replica_count: u8, accept_clients: bool) -> NodeParams {
+    NodeParams {
+        cluster: 1,
+        replica,
+        replica_count,
+        accept_clients,
+    }
+}
+
+async fn messages(config: &ValidConfig, keys: KeyRing, messages: u32) {
+    let (one, mut events) = Node::start(
+        config,
+        params(1, 2, false),
+        keys.clone(),
+        NodeOptions::default(),
+    )
+    .expect("node 1");
+    let address = one.listen("127.0.0.1:0").await.expect("listen");
+    let mut options = NodeOptions::default();
+    options.peers.insert(1, address);
+    let (zero, _zero_events) =
+        Node::start(config, params(0, 2, false), keys, options).expect("node 0");
+    let body = Bytes::from(vec![0u8; 64]);
+    let send = async {
+        while !zero.is_connected(1) {
+            tokio::task::yield_now().await;
+        }
+        for i in 0..messages {
+            zero.send_wait(1, i, body.clone()).await.expect("sent");
+        }
+    };
+    let receive = async {
+        let mut received = 0;
+        while received < messages {
+            if let Some(NodeEvent::Message { .. }) = events.recv().await {
+                received += 1;
+            }
+        }
+    };
+    tokio::join!(send, receive);
+}
+
+async fn round_trips(config: &ValidConfig, keys: KeyRing, requests: u32) {
+    let (node, mut events) = Node::start(
+        config,
+        params(0, 1, true),
+        keys.clone(),
+        NodeOptions::default(),
+    )
+    .expect("node");
+    let address = node.listen("127.0.0.1:0").await.expect("listen");
+    let client_params = ClientParams {
+        cluster: 1,
+        id: 0xC0DE,
+        target: 0,
+    };
+    let client = Client::start(config, client_params, keys, address).expect("client");
+    let body = Bytes::from(vec![0u8; 64]);
+    let ask = async {
+        for _ in 0..requests {
+            client.request(1, body.clone()).await.expect("answered");
+        }
+    };
+    let answer = async {
+        let mut answered = 0;
+        while answered < requests {
+            if let Some(NodeEvent::Request { request, body, .. }) = events.recv().await {
+                node.reply(request, body).expect("replied");
+                answered += 1;
+            }
+        }
+    };
+    tokio::join!(ask, answer);
 }
