@@ -6,6 +6,9 @@
 //! - `count requests N`: a client sends `N` requests of 64 B to replica 0
 //!   one after another, and the node's application answers each.
 //!
+//! It prints the minor page faults the workload took (Linux). With
+//! `COUNT_THREADS=N` it runs on a multi-thread runtime of `N` workers.
+//!
 //! Run it under callgrind at two sizes; the difference divided by the
 //! difference in `N` is the cost per message (or request round trip), free
 //! of start-up:
@@ -32,21 +35,47 @@ fn main() {
         _ => (false, first),
     };
     let n: u32 = n.and_then(|n| n.parse().ok()).unwrap_or(20_000);
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a runtime");
+    // `COUNT_THREADS=N`: a multi-thread runtime of N workers instead.
+    let threads = std::env::var("COUNT_THREADS")
+        .ok()
+        .and_then(|t| t.parse().ok());
+    let runtime = match threads {
+        Some(workers) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .enable_all()
+            .build(),
+        None => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+    }
+    .expect("a runtime");
     let config = Config::default().validate().expect("defaults are valid");
     let keys = KeyRing::new(Key::from_bytes([7; 32]));
+    let faults = minor_faults();
     runtime.block_on(async move {
         if requests {
             round_trips(&config, keys, n).await;
-            println!("{n} requests");
         } else {
             messages(&config, keys, n).await;
-            println!("{n} messages");
         }
     });
+    let what = if requests { "requests" } else { "messages" };
+    match (faults, minor_faults()) {
+        (Some(before), Some(after)) => {
+            let faults = after - before;
+            let per = faults as f64 / f64::from(n.max(1));
+            println!("{n} {what}; {faults} minor page faults ({per:.3} per {what:.7})");
+        }
+        _ => println!("{n} {what}"),
+    }
+}
+
+/// Minor page faults of this process so far (Linux: `/proc/self/stat`).
+fn minor_faults() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name, which ends at the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split(' ').nth(7)?.parse().ok()
 }
 
 fn params(replica: u8, replica_count: u8, accept_clients: bool) -> NodeParams {
