@@ -239,10 +239,7 @@ impl Events {
 
     /// Polls for the next event.
     pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<NodeEvent>> {
-        let mut batch = Vec::with_capacity(1);
-        self.shared
-            .poll_events(cx, &mut batch, 1)
-            .map(|_| batch.pop())
+        self.shared.poll_event(cx)
     }
 }
 

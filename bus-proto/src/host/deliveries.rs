@@ -122,8 +122,7 @@ impl Deliveries {
     }
 
     /// The next event, taking the queues in turn.
-    #[cfg(test)]
-    fn pop(&mut self) -> Option<NodeEvent> {
+    pub(super) fn pop(&mut self) -> Option<NodeEvent> {
         let turn = self.take_turn()?;
         self.queue(turn).pop_front()
     }

@@ -292,19 +292,53 @@ impl<R: Runtime> Shared<NodeFront, R> {
         out: &mut Vec<NodeEvent>,
         limit: usize,
     ) -> Poll<usize> {
+        self.poll_taking(cx, |events| events.pop_into(out, limit.max(1)))
+            .map(Option::unwrap_or_default)
+    }
+
+    /// The next queued event; `Ready(None)` once the node has shut down and
+    /// every event was read.
+    pub fn poll_event(&self, cx: &mut Context<'_>) -> Poll<Option<NodeEvent>> {
+        self.poll_taking(cx, Deliveries::pop).map(Option::flatten)
+    }
+
+    /// Takes what `take` finds in the queues (`Some`, or nothing when it
+    /// returns a zero count), resuming paused readers it made room for.
+    fn poll_taking<T: Taken>(
+        &self,
+        cx: &mut Context<'_>,
+        take: impl FnOnce(&mut Deliveries) -> T,
+    ) -> Poll<Option<T>> {
         let mut state = self.lock();
         let machine = &mut state.machine;
-        let n = machine.events.pop_into(out, limit.max(1));
-        if n > 0 {
+        let taken = take(&mut machine.events);
+        if !taken.is_empty() {
             if state.machine.events.take_resumable() && !state.paused.is_empty() {
                 self.resume_readers(&mut state);
             }
-            return Poll::Ready(n);
+            return Poll::Ready(Some(taken));
         }
         if machine.finished {
-            return Poll::Ready(0);
+            return Poll::Ready(None);
         }
         machine.waker = Some(cx.waker().clone());
         Poll::Pending
+    }
+}
+
+/// What [`Shared::poll_taking`] took: a count of events, or one event.
+trait Taken {
+    fn is_empty(&self) -> bool;
+}
+
+impl Taken for usize {
+    fn is_empty(&self) -> bool {
+        *self == 0
+    }
+}
+
+impl Taken for Option<NodeEvent> {
+    fn is_empty(&self) -> bool {
+        self.is_none()
     }
 }
