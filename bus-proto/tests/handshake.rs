@@ -407,11 +407,11 @@ fn impostor_acceptor_without_the_key_is_detected_by_the_dialer() {
     // The impostor answers with a welcome it cannot MAC correctly.
     let mut welcome = Header::new(
         CLUSTER,
-        Kind::Welcome(Welcome {
+        Kind::Welcome(Box::new(Welcome {
             nonce: Nonce::from_bytes([3; 32]),
             authenticated_frames: false,
             mac: Tag::from_bytes([4; 32]),
-        }),
+        })),
     );
     welcome.replica = 1;
     let mut bytes = Vec::new();

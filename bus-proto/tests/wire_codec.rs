@@ -22,7 +22,7 @@ fn arb_kind() -> impl Strategy<Value = Kind> {
             bytes32
         )
             .prop_map(
-                |(plane, dialer, acceptor, n, ts, auth, mac)| Kind::Hello(Hello {
+                |(plane, dialer, acceptor, n, ts, auth, mac)| Kind::Hello(Box::new(Hello {
                     plane,
                     dialer,
                     acceptor,
@@ -30,13 +30,15 @@ fn arb_kind() -> impl Strategy<Value = Kind> {
                     timestamp: UnixNanos::from_nanos(ts),
                     authenticated_frames: auth,
                     mac: Tag::from_bytes(mac),
-                })
+                }))
             ),
-        (bytes32, any::<bool>(), bytes32).prop_map(|(n, auth, m)| Kind::Welcome(Welcome {
-            nonce: Nonce::from_bytes(n),
-            authenticated_frames: auth,
-            mac: Tag::from_bytes(m)
-        })),
+        (bytes32, any::<bool>(), bytes32).prop_map(|(n, auth, m)| Kind::Welcome(Box::new(
+            Welcome {
+                nonce: Nonce::from_bytes(n),
+                authenticated_frames: auth,
+                mac: Tag::from_bytes(m)
+            }
+        ))),
         bytes32.prop_map(|m| Kind::Confirm {
             mac: Tag::from_bytes(m)
         }),
@@ -411,7 +413,7 @@ fn control_commands_carry_no_body() {
 fn enumerated_fields_reject_unknown_values() {
     let hello = Frame::control(Header::new(
         1,
-        Kind::Hello(Hello {
+        Kind::Hello(Box::new(Hello {
             plane: Plane::Replica,
             dialer: 1,
             acceptor: 2,
@@ -419,7 +421,7 @@ fn enumerated_fields_reject_unknown_values() {
             timestamp: UnixNanos::from_nanos(0),
             authenticated_frames: false,
             mac: Tag::from_bytes([0; 32]),
-        }),
+        })),
     ));
     let mut h = encoded_header(&hello);
     h[layout::area::hello::PLANE][0] = 3;

@@ -104,7 +104,7 @@ impl Connection {
                     self.phase = Phase::HelloParked(Box::new(IncomingHello {
                         cluster: frame.header.cluster,
                         replica: frame.header.replica,
-                        hello,
+                        hello: *hello,
                         binding: self.binding,
                     }));
                 }

@@ -355,7 +355,7 @@ impl Connection {
         conn.local_replica = local_replica;
         conn.local_client = local_client;
         conn.peer_replica = params.acceptor;
-        conn.queue_handshake(Kind::Hello(hello));
+        conn.queue_handshake(Kind::Hello(Box::new(hello)));
         Ok(conn)
     }
 
@@ -398,7 +398,7 @@ impl Connection {
                 };
                 let welcome = handshake.welcome();
                 self.phase = Phase::Welcomed(handshake);
-                self.queue_handshake(Kind::Welcome(welcome));
+                self.queue_handshake(Kind::Welcome(Box::new(welcome)));
                 self.process(now);
             }
             Verdict::Reject(status) => {

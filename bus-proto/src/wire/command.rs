@@ -4,6 +4,7 @@ use super::error::DecodeError;
 use super::layout::{HEADER_SIZE, area};
 use crate::crypto::{Nonce, Tag};
 use crate::time::UnixNanos;
+use alloc::boxed::Box;
 use core::ops::Range;
 
 /// Declares a `#[repr(int)]` enum with a checked conversion from its wire value.
@@ -189,13 +190,15 @@ pub struct RequestHeader {
     pub operation: u32,
 }
 
-/// The command and its command-specific fields.
+/// The command and its command-specific fields. The handshake's large
+/// fields are boxed: they are rare, and every data frame's `Kind` is moved
+/// several times on its way through.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Kind {
     /// See [`Hello`].
-    Hello(Hello),
+    Hello(Box<Hello>),
     /// See [`Welcome`].
-    Welcome(Welcome),
+    Welcome(Box<Welcome>),
     /// Dialer's key confirmation MAC.
     Confirm {
         /// MAC over the full transcript.
@@ -307,7 +310,7 @@ impl Kind {
                 zeroed(command, h, RESERVED_A)?;
                 zeroed(command, h, RESERVED_B)?;
                 let flags = flag_bit(command, h[FLAGS][0])?;
-                Kind::Hello(Hello {
+                Kind::Hello(Box::new(Hello {
                     plane: Plane::from_wire(h[PLANE][0])?,
                     dialer: u128::from_le_bytes(array(h, DIALER)),
                     acceptor: u128::from_le_bytes(array(h, ACCEPTOR)),
@@ -315,16 +318,16 @@ impl Kind {
                     timestamp: UnixNanos::from_nanos(u64::from_le_bytes(array(h, TIMESTAMP))),
                     authenticated_frames: flags,
                     mac: Tag::from_bytes(array(h, MAC)),
-                })
+                }))
             }
             Command::Welcome => {
                 use area::welcome::*;
                 zeroed(command, h, RESERVED)?;
-                Kind::Welcome(Welcome {
+                Kind::Welcome(Box::new(Welcome {
                     nonce: Nonce::from_bytes(array(h, NONCE)),
                     authenticated_frames: flag_bit(command, h[FLAGS][0])?,
                     mac: Tag::from_bytes(array(h, MAC)),
-                })
+                }))
             }
             Command::Confirm => {
                 use area::confirm::*;
