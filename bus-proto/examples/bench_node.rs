@@ -5,7 +5,7 @@
 //!
 //! `cargo run --release -p bus-proto --example bench_node`
 
-#[path = "../tests/support/sim.rs"]
+#[path = "../tests/support/sim/mod.rs"]
 mod sim;
 
 use bus_proto::config::{Config, ValidConfig};

@@ -1,6 +1,6 @@
 //! A small, fault-free in-memory network of nodes and clients for the node
 //! hazard tests: zero-latency sockets, a virtual clock, and a recorder of
-//! every event and socket action. The simulator (`sim.rs`) adds faults.
+//! every event and socket action. The simulator (`sim/`) adds faults.
 #![allow(dead_code, unreachable_pub)]
 
 use bus_proto::client::{Client, ClientEvent, ClientParams, Lease};
