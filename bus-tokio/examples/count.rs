@@ -3,6 +3,7 @@
 //!
 //! - `count N` (or `count messages N`): replica 0 sends `N` messages of
 //!   64 B to replica 1, which reads them all;
+//! - `count batches N`: the same, sent 64 at a time with `send_batch_wait`;
 //! - `count requests N`: a client sends `N` requests of 64 B to replica 0
 //!   one after another, and the node's application answers each.
 //!
@@ -25,14 +26,14 @@ use bus_tokio::bus_proto::crypto::{Key, KeyRing};
 use bus_tokio::bus_proto::node::{NodeEvent, NodeParams};
 use bus_tokio::{Client, Node, NodeOptions};
 use bytes::Bytes;
+use std::collections::VecDeque;
 
 fn main() {
     let mut args = std::env::args().skip(1);
     let first = args.next();
-    let (requests, n) = match first.as_deref() {
-        Some("requests") => (true, args.next()),
-        Some("messages") => (false, args.next()),
-        _ => (false, first),
+    let (workload, n) = match first.as_deref() {
+        Some(name @ ("requests" | "messages" | "batches")) => (name.to_owned(), args.next()),
+        _ => ("messages".to_owned(), first),
     };
     let n: u32 = n.and_then(|n| n.parse().ok()).unwrap_or(20_000);
     // `COUNT_THREADS=N`: a multi-thread runtime of N workers instead.
@@ -52,14 +53,18 @@ fn main() {
     let config = Config::default().validate().expect("defaults are valid");
     let keys = KeyRing::new(Key::from_bytes([7; 32]));
     let faults = minor_faults();
-    runtime.block_on(async move {
-        if requests {
-            round_trips(&config, keys, n).await;
-        } else {
-            messages(&config, keys, n).await;
+    runtime.block_on(async {
+        match workload.as_str() {
+            "requests" => round_trips(&config, keys, n).await,
+            "batches" => messages(&config, keys, n, 64).await,
+            _ => messages(&config, keys, n, 1).await,
         }
     });
-    let what = if requests { "requests" } else { "messages" };
+    let what = if workload == "requests" {
+        "requests"
+    } else {
+        "messages"
+    };
     match (faults, minor_faults()) {
         (Some(before), Some(after)) => {
             let faults = after - before;
@@ -87,7 +92,8 @@ fn params(replica: u8, replica_count: u8, accept_clients: bool) -> NodeParams {
     }
 }
 
-async fn messages(config: &ValidConfig, keys: KeyRing, messages: u32) {
+/// `messages` from replica 0 to replica 1, `batch` at a time.
+async fn messages(config: &ValidConfig, keys: KeyRing, messages: u32, batch: u32) {
     let (one, mut events) = Node::start(
         config,
         params(1, 2, false),
@@ -105,8 +111,16 @@ async fn messages(config: &ValidConfig, keys: KeyRing, messages: u32) {
         while !zero.is_connected(1) {
             tokio::task::yield_now().await;
         }
-        for i in 0..messages {
-            zero.send_wait(1, i, body.clone()).await.expect("sent");
+        if batch == 1 {
+            for i in 0..messages {
+                zero.send_wait(1, i, body.clone()).await.expect("sent");
+            }
+            return;
+        }
+        let mut queue = VecDeque::with_capacity(batch as usize);
+        for start in (0..messages).step_by(batch as usize) {
+            queue.extend((start..(start + batch).min(messages)).map(|i| (i, body.clone())));
+            zero.send_batch_wait(1, &mut queue).await.expect("sent");
         }
     };
     let receive = async {

@@ -13,6 +13,7 @@ use bus_proto::host::{
 use bus_proto::node::{self, NodeEvent, NodeParams, NodeStats, ReplyError, RouteError};
 use bus_proto::wire::RequestHeader;
 use bytes::Bytes;
+use std::collections::VecDeque;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -28,6 +29,14 @@ pub trait NodeApi: Clone + 'static {
     fn send(&self, to: u8, operation: u32, body: Bytes) -> Result<(), RouteError>;
     /// `Node::send_wait`.
     async fn send_wait(&self, to: u8, operation: u32, body: Bytes) -> Result<(), RouteError>;
+    /// `Node::send_batch`.
+    fn send_batch(&self, to: u8, batch: &mut VecDeque<(u32, Bytes)>) -> Result<(), RouteError>;
+    /// `Node::send_batch_wait`.
+    async fn send_batch_wait(
+        &self,
+        to: u8,
+        batch: &mut VecDeque<(u32, Bytes)>,
+    ) -> Result<(), RouteError>;
     /// `Node::send_in_view`.
     fn send_in_view(
         &self,
@@ -147,6 +156,20 @@ macro_rules! forward_api {
                 body: Bytes,
             ) -> Result<(), RouteError> {
                 $adapter::Node::send_wait(self, to, operation, body).await
+            }
+            fn send_batch(
+                &self,
+                to: u8,
+                batch: &mut VecDeque<(u32, Bytes)>,
+            ) -> Result<(), RouteError> {
+                $adapter::Node::send_batch(self, to, batch)
+            }
+            async fn send_batch_wait(
+                &self,
+                to: u8,
+                batch: &mut VecDeque<(u32, Bytes)>,
+            ) -> Result<(), RouteError> {
+                $adapter::Node::send_batch_wait(self, to, batch).await
             }
             fn send_in_view(
                 &self,

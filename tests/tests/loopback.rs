@@ -15,6 +15,7 @@ use bytes::Bytes;
 use smol::Async;
 use smol::future::zip;
 use smol::io::{AsyncReadExt, AsyncWriteExt};
+use std::collections::VecDeque;
 use std::net::TcpStream;
 use std::time::Duration;
 
@@ -25,6 +26,7 @@ bus_tests::scenarios!(
     silent_connections_do_not_delay_a_peer_and_close_at_the_deadline,
     an_oversized_or_corrupt_frame_closes_only_its_connection,
     backpressure_reaches_the_sender_when_the_peer_stops_reading,
+    a_batch_is_queued_in_order_and_backpressure_leaves_the_rest_in_it,
     a_late_listener_is_picked_up_by_the_dial_schedule,
     a_dial_waits_for_an_address_named_after_start,
     connection_lost_fires_exactly_once,
@@ -306,6 +308,77 @@ async fn backpressure_reaches_the_sender_when_the_peer_stops_reading<B: Bus>() {
         received += 1;
     }
     assert!(sender.node.is_connected(1), "backpressure is not a failure");
+}
+
+/// `send_batch` queues from the front of the batch in order, under one
+/// lock; when the queue fills it stops, and the refused message and those
+/// after it stay in the batch. `send_batch_wait` finishes the rest once the
+/// receiver reads. Every message arrives once, in order.
+async fn a_batch_is_queued_in_order_and_backpressure_leaves_the_rest_in_it<B: Bus>() {
+    let config = config();
+    let sender = member::<B>(&config, 0, 2, keys(15), NodeOptions::default()).await;
+    let options = NodeOptions {
+        message_capacity: 8,
+        ..NodeOptions::default()
+    };
+    let mut receiver = member::<B>(&config, 1, 2, keys(15), options).await;
+    sender.node.set_address(1, receiver.address);
+    until::<B>("the sender sees the peer", || sender.node.is_connected(1)).await;
+    // A batch of 64 small messages goes in whole.
+    let mut batch: VecDeque<(u32, Bytes)> = (0..64)
+        .map(|op| (op, Bytes::from(format!("small {op}"))))
+        .collect();
+    sender.node.send_batch(1, &mut batch).unwrap();
+    assert!(batch.is_empty());
+    // The receiver reads nothing now: a batch of large messages meets
+    // backpressure part way, and what was refused stays in the batch.
+    let body = Bytes::from(vec![7u8; 64 << 10]);
+    let mut batch: VecDeque<(u32, Bytes)> = (64..64 + 2048).map(|op| (op, body.clone())).collect();
+    let refused = loop {
+        match sender.node.send_batch(1, &mut batch) {
+            Ok(()) => panic!("no backpressure for 2048 messages of 64 KiB"),
+            Err(error @ RouteError::Backpressure { .. }) if batch.len() < 2048 => break error,
+            Err(_) => B::sleep(Duration::from_millis(1)).await,
+        }
+    };
+    let queued = 2048 - batch.len();
+    assert!(
+        batch
+            .front()
+            .is_some_and(|(op, _)| *op == 64 + u32::try_from(queued).unwrap()),
+        "{refused}"
+    );
+    // The rest goes in as the receiver reads.
+    let (remaining, mut next) = (batch.len(), 0u32);
+    let send = async {
+        sender.node.send_batch_wait(1, &mut batch).await.unwrap();
+        assert!(batch.is_empty());
+    };
+    let read = async {
+        while next < 64 + 2048 {
+            let NodeEvent::Message {
+                operation, body, ..
+            } = wait_for::<B>(&mut receiver.events, "the messages", |e| {
+                matches!(e, NodeEvent::Message { .. })
+            })
+            .await
+            else {
+                unreachable!()
+            };
+            assert_eq!(operation, next, "in order, each once");
+            if next < 64 {
+                assert_eq!(body, Bytes::from(format!("small {next}")));
+            }
+            next += 1;
+        }
+    };
+    within::<B, _>(PATIENCE, zip(send, read))
+        .await
+        .expect("the whole batch arrives");
+    assert!(
+        remaining > 0 && queued > 0,
+        "{queued} queued, {remaining} left"
+    );
 }
 
 async fn a_late_listener_is_picked_up_by_the_dial_schedule<B: Bus>() {

@@ -22,6 +22,7 @@ use core::task::{Context, Poll, Waker};
 use core::time::Duration;
 use std::boxed::Box;
 use std::collections::BTreeMap;
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::vec::Vec;
 
@@ -197,6 +198,36 @@ impl<R: Runtime> Shared<NodeFront, R> {
     ) -> Result<(), RouteError> {
         self.retry_when_full(
             || self.send(to, operation, body.clone()),
+            |e| matches!(e, RouteError::Backpressure { .. }),
+        )
+        .await
+    }
+
+    /// Queues messages to `to` from the front of `batch`, in order, under
+    /// one lock; see `Node::send_batch`.
+    pub fn send_batch(
+        self: &Arc<Self>,
+        to: u8,
+        batch: &mut VecDeque<(u32, Bytes)>,
+    ) -> Result<(), RouteError> {
+        self.with_untimed(|m| {
+            while let Some((operation, body)) = batch.front() {
+                m.node.send(to, *operation, body.clone())?;
+                batch.pop_front();
+            }
+            Ok(())
+        })
+    }
+
+    /// [`Shared::send_batch`], waiting while the queue is full until the
+    /// whole batch is queued; see `Node::send_batch_wait`.
+    pub async fn send_batch_wait(
+        self: &Arc<Self>,
+        to: u8,
+        batch: &mut VecDeque<(u32, Bytes)>,
+    ) -> Result<(), RouteError> {
+        self.retry_when_full(
+            || self.send_batch(to, batch),
             |e| matches!(e, RouteError::Backpressure { .. }),
         )
         .await
