@@ -147,6 +147,10 @@ struct Entry {
 struct Session {
     entries: VecDeque<Entry>,
     floor: Option<u64>,
+    /// The highest request number ever entered: a higher one is in no
+    /// entry and above the floor, so it is `Fresh` without a scan (the
+    /// common case, as clients number upwards).
+    high: Option<u64>,
     last_active: Instant,
 }
 
@@ -238,7 +242,11 @@ impl DedupWindow {
                 _ => Lookup::Fresh,
             };
         };
-        match session.entries.iter().find(|e| e.request == request) {
+        if session.high.is_none_or(|high| request > high) {
+            return Lookup::Fresh;
+        }
+        // Recent entries are the likely ones: search from the back.
+        match session.entries.iter().rev().find(|e| e.request == request) {
             Some(Entry {
                 state: State::InFlight,
                 ..
@@ -285,6 +293,8 @@ impl DedupWindow {
                 Session {
                     entries: VecDeque::new(),
                     floor,
+                    // Everything up to the floor was seen.
+                    high: floor,
                     last_active: now,
                 },
             );
@@ -307,6 +317,7 @@ impl DedupWindow {
             };
             session.remove(oldest_done, &mut self.cached_bytes);
         }
+        session.high = Some(session.high.map_or(request, |high| high.max(request)));
         session.entries.push_back(Entry {
             request,
             state: State::InFlight,
@@ -332,7 +343,7 @@ impl DedupWindow {
         let Some(index) = session
             .entries
             .iter()
-            .position(|e| e.request == request && matches!(e.state, State::InFlight))
+            .rposition(|e| e.request == request && matches!(e.state, State::InFlight))
         else {
             return Err(not_in_flight);
         };
@@ -366,7 +377,12 @@ impl DedupWindow {
             };
             session.remove(front, &mut self.cached_bytes);
         }
-        let Some(entry) = session.entries.iter_mut().find(|e| e.request == request) else {
+        let Some(entry) = session
+            .entries
+            .iter_mut()
+            .rev()
+            .find(|e| e.request == request)
+        else {
             return Err(not_in_flight);
         };
         self.cached_bytes += reply.len();
