@@ -3,7 +3,7 @@
 
 use bus_proto::entropy::Entropy;
 use bus_proto::host::{
-    Completion, First, MAX_IOVECS, Machine, Runtime, Shared, Socket, Step, first,
+    Completion, First, MAX_IOVECS, Machine, Runtime, Shared, Socket, Step, WallClock, first,
 };
 use bus_proto::node::ConnectionId;
 use bus_proto::time::{Instant, Now};
@@ -22,6 +22,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// timers, and the current thread's compio runtime for tasks.
 pub(crate) struct Compio {
     origin: std::time::Instant,
+    /// The wall clock, read at most every `WALL_REFRESH`.
+    wall: WallClock,
 }
 
 impl Compio {
@@ -30,6 +32,7 @@ impl Compio {
         compio::runtime::Runtime::try_current()?;
         Some(Compio {
             origin: std::time::Instant::now(),
+            wall: WallClock::default(),
         })
     }
 
@@ -41,8 +44,10 @@ impl Compio {
 
 impl Runtime for Compio {
     fn now(&self) -> Now {
-        let wall = SystemTime::now().duration_since(UNIX_EPOCH);
-        Now::from_elapsed(self.origin.elapsed(), wall.unwrap_or(Duration::ZERO))
+        self.wall.now(self.origin.elapsed(), || {
+            let wall = SystemTime::now().duration_since(UNIX_EPOCH);
+            wall.unwrap_or(Duration::ZERO)
+        })
     }
 
     fn sleep_until(&self, at: Instant) -> impl Future<Output = ()> {

@@ -2,7 +2,7 @@
 //! the task that owns each socket.
 
 use bus_proto::entropy::Entropy;
-use bus_proto::host::{Completion, Machine, Outgoing, Runtime, Shared, Socket, Step};
+use bus_proto::host::{Completion, Machine, Outgoing, Runtime, Shared, Socket, Step, WallClock};
 use bus_proto::node::ConnectionId;
 use bus_proto::time::{Instant, Now};
 use bytes::BytesMut;
@@ -17,6 +17,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// timers, and the executor the tasks run on.
 pub(crate) struct Smol {
     origin: std::time::Instant,
+    /// The wall clock, read at most every `WALL_REFRESH`.
+    wall: WallClock,
     /// `None`: smol's global executor.
     executor: Option<Arc<Executor<'static>>>,
 }
@@ -25,6 +27,7 @@ impl Smol {
     pub(crate) fn new(executor: Option<Arc<Executor<'static>>>) -> Self {
         Smol {
             origin: std::time::Instant::now(),
+            wall: WallClock::default(),
             executor,
         }
     }
@@ -40,8 +43,10 @@ impl Smol {
 
 impl Runtime for Smol {
     fn now(&self) -> Now {
-        let wall = SystemTime::now().duration_since(UNIX_EPOCH);
-        Now::from_elapsed(self.origin.elapsed(), wall.unwrap_or(Duration::ZERO))
+        self.wall.now(self.origin.elapsed(), || {
+            let wall = SystemTime::now().duration_since(UNIX_EPOCH);
+            wall.unwrap_or(Duration::ZERO)
+        })
     }
 
     fn sleep_until(&self, at: Instant) -> impl Future<Output = ()> {

@@ -2,7 +2,7 @@
 //! task that owns each socket.
 
 use bus_proto::entropy::Entropy;
-use bus_proto::host::{Completion, Machine, Outgoing, Runtime, Shared, Socket, Step};
+use bus_proto::host::{Completion, Machine, Outgoing, Runtime, Shared, Socket, Step, WallClock};
 use bus_proto::node::ConnectionId;
 use bus_proto::time::{Instant, Now};
 use bytes::BytesMut;
@@ -16,6 +16,8 @@ use tokio::net::TcpStream;
 /// the runtime the node or client started on.
 pub(crate) struct Tokio {
     origin: tokio::time::Instant,
+    /// The wall clock, read at most every `WALL_REFRESH`.
+    wall: WallClock,
     handle: tokio::runtime::Handle,
 }
 
@@ -24,6 +26,7 @@ impl Tokio {
     pub(crate) fn current() -> Option<Self> {
         Some(Tokio {
             origin: tokio::time::Instant::now(),
+            wall: WallClock::default(),
             handle: tokio::runtime::Handle::try_current().ok()?,
         })
     }
@@ -42,8 +45,10 @@ impl Tokio {
 
 impl Runtime for Tokio {
     fn now(&self) -> Now {
-        let wall = SystemTime::now().duration_since(UNIX_EPOCH);
-        Now::from_elapsed(self.origin.elapsed(), wall.unwrap_or(Duration::ZERO))
+        self.wall.now(self.origin.elapsed(), || {
+            let wall = SystemTime::now().duration_since(UNIX_EPOCH);
+            wall.unwrap_or(Duration::ZERO)
+        })
     }
 
     fn sleep_until(&self, at: Instant) -> impl Future<Output = ()> {

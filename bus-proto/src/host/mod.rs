@@ -72,6 +72,7 @@ macro_rules! forward_socket_io {
 }
 
 mod client;
+mod clock;
 mod deliveries;
 mod driver;
 mod error;
@@ -83,6 +84,7 @@ mod slots;
 mod socket;
 
 pub use client::{ClientFront, Link, Reply};
+pub use clock::{WALL_REFRESH, WallClock};
 pub use driver::{First, Owner, Runtime, Shared, SharedOptions, first};
 pub use error::{ClientError, ConnectError, ListenError, StartError};
 pub use node::{NodeFront, NodeOptions};
