@@ -70,22 +70,22 @@ mod tests {
     fn the_wall_clock_is_read_again_after_the_refresh_interval_and_steps_show() {
         let clock = WallClock::default();
         let reads = Cell::new(0);
-        let wall = Cell::new(Duration::from_secs(1_000));
+        let wall = Cell::new(Duration::from_secs(10_000));
         let at = |ms: u64| {
             clock.now(Duration::from_millis(ms), || {
                 reads.set(reads.get() + 1);
                 wall.get()
             })
         };
-        assert_eq!(at(0).wall.as_nanos(), 1_000_000_000_000);
-        assert_eq!(at(99).wall.as_nanos(), 1_000_099_000_000);
+        assert_eq!(at(0).wall.as_nanos(), 10_000_000_000_000);
+        assert_eq!(at(99).wall.as_nanos(), 10_000_099_000_000);
         assert_eq!(reads.get(), 1);
         // The wall clock steps back an hour; it shows at the next refresh.
-        wall.set(Duration::from_secs(1_000 - 3_600 + 1));
-        assert_eq!(at(99).wall.as_nanos(), 1_000_099_000_000);
+        wall.set(Duration::from_secs(10_000 - 3_600 + 1));
+        assert_eq!(at(99).wall.as_nanos(), 10_000_099_000_000);
         let stepped = at(1_000);
         assert_eq!(reads.get(), 2);
-        assert_eq!(stepped.wall.as_nanos(), (1_000 - 3_600 + 1) * 1_000_000_000);
+        assert_eq!(stepped.wall.as_nanos(), (10_000 - 3_600 + 1) * 1_000_000_000);
         assert_eq!(stepped.mono.as_nanos(), 1_000_000_000);
         // A monotonic reading older than the last read (another thread's)
         // reads the wall clock rather than trust the offset.
