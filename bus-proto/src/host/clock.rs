@@ -85,7 +85,10 @@ mod tests {
         assert_eq!(at(99).wall.as_nanos(), 10_000_099_000_000);
         let stepped = at(1_000);
         assert_eq!(reads.get(), 2);
-        assert_eq!(stepped.wall.as_nanos(), (10_000 - 3_600 + 1) * 1_000_000_000);
+        assert_eq!(
+            stepped.wall.as_nanos(),
+            (10_000 - 3_600 + 1) * 1_000_000_000
+        );
         assert_eq!(stepped.mono.as_nanos(), 1_000_000_000);
         // A monotonic reading older than the last read (another thread's)
         // reads the wall clock rather than trust the offset.
