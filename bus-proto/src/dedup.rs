@@ -200,6 +200,8 @@ pub struct DedupWindow {
     /// Evicted sessions' markers, and their `(last_active, client)` order.
     markers: BTreeMap<u128, Marker>,
     marker_order: BTreeSet<(Instant, u128)>,
+    /// Markers dropped at the cap before their time.
+    markers_dropped: u64,
 }
 
 impl DedupWindow {
@@ -216,7 +218,15 @@ impl DedupWindow {
             cached_bytes: 0,
             markers: BTreeMap::new(),
             marker_order: BTreeSet::new(),
+            markers_dropped: 0,
         }
+    }
+
+    /// Markers dropped at the cap (`max_clients`) before their session's
+    /// TTL ran out: a late retry of that client's earlier requests would
+    /// be `Fresh` again.
+    pub fn markers_dropped(&self) -> u64 {
+        self.markers_dropped
     }
 
     /// Markers of evicted sessions held.
@@ -408,6 +418,7 @@ impl DedupWindow {
                 && let Some(&(_, oldest)) = self.marker_order.first()
             {
                 self.forget_marker(oldest);
+                self.markers_dropped += 1;
             }
             let last_active = session.last_active;
             self.markers.insert(client, Marker { floor, last_active });

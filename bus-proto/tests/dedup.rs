@@ -159,6 +159,7 @@ fn an_evicted_session_leaves_a_marker_until_its_ttl_and_markers_are_bounded() {
         w.evict_client(client);
     }
     assert_eq!(w.markers(), 2);
+    assert_eq!(w.markers_dropped(), 1);
     assert_eq!(
         w.lookup(1, 5, t(210)),
         Lookup::Fresh,

@@ -208,6 +208,11 @@ pub struct NodeStats {
     pub busy: u64,
     /// Client sessions evicted at the dedup caps.
     pub sessions_evicted: u64,
+    /// Markers of evicted sessions dropped at the `dedup_max_clients` cap
+    /// before their TTL (PROTOCOL.md §9): from then, a late retry of that
+    /// client's earlier requests (one that crashed and could not be told)
+    /// would run again. Nonzero means the caps are too small for the load.
+    pub dedup_markers_dropped: u64,
     /// Messages and requests discarded because the application dropped its
     /// event stream. Counted by the adapters' event queue
     /// (`bus_proto::host`); a bare `Node` leaves it 0.
@@ -303,7 +308,10 @@ impl Node {
 
     /// Counters.
     pub fn stats(&self) -> NodeStats {
-        self.stats
+        NodeStats {
+            dedup_markers_dropped: self.dedup.markers_dropped(),
+            ..self.stats
+        }
     }
 
     /// Connections held (connecting, in handshake, established, closing).
