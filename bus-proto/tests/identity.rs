@@ -24,7 +24,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use support::net::Net;
+use support::net::{Net, config, replies};
 
 // ---------------------------------------------------------------------------
 // An in-memory filesystem with a crash model.
@@ -774,19 +774,6 @@ fn write_atomically_on_the_os_replaces_whole_and_cleans_up() {
 // The client: reservations, submits, leases.
 // ---------------------------------------------------------------------------
 
-fn config() -> Config {
-    Config {
-        heartbeat_interval: Duration::from_millis(100),
-        liveness_timeout: Duration::from_millis(500),
-        handshake_timeout: Duration::from_millis(300),
-        close_grace: Duration::from_millis(100),
-        reconnect_min: Duration::from_millis(50),
-        reconnect_max: Duration::from_millis(800),
-        request_timeout: Duration::from_secs(2),
-        ..Config::default()
-    }
-}
-
 fn requests(events: &[NodeEvent]) -> Vec<(u64, Bytes)> {
     events
         .iter()
@@ -797,11 +784,12 @@ fn requests(events: &[NodeEvent]) -> Vec<(u64, Bytes)> {
         .collect()
 }
 
-fn replies(events: &[ClientEvent]) -> Vec<(u64, Bytes)> {
+/// The requests that failed, among client events.
+fn failed(events: &[ClientEvent]) -> Vec<u64> {
     events
         .iter()
         .filter_map(|e| match e {
-            ClientEvent::Reply { request, body, .. } => Some((*request, body.clone())),
+            ClientEvent::Failed { request, .. } => Some(*request),
             _ => None,
         })
         .collect()
@@ -879,14 +867,7 @@ fn submit_accepts_only_issued_numbers_not_outstanding_and_young_enough() {
     let expires = net.clients[j].poll_timeout().unwrap();
     assert!(expires <= at.mono.saturating_add(Duration::from_millis(500)));
     net.run_for(Duration::from_millis(600));
-    let failed: Vec<u64> = net
-        .take_client_events(j)
-        .iter()
-        .filter_map(|e| match e {
-            ClientEvent::Failed { request, .. } => Some(*request),
-            _ => None,
-        })
-        .collect();
+    let failed = failed(&net.take_client_events(j));
     assert_eq!(failed, vec![18], "only the aged resend expired");
 }
 
@@ -1064,14 +1045,7 @@ fn deadlines_follow_issue_time_not_request_number() {
         "{next:?}"
     );
     net.run_for(Duration::from_millis(200));
-    let failed: Vec<u64> = net
-        .take_client_events(j)
-        .iter()
-        .filter_map(|e| match e {
-            ClientEvent::Failed { request, .. } => Some(*request),
-            _ => None,
-        })
-        .collect();
+    let failed = failed(&net.take_client_events(j));
     assert_eq!(failed, vec![5]);
     assert_eq!(net.clients[j].outstanding(), 2, "{fresh} and 6 still wait");
 }

@@ -15,20 +15,7 @@ use bus_proto::wire::{CloseReason, FrameDecoder, Integrity, Kind, RejectStatus, 
 use bytes::Bytes;
 use std::net::SocketAddr;
 use std::time::Duration;
-use support::net::{Host, Net};
-
-fn config() -> Config {
-    Config {
-        heartbeat_interval: Duration::from_millis(100),
-        liveness_timeout: Duration::from_millis(500),
-        handshake_timeout: Duration::from_millis(300),
-        close_grace: Duration::from_millis(100),
-        reconnect_min: Duration::from_millis(50),
-        reconnect_max: Duration::from_millis(800),
-        request_timeout: Duration::from_secs(2),
-        ..Config::default()
-    }
-}
+use support::net::{Host, Net, config, replies};
 
 fn valid(c: Config) -> ValidConfig {
     c.validate().expect("valid test config")
@@ -39,16 +26,6 @@ fn requests(events: &[NodeEvent]) -> Vec<RequestHeader> {
         .iter()
         .filter_map(|e| match e {
             NodeEvent::Request { request, .. } => Some(*request),
-            _ => None,
-        })
-        .collect()
-}
-
-fn replies(events: &[ClientEvent]) -> Vec<(u64, Bytes)> {
-    events
-        .iter()
-        .filter_map(|e| match e {
-            ClientEvent::Reply { request, body, .. } => Some((*request, body.clone())),
             _ => None,
         })
         .collect()

@@ -112,10 +112,7 @@ impl Client {
         address: SocketAddr,
     ) -> Result<Client, StartError> {
         let runtime = Smol::new(None);
-        let now = runtime.now();
-        let entropy = Box::new(OsEntropy);
-        let front =
-            ClientFront::with_identity(now, config, cluster, target, identity, keys, entropy);
+        let front = Client::identity_front(&runtime, config, cluster, target, identity, keys);
         Ok(Client::launch(runtime, front, config, target, address))
     }
 
@@ -131,11 +128,21 @@ impl Client {
         address: SocketAddr,
     ) -> Result<Client, StartError> {
         let runtime = Smol::new(Some(executor));
-        let now = runtime.now();
-        let entropy = Box::new(OsEntropy);
-        let front =
-            ClientFront::with_identity(now, config, cluster, target, identity, keys, entropy);
+        let front = Client::identity_front(&runtime, config, cluster, target, identity, keys);
         Ok(Client::launch(runtime, front, config, target, address))
+    }
+
+    fn identity_front(
+        runtime: &Smol,
+        config: &ValidConfig,
+        cluster: u128,
+        target: u8,
+        identity: ClientIdentity,
+        keys: KeyRing,
+    ) -> ClientFront {
+        let entropy = Box::new(OsEntropy);
+        let now = runtime.now();
+        ClientFront::with_identity(now, config, cluster, target, identity, keys, entropy)
     }
 
     fn start_with(
@@ -163,10 +170,7 @@ impl Client {
         target: u8,
         address: SocketAddr,
     ) -> Client {
-        let options = SharedOptions {
-            read_chunk: 64 << 10,
-            linger: config.close_grace,
-        };
+        let options = SharedOptions::client(config);
         let shared = Shared::new(front, runtime, options, [(target, address)]);
         let timers = Shared::run_timers(Arc::clone(&shared));
         shared.runtime().spawn(timers);

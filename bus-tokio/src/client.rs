@@ -121,10 +121,7 @@ impl Client {
         target: u8,
         address: SocketAddr,
     ) -> Client {
-        let options = SharedOptions {
-            read_chunk: 64 << 10,
-            linger: config.close_grace,
-        };
+        let options = SharedOptions::client(config);
         let shared = Shared::new(front, runtime, options, [(target, address)]);
         shared
             .runtime()

@@ -127,8 +127,10 @@ impl ClientFront {
 
     /// The identity and the mark to store, when the client asks for one.
     fn renewal(&mut self, now: Now) -> Option<(Arc<Mutex<ClientIdentity>>, u64)> {
-        let identity = self.identity.clone()?;
-        Some((identity, self.client.poll_lease(now)?))
+        // The identity is cloned only when a renewal is asked for.
+        let identity = self.identity.as_ref()?;
+        let until = self.client.poll_lease(now)?;
+        Some((Arc::clone(identity), until))
     }
 
     fn front(client: client::Client, identity: Option<Arc<Mutex<ClientIdentity>>>) -> Self {

@@ -54,6 +54,17 @@ pub struct SharedOptions {
     pub linger: Duration,
 }
 
+impl SharedOptions {
+    /// A client's settings: 64 KiB reads, and `close_grace` to write the
+    /// last batch.
+    pub fn client(config: &crate::config::ValidConfig) -> Self {
+        SharedOptions {
+            read_chunk: 64 << 10,
+            linger: config.close_grace,
+        }
+    }
+}
+
 /// A socket task's registry entry.
 #[derive(Debug, Default)]
 pub(super) struct Entry {

@@ -4,13 +4,14 @@
 #![allow(dead_code, unreachable_pub)]
 
 use bus_proto::client::{Client, ClientEvent, ClientParams, Lease};
-use bus_proto::config::ValidConfig;
+use bus_proto::config::{Config, ValidConfig};
 use bus_proto::connection::{Connection, DialParams, Event};
 use bus_proto::crypto::{Key, KeyRing, PeerId};
 use bus_proto::entropy::SeededEntropy;
 use bus_proto::handshake::Binding;
 use bus_proto::node::{Action, ConnectionId, Node, NodeEvent, NodeParams};
 use bus_proto::time::{Instant, Now, UnixNanos};
+use bytes::Bytes;
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
@@ -398,4 +399,29 @@ impl Net {
         }
         m
     }
+}
+
+/// Short timers, for the node and client hazard tests.
+pub fn config() -> Config {
+    Config {
+        heartbeat_interval: Duration::from_millis(100),
+        liveness_timeout: Duration::from_millis(500),
+        handshake_timeout: Duration::from_millis(300),
+        close_grace: Duration::from_millis(100),
+        reconnect_min: Duration::from_millis(50),
+        reconnect_max: Duration::from_millis(800),
+        request_timeout: Duration::from_secs(2),
+        ..Config::default()
+    }
+}
+
+/// The replies among client events: (request number, body).
+pub fn replies(events: &[ClientEvent]) -> Vec<(u64, Bytes)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            ClientEvent::Reply { request, body, .. } => Some((*request, body.clone())),
+            _ => None,
+        })
+        .collect()
 }
