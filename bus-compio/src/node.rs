@@ -6,6 +6,7 @@ use bus_proto::crypto::KeyRing;
 use bus_proto::host::{First, first};
 use bus_proto::host::{
     ListenError, NodeFront, NodeOptions, Owner, Shared, SharedOptions, ShutdownReport, StartError,
+    Transport,
 };
 use bus_proto::node::{self, NodeEvent, NodeParams, NodeStats, ReplyError, RouteError};
 use bus_proto::wire::RequestHeader;
@@ -84,7 +85,13 @@ impl Node {
             read_chunk: options.read_chunk,
             linger: config.close_grace,
         };
-        let shared = Shared::new(front, runtime, driver_options, options.peers);
+        let shared = Shared::new(
+            front,
+            runtime,
+            driver_options,
+            options.peers,
+            options.peer_transports,
+        );
         Compio::spawn(Shared::run_timers(Arc::clone(&shared)));
         let shared = Arc::new(Owner(shared));
         Ok((
@@ -99,11 +106,22 @@ impl Node {
         ))
     }
 
-    /// Listens on `address` and accepts replicas and clients until
-    /// shutdown. Returns the bound address (useful with port 0).
+    /// Listens on `address` and accepts replicas and clients over plain
+    /// TCP until shutdown. Returns the bound address (useful with port 0).
     pub async fn listen(
         &self,
         address: impl ToSocketAddrsAsync,
+    ) -> Result<SocketAddr, ListenError> {
+        self.listen_via(address, Transport::tcp()).await
+    }
+
+    /// [`Node::listen`] with every accepted connection carried by
+    /// `transport` (e.g. TLS): its handshake and the bus's share
+    /// `handshake_timeout` and the handshake cap.
+    pub async fn listen_via(
+        &self,
+        address: impl ToSocketAddrsAsync,
+        transport: Transport,
     ) -> Result<SocketAddr, ListenError> {
         let listener = TcpListener::bind(address)
             .await
@@ -111,13 +129,13 @@ impl Node {
         let local = listener
             .local_addr()
             .map_err(|source| ListenError { source })?;
+        tracing::info!(%local, transport = transport.name(), "listening");
         self.shared.listener_opened();
         let shared = Arc::clone(&self.shared.0);
         Compio::spawn(async move {
-            accept_loop(&shared, listener).await;
+            accept_loop(&shared, listener, &transport).await;
             shared.listener_closed();
         });
-        tracing::info!(%local, "listening");
         Ok(local)
     }
 
@@ -220,21 +238,27 @@ impl Node {
 
 /// Writes a refusal to a socket the node would not take, within `linger`,
 /// then closes it.
-async fn refuse(stream: compio::net::TcpStream, reject: [u8; 256], linger: Duration) {
+async fn refuse(stream: compio::net::TcpStream, reject: Option<[u8; 256]>, linger: Duration) {
     use compio::io::AsyncWriteExt;
     let mut stream = stream;
-    let write = stream.write_all(reject.to_vec());
-    let _ = first(write, compio::time::sleep(linger)).await;
+    if let Some(reject) = reject {
+        let write = stream.write_all(reject.to_vec());
+        let _ = first(write, compio::time::sleep(linger)).await;
+    }
 }
 
-async fn accept_loop(shared: &Arc<Driver>, listener: TcpListener) {
+async fn accept_loop(shared: &Arc<Driver>, listener: TcpListener, transport: &Transport) {
     loop {
         match first(listener.accept(), shared.stopped()).await {
             First::Right(()) => return,
-            First::Left(Ok((stream, remote))) => match shared.accept_socket(Some(remote)) {
-                Ok(socket) => Compio::spawn(drive(Arc::clone(shared), socket, stream)),
-                Err(refused) => Compio::spawn(refuse(stream, refused.reject(), shared.linger())),
-            },
+            First::Left(Ok((stream, remote))) => {
+                match shared.accept_socket(Some(remote), transport) {
+                    Ok(socket) => Compio::spawn(drive(Arc::clone(shared), socket, stream)),
+                    Err(refused) => {
+                        Compio::spawn(refuse(stream, refused.reject(), shared.linger()))
+                    }
+                }
+            }
             First::Left(Err(error)) => {
                 // Out of file descriptors and the like: wait instead of
                 // spinning; the listener itself is still fine.

@@ -18,6 +18,7 @@
 //! | [`dedup`] | the at-most-once request window |
 //! | [`config`] | the validated configuration |
 //! | `host` | (feature `host`) the runtime-independent half of the adapters |
+//! | `transport` | (feature `tls`) transports under framing: TLS on rustls |
 //!
 //! The wire format is specified in `PROTOCOL.md` at the repository root.
 //!
@@ -158,4 +159,6 @@ pub mod host;
 pub mod node;
 pub mod replay;
 pub mod time;
+#[cfg(feature = "tls")]
+pub mod transport;
 pub mod wire;

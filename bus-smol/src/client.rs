@@ -7,7 +7,7 @@ use bus_proto::config::ValidConfig;
 use bus_proto::crypto::KeyRing;
 use bus_proto::host::{
     ClientError, ClientFront, ConnectError, Link, Owner, Reply, Runtime, Shared, SharedOptions,
-    ShutdownReport, StartError,
+    ShutdownReport, StartError, Transport,
 };
 use bytes::Bytes;
 use smol::Executor;
@@ -63,7 +63,20 @@ impl Client {
         keys: KeyRing,
         address: SocketAddr,
     ) -> Result<Client, StartError> {
-        Client::start_with(None, config, params, keys, address)
+        Client::start_with(None, config, params, keys, address, Transport::tcp())
+    }
+
+    /// [`Client::start`] over `transport` (e.g. TLS, with the server name
+    /// to verify): the replica must listen on the same transport. Its
+    /// handshake and the bus's share `handshake_timeout`.
+    pub fn start_via(
+        config: &ValidConfig,
+        params: ClientParams,
+        keys: KeyRing,
+        address: SocketAddr,
+        transport: Transport,
+    ) -> Result<Client, StartError> {
+        Client::start_with(None, config, params, keys, address, transport)
     }
 
     /// [`Client::start`] with the client's tasks on `executor`, which the
@@ -75,7 +88,14 @@ impl Client {
         keys: KeyRing,
         address: SocketAddr,
     ) -> Result<Client, StartError> {
-        Client::start_with(Some(executor), config, params, keys, address)
+        Client::start_with(
+            Some(executor),
+            config,
+            params,
+            keys,
+            address,
+            Transport::tcp(),
+        )
     }
 
     /// [`Client::start`] under a persistent identity: its id, and request
@@ -113,7 +133,14 @@ impl Client {
     ) -> Result<Client, StartError> {
         let runtime = Smol::new(None);
         let front = Client::identity_front(&runtime, config, cluster, target, identity, keys);
-        Ok(Client::launch(runtime, front, config, target, address))
+        Ok(Client::launch(
+            runtime,
+            front,
+            config,
+            target,
+            address,
+            Transport::tcp(),
+        ))
     }
 
     /// [`Client::start_with_identity`] with the client's tasks on
@@ -129,7 +156,14 @@ impl Client {
     ) -> Result<Client, StartError> {
         let runtime = Smol::new(Some(executor));
         let front = Client::identity_front(&runtime, config, cluster, target, identity, keys);
-        Ok(Client::launch(runtime, front, config, target, address))
+        Ok(Client::launch(
+            runtime,
+            front,
+            config,
+            target,
+            address,
+            Transport::tcp(),
+        ))
     }
 
     fn identity_front(
@@ -151,6 +185,7 @@ impl Client {
         params: ClientParams,
         keys: KeyRing,
         address: SocketAddr,
+        transport: Transport,
     ) -> Result<Client, StartError> {
         let runtime = Smol::new(executor);
         let front = ClientFront::new(runtime.now(), config, params, keys, Box::new(OsEntropy));
@@ -160,6 +195,7 @@ impl Client {
             config,
             params.target,
             address,
+            transport,
         ))
     }
 
@@ -169,9 +205,16 @@ impl Client {
         config: &ValidConfig,
         target: u8,
         address: SocketAddr,
+        transport: Transport,
     ) -> Client {
         let options = SharedOptions::client(config);
-        let shared = Shared::new(front, runtime, options, [(target, address)]);
+        let shared = Shared::new(
+            front,
+            runtime,
+            options,
+            [(target, address)],
+            [(target, transport)],
+        );
         let timers = Shared::run_timers(Arc::clone(&shared));
         shared.runtime().spawn(timers);
         Client {

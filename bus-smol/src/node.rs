@@ -5,6 +5,7 @@ use bus_proto::config::ValidConfig;
 use bus_proto::crypto::KeyRing;
 use bus_proto::host::{
     ListenError, NodeFront, NodeOptions, Owner, Shared, SharedOptions, ShutdownReport, StartError,
+    Transport,
 };
 use bus_proto::node::{self, NodeEvent, NodeParams, NodeStats, ReplyError, RouteError};
 use bus_proto::wire::RequestHeader;
@@ -106,7 +107,13 @@ impl Node {
             read_chunk: options.read_chunk,
             linger: config.close_grace,
         };
-        let shared = Shared::new(front, runtime, driver_options, options.peers);
+        let shared = Shared::new(
+            front,
+            runtime,
+            driver_options,
+            options.peers,
+            options.peer_transports,
+        );
         let timers = Shared::run_timers(Arc::clone(&shared));
         shared.runtime().spawn(timers);
         let shared = Arc::new(Owner(shared));
@@ -118,11 +125,22 @@ impl Node {
         ))
     }
 
-    /// Listens on `address` and accepts replicas and clients until
-    /// shutdown. Returns the bound address (useful with port 0).
+    /// Listens on `address` and accepts replicas and clients over plain
+    /// TCP until shutdown. Returns the bound address (useful with port 0).
     pub async fn listen(
         &self,
         address: impl AsyncToSocketAddrs,
+    ) -> Result<SocketAddr, ListenError> {
+        self.listen_via(address, Transport::tcp()).await
+    }
+
+    /// [`Node::listen`] with every accepted connection carried by
+    /// `transport` (e.g. TLS): its handshake and the bus's share
+    /// `handshake_timeout` and the handshake cap.
+    pub async fn listen_via(
+        &self,
+        address: impl AsyncToSocketAddrs,
+        transport: Transport,
     ) -> Result<SocketAddr, ListenError> {
         let listener = TcpListener::bind(address)
             .await
@@ -130,16 +148,16 @@ impl Node {
         let local = listener
             .local_addr()
             .map_err(|source| ListenError { source })?;
+        tracing::info!(%local, transport = transport.name(), "listening");
         self.shared.listener_opened();
         let shared = Arc::clone(&self.shared.0);
         // async-net resolves the address; accepting through async-io
         // directly yields the stream type the socket task runs.
         let listener: Arc<Async<std::net::TcpListener>> = listener.into();
         self.shared.runtime().spawn(async move {
-            accept_loop(&shared, listener).await;
+            accept_loop(&shared, listener, &transport).await;
             shared.listener_closed();
         });
-        tracing::info!(%local, "listening");
         Ok(local)
     }
 
@@ -240,7 +258,11 @@ impl Node {
     }
 }
 
-async fn accept_loop(shared: &Arc<Driver>, listener: Arc<Async<std::net::TcpListener>>) {
+async fn accept_loop(
+    shared: &Arc<Driver>,
+    listener: Arc<Async<std::net::TcpListener>>,
+    transport: &Transport,
+) {
     loop {
         let accepted = async { Some(listener.accept().await) };
         let stopped = async {
@@ -249,17 +271,18 @@ async fn accept_loop(shared: &Arc<Driver>, listener: Arc<Async<std::net::TcpList
         };
         match accepted.or(stopped).await {
             None => return,
-            Some(Ok((stream, remote))) => match shared.accept_socket(Some(remote)) {
+            Some(Ok((stream, remote))) => match shared.accept_socket(Some(remote), transport) {
                 Ok(socket) => {
                     let task = drive(Arc::clone(shared), socket, stream);
                     shared.runtime().spawn(task);
                 }
                 // Non-blocking, and a new socket's send buffer is empty:
                 // the reject fits.
-                Err(refused) => drop(std::io::Write::write(
-                    &mut stream.get_ref(),
-                    &refused.reject(),
-                )),
+                Err(refused) => {
+                    if let Some(reject) = refused.reject() {
+                        drop(std::io::Write::write(&mut stream.get_ref(), &reject));
+                    }
+                }
             },
             Some(Err(error)) => {
                 // Out of file descriptors and the like: wait instead of

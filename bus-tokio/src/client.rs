@@ -7,7 +7,7 @@ use bus_proto::config::ValidConfig;
 use bus_proto::crypto::KeyRing;
 use bus_proto::host::{
     ClientError, ClientFront, ConnectError, Link, Owner, Reply, Runtime, Shared, SharedOptions,
-    ShutdownReport, StartError,
+    ShutdownReport, StartError, Transport,
 };
 use bytes::Bytes;
 use std::net::SocketAddr;
@@ -62,14 +62,24 @@ impl Client {
         keys: KeyRing,
         address: SocketAddr,
     ) -> Result<Client, StartError> {
+        Client::start_via(config, params, keys, address, Transport::tcp())
+    }
+
+    /// [`Client::start`] over `transport` (e.g. TLS, with the server name
+    /// to verify): the replica must listen on the same transport. Its
+    /// handshake and the bus's share `handshake_timeout`.
+    pub fn start_via(
+        config: &ValidConfig,
+        params: ClientParams,
+        keys: KeyRing,
+        address: SocketAddr,
+        transport: Transport,
+    ) -> Result<Client, StartError> {
         let runtime = Tokio::current().ok_or(StartError::NoRuntime { runtime: "tokio" })?;
         let front = ClientFront::new(runtime.now(), config, params, keys, Box::new(OsEntropy));
+        let target = params.target;
         Ok(Client::launch(
-            runtime,
-            front,
-            config,
-            params.target,
-            address,
+            runtime, front, config, target, address, transport,
         ))
     }
 
@@ -111,7 +121,14 @@ impl Client {
         let entropy = Box::new(OsEntropy);
         let front =
             ClientFront::with_identity(now, config, cluster, target, identity, keys, entropy);
-        Ok(Client::launch(runtime, front, config, target, address))
+        Ok(Client::launch(
+            runtime,
+            front,
+            config,
+            target,
+            address,
+            Transport::tcp(),
+        ))
     }
 
     fn launch(
@@ -120,9 +137,16 @@ impl Client {
         config: &ValidConfig,
         target: u8,
         address: SocketAddr,
+        transport: Transport,
     ) -> Client {
         let options = SharedOptions::client(config);
-        let shared = Shared::new(front, runtime, options, [(target, address)]);
+        let shared = Shared::new(
+            front,
+            runtime,
+            options,
+            [(target, address)],
+            [(target, transport)],
+        );
         shared
             .runtime()
             .spawn(Shared::run_timers(Arc::clone(&shared)));

@@ -5,6 +5,7 @@ use bus_proto::config::ValidConfig;
 use bus_proto::crypto::KeyRing;
 use bus_proto::host::{
     ListenError, NodeFront, NodeOptions, Owner, Shared, SharedOptions, ShutdownReport, StartError,
+    Transport,
 };
 use bus_proto::node::{self, NodeEvent, NodeParams, NodeStats, ReplyError, RouteError};
 use bus_proto::wire::RequestHeader;
@@ -81,7 +82,13 @@ impl Node {
             read_chunk: options.read_chunk,
             linger: config.close_grace,
         };
-        let shared = Shared::new(front, runtime, driver_options, options.peers);
+        let shared = Shared::new(
+            front,
+            runtime,
+            driver_options,
+            options.peers,
+            options.peer_transports,
+        );
         shared
             .runtime()
             .spawn(Shared::run_timers(Arc::clone(&shared)));
@@ -94,22 +101,33 @@ impl Node {
         ))
     }
 
-    /// Listens on `address` and accepts replicas and clients until
-    /// shutdown. Returns the bound address (useful with port 0).
+    /// Listens on `address` and accepts replicas and clients over plain
+    /// TCP until shutdown. Returns the bound address (useful with port 0).
     pub async fn listen(&self, address: impl ToSocketAddrs) -> Result<SocketAddr, ListenError> {
+        self.listen_via(address, Transport::tcp()).await
+    }
+
+    /// [`Node::listen`] with every accepted connection carried by
+    /// `transport` (e.g. TLS): its handshake and the bus's share
+    /// `handshake_timeout` and the handshake cap.
+    pub async fn listen_via(
+        &self,
+        address: impl ToSocketAddrs,
+        transport: Transport,
+    ) -> Result<SocketAddr, ListenError> {
         let listener = TcpListener::bind(address)
             .await
             .map_err(|source| ListenError { source })?;
         let local = listener
             .local_addr()
             .map_err(|source| ListenError { source })?;
+        tracing::info!(%local, transport = transport.name(), "listening");
         self.shared.listener_opened();
         let shared = Arc::clone(&self.shared.0);
         self.shared.runtime().spawn(async move {
-            accept_loop(&shared, listener).await;
+            accept_loop(&shared, listener, &transport).await;
             shared.listener_closed();
         });
-        tracing::info!(%local, "listening");
         Ok(local)
     }
 
@@ -210,14 +228,14 @@ impl Node {
     }
 }
 
-async fn accept_loop(shared: &Arc<Driver>, listener: TcpListener) {
+async fn accept_loop(shared: &Arc<Driver>, listener: TcpListener, transport: &Transport) {
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             () = shared.stopped() => return,
         };
         match accepted {
-            Ok((stream, remote)) => match shared.accept_socket(Some(remote)) {
+            Ok((stream, remote)) => match shared.accept_socket(Some(remote), transport) {
                 Ok(socket) => {
                     let task = drive(Arc::clone(shared), socket, stream);
                     shared.runtime().spawn(task);
@@ -226,8 +244,8 @@ async fn accept_loop(shared: &Arc<Driver>, listener: TcpListener) {
                 // socket has not had yet; the std socket writes at once
                 // (non-blocking, and a new socket's send buffer is empty).
                 Err(refused) => {
-                    if let Ok(stream) = stream.into_std() {
-                        drop(std::io::Write::write(&mut &stream, &refused.reject()));
+                    if let (Some(reject), Ok(stream)) = (refused.reject(), stream.into_std()) {
+                        drop(std::io::Write::write(&mut &stream, &reject));
                     }
                 }
             },

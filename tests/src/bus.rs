@@ -9,6 +9,7 @@ use bus_proto::config::ValidConfig;
 use bus_proto::crypto::KeyRing;
 use bus_proto::host::{
     ClientError, ConnectError, Link, ListenError, NodeOptions, Reply, ShutdownReport, StartError,
+    Transport,
 };
 use bus_proto::node::{self, NodeEvent, NodeParams, NodeStats, ReplyError, RouteError};
 use bus_proto::wire::RequestHeader;
@@ -23,6 +24,12 @@ use std::time::Duration;
 pub trait NodeApi: Clone + 'static {
     /// `Node::listen`.
     async fn listen(&self, address: SocketAddr) -> Result<SocketAddr, ListenError>;
+    /// `Node::listen_via`.
+    async fn listen_via(
+        &self,
+        address: SocketAddr,
+        transport: Transport,
+    ) -> Result<SocketAddr, ListenError>;
     /// `Node::set_address`.
     fn set_address(&self, replica: u8, address: SocketAddr);
     /// `Node::send`.
@@ -123,6 +130,14 @@ pub trait Bus: 'static {
         keys: KeyRing,
         address: SocketAddr,
     ) -> Result<Self::Client, StartError>;
+    /// `Client::start_via`.
+    fn start_client_via(
+        config: &ValidConfig,
+        params: ClientParams,
+        keys: KeyRing,
+        address: SocketAddr,
+        transport: Transport,
+    ) -> Result<Self::Client, StartError>;
     /// `Client::start_with_identity`.
     fn start_client_with_identity(
         config: &ValidConfig,
@@ -142,6 +157,13 @@ macro_rules! forward_api {
         impl NodeApi for $adapter::Node {
             async fn listen(&self, address: SocketAddr) -> Result<SocketAddr, ListenError> {
                 $adapter::Node::listen(self, address).await
+            }
+            async fn listen_via(
+                &self,
+                address: SocketAddr,
+                transport: Transport,
+            ) -> Result<SocketAddr, ListenError> {
+                $adapter::Node::listen_via(self, address, transport).await
             }
             fn set_address(&self, replica: u8, address: SocketAddr) {
                 $adapter::Node::set_address(self, replica, address)
@@ -266,6 +288,15 @@ macro_rules! forward_start {
         ) -> Result<Self::Client, StartError> {
             $adapter::Client::start(config, params, keys, address)
         }
+        fn start_client_via(
+            config: &ValidConfig,
+            params: ClientParams,
+            keys: KeyRing,
+            address: SocketAddr,
+            transport: Transport,
+        ) -> Result<Self::Client, StartError> {
+            $adapter::Client::start_via(config, params, keys, address, transport)
+        }
         fn start_client_with_identity(
             config: &ValidConfig,
             cluster: u128,
@@ -385,6 +416,15 @@ impl Bus for SmolExecutor {
         address: SocketAddr,
     ) -> Result<Self::Client, StartError> {
         bus_smol::Client::start_on(smol_executor(), config, params, keys, address)
+    }
+    fn start_client_via(
+        config: &ValidConfig,
+        params: ClientParams,
+        keys: KeyRing,
+        address: SocketAddr,
+        transport: Transport,
+    ) -> Result<Self::Client, StartError> {
+        bus_smol::Client::start_via(config, params, keys, address, transport)
     }
     fn start_client_with_identity(
         config: &ValidConfig,

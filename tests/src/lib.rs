@@ -16,6 +16,7 @@ pub mod attack;
 pub mod bus;
 pub mod cluster;
 pub mod proxy;
+pub mod tls;
 
 /// The cluster id every test uses.
 pub const CLUSTER: u128 = 0x7e57;

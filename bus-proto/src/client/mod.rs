@@ -381,6 +381,11 @@ impl Client {
         self.table.len()
     }
 
+    /// The connection behind `id` (read-only: for metrics and tests).
+    pub fn connection(&self, id: ConnectionId) -> Option<&Connection> {
+        self.table.conn(id)
+    }
+
     /// Queues a request and returns its number. It is sent now if
     /// connected, else once connected, and resent after a reconnect until
     /// answered or expired.
@@ -584,6 +589,37 @@ impl Client {
         }
     }
 
+    /// The socket for an [`Action::Connect`] is open, and its transport
+    /// (TLS, a WebSocket upgrade) starts handshaking; see
+    /// [`Node::connected_pending`](crate::node::Node::connected_pending).
+    pub fn connected_pending(&mut self, now: Now, id: ConnectionId) -> Result<(), SocketError> {
+        self.table.check_connecting(id, false)?;
+        let deadline = now.mono.saturating_add(self.config.handshake_timeout);
+        self.table.transport_started(id, deadline);
+        Ok(())
+    }
+
+    /// The transport under `id` finished its handshake with this channel
+    /// `binding`: the `hello` goes out, and the bus handshake must end
+    /// within the budget that started at [`Client::connected_pending`].
+    pub fn transport_ready(
+        &mut self,
+        now: Now,
+        id: ConnectionId,
+        binding: Binding,
+    ) -> Result<(), SocketError> {
+        self.table.check_connecting(id, true)?;
+        let Some(Entry {
+            socket: Socket::Connecting { deadline, .. },
+            ..
+        }) = self.table.get(id)
+        else {
+            return Err(SocketError::UnknownConnection(id));
+        };
+        let deadline = *deadline;
+        self.dial_on(now, id, binding, Some(deadline))
+    }
+
     /// The socket for an [`Action::Connect`] is open.
     pub fn connected(
         &mut self,
@@ -591,7 +627,19 @@ impl Client {
         id: ConnectionId,
         binding: Binding,
     ) -> Result<(), SocketError> {
-        self.table.check_connecting(id)?;
+        self.table.check_connecting(id, false)?;
+        self.dial_on(now, id, binding, None)
+    }
+
+    /// Starts the bus handshake on `id`'s open socket, within `deadline`
+    /// if the transport's handshake already spent part of the budget.
+    fn dial_on(
+        &mut self,
+        now: Now,
+        id: ConnectionId,
+        binding: Binding,
+        deadline: Option<Instant>,
+    ) -> Result<(), SocketError> {
         let params = DialParams {
             cluster: self.params.cluster,
             local: PeerId::Client(self.params.id),
@@ -600,7 +648,10 @@ impl Client {
             binding,
         };
         match Connection::dial(now.mono, now.wall, &self.config, params, &mut *self.entropy) {
-            Ok(conn) => {
+            Ok(mut conn) => {
+                if let Some(deadline) = deadline {
+                    conn.limit_handshake_deadline(deadline);
+                }
                 self.table.open(id, conn);
                 Ok(())
             }
@@ -617,7 +668,10 @@ impl Client {
     /// The connect for an [`Action::Connect`] failed; retried after a
     /// backoff. Stale ids are ignored.
     pub fn connect_failed(&mut self, now: Now, id: ConnectionId) {
-        if self.table.check_connecting(id).is_ok() {
+        if matches!(
+            self.table.get(id).map(|e| &e.socket),
+            Some(Socket::Connecting { .. })
+        ) {
             self.follow(now.mono, id, Next::ConnectFailed);
         }
     }
@@ -753,7 +807,10 @@ impl Client {
         let deadline = now.saturating_add(self.config.handshake_timeout);
         match self.table.insert(Entry {
             origin: Origin::Dialed(self.params.target),
-            socket: Socket::Connecting { deadline },
+            socket: Socket::Connecting {
+                deadline,
+                socket_open: false,
+            },
             announced: false,
             unauthenticated: false,
             counted: false,

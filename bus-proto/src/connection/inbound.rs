@@ -2,7 +2,7 @@
 
 use super::{CloseCause, Closing, Connection, Event, Phase, Side, Violation};
 use crate::crypto::PeerId;
-use crate::handshake::IncomingHello;
+use crate::handshake::{Binding, IncomingHello};
 use crate::time::Instant;
 use crate::wire::{
     CloseReason, Command, DecodeError, Frame, FrameKeys, Integrity, Kind, Plane, RejectStatus,
@@ -13,6 +13,10 @@ impl Connection {
     /// Decodes and handles every complete frame buffered, stopping at a
     /// parked `hello` or a close.
     pub(super) fn process(&mut self, now: Instant) {
+        if self.binding.is_none() {
+            // The transport is still handshaking: its bytes wait.
+            return;
+        }
         if matches!(self.phase, Phase::HelloParked(_)) && self.decoder.buffered() > 0 {
             // An honest dialer sends nothing between `hello` and `welcome`;
             // refuse to buffer an unauthenticated stream while we decide.
@@ -105,7 +109,8 @@ impl Connection {
                         cluster: frame.header.cluster,
                         replica: frame.header.replica,
                         hello: *hello,
-                        binding: self.binding,
+                        // Set: nothing is decoded before it is.
+                        binding: self.binding.unwrap_or(Binding::NONE),
                     }));
                 }
                 _ => {

@@ -215,7 +215,9 @@ pub struct Connection {
     phase: Phase,
     decoder: FrameDecoder,
     integrity_out: Integrity,
-    binding: Binding,
+    /// The transport's channel binding; `None` while the transport (TLS,
+    /// WebSocket) is still handshaking: nothing is decoded until it is set.
+    binding: Option<Binding>,
     cluster: u128,
     plane: Option<Plane>,
     /// Our `replica` header value.
@@ -267,7 +269,13 @@ impl core::fmt::Debug for Connection {
 }
 
 impl Connection {
-    fn new(now: Instant, config: &ValidConfig, side: Side, phase: Phase, binding: Binding) -> Self {
+    fn new(
+        now: Instant,
+        config: &ValidConfig,
+        side: Side,
+        phase: Phase,
+        binding: Option<Binding>,
+    ) -> Self {
         let limits = Limits::from(config);
         Connection {
             limits,
@@ -348,7 +356,7 @@ impl Connection {
             config,
             Side::Dialer,
             Phase::Dialing(Box::new(handshake)),
-            params.binding,
+            Some(params.binding),
         );
         conn.cluster = params.cluster;
         conn.plane = Some(plane);
@@ -361,7 +369,51 @@ impl Connection {
 
     /// Starts accepting: waits for the dialer's `hello`.
     pub fn accept(now: Instant, config: &ValidConfig, binding: Binding) -> Connection {
-        Connection::new(now, config, Side::Acceptor, Phase::AwaitingHello, binding)
+        Connection::new(
+            now,
+            config,
+            Side::Acceptor,
+            Phase::AwaitingHello,
+            Some(binding),
+        )
+    }
+
+    /// Starts accepting on a transport that is still handshaking (TLS, a
+    /// WebSocket upgrade): the handshake deadlines run from `now`, and
+    /// input waits, undecoded, until [`Connection::bind`] gives the
+    /// transport's binding. One budget covers both handshakes.
+    pub fn accept_pending(now: Instant, config: &ValidConfig) -> Connection {
+        Connection::new(now, config, Side::Acceptor, Phase::AwaitingHello, None)
+    }
+
+    /// The transport under an [`accept_pending`](Connection::accept_pending)
+    /// connection is ready, with this channel binding. Ignored once a
+    /// binding is set: it never changes.
+    pub fn bind(&mut self, now: Instant, binding: Binding) {
+        if self.binding.is_none() {
+            self.binding = Some(binding);
+            self.process(now);
+        }
+    }
+
+    /// True while the transport under this connection is still
+    /// handshaking ([`Connection::accept_pending`]).
+    pub fn is_transport_pending(&self) -> bool {
+        self.binding.is_none()
+    }
+
+    /// Moves the handshake deadline earlier to `at`: a dialer created once
+    /// its transport was ready keeps the budget that started at the TCP
+    /// connect.
+    pub(crate) fn limit_handshake_deadline(&mut self, at: Instant) {
+        self.handshake_deadline = self.handshake_deadline.min(at);
+    }
+
+    /// The largest frame the decoder accepts now: a header until the
+    /// handshake completes, `max_message_size` after. A transport that
+    /// frames messages itself (WebSocket) applies the same limit.
+    pub fn frame_limit(&self) -> u32 {
+        self.decoder.max_message_size()
     }
 
     /// Acceptor: the dialer's `hello`, once received. Pass it to

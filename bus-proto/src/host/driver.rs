@@ -4,6 +4,7 @@
 //! drains.
 
 use super::Machine;
+use super::layer::{StreamLayer, Transport};
 use super::signal::{Signal, Waiters};
 use super::slots::Slots;
 use super::socket::Socket;
@@ -14,6 +15,7 @@ use core::net::SocketAddr;
 use core::pin::pin;
 use core::task::{Context, Poll};
 use core::time::Duration;
+use std::boxed::Box;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::vec::Vec;
@@ -75,6 +77,8 @@ pub(super) struct Entry {
     pub(super) paused: bool,
     /// A dial waiting for its replica's address.
     addressless: bool,
+    /// The replica a dial connects to.
+    dialing: Option<u8>,
 }
 
 /// Everything behind the lock.
@@ -83,6 +87,8 @@ pub(super) struct State<M> {
     pub(super) sockets: Slots<Entry>,
     /// Replica addresses, by id.
     addresses: HashMap<u8, SocketAddr>,
+    /// How each replica is dialled; plain TCP if absent.
+    transports: HashMap<u8, Transport>,
     /// What the timer task sleeps until.
     timer_at: Option<Instant>,
     timer: Signal,
@@ -139,11 +145,14 @@ pub struct Shared<M, R> {
 impl<M: Machine, R: Runtime> Shared<M, R> {
     /// The driver for `machine`. The adapter then spawns
     /// [`Shared::run_timers`], which also starts the first dials.
+    /// `addresses` and `transports` say where and how each replica is
+    /// dialled (plain TCP where no transport is given).
     pub fn new(
         machine: M,
         runtime: R,
         options: SharedOptions,
         addresses: impl IntoIterator<Item = (u8, SocketAddr)>,
+        transports: impl IntoIterator<Item = (u8, Transport)>,
     ) -> Arc<Self> {
         Arc::new(Shared {
             runtime,
@@ -151,6 +160,10 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
                 machine,
                 sockets: Slots::default(),
                 addresses: addresses.into_iter().collect(),
+                transports: transports
+                    .into_iter()
+                    .filter(|(_, t)| !t.is_tcp())
+                    .collect(),
                 timer_at: None,
                 timer: Signal::default(),
                 paused: Vec::new(),
@@ -237,7 +250,11 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
                     connection,
                     replica,
                 } => {
-                    state.sockets.insert(connection, Entry::default());
+                    let entry = Entry {
+                        dialing: Some(replica),
+                        ..Entry::default()
+                    };
+                    state.sockets.insert(connection, entry);
                     R::dial(self, connection, replica);
                 }
                 Action::Disconnect { connection } => {
@@ -316,6 +333,16 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
         }
     }
 
+    /// Sets how replica `replica` is dialled (plain TCP by default), from
+    /// the next dial on.
+    pub fn set_transport(&self, replica: u8, transport: Transport) {
+        let mut state = self.lock();
+        match transport.is_tcp() {
+            true => state.transports.remove(&replica),
+            false => state.transports.insert(replica, transport),
+        };
+    }
+
     /// A dial's address: waits until it is known, or returns `None` once
     /// the core abandoned the dial (its deadline passed); then call
     /// [`Shared::closed`].
@@ -385,8 +412,9 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
 
     /// How dial `id` to `address` ended: `None` if it was
     /// [`abandoned`](Shared::abandoned), else the connect's result. Returns
-    /// the socket to run, or `None` once the dial is over and its
-    /// registration released (failed, or the core gave up meanwhile).
+    /// the socket to run (under the replica's transport layer, if it has
+    /// one), or `None` once the dial is over and its registration
+    /// released (failed, or the core gave up meanwhile).
     pub fn dialled<S>(
         self: &Arc<Self>,
         id: ConnectionId,
@@ -394,11 +422,28 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
         outcome: Option<std::io::Result<S>>,
     ) -> Option<(Socket, S)> {
         match outcome {
-            Some(Ok(stream)) if self.with(|m, now| m.connected(now, id)) => {
-                return Some((Socket::new(id), stream));
+            Some(Ok(stream)) => {
+                let transport = {
+                    let state = self.lock();
+                    let replica = state.sockets.get(&id).and_then(|e| e.dialing);
+                    replica.and_then(|r| state.transports.get(&r).cloned())
+                };
+                // Outside the lock: a TLS layer draws its key share here.
+                match transport.unwrap_or_default().new_layer() {
+                    Ok(None) if self.with(|m, now| m.connected(now, id)) => {
+                        return Some((Socket::new(id), stream));
+                    }
+                    Ok(Some(layer)) if self.with(|m, now| m.connected_pending(now, id)) => {
+                        return Some((Socket::layered(id, layer), stream));
+                    }
+                    // The core gave up on the dial meanwhile.
+                    Ok(_) => {}
+                    Err(error) => {
+                        tracing::warn!(%id, %address, %error, "transport layer could not start");
+                        self.with(|m, now| m.connect_failed(now, id));
+                    }
+                }
             }
-            // The core gave up on the dial meanwhile.
-            Some(Ok(_)) => {}
             Some(Err(error)) => {
                 tracing::debug!(%id, %address, %error, "connect failed");
                 self.with(|m, now| {
@@ -428,16 +473,20 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
 
     /// Registers an accepted socket with the core via `accept` (which
     /// returns its connection id, or an error to refuse it). Returns the
-    /// [`Socket`] to run.
+    /// [`Socket`] to run, under `layer` if given.
     pub fn accept<E>(
         self: &Arc<Self>,
+        layer: Option<Box<dyn StreamLayer>>,
         accept: impl FnOnce(&mut M, Now) -> Result<ConnectionId, E>,
     ) -> Result<Socket, E> {
         let mut state = self.lock();
         let id = accept(&mut state.machine, self.runtime.now())?;
         state.sockets.insert(id, Entry::default());
         self.after(&mut state, None);
-        Ok(Socket::new(id))
+        Ok(match layer {
+            Some(layer) => Socket::layered(id, layer),
+            None => Socket::new(id),
+        })
     }
 
     /// A listener task started.

@@ -50,6 +50,15 @@ macro_rules! forward_socket_io {
         fn connected(&mut self, now: Now, id: ConnectionId) -> bool {
             self.$core.connected(now, id, Binding::NONE).is_ok()
         }
+        fn connected_pending(&mut self, now: Now, id: ConnectionId) -> bool {
+            self.$core.connected_pending(now, id).is_ok()
+        }
+        fn transport_ready(&mut self, now: Now, id: ConnectionId, binding: Binding) -> bool {
+            self.$core.transport_ready(now, id, binding).is_ok()
+        }
+        fn frame_limit(&self, id: ConnectionId) -> Option<u32> {
+            self.$core.connection(id).map(|c| c.frame_limit())
+        }
         fn connect_failed(&mut self, now: Now, id: ConnectionId) {
             self.$core.connect_failed(now, id);
         }
@@ -76,6 +85,7 @@ mod clock;
 mod deliveries;
 mod driver;
 mod error;
+mod layer;
 mod node;
 mod outgoing;
 mod shutdown;
@@ -87,12 +97,14 @@ pub use client::{ClientFront, Link, Reply};
 pub use clock::{WALL_REFRESH, WallClock};
 pub use driver::{First, Owner, Runtime, Shared, SharedOptions, first};
 pub use error::{ClientError, ConnectError, ListenError, StartError};
-pub use node::{NodeFront, NodeOptions};
+pub use layer::{LayerError, LayerFactory, StreamLayer, Transport};
+pub use node::{NodeFront, NodeOptions, Refused};
 pub use outgoing::{MAX_IOVECS, Outgoing};
 pub use shutdown::ShutdownReport;
 pub use socket::{Completion, Socket, Step};
 
 use crate::connection::Transmit;
+use crate::handshake::Binding;
 use crate::node::{Action, ConnectionId};
 use crate::time::{Instant, Now};
 use bytes::BytesMut;
@@ -113,6 +125,14 @@ pub trait Machine: Send + 'static {
     fn handle_timeout(&mut self, now: Now);
     /// The socket for `Connect` is open; false if the id is stale.
     fn connected(&mut self, now: Now, id: ConnectionId) -> bool;
+    /// The socket for `Connect` is open and its transport layer starts
+    /// handshaking; false if the id is stale.
+    fn connected_pending(&mut self, now: Now, id: ConnectionId) -> bool;
+    /// `id`'s transport layer finished its handshake with `binding`;
+    /// false if the id is stale or was not waiting for it.
+    fn transport_ready(&mut self, now: Now, id: ConnectionId, binding: Binding) -> bool;
+    /// The largest frame `id` accepts now.
+    fn frame_limit(&self, id: ConnectionId) -> Option<u32>;
     /// The socket for `Connect` could not be opened.
     fn connect_failed(&mut self, now: Now, id: ConnectionId);
     /// `id`'s next batch of bytes to write.

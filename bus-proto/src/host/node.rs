@@ -4,6 +4,7 @@
 use super::Machine;
 use super::deliveries::Deliveries;
 use super::driver::{Runtime, Shared};
+use super::layer::{LayerError, Transport};
 use super::shutdown::{ShutdownReport, Tally};
 use crate::config::ValidConfig;
 use crate::connection::Transmit;
@@ -46,6 +47,9 @@ pub struct NodeOptions {
     /// Bytes each socket task reads at once into its reused buffer.
     /// Default 64 KiB.
     pub read_chunk: usize,
+    /// How each peer is dialled, by replica id; plain TCP where absent.
+    /// The dialled replica must listen on the same transport.
+    pub peer_transports: BTreeMap<u8, Transport>,
 }
 
 impl Default for NodeOptions {
@@ -55,6 +59,44 @@ impl Default for NodeOptions {
             message_capacity: 4096,
             request_capacity: 4096,
             read_chunk: 64 << 10,
+            peer_transports: BTreeMap::new(),
+        }
+    }
+}
+
+/// Why an accepted socket was turned away.
+#[derive(Debug, thiserror::Error)]
+pub enum Refused {
+    /// The node refused it on plain TCP: write [`Refused::reject`]'s frame
+    /// first, so the dialer knows to retry later.
+    #[error(transparent)]
+    Node(AcceptError),
+    /// The node refused it on a layered transport, whose handshake has not
+    /// even started: it is closed without an answer.
+    #[error("{error} (on {transport}: closed without an answer)")]
+    Layered {
+        /// Why the node refused it.
+        error: AcceptError,
+        /// The listener's transport.
+        transport: &'static str,
+    },
+    /// The listener's transport layer could not start for it.
+    #[error("the {transport} layer could not start: {error}")]
+    Layer {
+        /// The listener's transport.
+        transport: &'static str,
+        /// What the layer reported.
+        error: LayerError,
+    },
+}
+
+impl Refused {
+    /// The frame to write before closing, if the refusal has one (plain
+    /// TCP only: a layered socket could not carry it).
+    pub fn reject(&self) -> Option<[u8; crate::wire::HEADER_SIZE]> {
+        match self {
+            Refused::Node(error) => Some(error.reject()),
+            _ => None,
         }
     }
 }
@@ -173,15 +215,41 @@ fn log_event(event: &NodeEvent) {
 
 /// What every adapter's `Node` and `Events` forward to.
 impl<R: Runtime> Shared<NodeFront, R> {
-    /// Registers a socket accepted from `remote` (if known). On `Err`, write
-    /// the refusal's bytes ([`AcceptError::reject`]) if the socket takes
-    /// them without waiting, then close it.
+    /// Registers a socket accepted from `remote` (if known) on a listener
+    /// of `transport`. On `Err`, write the refusal's bytes
+    /// ([`Refused::reject`]) if there are any and the socket takes them
+    /// without waiting, then close it.
     pub fn accept_socket(
         self: &Arc<Self>,
         remote: Option<SocketAddr>,
-    ) -> Result<super::Socket, AcceptError> {
-        self.accept(|m, now| m.node.accept_from(now, remote, Binding::NONE))
-            .inspect_err(|error| tracing::debug!(?remote, %error, "connection refused"))
+        transport: &Transport,
+    ) -> Result<super::Socket, Refused> {
+        let refused = |error| {
+            tracing::debug!(?remote, %error, "connection refused");
+            error
+        };
+        // Outside the lock: starting a layer may do crypto.
+        let layer = transport.new_layer().map_err(|error| {
+            refused(Refused::Layer {
+                transport: transport.name(),
+                error,
+            })
+        })?;
+        match layer {
+            None => self
+                .accept(None, |m, now| {
+                    m.node.accept_from(now, remote, Binding::NONE)
+                })
+                .map_err(|error| refused(Refused::Node(error))),
+            Some(layer) => self
+                .accept(Some(layer), |m, now| m.node.accept_pending(now, remote))
+                .map_err(|error| {
+                    refused(Refused::Layered {
+                        error,
+                        transport: transport.name(),
+                    })
+                }),
+        }
     }
 
     /// Queues a message to replica `to`; see `Node::send`.

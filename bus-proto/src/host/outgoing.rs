@@ -27,6 +27,16 @@ impl Outgoing {
         self.next = 0;
     }
 
+    /// Loads what `fill` appends (a layer's wire bytes); the previous
+    /// batch must be done.
+    pub(super) fn load_with(&mut self, fill: impl FnOnce(&mut Vec<Bytes>)) {
+        debug_assert!(self.is_done(), "a batch was dropped half written");
+        self.segments.clear();
+        self.next = 0;
+        fill(&mut self.segments);
+        self.segments.retain(|s| !s.is_empty());
+    }
+
     /// True when nothing is left to write.
     pub fn is_done(&self) -> bool {
         self.next >= self.segments.len()

@@ -5,12 +5,14 @@
 
 use super::Machine;
 use super::driver::{Runtime, Shared, State};
+use super::layer::StreamLayer;
 use super::outgoing::Outgoing;
 use crate::node::ConnectionId;
 use crate::time::Instant;
 use bytes::BytesMut;
 use core::future::poll_fn;
 use core::ops::ControlFlow;
+use std::boxed::Box;
 use std::sync::Arc;
 
 /// What a socket task does next, decided under the lock by
@@ -49,8 +51,8 @@ pub enum Completion {
     Woken,
 }
 
-/// A socket task's own state: the batch it writes and the receive buffer
-/// it has borrowed from the core.
+/// A socket task's own state: the batch it writes, the receive buffer it
+/// has borrowed from the core, and the transport layer, if any.
 #[derive(Debug)]
 pub struct Socket {
     id: ConnectionId,
@@ -62,6 +64,31 @@ pub struct Socket {
     reading: bool,
     eof: bool,
     linger: Option<Instant>,
+    layer: Option<Layered>,
+}
+
+/// A socket under a transport layer: the socket reads wire bytes into its
+/// own buffer; the layer turns them into frame bytes for the core.
+struct Layered {
+    layer: Box<dyn StreamLayer>,
+    /// Frame bytes the layer produced, not yet handed to the core.
+    frames: BytesMut,
+    /// The core's frame limit the layer was last told.
+    frame_limit: u32,
+    /// The layer's close was started.
+    closed: bool,
+    /// The layer failed: only its last bytes (an alert) are still written.
+    failed: bool,
+}
+
+impl core::fmt::Debug for Layered {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Layered")
+            .field("frame_limit", &self.frame_limit)
+            .field("closed", &self.closed)
+            .field("failed", &self.failed)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Socket {
@@ -75,7 +102,23 @@ impl Socket {
             reading: false,
             eof: false,
             linger: None,
+            layer: None,
         }
+    }
+
+    /// A socket task for connection `id` whose bytes pass through `layer`.
+    pub(super) fn layered(id: ConnectionId, layer: Box<dyn StreamLayer>) -> Self {
+        let mut socket = Socket::new(id);
+        // The socket's own wire buffer, always lent to reads.
+        socket.inbox = Some(BytesMut::new());
+        socket.layer = Some(Layered {
+            layer,
+            frames: BytesMut::new(),
+            frame_limit: 0,
+            closed: false,
+            failed: false,
+        });
+        socket
     }
 
     /// The connection.
@@ -109,22 +152,57 @@ impl Socket {
 
 impl<M: Machine, R: Runtime> Shared<M, R> {
     /// Loads the socket's next batch if it has none, and decides what it
-    /// does next.
+    /// does next. A layered socket runs its layer after the lock is
+    /// released.
     pub fn step(self: &Arc<Self>, socket: &mut Socket) -> Step {
         let id = socket.id;
-        let mut state = self.lock();
-        if state.forced {
-            return Step::Exit;
-        }
-        if !socket.writing && socket.out.is_done() {
-            let now = self.runtime.now();
-            if let Some(transmit) = state.machine.poll_transmit_for(now, id) {
-                socket.out.load(transmit);
-                state.more_space();
+        let mut transmit = None;
+        let mut frame_limit = None;
+        let (closing, read) = {
+            let mut state = self.lock();
+            if state.forced {
+                return Step::Exit;
             }
-            self.after(&mut state, Some(id));
+            if !socket.writing && socket.out.is_done() {
+                let now = self.runtime.now();
+                if let Some(batch) = state.machine.poll_transmit_for(now, id) {
+                    match socket.layer {
+                        None => socket.out.load(batch),
+                        Some(_) => transmit = Some(batch),
+                    }
+                    state.more_space();
+                }
+                self.after(&mut state, Some(id));
+            }
+            let closing = state.sockets.get(&id).is_none_or(|e| e.closing);
+            let read = self.decide_read(&mut state, socket, closing);
+            if socket.layer.is_some() {
+                frame_limit = state.machine.frame_limit(id);
+            }
+            (closing, read)
+        };
+        if let Some(layered) = &mut socket.layer {
+            if let Some(batch) = transmit
+                && let Err(error) = layered.layer.write_frames(batch)
+            {
+                tracing::debug!(%id, %error, "transport layer refused a batch");
+                layered.failed = true;
+                self.with_from(Some(id), |m, now| m.handle_eof(now, id));
+            }
+            if let Some(limit) = frame_limit
+                && limit != layered.frame_limit
+            {
+                layered.frame_limit = limit;
+                layered.layer.set_frame_limit(limit);
+            }
+            if closing && !layered.closed && !layered.failed {
+                layered.layer.close();
+            }
+            layered.closed |= closing;
+            if !socket.writing && socket.out.is_done() {
+                socket.out.load_with(|wire| layered.layer.take_wire(wire));
+            }
         }
-        let closing = state.sockets.get(&id).is_none_or(|e| e.closing);
         if closing {
             if socket.out.is_done() && !socket.writing {
                 return Step::Exit;
@@ -134,17 +212,28 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
                 socket.linger = Some(at);
             }
         }
+        Step::Run {
+            write: !socket.out.is_done() && !socket.writing,
+            read,
+            linger: socket.linger,
+        }
+    }
+
+    /// Whether the socket reads now, under the lock: not while closing,
+    /// after EOF, or while this connection's deliveries wait for the
+    /// application (the core is told, so it does not count our pause as
+    /// the peer's silence). Lends the core's receive buffer to a plain
+    /// socket.
+    fn decide_read(&self, state: &mut State<M>, socket: &mut Socket, closing: bool) -> bool {
+        let id = socket.id;
         let mut read = !closing && !socket.eof && !socket.reading;
-        // Reading pauses while this connection's deliveries wait for the
-        // application; the core is told, so it does not count our pause as
-        // the peer's silence.
         let pause = read && state.machine.reading_paused(id);
         let State {
             sockets,
             paused,
             machine,
             ..
-        } = &mut *state;
+        } = state;
         if let Some(entry) = sockets.get_mut(&id)
             && pause != entry.paused
             && (pause || read)
@@ -157,15 +246,10 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
             machine.set_reading_paused(self.runtime.now(), id, pause);
         }
         read &= !pause;
-        if read && socket.inbox.is_none() {
-            socket.inbox = state.machine.take_read_buffer(id);
-            read = socket.inbox.is_some();
+        if read && socket.inbox.is_none() && socket.layer.is_none() {
+            socket.inbox = machine.take_read_buffer(id);
         }
-        Step::Run {
-            write: !socket.out.is_done() && !socket.writing,
-            read,
-            linger: socket.linger,
-        }
+        read && socket.inbox.is_some()
     }
 
     /// Acts on what the socket task's wait saw. [`ControlFlow::Break`]
@@ -193,11 +277,12 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
             Completion::Read(result, buffer) => {
                 socket.reading = false;
                 match result {
-                    Ok(0) => self.handle_eof(socket),
+                    Ok(0) => self.handle_eof(socket, buffer),
+                    Ok(_) if socket.layer.is_some() => self.handle_wire(socket, buffer),
                     Ok(_) => self.handle_read(socket, buffer),
                     Err(error) => {
                         tracing::debug!(%id, %error, "read failed");
-                        self.handle_eof(socket);
+                        self.handle_eof(socket, buffer);
                     }
                 }
             }
@@ -220,10 +305,68 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
         }
     }
 
-    /// The peer closed its side, or the read failed: no more reads.
-    fn handle_eof(self: &Arc<Self>, socket: &mut Socket) {
+    /// Wire bytes were read on a layered socket: the layer turns them
+    /// into frame bytes outside the lock; then the core learns that the
+    /// layer is ready (first) and gets the frames, moved into its receive
+    /// buffer without a copy when that is empty.
+    fn handle_wire(self: &Arc<Self>, socket: &mut Socket, buffer: Option<BytesMut>) {
+        let id = socket.id;
+        if let Some(buffer) = buffer {
+            socket.inbox = Some(buffer);
+        }
+        let (Some(layered), Some(wire)) = (&mut socket.layer, &mut socket.inbox) else {
+            return;
+        };
+        let now = self.runtime.now();
+        let result = layered.layer.read_wire(now, wire, &mut layered.frames);
+        wire.clear();
+        let ready = layered.layer.take_ready();
+        if let Err(error) = &result {
+            tracing::debug!(%id, %error, "transport layer failed");
+            layered.failed = true;
+            socket.eof = true;
+        }
+        let frames = &mut layered.frames;
+        self.with_from(Some(id), |m, now| {
+            if let Some(binding) = ready
+                && !m.transport_ready(now, id, binding)
+            {
+                tracing::debug!(%id, "transport ready for a connection that was not waiting");
+            }
+            if !frames.is_empty() {
+                match m.take_read_buffer(id) {
+                    Some(mut buffer) => {
+                        if buffer.is_empty() {
+                            core::mem::swap(&mut buffer, frames);
+                        } else {
+                            buffer.extend_from_slice(frames);
+                            frames.clear();
+                        }
+                        m.handle_read(now, id, buffer);
+                    }
+                    // The connection is gone: nothing reads them.
+                    None => frames.clear(),
+                }
+            }
+            if result.is_err() {
+                m.handle_eof(now, id);
+            }
+        });
+    }
+
+    /// The peer closed its side, or the read failed: no more reads. A
+    /// layer learns it first, and says whether the end was its clean
+    /// close; the core sees EOF either way (without the bus's own `close`
+    /// that is a reset).
+    fn handle_eof(self: &Arc<Self>, socket: &mut Socket, buffer: Option<BytesMut>) {
         socket.eof = true;
         let id = socket.id;
+        if let Some(layered) = &mut socket.layer {
+            socket.inbox = buffer.or(socket.inbox.take());
+            if let Err(error) = layered.layer.read_eof() {
+                tracing::debug!(%id, %error, "transport ended without its close");
+            }
+        }
         self.with_from(Some(id), |m, now| m.handle_eof(now, id));
     }
 
@@ -313,9 +456,10 @@ mod tests {
             read_chunk: 4096,
             linger: Duration::from_secs(1),
         };
-        let shared = Shared::new(front, Frozen, options, []);
+        let shared = Shared::new(front, Frozen, options, [], []);
+        let tcp = crate::host::Transport::tcp();
 
-        let mut old = shared.accept_socket(None).expect("accepted");
+        let mut old = shared.accept_socket(None, &tcp).expect("accepted");
         assert!(matches!(
             shared.step(&mut old),
             Step::Run { read: true, .. }
@@ -326,7 +470,7 @@ mod tests {
                 .complete(&mut old, Completion::Read(Ok(0), None))
                 .is_continue()
         );
-        let new = shared.accept_socket(None).expect("accepted");
+        let new = shared.accept_socket(None, &tcp).expect("accepted");
         assert_eq!(new.id().slot(), old.id().slot(), "the slot was reused");
         assert_ne!(new.id(), old.id());
 

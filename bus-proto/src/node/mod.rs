@@ -492,6 +492,67 @@ impl Node {
         }
     }
 
+    /// An inbound socket was accepted from `remote` whose transport (TLS,
+    /// a WebSocket upgrade) must handshake before the bus's own
+    /// handshake: as [`Node::accept_from`], but the connection reads
+    /// nothing until [`Node::transport_ready`]. Its handshake deadlines
+    /// run from now and cover both handshakes; it sits in the
+    /// unauthenticated pool meanwhile.
+    pub fn accept_pending(
+        &mut self,
+        now: Now,
+        remote: Option<SocketAddr>,
+    ) -> Result<ConnectionId, AcceptError> {
+        let id = self.accept_from(now, remote, Binding::NONE)?;
+        if let Some(conn) = self.table.conn_mut(id) {
+            *conn = Connection::accept_pending(now.mono, &self.config);
+        }
+        Ok(id)
+    }
+
+    /// The socket for an [`Action::Connect`] is open, and its transport
+    /// (TLS, a WebSocket upgrade) starts handshaking: the `hello` waits for
+    /// [`Node::transport_ready`], and the whole handshake, the
+    /// transport's and the bus's, must end within `handshake_timeout` from
+    /// now, or the dial fails.
+    pub fn connected_pending(&mut self, now: Now, id: ConnectionId) -> Result<(), SocketError> {
+        self.table.check_connecting(id, false)?;
+        let deadline = now.mono.saturating_add(self.config.handshake_timeout);
+        self.table.transport_started(id, deadline);
+        Ok(())
+    }
+
+    /// The transport under `id` finished its handshake with this channel
+    /// `binding` ([`Binding::NONE`] where it has none): a dialled
+    /// connection sends its `hello` now, an accepted one reads the
+    /// `hello`. Only for connections started with
+    /// [`Node::accept_pending`] or [`Node::connected_pending`].
+    pub fn transport_ready(
+        &mut self,
+        now: Now,
+        id: ConnectionId,
+        binding: Binding,
+    ) -> Result<(), SocketError> {
+        if let Some(conn) = self.table.conn_mut(id) {
+            if !conn.is_transport_pending() {
+                return Err(SocketError::NotConnecting(id));
+            }
+            conn.bind(now.mono, binding);
+            self.after_input(now, id);
+            return Ok(());
+        }
+        let Some(Entry {
+            socket: Socket::Connecting { deadline, .. },
+            ..
+        }) = self.table.get(id)
+        else {
+            return Err(SocketError::UnknownConnection(id));
+        };
+        let deadline = *deadline;
+        self.table.check_connecting(id, true)?;
+        self.dial_on(now, id, binding, Some(deadline))
+    }
+
     /// The socket for an [`Action::Connect`] is open: the handshake starts.
     pub fn connected(
         &mut self,
@@ -499,7 +560,19 @@ impl Node {
         id: ConnectionId,
         binding: Binding,
     ) -> Result<(), SocketError> {
-        self.table.check_connecting(id)?;
+        self.table.check_connecting(id, false)?;
+        self.dial_on(now, id, binding, None)
+    }
+
+    /// Starts the bus handshake on `id`'s open socket, within `deadline`
+    /// if the transport's handshake already spent part of the budget.
+    fn dial_on(
+        &mut self,
+        now: Now,
+        id: ConnectionId,
+        binding: Binding,
+        deadline: Option<Instant>,
+    ) -> Result<(), SocketError> {
         let Some(Entry {
             origin: Origin::Dialed(replica),
             ..
@@ -515,7 +588,10 @@ impl Node {
             binding,
         };
         match Connection::dial(now.mono, now.wall, &self.config, params, &mut *self.entropy) {
-            Ok(conn) => {
+            Ok(mut conn) => {
+                if let Some(deadline) = deadline {
+                    conn.limit_handshake_deadline(deadline);
+                }
                 self.table.open(id, conn);
                 Ok(())
             }
@@ -899,7 +975,10 @@ impl Node {
         let deadline = now.saturating_add(self.config.handshake_timeout);
         match self.table.insert(Entry {
             origin: Origin::Dialed(replica),
-            socket: Socket::Connecting { deadline },
+            socket: Socket::Connecting {
+                deadline,
+                socket_open: false,
+            },
             announced: false,
             unauthenticated: false,
             counted: false,

@@ -79,8 +79,13 @@ pub(crate) enum Origin {
 
 /// The state machine behind an id.
 pub(crate) enum Socket {
-    /// The adapter is connecting; give up at `deadline`.
-    Connecting { deadline: Instant },
+    /// The adapter is connecting (`socket_open` false), or its socket is
+    /// open and the transport under framing (TLS, WebSocket) still
+    /// handshaking (`socket_open` true); give up at `deadline`.
+    Connecting {
+        deadline: Instant,
+        socket_open: bool,
+    },
     /// A connection (boxed: slots move when the slab grows).
     Open(Box<Connection>),
 }
@@ -217,13 +222,30 @@ impl Table {
         }
     }
 
-    /// The connect behind `id` is still in progress.
-    pub(crate) fn check_connecting(&self, id: ConnectionId) -> Result<(), SocketError> {
+    /// The connect behind `id` is still in progress (`socket_open`
+    /// false), or its transport is still handshaking (true).
+    pub(crate) fn check_connecting(
+        &self,
+        id: ConnectionId,
+        socket_open: bool,
+    ) -> Result<(), SocketError> {
         match self.get(id).map(|e| &e.socket) {
             None => Err(SocketError::UnknownConnection(id)),
-            Some(Socket::Open(_)) => Err(SocketError::NotConnecting(id)),
-            Some(Socket::Connecting { .. }) => Ok(()),
+            Some(Socket::Connecting { socket_open: o, .. }) if *o == socket_open => Ok(()),
+            Some(_) => Err(SocketError::NotConnecting(id)),
         }
+    }
+
+    /// The socket behind a connect is open and its transport handshakes
+    /// until `deadline`.
+    pub(crate) fn transport_started(&mut self, id: ConnectionId, deadline: Instant) {
+        if let Some(entry) = self.get_mut(id) {
+            entry.socket = Socket::Connecting {
+                deadline,
+                socket_open: true,
+            };
+        }
+        self.touch(id);
     }
 
     /// The socket behind a connect is open: `conn` takes over the id.
@@ -267,7 +289,7 @@ impl Table {
     pub(crate) fn fire_expired(&mut self, now: Instant) -> Option<(ConnectionId, Next)> {
         let id = self.pop_expired(now)?;
         let next = match self.get_mut(id).map(|e| &mut e.socket) {
-            Some(Socket::Connecting { deadline }) if *deadline <= now => Next::ConnectFailed,
+            Some(Socket::Connecting { deadline, .. }) if *deadline <= now => Next::ConnectFailed,
             Some(Socket::Open(conn)) => {
                 conn.handle_timeout(now);
                 Next::Settle
@@ -308,7 +330,7 @@ impl Table {
             return;
         };
         let deadline = match &entry.socket {
-            Socket::Connecting { deadline } => Some(*deadline),
+            Socket::Connecting { deadline, .. } => Some(*deadline),
             Socket::Open(conn) => conn.poll_timeout(),
         };
         if !slot.ready {

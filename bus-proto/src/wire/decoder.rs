@@ -91,6 +91,11 @@ impl FrameDecoder {
         self.integrity = integrity;
     }
 
+    /// The largest frame accepted, header included.
+    pub fn max_message_size(&self) -> u32 {
+        self.max_message_size
+    }
+
     /// Changes the size limit for frames whose header is not yet verified
     /// (e.g. header-only frames during a handshake, the full limit after).
     pub fn set_max_message_size(&mut self, max_message_size: u32) {

@@ -156,7 +156,7 @@ pub fn host(data: &[u8]) {
         linger: config.close_grace,
     };
     let peers = [(1, SocketAddr::from(([127, 0, 0, 1], 7001)))];
-    let shared = Shared::new(front, runtime, driver, peers);
+    let shared = Shared::new(front, runtime, driver, peers, []);
     let mut timers = Box::pin(Shared::run_timers(Arc::clone(&shared)));
     poll_once(timers.as_mut());
     let mut tasks: Vec<Task> = Vec::new();
@@ -168,7 +168,7 @@ pub fn host(data: &[u8]) {
             |i: u8, tasks: &[Task]| (!tasks.is_empty()).then(|| usize::from(i) % tasks.len());
         match op {
             Op::Accept => {
-                if let Ok(socket) = shared.accept_socket(None) {
+                if let Ok(socket) = shared.accept_socket(None, &bus_proto::host::Transport::tcp()) {
                     tasks.push(Task {
                         socket,
                         over: false,

@@ -1,0 +1,134 @@
+//! Byte-stream transports under framing (TLS, WebSocket, WebSocket over
+//! TLS), as a socket task drives them.
+//!
+//! A layer is a sans-IO engine between the socket's wire bytes and the
+//! core's frame bytes. The socket task runs it outside the driver's lock,
+//! so encryption and masking never serialise connections: it feeds the
+//! wire bytes it read ([`StreamLayer::read_wire`]), hands each batch the
+//! core transmits to [`StreamLayer::write_frames`], and writes what
+//! [`StreamLayer::take_wire`] gives. Once the layer's own handshake is
+//! done, [`StreamLayer::take_ready`] yields the channel binding and the
+//! core starts the bus handshake over it, within the same deadline
+//! ([`Node::accept_pending`](crate::node::Node::accept_pending)).
+//!
+//! Plain TCP has no layer: its bytes go straight between the socket and
+//! the core.
+
+use crate::connection::Transmit;
+use crate::handshake::Binding;
+use crate::time::Now;
+use bytes::{Bytes, BytesMut};
+use std::boxed::Box;
+use std::sync::Arc;
+use std::vec::Vec;
+
+/// Why a layer gave up: the connection ends (with whatever alert or close
+/// the layer queued written first, within `close_grace`).
+pub type LayerError = Box<dyn core::error::Error + Send + Sync + 'static>;
+
+/// One connection's transport engine, driven from memory.
+///
+/// Implemented by the TLS and WebSocket layers of
+/// [`crate::transport`]; a test can implement it to wrap the stream in
+/// anything.
+pub trait StreamLayer: Send + 'static {
+    /// Processes wire bytes read from the socket at `now`, consuming all
+    /// of `wire`, and appends the frame bytes they carry to `frames`. The
+    /// time is the layer's only clock (TLS checks certificate validity
+    /// against it).
+    fn read_wire(
+        &mut self,
+        now: Now,
+        wire: &mut BytesMut,
+        frames: &mut BytesMut,
+    ) -> Result<(), LayerError>;
+    /// The socket's read side ended. An error when the end was not the
+    /// layer's clean close (TLS without `close_notify`): the connection
+    /// ends as reset either way, the error is logged.
+    fn read_eof(&mut self) -> Result<(), LayerError>;
+    /// Once, when the layer's handshake is done: the channel binding for
+    /// the bus handshake ([`Binding::NONE`] where the layer has none).
+    fn take_ready(&mut self) -> Option<Binding>;
+    /// Encodes one batch of whole frames for the wire (each frame's size
+    /// is in its header, for a layer that frames messages itself).
+    fn write_frames(&mut self, batch: Transmit) -> Result<(), LayerError>;
+    /// The core's frame limit changed (a header before the bus handshake,
+    /// `max_message_size` after): a layer that frames messages itself
+    /// refuses larger ones from the wire.
+    fn set_frame_limit(&mut self, _limit: u32) {}
+    /// Starts the layer's own close (TLS `close_notify`, the WebSocket
+    /// close frame). Called once, after the core's last frames.
+    fn close(&mut self);
+    /// Wire bytes to write, in order, appended to `out`: handshake
+    /// records, encoded batches, alerts, pongs, the close.
+    fn take_wire(&mut self, out: &mut Vec<Bytes>);
+}
+
+/// Makes the layer for each new connection of a listener or a dial target.
+pub trait LayerFactory: Send + Sync + 'static {
+    /// The transport's name for logs and URLs (`tls`, `ws`, `wss`).
+    fn name(&self) -> &'static str;
+    /// A fresh layer for one connection.
+    fn layer(&self) -> Result<Box<dyn StreamLayer>, LayerError>;
+}
+
+/// What carries a connection's frames: plain TCP, or TCP under a layer.
+/// Listeners and dial targets each have one; the default is plain TCP.
+///
+/// ```
+/// use bus_proto::host::Transport;
+/// assert_eq!(Transport::tcp().name(), "tcp");
+/// assert!(Transport::default().is_tcp());
+/// ```
+#[derive(Clone, Default)]
+pub struct Transport {
+    factory: Option<Arc<dyn LayerFactory>>,
+}
+
+impl Transport {
+    /// Plain TCP: frames straight on the socket.
+    pub fn tcp() -> Self {
+        Transport::default()
+    }
+
+    /// TCP under the layers `factory` makes.
+    pub fn layered(factory: Arc<dyn LayerFactory>) -> Self {
+        Transport {
+            factory: Some(factory),
+        }
+    }
+
+    /// The transport's name: `tcp`, or the layer's.
+    pub fn name(&self) -> &'static str {
+        self.factory.as_ref().map_or("tcp", |f| f.name())
+    }
+
+    /// True for plain TCP.
+    pub fn is_tcp(&self) -> bool {
+        self.factory.is_none()
+    }
+
+    /// A layer for a new connection: `None` for plain TCP.
+    pub fn new_layer(&self) -> Result<Option<Box<dyn StreamLayer>>, LayerError> {
+        self.factory.as_ref().map(|f| f.layer()).transpose()
+    }
+}
+
+impl core::fmt::Debug for Transport {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl PartialEq for Transport {
+    /// The same transport: both TCP, or the same factory.
+    fn eq(&self, other: &Self) -> bool {
+        match (&self.factory, &other.factory) {
+            (None, None) => true,
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
+
+impl Eq for Transport {}

@@ -1,0 +1,534 @@
+//! TLS 1.3 under framing, on rustls (ring), driven from memory.
+//!
+//! A listener takes a [`TlsServer`] (certificate chain and key, optionally
+//! client certificates to require); a dialer a [`TlsClient`] (the roots it
+//! trusts and the server name to verify). Both are fixed to what the bus
+//! needs: TLS 1.3 only, ALPN [`ALPN`] required on both sides, no session
+//! tickets, no resumption, no early data. Once TLS is established the bus
+//! handshake runs inside it, bound to it ([`BindingPolicy`]).
+//!
+//! ```
+//! use bus_proto::transport::tls::{TlsClient, TlsServer};
+//! # fn run(cert_pem: &str, key_pem: &str) -> Result<(), Box<dyn std::error::Error>> {
+//! // A listener's transport, from PEM files:
+//! let server = TlsServer::from_pem_files(cert_pem, key_pem)?;
+//! let listen_over = server.transport();
+//! // A dialer that trusts that certificate (pinned: the only root):
+//! let roots = bus_proto::transport::tls::load_roots(cert_pem)?;
+//! let dial_over = TlsClient::new(roots, "replica-1.example")?.transport();
+//! # let _ = (listen_over, dial_over); Ok(()) }
+//! ```
+
+use super::{ALPN, BindingPolicy, EXPORTER_LABEL};
+use crate::connection::Transmit;
+use crate::handshake::Binding;
+use crate::host::{LayerError, LayerFactory, StreamLayer, Transport};
+use crate::time::Now;
+use bytes::{Bytes, BytesMut};
+use core::sync::atomic::{AtomicU64, Ordering};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use std::boxed::Box;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::string::{String, ToString};
+use std::sync::Arc;
+use std::vec::Vec;
+
+/// A TLS configuration could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsConfigError {
+    /// A PEM file could not be read or parsed.
+    #[error("{path}: {error}")]
+    Pem {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        error: rustls::pki_types::pem::Error,
+    },
+    /// A PEM file held no certificate.
+    #[error("{path}: no certificate in the file")]
+    NoCertificate {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A root certificate was refused.
+    #[error("{path}: certificate {index} is not a usable root: {error}")]
+    BadRoot {
+        /// The file.
+        path: PathBuf,
+        /// Its position in the file, from 0.
+        index: usize,
+        /// Why.
+        error: rustls::Error,
+    },
+    /// The server name is not a DNS name or IP address.
+    #[error("{name:?} is not a valid TLS server name")]
+    ServerName {
+        /// The name given.
+        name: String,
+    },
+    /// rustls refused the configuration (a key that does not match its
+    /// certificate, an unsupported key type, an empty root store).
+    #[error("TLS configuration refused: {0}")]
+    Rustls(#[from] rustls::Error),
+    /// The client-certificate verifier could not be built.
+    #[error("client certificate verification: {0}")]
+    ClientVerifier(#[from] rustls::server::VerifierBuilderError),
+}
+
+/// Why a TLS connection ended.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// The peer broke the TLS protocol, failed verification, or offered
+    /// nothing we accept (an alert is sent where TLS has one).
+    #[error("TLS: {0}")]
+    Protocol(#[from] rustls::Error),
+    /// rustls refused more input or output (its bounded buffers).
+    #[error("TLS buffer: {0}")]
+    Buffer(#[source] std::io::Error),
+    /// The handshake completed without ALPN `bus/1`.
+    #[error("TLS peer did not agree on ALPN \"bus/1\" (got {got:?})")]
+    Alpn {
+        /// What was agreed, if anything.
+        got: Option<String>,
+    },
+    /// The peer sent early data, which this bus never accepts.
+    #[error("TLS peer sent early data (0-RTT), which is never accepted")]
+    EarlyData,
+    /// The stream ended without the peer's `close_notify`.
+    #[error("TLS stream ended without close_notify (truncated)")]
+    Truncated,
+}
+
+/// Reads the certificates of a PEM file (a chain: leaf first).
+pub fn load_certificates(
+    path: impl AsRef<Path>,
+) -> Result<Vec<CertificateDer<'static>>, TlsConfigError> {
+    let path = path.as_ref();
+    let pem = |error| TlsConfigError::Pem {
+        path: path.to_path_buf(),
+        error,
+    };
+    let certificates = CertificateDer::pem_file_iter(path)
+        .map_err(pem)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(pem)?;
+    if certificates.is_empty() {
+        return Err(TlsConfigError::NoCertificate {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(certificates)
+}
+
+/// Reads the first private key of a PEM file (PKCS#8, PKCS#1 or SEC1).
+pub fn load_private_key(path: impl AsRef<Path>) -> Result<PrivateKeyDer<'static>, TlsConfigError> {
+    let path = path.as_ref();
+    PrivateKeyDer::from_pem_file(path).map_err(|error| TlsConfigError::Pem {
+        path: path.to_path_buf(),
+        error,
+    })
+}
+
+/// Reads the certificates of a PEM file as trust roots. A self-signed
+/// certificate as the only root pins it.
+pub fn load_roots(path: impl AsRef<Path>) -> Result<RootCertStore, TlsConfigError> {
+    let path = path.as_ref();
+    let mut roots = RootCertStore::empty();
+    for (index, certificate) in load_certificates(path)?.into_iter().enumerate() {
+        roots
+            .add(certificate)
+            .map_err(|error| TlsConfigError::BadRoot {
+                path: path.to_path_buf(),
+                index,
+                error,
+            })?;
+    }
+    Ok(roots)
+}
+
+/// The wall clock rustls checks certificate validity against: the time
+/// the host passed with the latest read, so the layer reads no clock.
+#[derive(Debug, Default)]
+struct HostTime(AtomicU64);
+
+impl HostTime {
+    fn set(&self, now: Now) {
+        self.0.store(now.wall.as_nanos(), Ordering::Relaxed);
+    }
+}
+
+impl rustls::time_provider::TimeProvider for HostTime {
+    fn current_time(&self) -> Option<UnixTime> {
+        match self.0.load(Ordering::Relaxed) {
+            0 => None,
+            nanos => Some(UnixTime::since_unix_epoch(
+                core::time::Duration::from_nanos(nanos),
+            )),
+        }
+    }
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A TLS listener's configuration: makes one server-side layer per
+/// accepted connection.
+#[derive(Clone, Debug)]
+pub struct TlsServer {
+    config: Arc<ServerConfig>,
+    time: Arc<HostTime>,
+    policy: BindingPolicy,
+}
+
+impl TlsServer {
+    /// A server presenting `chain` (leaf first) with its `key`; clients
+    /// need no certificate.
+    pub fn new(
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+    ) -> Result<Self, TlsConfigError> {
+        Self::build(chain, key, None)
+    }
+
+    /// [`TlsServer::new`] from PEM files.
+    pub fn from_pem_files(
+        chain: impl AsRef<Path>,
+        key: impl AsRef<Path>,
+    ) -> Result<Self, TlsConfigError> {
+        Self::new(load_certificates(chain)?, load_private_key(key)?)
+    }
+
+    /// A server that also requires every client to present a certificate
+    /// issued under `client_roots` (mutual TLS).
+    pub fn with_client_auth(
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+        client_roots: RootCertStore,
+    ) -> Result<Self, TlsConfigError> {
+        Self::build(chain, key, Some(client_roots))
+    }
+
+    fn build(
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+        client_roots: Option<RootCertStore>,
+    ) -> Result<Self, TlsConfigError> {
+        let time = Arc::new(HostTime::default());
+        let provider = provider();
+        let builder = ServerConfig::builder_with_details(provider.clone(), time.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])?;
+        let builder = match client_roots {
+            None => builder.with_no_client_auth(),
+            Some(roots) => {
+                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    provider,
+                )
+                .build()?;
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
+        let mut config = builder.with_single_cert(chain, key)?;
+        config.alpn_protocols = std::vec![ALPN.to_vec()];
+        // No tickets and no session cache: no resumption, so no 0-RTT.
+        config.send_tls13_tickets = 0;
+        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        config.max_early_data_size = 0;
+        Ok(TlsServer {
+            config: Arc::new(config),
+            time,
+            policy: BindingPolicy::TlsExporter,
+        })
+    }
+
+    /// Sets the binding policy (default [`BindingPolicy::TlsExporter`]).
+    pub fn binding(mut self, policy: BindingPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// The transport to listen with.
+    pub fn transport(self) -> Transport {
+        Transport::layered(Arc::new(self))
+    }
+}
+
+impl LayerFactory for TlsServer {
+    fn name(&self) -> &'static str {
+        "tls"
+    }
+
+    fn layer(&self) -> Result<Box<dyn StreamLayer>, LayerError> {
+        let conn = rustls::ServerConnection::new(Arc::clone(&self.config))?;
+        Ok(Box::new(TlsLayer::new(
+            conn.into(),
+            Arc::clone(&self.time),
+            self.policy,
+        )))
+    }
+}
+
+/// A TLS dialer's configuration for one server name: makes one
+/// client-side layer per dial.
+#[derive(Clone, Debug)]
+pub struct TlsClient {
+    config: Arc<ClientConfig>,
+    time: Arc<HostTime>,
+    server_name: ServerName<'static>,
+    policy: BindingPolicy,
+}
+
+impl TlsClient {
+    /// A dialer that verifies the server's certificate against `roots`
+    /// for `server_name` (a DNS name or an IP address).
+    pub fn new(roots: RootCertStore, server_name: &str) -> Result<Self, TlsConfigError> {
+        Self::build(roots, None, server_name)
+    }
+
+    /// [`TlsClient::new`], presenting `chain` with `key` to servers that
+    /// require client certificates (mutual TLS).
+    pub fn with_client_certificate(
+        roots: RootCertStore,
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+        server_name: &str,
+    ) -> Result<Self, TlsConfigError> {
+        Self::build(roots, Some((chain, key)), server_name)
+    }
+
+    fn build(
+        roots: RootCertStore,
+        identity: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+        server_name: &str,
+    ) -> Result<Self, TlsConfigError> {
+        let time = Arc::new(HostTime::default());
+        let builder = ClientConfig::builder_with_details(provider(), time.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_root_certificates(roots);
+        let mut config = match identity {
+            None => builder.with_no_client_auth(),
+            Some((chain, key)) => builder.with_client_auth_cert(chain, key)?,
+        };
+        config.alpn_protocols = std::vec![ALPN.to_vec()];
+        config.resumption = rustls::client::Resumption::disabled();
+        config.enable_early_data = false;
+        Ok(TlsClient {
+            config: Arc::new(config),
+            time,
+            server_name: parse_server_name(server_name)?,
+            policy: BindingPolicy::TlsExporter,
+        })
+    }
+
+    /// The same configuration for another server name (one per replica).
+    pub fn for_server(&self, server_name: &str) -> Result<Self, TlsConfigError> {
+        Ok(TlsClient {
+            server_name: parse_server_name(server_name)?,
+            ..self.clone()
+        })
+    }
+
+    /// Sets the binding policy (default [`BindingPolicy::TlsExporter`]);
+    /// it must match the listener's.
+    pub fn binding(mut self, policy: BindingPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// The transport to dial with.
+    pub fn transport(self) -> Transport {
+        Transport::layered(Arc::new(self))
+    }
+}
+
+fn parse_server_name(name: &str) -> Result<ServerName<'static>, TlsConfigError> {
+    ServerName::try_from(name.to_string()).map_err(|_| TlsConfigError::ServerName {
+        name: name.to_string(),
+    })
+}
+
+impl LayerFactory for TlsClient {
+    fn name(&self) -> &'static str {
+        "tls"
+    }
+
+    fn layer(&self) -> Result<Box<dyn StreamLayer>, LayerError> {
+        let conn =
+            rustls::ClientConnection::new(Arc::clone(&self.config), self.server_name.clone())?;
+        Ok(Box::new(TlsLayer::new(
+            conn.into(),
+            Arc::clone(&self.time),
+            self.policy,
+        )))
+    }
+}
+
+/// One TLS connection as a [`StreamLayer`]; also usable on its own in
+/// tests and other hosts.
+pub struct TlsLayer {
+    conn: rustls::Connection,
+    time: Arc<HostTime>,
+    policy: BindingPolicy,
+    /// The handshake completed and was checked.
+    established: bool,
+    /// The binding, until the host takes it.
+    ready: Option<Binding>,
+    /// The peer's `close_notify` arrived.
+    peer_closed: bool,
+    /// Ciphertext to write, in order.
+    wire: Vec<Bytes>,
+}
+
+impl core::fmt::Debug for TlsLayer {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("TlsLayer")
+            .field("established", &self.established)
+            .field("peer_closed", &self.peer_closed)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TlsLayer {
+    fn new(conn: rustls::Connection, time: Arc<HostTime>, policy: BindingPolicy) -> Self {
+        TlsLayer {
+            conn,
+            time,
+            policy,
+            established: false,
+            ready: None,
+            peer_closed: false,
+            wire: Vec::new(),
+        }
+    }
+
+    /// Moves the ciphertext rustls holds into `self.wire`; false if there
+    /// was none.
+    fn drain(&mut self) -> bool {
+        if !self.conn.wants_write() {
+            return false;
+        }
+        let mut out = Vec::new();
+        while self.conn.wants_write() {
+            // Writing into a Vec cannot fail.
+            if self.conn.write_tls(&mut out).is_err() {
+                break;
+            }
+        }
+        self.wire.push(Bytes::from(out));
+        true
+    }
+
+    /// Once the handshake is done: checks what was agreed and computes the
+    /// binding.
+    fn check_established(&mut self) -> Result<(), TlsError> {
+        if self.established || self.conn.is_handshaking() {
+            return Ok(());
+        }
+        self.established = true;
+        if self.conn.alpn_protocol() != Some(ALPN) {
+            let got = self
+                .conn
+                .alpn_protocol()
+                .map(|p| String::from_utf8_lossy(p).into_owned());
+            return Err(TlsError::Alpn { got });
+        }
+        // Defence in depth: the configuration never allows early data.
+        if let rustls::Connection::Server(server) = &mut self.conn
+            && server.early_data().is_some()
+        {
+            return Err(TlsError::EarlyData);
+        }
+        self.ready = Some(match self.policy {
+            BindingPolicy::TlsExporter => Binding::from_bytes(self.conn.export_keying_material(
+                [0u8; 32],
+                EXPORTER_LABEL,
+                Some(&[]),
+            )?),
+            BindingPolicy::Unbound => Binding::NONE,
+        });
+        Ok(())
+    }
+
+    fn read(&mut self, now: Now, wire: &[u8], frames: &mut BytesMut) -> Result<(), TlsError> {
+        self.time.set(now);
+        let mut input = wire;
+        while !input.is_empty() {
+            // rustls takes at most a few KiB at a time, and at most 16 KiB
+            // of plaintext may wait: take it after every step.
+            self.conn.read_tls(&mut input).map_err(TlsError::Buffer)?;
+            let state = self.conn.process_new_packets()?;
+            let plaintext = state.plaintext_bytes_to_read();
+            if plaintext > 0 {
+                let start = frames.len();
+                frames.resize(start + plaintext, 0);
+                self.conn
+                    .reader()
+                    .read_exact(&mut frames[start..])
+                    .map_err(TlsError::Buffer)?;
+            }
+            self.peer_closed |= state.peer_has_closed();
+        }
+        self.check_established()
+    }
+
+    fn write(&mut self, batch: &Transmit) -> Result<(), TlsError> {
+        for segment in batch.segments() {
+            let mut rest: &[u8] = segment;
+            while !rest.is_empty() {
+                let taken = self.conn.writer().write(rest).map_err(TlsError::Buffer)?;
+                rest = &rest[taken..];
+                // rustls buffers a bounded amount: move its ciphertext out,
+                // and give up if that frees nothing.
+                if taken == 0 && !self.drain() {
+                    return Err(TlsError::Buffer(std::io::ErrorKind::WriteZero.into()));
+                }
+            }
+        }
+        self.drain();
+        Ok(())
+    }
+}
+
+impl StreamLayer for TlsLayer {
+    fn read_wire(
+        &mut self,
+        now: Now,
+        wire: &mut BytesMut,
+        frames: &mut BytesMut,
+    ) -> Result<(), LayerError> {
+        let result = self.read(now, wire, frames);
+        wire.clear();
+        // An alert rustls queued goes out before the socket closes.
+        self.drain();
+        Ok(result?)
+    }
+
+    fn read_eof(&mut self) -> Result<(), LayerError> {
+        match self.peer_closed {
+            true => Ok(()),
+            false => Err(TlsError::Truncated.into()),
+        }
+    }
+
+    fn take_ready(&mut self) -> Option<Binding> {
+        self.ready.take()
+    }
+
+    fn write_frames(&mut self, batch: Transmit) -> Result<(), LayerError> {
+        Ok(self.write(&batch)?)
+    }
+
+    fn close(&mut self) {
+        self.conn.send_close_notify();
+        self.drain();
+    }
+
+    fn take_wire(&mut self, out: &mut Vec<Bytes>) {
+        self.drain();
+        out.append(&mut self.wire);
+    }
+}
