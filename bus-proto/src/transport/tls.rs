@@ -502,6 +502,11 @@ impl StreamLayer for TlsLayer {
     ) -> Result<(), LayerError> {
         let result = self.read(now, wire, frames);
         wire.clear();
+        if matches!(result, Err(TlsError::Alpn { .. } | TlsError::EarlyData)) {
+            // Refused by our own checks, not by rustls: end the session
+            // properly rather than with a bare EOF.
+            self.conn.send_close_notify();
+        }
         // An alert rustls queued goes out before the socket closes.
         self.drain();
         Ok(result?)

@@ -482,6 +482,9 @@ def main():
     p.add_argument("--transport", choices=["tcp", "tls", "ws", "wss"], default="tcp")
     p.add_argument("--ws-path", default="/")
     p.add_argument("--cafile"), p.add_argument("--insecure", action="store_true")
+    p.add_argument("--server-name", default=None, help="TLS name to verify (default: the host)")
+    p.add_argument("--binding", choices=["exporter", "none"], default="exporter",
+                   help="tls/wss: bind the handshake to the TLS exporter, or not (an Unbound listener)")
     p.add_argument("--cluster", type=num, required=True, help="decimal or 0x-hex (`bus node` default: 0xb05)")
     p.add_argument("--key", required=True, help="pre-shared key, 64 hex characters")
     p.add_argument("--client-id", type=num, default=None, help="default: random u128")
@@ -499,9 +502,13 @@ def main():
     if a.transport == "tcp":
         transport = TcpTransport(host, int(port))
     elif a.transport == "tls":
-        transport = TlsTransport(host, int(port), cafile=a.cafile, insecure=a.insecure)
+        transport = TlsTransport(host, int(port), server_hostname=a.server_name, cafile=a.cafile,
+                                 insecure=a.insecure)
     else:
-        transport = WsTransport(f"{a.transport}://{a.address}{a.ws_path}", cafile=a.cafile, insecure=a.insecure)
+        transport = WsTransport(f"{a.transport}://{a.address}{a.ws_path}", server_hostname=a.server_name,
+                                cafile=a.cafile, insecure=a.insecure)
+    if a.binding == "none":
+        transport.binding = bytes(32)
     c = Client(transport, cluster=a.cluster, key=a.key.strip(), client_id=client_id, acceptor=a.acceptor,
                authenticated=a.authenticated, first_request=a.first_request)
     try:

@@ -64,4 +64,25 @@ check(m[256:] == b"first message", "first message body")
 check(m[16:32] == blake3.blake3(m[256:], key=kb).digest()[:16], "first message body tag")
 check(m[0:16] == blake3.blake3(m[16:256], key=kh).digest()[:16], "first message header tag")
 
+# The TLS channel binding (§8.9): RFC 8446 §7.5 exporter over SHA-256, with
+# exporter_master_secret = 32 bytes of 0x11, label EXPORTER-Channel-Binding,
+# empty context, 32 bytes.
+import hashlib
+import hmac
+
+
+def expand_label(secret, label, context, length):
+    label = b"tls13 " + label
+    info = length.to_bytes(2, "big") + bytes([len(label)]) + label + bytes([len(context)]) + context
+    out, block, i = b"", b"", 1
+    while len(out) < length:
+        block = hmac.new(secret, block + info + bytes([i]), hashlib.sha256).digest()
+        out, i = out + block, i + 1
+    return out[:length]
+
+
+empty = hashlib.sha256(b"").digest()
+derived = expand_label(bytes([0x11]) * 32, b"EXPORTER-Channel-Binding", empty, 32)
+check(expand_label(derived, b"exporter", empty, 32) == vec["tls-exporter-binding"], "tls-exporter-binding")
+
 print(f"interop: {len(vec)} vectors recomputed independently from PROTOCOL.md")

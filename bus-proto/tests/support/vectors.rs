@@ -109,10 +109,54 @@ pub fn all() -> Vec<Vector> {
             bytes: xxhash_rust::xxh3::xxh3_128(b"").to_le_bytes().to_vec(),
             frame: None,
         },
+        Vector {
+            name: "tls-exporter-binding",
+            bytes: tls_exporter_binding(&[0x11; 32]),
+            frame: None,
+        },
     ]
     .into_iter()
     .chain(handshake(&key))
     .collect()
+}
+
+/// The channel binding a TLS 1.3 session with SHA-256 (e.g.
+/// TLS_AES_128_GCM_SHA256) and this `exporter_master_secret` exports
+/// (RFC 8446 §7.5, RFC 9266): label `EXPORTER-Channel-Binding`, empty
+/// context, 32 bytes. Derived here with ring's HKDF, independently of
+/// rustls.
+fn tls_exporter_binding(exporter_master_secret: &[u8]) -> Vec<u8> {
+    use ring::{digest, hkdf};
+    struct Len(usize);
+    impl hkdf::KeyType for Len {
+        fn len(&self) -> usize {
+            self.0
+        }
+    }
+    fn expand_label(secret: &[u8], label: &[u8], context: &[u8], len: usize) -> Vec<u8> {
+        let label = [&b"tls13 "[..], label].concat();
+        let mut info = Vec::new();
+        info.extend_from_slice(&u16::try_from(len).expect("short").to_be_bytes());
+        info.push(u8::try_from(label.len()).expect("short label"));
+        info.extend_from_slice(&label);
+        info.push(u8::try_from(context.len()).expect("short context"));
+        info.extend_from_slice(context);
+        let prk = hkdf::Prk::new_less_safe(hkdf::HKDF_SHA256, secret);
+        let mut out = vec![0; len];
+        prk.expand(&[&info], Len(len))
+            .and_then(|okm| okm.fill(&mut out))
+            .expect("HKDF output within bounds");
+        out
+    }
+    let empty = digest::digest(&digest::SHA256, b"");
+    let secret = expand_label(
+        exporter_master_secret,
+        b"EXPORTER-Channel-Binding",
+        empty.as_ref(),
+        32,
+    );
+    // The context is empty: its hash is the empty string's.
+    expand_label(&secret, b"exporter", empty.as_ref(), 32)
 }
 
 /// A complete handshake with authenticated frames, from real connections:

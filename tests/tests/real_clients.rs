@@ -1,0 +1,381 @@
+//! The TLS transport against clients nobody here wrote: `openssl s_client`
+//! (protocol version, ALPN, early data, the exporter) and a Python bus
+//! client on pyOpenSSL (`bus-proto/tests/interop/bus_client.py`, written
+//! from PROTOCOL.md), whose handshake MACs cover OpenSSL's exporter.
+//!
+//! The tools must be installed; `.ci/run` installs them and sets
+//! `BUS_INTEROP_TESTS=1`, which turns a missing tool into a failure.
+//! Elsewhere a missing tool skips the test with a message.
+
+use bus_proto::config::ValidConfig;
+use bus_proto::connection::{CloseCause, Deadline};
+use bus_proto::crypto::{Key, KeyRing};
+use bus_proto::host::NodeOptions;
+use bus_proto::node::NodeEvent;
+use bus_proto::transport::BindingPolicy;
+use bus_tests::cluster::params;
+use bus_tests::tls::Identity;
+use bus_tests::{CLUSTER, PATIENCE, config};
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const KEY: [u8; 32] = [0x5a; 32];
+
+/// Whether `program` runs; a failure when CI requires the interop tests.
+fn available(program: &str, args: &[&str]) -> bool {
+    let ok = Command::new(program)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        assert!(
+            std::env::var_os("BUS_INTEROP_TESTS").is_none(),
+            "BUS_INTEROP_TESTS is set but `{program} {}` does not run",
+            args.join(" ")
+        );
+        eprintln!("skipped: `{program}` is not available");
+    }
+    ok
+}
+
+fn python_ready() -> bool {
+    available(
+        "python3",
+        &["-c", "import OpenSSL, xxhash, blake3, websockets"],
+    )
+}
+
+/// A node on a tokio runtime of its own, listening over TLS, echoing every
+/// request, recording handshake failures.
+struct EchoNode {
+    runtime: tokio::runtime::Runtime,
+    node: bus_tokio::Node,
+    address: SocketAddr,
+    failures: Arc<Mutex<Vec<CloseCause>>>,
+    dir: PathBuf,
+}
+
+impl EchoNode {
+    fn start(policy: BindingPolicy, config: &ValidConfig) -> EchoNode {
+        let identity = Identity::new(&["localhost"]);
+        let dir = std::env::temp_dir().join(format!(
+            "bus-real-clients-{}-{}",
+            std::process::id(),
+            bus_tokio::Client::random_id()
+        ));
+        std::fs::create_dir_all(&dir).expect("a temporary directory");
+        std::fs::write(dir.join("cert.pem"), &identity.cert_pem).expect("write cert");
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("a tokio runtime");
+        let failures = Arc::new(Mutex::new(Vec::new()));
+        let (node, address) = runtime.block_on(async {
+            let (node, mut events) = bus_tokio::Node::start(
+                config,
+                params(0, 1),
+                KeyRing::new(Key::from_bytes(KEY)),
+                NodeOptions::default(),
+            )
+            .expect("node starts");
+            let address = node
+                .listen_via("127.0.0.1:0", identity.server(policy).transport())
+                .await
+                .expect("listen");
+            let (echo, failures) = (node.clone(), failures.clone());
+            tokio::spawn(async move {
+                while let Some(event) = events.recv().await {
+                    match event {
+                        NodeEvent::Request { request, body, .. } => {
+                            let _ = echo.reply(request, body);
+                        }
+                        NodeEvent::HandshakeFailed { cause, .. } => {
+                            failures.lock().expect("lock").push(cause);
+                        }
+                        _ => {}
+                    }
+                }
+            });
+            (node, address)
+        });
+        EchoNode {
+            runtime,
+            node,
+            address,
+            failures,
+            dir,
+        }
+    }
+
+    fn cert(&self) -> PathBuf {
+        self.dir.join("cert.pem")
+    }
+
+    /// Waits until a handshake failure was recorded, and returns it.
+    fn failure(&self) -> CloseCause {
+        let started = std::time::Instant::now();
+        loop {
+            if let Some(cause) = self.failures.lock().expect("lock").first() {
+                return cause.clone();
+            }
+            assert!(
+                started.elapsed() < PATIENCE,
+                "no handshake failure within {PATIENCE:?}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+impl Drop for EchoNode {
+    fn drop(&mut self) {
+        self.runtime
+            .block_on(self.node.shutdown(Duration::from_secs(2)));
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Runs `openssl s_client` against `node` with `extra` options, its input
+/// `stdin` (then EOF, which makes it send close_notify and exit).
+fn s_client(node: &EchoNode, extra: &[&str], stdin: &[u8]) -> Output {
+    let connect = node.address.to_string();
+    let cert = node.cert();
+    let mut child = Command::new("openssl")
+        .args(["s_client", "-connect", &connect, "-servername", "localhost"])
+        .arg("-CAfile")
+        .arg(&cert)
+        .args(extra)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("openssl runs");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin)
+        .expect("write to openssl");
+    child.wait_with_output().expect("openssl finishes")
+}
+
+/// What a tool printed, also echoed to the test's (captured) output.
+fn text(output: &Output) -> String {
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    eprintln!("--- {}\n{text}", output.status);
+    text
+}
+
+#[test]
+fn openssl_s_client_agrees_tls13_and_alpn_and_exports_a_binding() {
+    if !available("openssl", &["version"]) {
+        return;
+    }
+    let node = EchoNode::start(BindingPolicy::TlsExporter, &config());
+    let output = s_client(
+        &node,
+        &[
+            "-tls1_3",
+            "-alpn",
+            "bus/1",
+            "-keymatexport",
+            "EXPORTER-Channel-Binding",
+            "-keymatexportlen",
+            "32",
+        ],
+        b"",
+    );
+    let out = text(&output);
+    assert!(out.contains("TLSv1.3"), "not TLS 1.3:\n{out}");
+    assert!(
+        out.contains("ALPN protocol: bus/1"),
+        "ALPN not agreed:\n{out}"
+    );
+    assert!(
+        out.contains("Verify return code: 0 (ok)"),
+        "not verified:\n{out}"
+    );
+    assert!(
+        out.contains("Keying material:"),
+        "no exporter value:\n{out}"
+    );
+    // A TLS session that ends before the bus hello: the node closed it as
+    // a handshake that never finished, not as an error in TLS.
+    assert!(matches!(
+        node.failure(),
+        CloseCause::Reset | CloseCause::Timeout(Deadline::Handshake | Deadline::Hello)
+    ));
+}
+
+#[test]
+fn openssl_s_client_offering_tls12_only_is_refused() {
+    if !available("openssl", &["version"]) {
+        return;
+    }
+    let node = EchoNode::start(BindingPolicy::TlsExporter, &config());
+    let output = s_client(&node, &["-tls1_2", "-alpn", "bus/1"], b"");
+    let out = text(&output);
+    assert!(!output.status.success(), "TLS 1.2 was accepted:\n{out}");
+    assert!(
+        out.contains("protocol version"),
+        "no protocol_version alert:\n{out}"
+    );
+}
+
+#[test]
+fn openssl_s_client_with_another_alpn_is_refused() {
+    if !available("openssl", &["version"]) {
+        return;
+    }
+    let node = EchoNode::start(BindingPolicy::TlsExporter, &config());
+    let output = s_client(&node, &["-tls1_3", "-alpn", "h2"], b"");
+    let out = text(&output);
+    assert!(!output.status.success(), "ALPN h2 was accepted:\n{out}");
+    assert!(
+        out.contains("no application protocol"),
+        "no ALPN alert:\n{out}"
+    );
+}
+
+#[test]
+fn openssl_s_client_without_alpn_is_closed_by_the_node() {
+    if !available("openssl", &["version"]) {
+        return;
+    }
+    // A long handshake budget: the close must come from the ALPN check.
+    let mut config = bus_tests::quick();
+    config.handshake_timeout = Duration::from_secs(60);
+    config.hello_timeout = Duration::from_secs(60);
+    let config = config.validate().expect("valid config");
+    let node = EchoNode::start(BindingPolicy::TlsExporter, &config);
+    let mut child = Command::new("openssl")
+        .args(["s_client", "-connect", &node.address.to_string(), "-tls1_3"])
+        .arg("-CAfile")
+        .arg(node.cert())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("openssl runs");
+    // Its input stays open: it exits only because the node closed.
+    let stdin = child.stdin.take();
+    assert_eq!(node.failure(), CloseCause::Reset);
+    let output = child.wait_with_output().expect("openssl finishes");
+    drop(stdin);
+    assert!(
+        text(&output).contains("No ALPN negotiated"),
+        "{}",
+        text(&output)
+    );
+}
+
+#[test]
+fn openssl_s_client_early_data_is_never_accepted() {
+    if !available("openssl", &["version"]) {
+        return;
+    }
+    let node = EchoNode::start(BindingPolicy::TlsExporter, &config());
+    let session = node.dir.join("session.pem");
+    let early = node.dir.join("early.bin");
+    std::fs::write(&early, [0u8; 256]).expect("write early data");
+    let session_arg = session.to_string_lossy().into_owned();
+    let early_arg = early.to_string_lossy().into_owned();
+    let first = s_client(
+        &node,
+        &["-tls1_3", "-alpn", "bus/1", "-sess_out", &session_arg],
+        b"",
+    );
+    let out = text(&first);
+    assert!(out.contains("TLSv1.3"), "{out}");
+    // No ticket is issued, so a client has nothing to send 0-RTT under.
+    assert!(
+        !out.contains("New Session Ticket"),
+        "a ticket was issued:\n{out}"
+    );
+    // Should a session have been written anyway, it must not resume.
+    if session.exists() {
+        let second = s_client(
+            &node,
+            &[
+                "-tls1_3",
+                "-alpn",
+                "bus/1",
+                "-sess_in",
+                &session_arg,
+                "-early_data",
+                &early_arg,
+            ],
+            b"",
+        );
+        let out = text(&second);
+        assert!(!out.contains("Early data was accepted"), "{out}");
+        assert!(
+            !out.contains("Reused, TLSv1.3"),
+            "the session resumed:\n{out}"
+        );
+    }
+}
+
+/// Runs the Python bus client over TLS against `node`.
+fn python_client(node: &EchoNode, binding: &str, requests: usize) -> Output {
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../bus-proto/tests/interop/bus_client.py");
+    Command::new("python3")
+        .arg(script)
+        .args(["--transport", "tls", "--server-name", "localhost"])
+        .arg("--address")
+        .arg(node.address.to_string())
+        .arg("--cafile")
+        .arg(node.cert())
+        .args(["--cluster", &CLUSTER.to_string()])
+        .args(["--key", &hex::encode(KEY)])
+        .args(["--binding", binding])
+        .args(["--requests", &requests.to_string(), "--window", "8"])
+        .args(["--body-size", "3000"])
+        .output()
+        .expect("python3 runs")
+}
+
+#[test]
+fn a_python_client_on_openssl_completes_the_bound_handshake_and_requests() {
+    if !python_ready() {
+        return;
+    }
+    let node = EchoNode::start(BindingPolicy::TlsExporter, &config());
+    let output = python_client(&node, "exporter", 40);
+    let out = text(&output);
+    assert!(output.status.success(), "{out}");
+    assert!(
+        out.contains("summary: 40 requests, 40 ok, 0 failed"),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_python_client_without_binding_fails_on_a_bound_listener_and_passes_on_an_unbound_one() {
+    if !python_ready() {
+        return;
+    }
+    let bound = EchoNode::start(BindingPolicy::TlsExporter, &config());
+    let output = python_client(&bound, "none", 1);
+    assert!(!output.status.success(), "{}", text(&output));
+    assert!(text(&output).contains("BadMac"), "{}", text(&output));
+
+    let unbound = EchoNode::start(BindingPolicy::Unbound, &config());
+    let output = python_client(&unbound, "none", 5);
+    assert!(output.status.success(), "{}", text(&output));
+    // And the other mismatch: an exporter binding on an Unbound listener.
+    let output = python_client(&unbound, "exporter", 1);
+    assert!(!output.status.success(), "{}", text(&output));
+}
