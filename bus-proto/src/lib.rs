@@ -4,7 +4,9 @@
 //! time ([`time::Instant`], [`time::UnixNanos`]) and entropy
 //! ([`entropy::Entropy`]) are inputs, and bytes to send are outputs. That
 //! makes every behaviour reproducible in tests and lets any async runtime
-//! drive it.
+//! drive it. The one exception is the TLS engine behind feature `tls`
+//! (`transport`), which draws its own key shares from the
+//! operating system, as TLS requires; its time is still an input.
 //!
 //! | module | what it holds |
 //! |---|---|

@@ -27,8 +27,13 @@ use crate::time::Now;
 use bytes::{Bytes, BytesMut};
 use core::sync::atomic::{AtomicU64, Ordering};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use rustls::pki_types::{ServerName, UnixTime};
+use rustls::{ClientConfig, ServerConfig};
+
+/// The certificate and key types the constructors take, and rustls itself
+/// for anything else.
+pub use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+pub use rustls::{self, RootCertStore};
 use std::boxed::Box;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
