@@ -40,7 +40,9 @@ pub struct Config {
     /// `>= 2 * heartbeat_interval`.
     #[serde(rename = "liveness_timeout_ms", with = "millis")]
     pub liveness_timeout: Duration,
-    /// Deadline for completing a handshake. Default 10 s; `>= 10 ms`.
+    /// Deadline for completing a handshake, from accept or from the
+    /// dialled socket's opening; a transport's handshake (TLS) counts
+    /// against it. Default 10 s; `>= 10 ms`.
     #[serde(rename = "handshake_timeout_ms", with = "millis")]
     pub handshake_timeout: Duration,
     /// Accepted wall-clock skew of a dialer's timestamp, either way.
@@ -58,10 +60,11 @@ pub struct Config {
     /// Reconnect delay cap. Default 10 s; `>= reconnect_min`.
     #[serde(rename = "reconnect_max_ms", with = "millis")]
     pub reconnect_max: Duration,
-    /// Acceptor: how long a new connection may take to deliver its whole
-    /// `hello` (its first 256 bytes). A socket that proves nothing is
-    /// closed this soon, long before `handshake_timeout`. Default 2 s;
-    /// `>= 10 ms`; above `handshake_timeout` it is that.
+    /// Acceptor: how long a new connection may take, from accept, to
+    /// deliver its whole `hello` (its first 256 bytes), a transport's
+    /// handshake (TLS) included. A socket that proves nothing is closed
+    /// this soon, long before `handshake_timeout`. Default 2 s; `>= 10 ms`;
+    /// above `handshake_timeout` it is that.
     #[serde(rename = "hello_timeout_ms", with = "millis")]
     pub hello_timeout: Duration,
     /// Accepted connections whose `hello` has not verified yet (the

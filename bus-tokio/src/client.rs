@@ -116,18 +116,34 @@ impl Client {
         keys: KeyRing,
         address: SocketAddr,
     ) -> Result<Client, StartError> {
+        Client::start_with_identity_via(
+            config,
+            cluster,
+            target,
+            identity,
+            keys,
+            address,
+            Transport::tcp(),
+        )
+    }
+
+    /// [`Client::start_with_identity`] over `transport` (e.g. TLS).
+    pub fn start_with_identity_via(
+        config: &ValidConfig,
+        cluster: u128,
+        target: u8,
+        identity: ClientIdentity,
+        keys: KeyRing,
+        address: SocketAddr,
+        transport: Transport,
+    ) -> Result<Client, StartError> {
         let runtime = Tokio::current().ok_or(StartError::NoRuntime { runtime: "tokio" })?;
         let now = runtime.now();
         let entropy = Box::new(OsEntropy);
         let front =
             ClientFront::with_identity(now, config, cluster, target, identity, keys, entropy);
         Ok(Client::launch(
-            runtime,
-            front,
-            config,
-            target,
-            address,
-            Transport::tcp(),
+            runtime, front, config, target, address, transport,
         ))
     }
 

@@ -5,7 +5,8 @@ use crate::crypto::PeerId;
 use crate::handshake::{Binding, IncomingHello};
 use crate::time::Instant;
 use crate::wire::{
-    CloseReason, Command, DecodeError, Frame, FrameKeys, Integrity, Kind, Plane, RejectStatus,
+    CloseReason, Command, DecodeError, Frame, FrameKeys, HEADER_SIZE, Integrity, Kind, Plane,
+    RejectStatus,
 };
 use alloc::boxed::Box;
 
@@ -14,7 +15,12 @@ impl Connection {
     /// parked `hello` or a close.
     pub(super) fn process(&mut self, now: Instant) {
         if self.binding.is_none() {
-            // The transport is still handshaking: its bytes wait.
+            // The transport is still handshaking: its bytes wait, at most
+            // a header's worth (a host feeds none before the binding).
+            let bytes = self.decoder.buffered();
+            if bytes > HEADER_SIZE {
+                self.finish(CloseCause::Unauthenticated(Violation::EarlyData { bytes }));
+            }
             return;
         }
         if matches!(self.phase, Phase::HelloParked(_)) && self.decoder.buffered() > 0 {

@@ -46,6 +46,12 @@ pub trait StreamLayer: Send + 'static {
     /// layer's clean close (TLS without `close_notify`): the connection
     /// ends as reset either way, the error is logged.
     fn read_eof(&mut self) -> Result<(), LayerError>;
+    /// The peer closed its side within the layer (TLS `close_notify`, a
+    /// WebSocket close frame): nothing more will be read. The connection
+    /// ends as if the stream had ended, cleanly.
+    fn peer_closed(&self) -> bool {
+        false
+    }
     /// Once, when the layer's handshake is done: the channel binding for
     /// the bus handshake ([`Binding::NONE`] where the layer has none).
     fn take_ready(&mut self) -> Option<Binding>;

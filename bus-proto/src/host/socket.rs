@@ -324,8 +324,10 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
         if let Err(error) = &result {
             tracing::debug!(%id, %error, "transport layer failed");
             layered.failed = true;
-            socket.eof = true;
         }
+        // A failed layer, or a peer that closed within it, reads no more.
+        let ended = result.is_err() || layered.layer.peer_closed();
+        socket.eof |= ended;
         let frames = &mut layered.frames;
         self.with_from(Some(id), |m, now| {
             if let Some(binding) = ready
@@ -348,7 +350,7 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
                     None => frames.clear(),
                 }
             }
-            if result.is_err() {
+            if ended {
                 m.handle_eof(now, id);
             }
         });

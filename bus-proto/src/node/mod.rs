@@ -406,6 +406,16 @@ impl Node {
         remote: Option<SocketAddr>,
         binding: Binding,
     ) -> Result<ConnectionId, AcceptError> {
+        self.admit_socket(now, remote, Some(binding))
+    }
+
+    /// Accepts a socket, bound now or (`None`) once its transport is ready.
+    fn admit_socket(
+        &mut self,
+        now: Now,
+        remote: Option<SocketAddr>,
+        binding: Option<Binding>,
+    ) -> Result<ConnectionId, AcceptError> {
         if self.shutting_down {
             self.stats.accepts_refused += 1;
             return Err(AcceptError::ShuttingDown {
@@ -414,7 +424,10 @@ impl Node {
         }
         let address = remote.map(|r| admission::group(r.ip()));
         self.make_room(now.mono, address);
-        let conn = Connection::accept(now.mono, &self.config, binding);
+        let conn = match binding {
+            Some(binding) => Connection::accept(now.mono, &self.config, binding),
+            None => Connection::accept_pending(now.mono, &self.config),
+        };
         let Some(id) = self.table.insert(Entry {
             origin: Origin::Accepted,
             socket: Socket::Open(Box::new(conn)),
@@ -503,11 +516,7 @@ impl Node {
         now: Now,
         remote: Option<SocketAddr>,
     ) -> Result<ConnectionId, AcceptError> {
-        let id = self.accept_from(now, remote, Binding::NONE)?;
-        if let Some(conn) = self.table.conn_mut(id) {
-            *conn = Connection::accept_pending(now.mono, &self.config);
-        }
-        Ok(id)
+        self.admit_socket(now, remote, None)
     }
 
     /// The socket for an [`Action::Connect`] is open, and its transport

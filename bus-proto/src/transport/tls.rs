@@ -372,9 +372,9 @@ impl LayerFactory for TlsClient {
     }
 }
 
-/// One TLS connection as a [`StreamLayer`]; also usable on its own in
-/// tests and other hosts.
-pub struct TlsLayer {
+/// One TLS connection as a [`StreamLayer`], made by [`TlsServer`] or
+/// [`TlsClient`].
+pub(crate) struct TlsLayer {
     conn: rustls::Connection,
     time: Arc<HostTime>,
     policy: BindingPolicy,
@@ -461,10 +461,14 @@ impl TlsLayer {
     fn read(&mut self, now: Now, wire: &[u8], frames: &mut BytesMut) -> Result<(), TlsError> {
         self.time.set(now);
         let mut input = wire;
-        while !input.is_empty() {
+        // After the peer's close_notify rustls takes nothing more (it
+        // returns 0): whatever follows is ignored, as TLS requires.
+        while !input.is_empty() && !self.peer_closed {
             // rustls takes at most a few KiB at a time, and at most 16 KiB
             // of plaintext may wait: take it after every step.
-            self.conn.read_tls(&mut input).map_err(TlsError::Buffer)?;
+            if self.conn.read_tls(&mut input).map_err(TlsError::Buffer)? == 0 {
+                break;
+            }
             let state = self.conn.process_new_packets()?;
             let plaintext = state.plaintext_bytes_to_read();
             if plaintext > 0 {
@@ -526,6 +530,10 @@ impl StreamLayer for TlsLayer {
 
     fn take_ready(&mut self) -> Option<Binding> {
         self.ready.take()
+    }
+
+    fn peer_closed(&self) -> bool {
+        self.peer_closed
     }
 
     fn write_frames(&mut self, batch: Transmit) -> Result<(), LayerError> {

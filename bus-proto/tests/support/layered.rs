@@ -162,6 +162,13 @@ impl LayeredPair {
         }
     }
 
+    /// Puts raw wire bytes in `to`'s inbox, after what is already there.
+    pub fn inject(&mut self, to: usize, bytes: Vec<u8>) {
+        let when = self.sides[to].last.max(self.now);
+        self.sides[to].last = when;
+        self.sides[to].inbox.push_back((when, bytes));
+    }
+
     /// Runs until `until` or until nothing can happen any more.
     pub fn drive(&mut self, until: Instant) {
         loop {
