@@ -4,9 +4,10 @@
 //! time ([`time::Instant`], [`time::UnixNanos`]) and entropy
 //! ([`entropy::Entropy`]) are inputs, and bytes to send are outputs. That
 //! makes every behaviour reproducible in tests and lets any async runtime
-//! drive it. The one exception is the TLS engine behind feature `tls`
-//! (`transport`), which draws its own key shares from the
-//! operating system, as TLS requires; its time is still an input.
+//! drive it. The one exception is the transport engines behind features
+//! `tls` and `ws` (`transport`): rustls draws its key shares and
+//! tungstenite its masks from the operating system, as TLS and WebSocket
+//! require; their time is still an input.
 //!
 //! | module | what it holds |
 //! |---|---|
@@ -20,7 +21,7 @@
 //! | [`dedup`] | the at-most-once request window |
 //! | [`config`] | the validated configuration |
 //! | `host` | (feature `host`) the runtime-independent half of the adapters |
-//! | `transport` | (feature `tls`) transports under framing: TLS on rustls |
+//! | `transport` | (features `tls`, `ws`) transports under framing: TLS on rustls, WebSocket on tungstenite |
 //!
 //! The wire format is specified in `PROTOCOL.md` at the repository root.
 //!

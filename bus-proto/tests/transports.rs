@@ -17,6 +17,7 @@ use bus_proto::node::{Action, Node, NodeParams};
 use bus_proto::time::{Instant, Now, UnixNanos};
 use bus_proto::transport::BindingPolicy;
 use bus_proto::transport::tls::{TlsClient, TlsServer};
+use bus_proto::transport::ws::{WsClient, WsServer};
 use bytes::Bytes;
 use proptest::prelude::*;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -54,6 +55,41 @@ fn tls_layers(policy: BindingPolicy) -> (Box<dyn StreamLayer>, Box<dyn StreamLay
     )
 }
 
+fn ws_layers() -> (Box<dyn StreamLayer>, Box<dyn StreamLayer>) {
+    let client = WsClient::new("ws://replica-1:7000/bus").expect("a ws URL");
+    (
+        client.layer().expect("a client layer"),
+        WsServer::new().layer().expect("a server layer"),
+    )
+}
+
+fn wss_layers(policy: BindingPolicy) -> (Box<dyn StreamLayer>, Box<dyn StreamLayer>) {
+    let (cert, key) = identity();
+    let server = TlsServer::new(vec![cert.clone()], key.clone_key())
+        .expect("server config")
+        .binding(policy);
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.clone()).expect("a root");
+    let tls = TlsClient::new(roots, "replica-1")
+        .expect("client config")
+        .binding(policy);
+    let client = WsClient::over_tls("wss://replica-1:7000/bus", &tls).expect("a wss URL");
+    (
+        client.layer().expect("a client layer"),
+        WsServer::over_tls(&server).layer().expect("a server layer"),
+    )
+}
+
+/// The transports under test, by name.
+fn layers(transport: &str) -> (Box<dyn StreamLayer>, Box<dyn StreamLayer>) {
+    match transport {
+        "tls" => tls_layers(BindingPolicy::TlsExporter),
+        "ws" => ws_layers(),
+        "wss" => wss_layers(BindingPolicy::TlsExporter),
+        other => unreachable!("no transport {other}"),
+    }
+}
+
 fn config(max_message_size: u32) -> ValidConfig {
     Config {
         max_message_size,
@@ -64,7 +100,11 @@ fn config(max_message_size: u32) -> ValidConfig {
 }
 
 fn tls_pair(seed: u64, faults: Faults) -> LayeredPair {
-    let (dialer, acceptor) = tls_layers(BindingPolicy::TlsExporter);
+    pair("tls", seed, faults)
+}
+
+fn pair(transport: &str, seed: u64, faults: Faults) -> LayeredPair {
+    let (dialer, acceptor) = layers(transport);
     LayeredPair::new(seed, config(1 << 20), dialer, acceptor, faults)
 }
 
@@ -102,12 +142,59 @@ fn check_delivery(pair: &LayeredPair, seed: u64) {
     }
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig::with_cases(48))]
+fn faults(max_chunk: usize, corrupt: u32, stall: bool) -> Faults {
+    Faults {
+        max_chunk,
+        max_delay: Duration::from_millis(5),
+        stall_per_mille: if stall { 20 } else { 0 },
+        stall: Duration::from_millis(800),
+        corrupt_per_mille: corrupt,
+    }
+}
 
-    /// Over TLS with arbitrary chunking, everything arrives in order,
-    /// intact and exactly once; with stalls or corruption, what arrives is
-    /// still a clean prefix and the rest ends in a typed close.
+/// The pair property over `transport`: with arbitrary chunking everything
+/// arrives in order, intact and exactly once; with stalls or corruption,
+/// what arrives is still a clean prefix and the rest ends in a typed
+/// close.
+fn pair_property(
+    transport: &str,
+    seed: u64,
+    max_chunk: usize,
+    corrupt: u32,
+    stall: bool,
+) -> Result<(), TestCaseError> {
+    println!(
+        "TRANSPORT={transport} SEED={seed} max_chunk={max_chunk} corrupt={corrupt} stall={stall}"
+    );
+    let mut pair = pair(transport, seed, faults(max_chunk, corrupt, stall));
+    pair.sides[DIALER].outbox.extend(bodies(seed, 12));
+    pair.sides[ACCEPTOR].outbox.extend(bodies(seed ^ 1, 12));
+    pair.drive_for(Duration::from_secs(30));
+    check_delivery(&pair, seed);
+    // Stalls on a byte-at-a-time pipe can outlast the handshake budget:
+    // that is a typed close (checked above), not a failure to deliver.
+    if corrupt == 0 && !stall {
+        for side in &pair.sides {
+            prop_assert!(side.established, "seed {seed}: not established");
+            prop_assert!(
+                side.failure().is_none(),
+                "seed {seed}: {:?}",
+                side.failure()
+            );
+        }
+        prop_assert_eq!(pair.sides[DIALER].binding, pair.sides[ACCEPTOR].binding);
+        if transport != "ws" {
+            prop_assert_ne!(pair.sides[DIALER].binding, Some(Binding::NONE));
+        }
+        prop_assert_eq!(pair.sides[ACCEPTOR].received.len(), 12);
+        prop_assert_eq!(pair.sides[DIALER].received.len(), 12);
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(40))]
+
     #[test]
     fn tls_pairs_deliver_in_order_exactly_once_or_close(
         seed in any::<u64>(),
@@ -115,31 +202,27 @@ proptest! {
         corrupt in prop_oneof![Just(0u32), 1u32..30],
         stall in any::<bool>(),
     ) {
-        println!("TRANSPORT_SEED={seed} max_chunk={max_chunk} corrupt={corrupt} stall={stall}");
-        let faults = Faults {
-            max_chunk,
-            max_delay: Duration::from_millis(5),
-            stall_per_mille: if stall { 20 } else { 0 },
-            stall: Duration::from_millis(800),
-            corrupt_per_mille: corrupt,
-        };
-        let mut pair = tls_pair(seed, faults);
-        pair.sides[DIALER].outbox.extend(bodies(seed, 12));
-        pair.sides[ACCEPTOR].outbox.extend(bodies(seed ^ 1, 12));
-        pair.drive_for(Duration::from_secs(30));
-        check_delivery(&pair, seed);
-        // Stalls on a byte-at-a-time pipe can outlast the handshake budget:
-        // that is a typed close (checked above), not a failure to deliver.
-        if corrupt == 0 && !stall {
-            for side in &pair.sides {
-                prop_assert!(side.established, "seed {seed}: not established");
-                prop_assert!(side.failure().is_none(), "seed {seed}: {:?}", side.failure());
-                prop_assert_ne!(side.binding, Some(Binding::NONE));
-            }
-            prop_assert_eq!(pair.sides[DIALER].binding, pair.sides[ACCEPTOR].binding);
-            prop_assert_eq!(pair.sides[ACCEPTOR].received.len(), 12);
-            prop_assert_eq!(pair.sides[DIALER].received.len(), 12);
-        }
+        pair_property("tls", seed, max_chunk, corrupt, stall)?;
+    }
+
+    #[test]
+    fn ws_pairs_deliver_in_order_exactly_once_or_close(
+        seed in any::<u64>(),
+        max_chunk in prop_oneof![Just(0usize), 1usize..64, 64usize..20_000],
+        corrupt in prop_oneof![Just(0u32), 1u32..30],
+        stall in any::<bool>(),
+    ) {
+        pair_property("ws", seed, max_chunk, corrupt, stall)?;
+    }
+
+    #[test]
+    fn wss_pairs_deliver_in_order_exactly_once_or_close(
+        seed in any::<u64>(),
+        max_chunk in prop_oneof![Just(0usize), 1usize..64, 64usize..20_000],
+        corrupt in prop_oneof![Just(0u32), 1u32..30],
+        stall in any::<bool>(),
+    ) {
+        pair_property("wss", seed, max_chunk, corrupt, stall)?;
     }
 }
 

@@ -42,6 +42,13 @@ pub trait StreamLayer: Send + 'static {
         wire: &mut BytesMut,
         frames: &mut BytesMut,
     ) -> Result<(), LayerError>;
+    /// The layer stopped reading at a frame whose processing may change the
+    /// frame limit (before authentication) and holds more input: call
+    /// [`StreamLayer::read_wire`] again, with no new bytes, once the core
+    /// has the frames and the layer the new limit.
+    fn wants_read(&self) -> bool {
+        false
+    }
     /// The socket's read side ended. An error when the end was not the
     /// layer's clean close (TLS without `close_notify`): the connection
     /// ends as reset either way, the error is logged.

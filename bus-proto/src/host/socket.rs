@@ -317,43 +317,57 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
         let (Some(layered), Some(wire)) = (&mut socket.layer, &mut socket.inbox) else {
             return;
         };
-        let now = self.runtime.now();
-        let result = layered.layer.read_wire(now, wire, &mut layered.frames);
-        wire.clear();
-        let ready = layered.layer.take_ready();
-        if let Err(error) = &result {
-            tracing::debug!(%id, %error, "transport layer failed");
-            layered.failed = true;
-        }
-        // A failed layer, or a peer that closed within it, reads no more.
-        let ended = result.is_err() || layered.layer.peer_closed();
-        socket.eof |= ended;
-        let frames = &mut layered.frames;
-        self.with_from(Some(id), |m, now| {
-            if let Some(binding) = ready
-                && !m.transport_ready(now, id, binding)
-            {
-                tracing::debug!(%id, "transport ready for a connection that was not waiting");
+        // A layer that stops at a frame which may change the frame limit
+        // is read again once the core has it; each round consumes a frame.
+        loop {
+            let now = self.runtime.now();
+            let result = layered.layer.read_wire(now, wire, &mut layered.frames);
+            wire.clear();
+            let ready = layered.layer.take_ready();
+            if let Err(error) = &result {
+                tracing::debug!(%id, %error, "transport layer failed");
+                layered.failed = true;
             }
-            if !frames.is_empty() {
-                match m.take_read_buffer(id) {
-                    Some(mut buffer) => {
-                        if buffer.is_empty() {
-                            core::mem::swap(&mut buffer, frames);
-                        } else {
-                            buffer.extend_from_slice(frames);
-                            frames.clear();
-                        }
-                        m.handle_read(now, id, buffer);
-                    }
-                    // The connection is gone: nothing reads them.
-                    None => frames.clear(),
+            // A failed layer, or a peer that closed within it, reads no more.
+            let ended = result.is_err() || layered.layer.peer_closed();
+            socket.eof |= ended;
+            let frames = &mut layered.frames;
+            let limit = self.with_from(Some(id), |m, now| {
+                if let Some(binding) = ready
+                    && !m.transport_ready(now, id, binding)
+                {
+                    tracing::debug!(%id, "transport ready for a connection that was not waiting");
                 }
+                if !frames.is_empty() {
+                    match m.take_read_buffer(id) {
+                        Some(mut buffer) => {
+                            if buffer.is_empty() {
+                                core::mem::swap(&mut buffer, frames);
+                            } else {
+                                buffer.extend_from_slice(frames);
+                                frames.clear();
+                            }
+                            m.handle_read(now, id, buffer);
+                        }
+                        // The connection is gone: nothing reads them.
+                        None => frames.clear(),
+                    }
+                }
+                if ended {
+                    m.handle_eof(now, id);
+                }
+                m.frame_limit(id)
+            });
+            if let Some(limit) = limit
+                && limit != layered.frame_limit
+            {
+                layered.frame_limit = limit;
+                layered.layer.set_frame_limit(limit);
             }
-            if ended {
-                m.handle_eof(now, id);
+            if ended || !layered.layer.wants_read() {
+                return;
             }
-        });
+        }
     }
 
     /// The peer closed its side, or the read failed: no more reads. A

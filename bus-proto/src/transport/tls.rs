@@ -187,6 +187,8 @@ pub struct TlsServer {
     config: Arc<ServerConfig>,
     time: Arc<HostTime>,
     policy: BindingPolicy,
+    /// The ALPN protocol a connection must agree on, if any.
+    alpn: Option<&'static [u8]>,
 }
 
 impl TlsServer {
@@ -247,6 +249,7 @@ impl TlsServer {
             config: Arc::new(config),
             time,
             policy: BindingPolicy::TlsExporter,
+            alpn: Some(ALPN),
         })
     }
 
@@ -260,6 +263,30 @@ impl TlsServer {
     pub fn transport(self) -> Transport {
         Transport::layered(Arc::new(self))
     }
+
+    /// The same certificates for HTTP/1.1 (WebSocket over TLS): ALPN
+    /// `http/1.1` offered, none required, as browsers connect.
+    pub(crate) fn for_http1(&self) -> TlsServer {
+        let mut config = (*self.config).clone();
+        config.alpn_protocols = std::vec![b"http/1.1".to_vec()];
+        TlsServer {
+            config: Arc::new(config),
+            time: Arc::clone(&self.time),
+            policy: self.policy,
+            alpn: None,
+        }
+    }
+
+    /// A server-side session for one connection.
+    pub(crate) fn session(&self) -> Result<TlsLayer, rustls::Error> {
+        let conn = rustls::ServerConnection::new(Arc::clone(&self.config))?;
+        Ok(TlsLayer::new(
+            conn.into(),
+            Arc::clone(&self.time),
+            self.policy,
+            self.alpn,
+        ))
+    }
 }
 
 impl LayerFactory for TlsServer {
@@ -268,12 +295,7 @@ impl LayerFactory for TlsServer {
     }
 
     fn layer(&self) -> Result<Box<dyn StreamLayer>, LayerError> {
-        let conn = rustls::ServerConnection::new(Arc::clone(&self.config))?;
-        Ok(Box::new(TlsLayer::new(
-            conn.into(),
-            Arc::clone(&self.time),
-            self.policy,
-        )))
+        Ok(Box::new(self.session()?))
     }
 }
 
@@ -285,6 +307,8 @@ pub struct TlsClient {
     time: Arc<HostTime>,
     server_name: ServerName<'static>,
     policy: BindingPolicy,
+    /// The ALPN protocol a connection must agree on, if any.
+    alpn: Option<&'static [u8]>,
 }
 
 impl TlsClient {
@@ -326,6 +350,7 @@ impl TlsClient {
             time,
             server_name: parse_server_name(server_name)?,
             policy: BindingPolicy::TlsExporter,
+            alpn: Some(ALPN),
         })
     }
 
@@ -356,19 +381,39 @@ fn parse_server_name(name: &str) -> Result<ServerName<'static>, TlsConfigError> 
     })
 }
 
+impl TlsClient {
+    /// The same roots for HTTP/1.1 (WebSocket over TLS): ALPN `http/1.1`
+    /// offered, none required.
+    pub(crate) fn for_http1(&self) -> TlsClient {
+        let mut config = (*self.config).clone();
+        config.alpn_protocols = std::vec![b"http/1.1".to_vec()];
+        TlsClient {
+            config: Arc::new(config),
+            alpn: None,
+            ..self.clone()
+        }
+    }
+
+    /// A client-side session for one dial.
+    pub(crate) fn session(&self) -> Result<TlsLayer, rustls::Error> {
+        let conn =
+            rustls::ClientConnection::new(Arc::clone(&self.config), self.server_name.clone())?;
+        Ok(TlsLayer::new(
+            conn.into(),
+            Arc::clone(&self.time),
+            self.policy,
+            self.alpn,
+        ))
+    }
+}
+
 impl LayerFactory for TlsClient {
     fn name(&self) -> &'static str {
         "tls"
     }
 
     fn layer(&self) -> Result<Box<dyn StreamLayer>, LayerError> {
-        let conn =
-            rustls::ClientConnection::new(Arc::clone(&self.config), self.server_name.clone())?;
-        Ok(Box::new(TlsLayer::new(
-            conn.into(),
-            Arc::clone(&self.time),
-            self.policy,
-        )))
+        Ok(Box::new(self.session()?))
     }
 }
 
@@ -378,6 +423,7 @@ pub(crate) struct TlsLayer {
     conn: rustls::Connection,
     time: Arc<HostTime>,
     policy: BindingPolicy,
+    alpn: Option<&'static [u8]>,
     /// The handshake completed and was checked.
     established: bool,
     /// The binding, until the host takes it.
@@ -398,11 +444,17 @@ impl core::fmt::Debug for TlsLayer {
 }
 
 impl TlsLayer {
-    fn new(conn: rustls::Connection, time: Arc<HostTime>, policy: BindingPolicy) -> Self {
+    fn new(
+        conn: rustls::Connection,
+        time: Arc<HostTime>,
+        policy: BindingPolicy,
+        alpn: Option<&'static [u8]>,
+    ) -> Self {
         TlsLayer {
             conn,
             time,
             policy,
+            alpn,
             established: false,
             ready: None,
             peer_closed: false,
@@ -412,7 +464,7 @@ impl TlsLayer {
 
     /// Moves the ciphertext rustls holds into `self.wire`; false if there
     /// was none.
-    fn drain(&mut self) -> bool {
+    pub(crate) fn drain(&mut self) -> bool {
         if !self.conn.wants_write() {
             return false;
         }
@@ -434,7 +486,9 @@ impl TlsLayer {
             return Ok(());
         }
         self.established = true;
-        if self.conn.alpn_protocol() != Some(ALPN) {
+        if let Some(required) = self.alpn
+            && self.conn.alpn_protocol() != Some(required)
+        {
             let got = self
                 .conn
                 .alpn_protocol()
@@ -458,7 +512,14 @@ impl TlsLayer {
         Ok(())
     }
 
-    fn read(&mut self, now: Now, wire: &[u8], frames: &mut BytesMut) -> Result<(), TlsError> {
+    /// Decrypts `wire` into `plain`; the handshake's replies and alerts
+    /// wait in `self.wire`.
+    pub(crate) fn read(
+        &mut self,
+        now: Now,
+        wire: &[u8],
+        plain: &mut BytesMut,
+    ) -> Result<(), TlsError> {
         self.time.set(now);
         let mut input = wire;
         // After the peer's close_notify rustls takes nothing more (it
@@ -472,11 +533,11 @@ impl TlsLayer {
             let state = self.conn.process_new_packets()?;
             let plaintext = state.plaintext_bytes_to_read();
             if plaintext > 0 {
-                let start = frames.len();
-                frames.resize(start + plaintext, 0);
+                let start = plain.len();
+                plain.resize(start + plaintext, 0);
                 self.conn
                     .reader()
-                    .read_exact(&mut frames[start..])
+                    .read_exact(&mut plain[start..])
                     .map_err(TlsError::Buffer)?;
             }
             self.peer_closed |= state.peer_has_closed();
@@ -484,21 +545,54 @@ impl TlsLayer {
         self.check_established()
     }
 
+    /// Encrypts `data`; the records wait in `self.wire`.
+    pub(crate) fn write_bytes(&mut self, data: &[u8]) -> Result<(), TlsError> {
+        let mut rest = data;
+        while !rest.is_empty() {
+            let taken = self.conn.writer().write(rest).map_err(TlsError::Buffer)?;
+            rest = &rest[taken..];
+            // rustls buffers a bounded amount: move its ciphertext out, and
+            // give up if that frees nothing.
+            if taken == 0 && !self.drain() {
+                return Err(TlsError::Buffer(std::io::ErrorKind::WriteZero.into()));
+            }
+        }
+        Ok(())
+    }
+
     fn write(&mut self, batch: &Transmit) -> Result<(), TlsError> {
         for segment in batch.segments() {
-            let mut rest: &[u8] = segment;
-            while !rest.is_empty() {
-                let taken = self.conn.writer().write(rest).map_err(TlsError::Buffer)?;
-                rest = &rest[taken..];
-                // rustls buffers a bounded amount: move its ciphertext out,
-                // and give up if that frees nothing.
-                if taken == 0 && !self.drain() {
-                    return Err(TlsError::Buffer(std::io::ErrorKind::WriteZero.into()));
-                }
-            }
+            self.write_bytes(segment)?;
         }
         self.drain();
         Ok(())
+    }
+
+    /// The handshake is done and checked: its binding, once.
+    pub(crate) fn take_binding(&mut self) -> Option<Binding> {
+        self.ready.take()
+    }
+
+    /// The peer's `close_notify` arrived.
+    pub(crate) fn is_peer_closed(&self) -> bool {
+        self.peer_closed
+    }
+
+    /// Starts our side's close.
+    pub(crate) fn send_close(&mut self) {
+        self.conn.send_close_notify();
+        self.drain();
+    }
+
+    /// Moves the records to write into `out`.
+    pub(crate) fn take_records(&mut self, out: &mut Vec<Bytes>) {
+        self.drain();
+        out.append(&mut self.wire);
+    }
+
+    /// Ends the session after one of our own checks refused it.
+    pub(crate) fn refuse(&mut self) {
+        self.conn.send_close_notify();
     }
 }
 
@@ -514,7 +608,7 @@ impl StreamLayer for TlsLayer {
         if matches!(result, Err(TlsError::Alpn { .. } | TlsError::EarlyData)) {
             // Refused by our own checks, not by rustls: end the session
             // properly rather than with a bare EOF.
-            self.conn.send_close_notify();
+            self.refuse();
         }
         // An alert rustls queued goes out before the socket closes.
         self.drain();
@@ -529,11 +623,11 @@ impl StreamLayer for TlsLayer {
     }
 
     fn take_ready(&mut self) -> Option<Binding> {
-        self.ready.take()
+        self.take_binding()
     }
 
     fn peer_closed(&self) -> bool {
-        self.peer_closed
+        self.is_peer_closed()
     }
 
     fn write_frames(&mut self, batch: Transmit) -> Result<(), LayerError> {
@@ -541,12 +635,10 @@ impl StreamLayer for TlsLayer {
     }
 
     fn close(&mut self) {
-        self.conn.send_close_notify();
-        self.drain();
+        self.send_close();
     }
 
     fn take_wire(&mut self, out: &mut Vec<Bytes>) {
-        self.drain();
-        out.append(&mut self.wire);
+        self.take_records(out);
     }
 }

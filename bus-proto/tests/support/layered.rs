@@ -218,7 +218,9 @@ impl LayeredPair {
         panic!("the pair did not settle at {:?}", self.now);
     }
 
-    /// Feeds `side` the wire bytes due now, through its layer.
+    /// Feeds `side` the wire bytes due now, through its layer, as a host
+    /// does: the binding first, then the frames, then the new frame limit,
+    /// and again while the layer stopped at a frame.
     fn receive(&mut self, side: usize) -> bool {
         let now = self.at();
         let s = &mut self.sides[side];
@@ -230,43 +232,62 @@ impl LayeredPair {
         if wire.is_empty() || s.layer_error.is_some() {
             return !wire.is_empty();
         }
-        let mut frames = BytesMut::new();
-        if let Err(error) = s.layer.read_wire(now, &mut wire, &mut frames) {
-            s.layer_error = Some(error.to_string());
-            if let Some(conn) = &mut s.conn {
-                conn.handle_eof(now.mono);
-            }
-        }
-        if let Some(binding) = s.layer.take_ready() {
-            s.binding = Some(binding);
-            match side {
-                DIALER => {
-                    let params = DialParams {
-                        cluster: CLUSTER,
-                        local: PeerId::Replica(0),
-                        acceptor: 1,
-                        keys: &self.keys,
-                        binding,
-                    };
-                    let conn =
-                        Connection::dial(now.mono, now.wall, &self.config, params, &mut self.rng)
-                            .expect("a valid dial");
-                    self.sides[side].conn = Some(conn);
+        loop {
+            let s = &mut self.sides[side];
+            let mut frames = BytesMut::new();
+            if let Err(error) = s.layer.read_wire(now, &mut wire, &mut frames) {
+                s.layer_error = Some(error.to_string());
+                if let Some(conn) = &mut s.conn {
+                    conn.handle_eof(now.mono);
                 }
-                _ => {
-                    if let Some(conn) = &mut self.sides[side].conn {
-                        conn.bind(now.mono, binding);
+            }
+            if let Some(binding) = s.layer.take_ready() {
+                s.binding = Some(binding);
+                match side {
+                    DIALER => {
+                        let params = DialParams {
+                            cluster: CLUSTER,
+                            local: PeerId::Replica(0),
+                            acceptor: 1,
+                            keys: &self.keys,
+                            binding,
+                        };
+                        let conn = Connection::dial(
+                            now.mono,
+                            now.wall,
+                            &self.config,
+                            params,
+                            &mut self.rng,
+                        )
+                        .expect("a valid dial");
+                        self.sides[side].conn = Some(conn);
+                    }
+                    _ => {
+                        if let Some(conn) = &mut self.sides[side].conn {
+                            conn.bind(now.mono, binding);
+                        }
                     }
                 }
             }
+            let s = &mut self.sides[side];
+            if let Some(conn) = &mut s.conn {
+                if !frames.is_empty() {
+                    conn.handle_input(now.mono, &frames);
+                }
+                // The acceptor admits the hello before reading on, as the
+                // node does under its lock.
+                if side == ACCEPTOR
+                    && let Some(hello) = conn.take_hello()
+                {
+                    let admission = self.gate.admit(now.wall, hello, &mut self.rng);
+                    conn.admit(now.mono, admission);
+                }
+                s.layer.set_frame_limit(conn.frame_limit());
+            }
+            if s.layer_error.is_some() || !s.layer.wants_read() {
+                return true;
+            }
         }
-        let s = &mut self.sides[side];
-        if let Some(conn) = &mut s.conn
-            && !frames.is_empty()
-        {
-            conn.handle_input(now.mono, &frames);
-        }
-        true
     }
 
     /// Runs `side`'s connection and layer outputs into the pipe.
