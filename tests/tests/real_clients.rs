@@ -13,6 +13,7 @@ use bus_proto::crypto::{Key, KeyRing};
 use bus_proto::host::NodeOptions;
 use bus_proto::node::NodeEvent;
 use bus_proto::transport::BindingPolicy;
+use bus_proto::transport::ws::WsServer;
 use bus_tests::cluster::params;
 use bus_tests::tls::Identity;
 use bus_tests::{CLUSTER, PATIENCE, config};
@@ -62,8 +63,19 @@ struct EchoNode {
 }
 
 impl EchoNode {
+    /// Listening over TLS with `policy`.
     fn start(policy: BindingPolicy, config: &ValidConfig) -> EchoNode {
+        Self::start_with(config, |identity| identity.server(policy).transport())
+    }
+
+    /// Listening over the transport `listen` makes from a fresh
+    /// certificate for `localhost`.
+    fn start_with(
+        config: &ValidConfig,
+        listen: impl FnOnce(&Identity) -> bus_proto::host::Transport,
+    ) -> EchoNode {
         let identity = Identity::new(&["localhost"]);
+        let transport = listen(&identity);
         let dir = std::env::temp_dir().join(format!(
             "bus-real-clients-{}-{}",
             std::process::id(),
@@ -86,7 +98,7 @@ impl EchoNode {
             )
             .expect("node starts");
             let address = node
-                .listen_via("127.0.0.1:0", identity.server(policy).transport())
+                .listen_via("127.0.0.1:0", transport)
                 .await
                 .expect("listen");
             let (echo, failures) = (node.clone(), failures.clone());
@@ -378,4 +390,54 @@ fn a_python_client_without_binding_fails_on_a_bound_listener_and_passes_on_an_un
     // And the other mismatch: an exporter binding on an Unbound listener.
     let output = python_client(&unbound, "exporter", 1);
     assert!(!output.status.success(), "{}", text(&output));
+}
+
+/// Runs `ws_cases.py` (Python `websockets`) against `node` at `url`.
+fn ws_cases(node: &EchoNode, scheme: &str, unbound: bool) -> Output {
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../bus-proto/tests/interop/ws_cases.py");
+    let mut command = Command::new("python3");
+    command
+        .arg(script)
+        .arg("--url")
+        .arg(format!("{scheme}://localhost:{}/bus", node.address.port()))
+        .args(["--cluster", &CLUSTER.to_string()])
+        .args(["--key", &hex::encode(KEY)])
+        .arg("--cafile")
+        .arg(node.cert());
+    if unbound {
+        command.arg("--unbound");
+    }
+    command.output().expect("python3 runs")
+}
+
+#[test]
+fn python_websockets_over_ws_meets_every_websocket_rule() {
+    if !python_ready() {
+        return;
+    }
+    let node = EchoNode::start_with(&config(), |_| WsServer::new().transport());
+    let output = ws_cases(&node, "ws", false);
+    let out = text(&output);
+    assert!(output.status.success(), "{out}");
+    assert!(out.contains("all WebSocket cases passed"), "{out}");
+}
+
+#[test]
+fn python_websockets_over_wss_meets_every_websocket_rule_bound_and_unbound() {
+    if !python_ready() {
+        return;
+    }
+    // Bound: the Python client exports keying material through pyOpenSSL.
+    let node = EchoNode::start_with(&config(), |identity| {
+        WsServer::over_tls(&identity.server(BindingPolicy::TlsExporter)).transport()
+    });
+    let output = ws_cases(&node, "wss", false);
+    assert!(output.status.success(), "{}", text(&output));
+    // Unbound, as for clients that cannot export (Python's ssl, browsers).
+    let node = EchoNode::start_with(&config(), |identity| {
+        WsServer::over_tls(&identity.server(BindingPolicy::Unbound)).transport()
+    });
+    let output = ws_cases(&node, "wss", true);
+    assert!(output.status.success(), "{}", text(&output));
 }

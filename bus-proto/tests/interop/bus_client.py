@@ -252,8 +252,8 @@ class _TlsSocket:
 
 
 class TlsTransport(TcpTransport):
-    """TLS over TCP with pyOpenSSL, ALPN b"bus/1", binding = TLS exporter.
-    UNTESTED against the node: the node does not speak TLS yet."""
+    """TLS over TCP with pyOpenSSL, ALPN b"bus/1", binding = TLS exporter (PROTOCOL.md §8.9).
+    Run against the node by tests/tests/real_clients.rs."""
     def __init__(self, host, port, server_hostname=None, cafile=None, insecure=False):
         super().__init__(host, port)
         self.sock = _TlsSocket(self.sock, server_hostname or host, cafile, insecure, alpn=[b"bus/1"])
@@ -267,7 +267,7 @@ class TlsTransport(TcpTransport):
 class WsTransport:
     """WebSocket (websockets.sync.client), subprotocol "bus.v1", no compression, one binary
     message = one frame. wss:// does TLS with pyOpenSSL so the binding is the TLS exporter;
-    ws:// has a zero binding. UNTESTED against the node: the node does not speak WebSocket yet."""
+    ws:// has a zero binding. Run against the node by tests/tests/real_clients.rs."""
     def __init__(self, url, server_hostname=None, cafile=None, insecure=False, max_size=1 << 20):
         from websockets.sync.client import connect
         self.binding, self.max_size, self.check_header = bytes(32), max_size, None
