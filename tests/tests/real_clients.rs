@@ -441,3 +441,38 @@ fn python_websockets_over_wss_meets_every_websocket_rule_bound_and_unbound() {
     let output = ws_cases(&node, "wss", true);
     assert!(output.status.success(), "{}", text(&output));
 }
+
+/// Runs `browser_relay.py`: headless Chromium relays a Python bus client's
+/// session to `node` over its own WebSocket stack.
+fn browser_relay(node: &EchoNode, scheme: &str) -> Output {
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../bus-proto/tests/interop/browser_relay.py");
+    Command::new("python3")
+        .arg(script)
+        .arg("--url")
+        .arg(format!("{scheme}://127.0.0.1:{}/bus", node.address.port()))
+        .args(["--cluster", &CLUSTER.to_string()])
+        .args(["--key", &hex::encode(KEY)])
+        .output()
+        .expect("python3 runs")
+}
+
+#[test]
+fn headless_chromium_carries_a_bus_session_over_ws_and_wss() {
+    if !python_ready() || !available("chromium", &["--version"]) {
+        return;
+    }
+    let node = EchoNode::start_with(&config(), |_| WsServer::new().transport());
+    let output = browser_relay(&node, "ws");
+    let out = text(&output);
+    assert!(output.status.success(), "{out}");
+    assert!(out.contains("all echoed"), "{out}");
+    // A browser cannot export keying material: an Unbound wss listener.
+    let node = EchoNode::start_with(&config(), |identity| {
+        WsServer::over_tls(&identity.server(BindingPolicy::Unbound)).transport()
+    });
+    let output = browser_relay(&node, "wss");
+    let out = text(&output);
+    assert!(output.status.success(), "{out}");
+    assert!(out.contains("all echoed"), "{out}");
+}
