@@ -27,4 +27,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("node", node),
     ("host", host),
     ("identity", identity),
+    ("tls_server", tls_server),
+    ("ws_server", ws_server),
+    ("ws_client", ws_client),
 ];

@@ -8,6 +8,7 @@ mod identity;
 mod node;
 mod replay;
 mod text;
+mod transport;
 
 pub use connection::{connection, handshake};
 pub use dedup::dedup_window;
@@ -17,6 +18,7 @@ pub use identity::identity;
 pub use node::node;
 pub use replay::{nonce_ring, replay_window};
 pub use text::{config, key_hex};
+pub use transport::{tls_server, ws_client, ws_server};
 
 use arbitrary::Arbitrary;
 use bus_proto::time::{Instant, UnixNanos};
