@@ -67,6 +67,7 @@ pub use bus_proto::client::Reservation;
 pub use bus_proto::client::identity::file::ClientIdentity;
 pub use bus_proto::host::{
     ClientError, ConnectError, Link, ListenError, NodeOptions, Reply, ShutdownReport, StartError,
+    Transport,
 };
 pub use client::Client;
 pub use node::{Events, Node};

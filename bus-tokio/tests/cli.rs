@@ -222,7 +222,7 @@ fn sigterm_and_sigint_stop_a_node_gracefully() {
         let address = line
             .split("listening on ")
             .nth(1)
-            .and_then(|rest| rest.split(';').next())
+            .and_then(|rest| rest.split_whitespace().next())
             .expect("an address")
             .to_owned();
         let mut zero = node("0", Some(&format!("1={address}")));
@@ -373,4 +373,100 @@ fn a_client_killed_mid_request_and_restarted_under_its_identity_runs_it_once() {
         node.shutdown(Duration::from_secs(2)).await;
         std::fs::remove_dir_all(&dir).unwrap();
     });
+}
+
+/// `bus cert` makes a development certificate; a node listens on TLS and
+/// WSS with it (and TCP), and `bus client` gets replies over each,
+/// trusting that certificate.
+#[test]
+#[cfg(unix)]
+fn a_node_serves_clients_over_tcp_tls_ws_and_wss_with_a_development_certificate() {
+    let dir = std::env::temp_dir().join(format!("bus-cli-tls-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = |name: &str| dir.join(name).to_str().unwrap().to_owned();
+    let (cert, key_pem, key) = (path("cert.pem"), path("key.pem"), path("cluster.key"));
+    let made = bus(&["cert", "--cert-out", &cert, "--key-out", &key_pem]);
+    assert!(made.status.success(), "{}", text(&made.stderr));
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&key_pem).unwrap().permissions().mode();
+    assert_eq!(
+        mode & 0o777,
+        0o600,
+        "the private key is readable by its owner only"
+    );
+    let again = bus(&["cert", "--cert-out", &cert, "--key-out", &key_pem]);
+    assert!(!again.status.success(), "bus cert overwrote a key");
+    assert!(bus(&["keygen", "--out", &key]).status.success());
+
+    let mut node = Running::start(&[
+        "node",
+        "--replica",
+        "0",
+        "--replicas",
+        "1",
+        "--key-file",
+        &key,
+        "--listen",
+        "127.0.0.1:0",
+        "--listen",
+        "tls://127.0.0.1:0",
+        "--listen",
+        "ws://127.0.0.1:0/bus",
+        "--listen",
+        "wss://127.0.0.1:0/bus",
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key_pem,
+    ]);
+    let mut targets = Vec::new();
+    for _ in 0..4 {
+        let line = node.wait_for("listening on ");
+        let address = line.split("listening on ").nth(1).unwrap();
+        let address = address.split_whitespace().next().unwrap().to_owned();
+        let scheme = line
+            .split('(')
+            .nth(1)
+            .unwrap()
+            .split("://")
+            .next()
+            .unwrap()
+            .to_owned();
+        let path = if scheme.starts_with("ws") { "/bus" } else { "" };
+        targets.push(format!("{scheme}://{address}{path}"));
+    }
+    for target in &targets {
+        let out = bus(&[
+            "client",
+            "--connect",
+            target,
+            "--key-file",
+            &key,
+            "--tls-ca",
+            &cert,
+            "--count",
+            "2",
+            "--message",
+            "over the wire",
+        ]);
+        assert!(out.status.success(), "{target}: {}", text(&out.stderr));
+        let stdout = text(&out.stdout);
+        assert!(
+            stdout.contains("reply to request 1: over the wire"),
+            "{target}: {stdout}"
+        );
+    }
+    // A TLS target without roots to trust is refused in one line.
+    let tls = targets.iter().find(|t| t.starts_with("tls://")).unwrap();
+    let out = bus(&["client", "--connect", tls, "--key-file", &key]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("--tls-ca"),
+        "{}",
+        text(&out.stderr)
+    );
+    node.signal("TERM");
+    assert!(node.child.wait().unwrap().success());
+    std::fs::remove_dir_all(&dir).unwrap();
 }

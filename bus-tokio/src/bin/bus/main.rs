@@ -4,6 +4,7 @@
 
 mod bench;
 mod demo;
+mod endpoint;
 mod outbox;
 mod serve;
 mod stop;
@@ -32,6 +33,9 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Write a self-signed development certificate and key (PEM) for
+    /// tls:// and wss:// listeners.
+    Cert(endpoint::CertArgs),
     /// Run a replica: listen, connect to its peers, answer client requests
     /// by echoing them, and log what happens.
     Node(serve::NodeArgs),
@@ -140,6 +144,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Keygen { out } => keygen(out),
+        Command::Cert(args) => endpoint::cert(args),
         Command::Node(args) => runtime().and_then(|rt| rt.block_on(serve::node(args))),
         Command::Client(args) => runtime().and_then(|rt| rt.block_on(serve::client(args))),
         Command::Demo(args) => runtime().and_then(|rt| rt.block_on(demo::run(args))),

@@ -1,5 +1,6 @@
 //! `bus node` and `bus client`.
 
+use crate::endpoint::{Endpoint, TlsArgs};
 use crate::outbox::{Entry, Outbox};
 use crate::{Common, Failure};
 use bus_tokio::bus_proto::client::{ClientParams, RequestError};
@@ -7,7 +8,6 @@ use bus_tokio::bus_proto::node::{NodeEvent, NodeParams};
 use bus_tokio::{Client, ClientError, ClientIdentity, Node, NodeOptions, OsEntropy};
 use bytes::Bytes;
 use clap::Args;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -22,13 +22,19 @@ pub(crate) struct NodeArgs {
     /// Replicas in the cluster.
     #[arg(long)]
     replicas: u8,
-    /// Address to listen on.
-    #[arg(long)]
-    listen: SocketAddr,
-    /// A peer's address as ID=HOST:PORT; repeat for each higher-numbered
-    /// replica (this node dials those).
+    /// Where to listen, as a URL: tcp://HOST:PORT (or just HOST:PORT),
+    /// tls://HOST:PORT, ws://HOST:PORT/PATH or wss://HOST:PORT/PATH; add
+    /// `?unbound` to a tls:// or wss:// listener for clients that cannot
+    /// bind the handshake to TLS (browsers). Repeat to listen on several.
+    #[arg(long, required = true)]
+    listen: Vec<Endpoint>,
+    /// A peer as ID=URL (tcp://, tls://, ws://, wss://; a bare HOST:PORT
+    /// is TCP); repeat for each higher-numbered replica (this node dials
+    /// those).
     #[arg(long = "peer", value_parser = parse_peer)]
-    peers: Vec<(u8, SocketAddr)>,
+    peers: Vec<(u8, Endpoint)>,
+    #[command(flatten)]
+    tls: TlsArgs,
     /// Refuse client connections.
     #[arg(long)]
     no_clients: bool,
@@ -37,17 +43,14 @@ pub(crate) struct NodeArgs {
     verbose: bool,
 }
 
-fn parse_peer(text: &str) -> Result<(u8, SocketAddr), String> {
-    let (id, address) = text
+fn parse_peer(text: &str) -> Result<(u8, Endpoint), String> {
+    let (id, target) = text
         .split_once('=')
-        .ok_or_else(|| format!("`{text}`: expected ID=HOST:PORT"))?;
+        .ok_or_else(|| format!("`{text}`: expected ID=URL"))?;
     let id = id
         .parse()
         .map_err(|e| format!("`{id}` is not a replica id: {e}"))?;
-    let address = address
-        .parse()
-        .map_err(|e| format!("`{address}` is not an address: {e}"))?;
-    Ok((id, address))
+    Ok((id, target.parse()?))
 }
 
 fn logging(verbose: bool) {
@@ -79,19 +82,28 @@ pub(crate) async fn node(args: NodeArgs) -> Result<(), Failure> {
         replica_count: args.replicas,
         accept_clients: !args.no_clients,
     };
-    let options = NodeOptions {
-        peers: args.peers.into_iter().collect(),
-        ..NodeOptions::default()
-    };
+    let mut options = NodeOptions::default();
+    for (id, peer) in &args.peers {
+        options.peers.insert(*id, peer.address);
+        options.peer_transports.insert(*id, peer.dialer(&args.tls)?);
+    }
+    let listeners = args
+        .listen
+        .iter()
+        .map(|endpoint| Ok((endpoint, endpoint.listener(&args.tls)?)))
+        .collect::<Result<Vec<_>, Failure>>()?;
     let (node, mut events) = Node::start(&config, params, keys, options)?;
-    let address = node
-        .listen(args.listen)
-        .await
-        .map_err(|e| Failure(format!("{}: {e}", args.listen)))?;
-    eprintln!(
-        "replica {} of {} listening on {address}; SIGTERM or Ctrl-C stops it",
-        args.replica, args.replicas
-    );
+    for (endpoint, transport) in listeners {
+        let address = node
+            .listen_via(endpoint.address, transport)
+            .await
+            .map_err(|e| Failure(format!("{endpoint}: {e}")))?;
+        eprintln!(
+            "replica {} of {} listening on {address} ({endpoint})",
+            args.replica, args.replicas
+        );
+    }
+    eprintln!("SIGTERM or Ctrl-C stops it");
     loop {
         tokio::select! {
             event = events.recv() => match event {
@@ -122,9 +134,13 @@ pub(crate) async fn node(args: NodeArgs) -> Result<(), Failure> {
 pub(crate) struct ClientArgs {
     #[command(flatten)]
     common: Common,
-    /// The replica's address.
+    /// The replica, as a URL: tcp://HOST:PORT (or just HOST:PORT),
+    /// tls://HOST:PORT, ws://HOST:PORT/PATH or wss://HOST:PORT/PATH
+    /// (`?unbound` if its listener is).
     #[arg(long)]
-    connect: SocketAddr,
+    connect: Endpoint,
+    #[command(flatten)]
+    tls: TlsArgs,
     /// The replica's id.
     #[arg(long, default_value_t = 0)]
     target: u8,
@@ -154,6 +170,8 @@ pub(crate) async fn client(args: ClientArgs) -> Result<(), Failure> {
     let config = args.common.config()?;
     let keys = args.common.keys()?;
     let cluster = args.common.cluster;
+    let transport = args.connect.dialer(&args.tls)?;
+    let address = args.connect.address;
     let (client, outbox) = match &args.identity {
         None => {
             let params = ClientParams {
@@ -161,7 +179,8 @@ pub(crate) async fn client(args: ClientArgs) -> Result<(), Failure> {
                 id: Client::random_id(),
                 target: args.target,
             };
-            (Client::start(&config, params, keys, args.connect)?, None)
+            let client = Client::start_via(&config, params, keys, address, transport)?;
+            (client, None)
         }
         Some(path) => {
             let identity = ClientIdentity::load_or_create(path, &mut OsEntropy)?;
@@ -172,13 +191,14 @@ pub(crate) async fn client(args: ClientArgs) -> Result<(), Failure> {
                 path.display(),
                 identity.lease().next
             );
-            let client = Client::start_with_identity(
+            let client = Client::start_with_identity_via(
                 &config,
                 cluster,
                 args.target,
                 identity,
                 keys,
-                args.connect,
+                address,
+                transport,
             )?;
             (client, Some(Outbox::beside(path)))
         }
