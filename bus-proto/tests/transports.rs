@@ -427,3 +427,35 @@ fn an_accepted_socket_whose_transport_never_finishes_is_closed_at_the_hello_dead
     );
     assert_eq!(node.handshakes_in_flight(), 0);
 }
+
+/// One batch of frames leaves a layer as one wire buffer: one socket write
+/// per batch on TLS, WS and WSS, as on TCP.
+#[test]
+fn a_batch_leaves_every_layer_as_one_wire_buffer() {
+    for transport in ["tls", "ws", "wss"] {
+        let mut pair = pair(transport, 6, Faults::default());
+        pair.drive_for(Duration::from_secs(1));
+        let side = &mut pair.sides[DIALER];
+        assert!(side.established, "{transport}: not established");
+        let conn = side.conn.as_mut().expect("a connection");
+        for i in 0..64u32 {
+            let body = Bytes::from(vec![
+                u8::try_from(i).expect("small");
+                100 + 300 * (i as usize % 3)
+            ]);
+            conn.send(bus_proto::wire::Kind::Message { operation: i }, body)
+                .expect("room in the queue");
+        }
+        let batch = conn.poll_transmit(pair.now).expect("a batch");
+        assert_eq!(batch.frames(), 64, "{transport}");
+        side.layer.write_frames(batch).expect("encoded");
+        let mut wire = Vec::new();
+        side.layer.take_wire(&mut wire);
+        assert_eq!(
+            wire.len(),
+            1,
+            "{transport}: {} buffers for one batch",
+            wire.len()
+        );
+    }
+}

@@ -7,7 +7,7 @@ use bus_tokio::bus_proto::config::{Config, ValidConfig};
 use bus_tokio::bus_proto::crypto::{Key, KeyRing};
 use bus_tokio::bus_proto::node::{NodeEvent, NodeParams};
 use bus_tokio::bus_proto::wire::{Frame, Header, Integrity, Kind, layout};
-use bus_tokio::{Client, Events, Node, NodeOptions, OsEntropy};
+use bus_tokio::{Client, Events, Node, NodeOptions, OsEntropy, Transport};
 use bytes::{Buf, Bytes, BytesMut};
 use clap::Args;
 use futures_util::{SinkExt, StreamExt};
@@ -17,7 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 
-const CLUSTER: u128 = 0xbe7c;
+pub(crate) const CLUSTER: u128 = 0xbe7c;
 
 /// `bus bench` flags.
 #[derive(Args)]
@@ -73,6 +73,8 @@ struct Report {
     throughput: Vec<Throughput>,
     round_trip: Vec<RoundTrip>,
     handshakes: Handshakes,
+    transports: Vec<crate::bench_transports::Row>,
+    transport_handshakes: Vec<crate::bench_transports::Handshakes>,
     under_attack: Vec<crate::under_attack::Row>,
 }
 
@@ -157,6 +159,8 @@ async fn measure(args: &BenchArgs) -> Result<Report, Failure> {
         eprintln!("handshakes, {connections} connections ...");
     }
     let handshakes = handshake_rate(&config, connections).await?;
+    let (transports, transport_handshakes) =
+        crate::bench_transports::measure(&config, scale, args.runs, args.json).await?;
     let under_attack = crate::under_attack::measure(&config, scale).await?;
     Ok(Report {
         runtime: "tokio multi-thread, 2 workers",
@@ -164,6 +168,8 @@ async fn measure(args: &BenchArgs) -> Result<Report, Failure> {
         throughput,
         round_trip,
         handshakes,
+        transports,
+        transport_handshakes,
         under_attack,
     })
 }
@@ -237,29 +243,37 @@ fn print_table(report: &Report) {
         "\nhandshakes: {:.0} per second ({} sequential client connections, each dialled, authenticated both ways and dropped)",
         report.handshakes.per_sec, report.handshakes.connections
     );
+    crate::bench_transports::print(&report.transports, &report.transport_handshakes);
     crate::under_attack::print(&report.under_attack);
 }
 
-/// Two nodes, replica 0 sending to replica 1.
+/// Two nodes, replica 0 sending to replica 1, over plain TCP.
 async fn pair(config: &ValidConfig) -> Result<((Node, Events), (Node, Events)), Failure> {
+    pair_over(config, Transport::tcp(), Transport::tcp()).await
+}
+
+/// Two nodes, replica 0 dialling replica 1 over `dial`, which listens over
+/// `listen`.
+pub(crate) async fn pair_over(
+    config: &ValidConfig,
+    listen: Transport,
+    dial: Transport,
+) -> Result<((Node, Events), (Node, Events)), Failure> {
     let key = Key::generate(&mut OsEntropy);
-    let start = |replica| {
+    let start = |replica, options| {
         let params = NodeParams {
             cluster: CLUSTER,
             replica,
             replica_count: 2,
             accept_clients: true,
         };
-        Node::start(
-            config,
-            params,
-            KeyRing::new(key.clone()),
-            NodeOptions::default(),
-        )
+        Node::start(config, params, KeyRing::new(key.clone()), options)
     };
-    let (receiver, receiver_events) = start(1)?;
-    let address = receiver.listen("127.0.0.1:0").await?;
-    let (sender, sender_events) = start(0)?;
+    let (receiver, receiver_events) = start(1, NodeOptions::default())?;
+    let address = receiver.listen_via("127.0.0.1:0", listen).await?;
+    let mut options = NodeOptions::default();
+    options.peer_transports.insert(1, dial);
+    let (sender, sender_events) = start(0, options)?;
     sender.set_address(1, address);
     let deadline = Instant::now() + Duration::from_secs(10);
     while !(sender.is_connected(1) && receiver.is_connected(0)) {
@@ -277,7 +291,19 @@ async fn bus_throughput(
     body: usize,
     messages: u64,
 ) -> Result<(f64, f64), Failure> {
-    let ((sender, _sender_events), (receiver, mut events)) = pair(config).await?;
+    bus_throughput_over(config, (Transport::tcp(), Transport::tcp()), body, messages).await
+}
+
+/// [`bus_throughput`] between nodes that listen and dial over
+/// `transports`.
+pub(crate) async fn bus_throughput_over(
+    config: &ValidConfig,
+    transports: (Transport, Transport),
+    body: usize,
+    messages: u64,
+) -> Result<(f64, f64), Failure> {
+    let ((sender, _sender_events), (receiver, mut events)) =
+        pair_over(config, transports.0, transports.1).await?;
     let payload = Bytes::from(vec![0xab; body]);
     let started = Instant::now();
     let producer = {
@@ -317,7 +343,7 @@ async fn bus_throughput(
 }
 
 /// The frame the bus would write for a message with this body.
-fn encoded_frame(body: usize) -> Result<Vec<u8>, Failure> {
+pub(crate) fn encoded_frame(body: usize) -> Result<Vec<u8>, Failure> {
     let frame = Frame {
         header: Header::new(CLUSTER, Kind::Message { operation: 1 }),
         body: Bytes::from(vec![0xab; body]),
@@ -330,7 +356,7 @@ fn encoded_frame(body: usize) -> Result<Vec<u8>, Failure> {
     Ok(out)
 }
 
-async fn loopback() -> Result<(TcpStream, TcpStream), Failure> {
+pub(crate) async fn loopback() -> Result<(TcpStream, TcpStream), Failure> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let address = listener.local_addr()?;
     let (client, accepted) = tokio::join!(TcpStream::connect(address), listener.accept());
@@ -504,6 +530,15 @@ pub(crate) async fn lone_node(
     config: &ValidConfig,
     cluster: u128,
 ) -> Result<(Node, Events, std::net::SocketAddr, Key), Failure> {
+    lone_node_over(config, cluster, Transport::tcp()).await
+}
+
+/// [`lone_node`] listening over `transport`.
+pub(crate) async fn lone_node_over(
+    config: &ValidConfig,
+    cluster: u128,
+    transport: Transport,
+) -> Result<(Node, Events, std::net::SocketAddr, Key), Failure> {
     let key = Key::generate(&mut OsEntropy);
     let params = NodeParams {
         cluster,
@@ -513,7 +548,7 @@ pub(crate) async fn lone_node(
     };
     let keys = KeyRing::new(key.clone());
     let (node, events) = Node::start(config, params, keys, NodeOptions::default())?;
-    let address = node.listen("127.0.0.1:0").await?;
+    let address = node.listen_via("127.0.0.1:0", transport).await?;
     Ok((node, events, address, key))
 }
 

@@ -1,0 +1,411 @@
+//! The transport rows of `bus bench`: the bus over TLS, WebSocket and
+//! WebSocket over TLS against tokio-rustls with tokio-util's
+//! `LengthDelimitedCodec` and against tokio-tungstenite, carrying payloads
+//! of the bus's frame sizes in the same run; and handshakes per second per
+//! transport.
+
+use crate::Failure;
+use crate::bench::{CLUSTER, bus_throughput_over, lone_node_over};
+use bus_tokio::bus_proto::client::ClientParams;
+use bus_tokio::bus_proto::config::ValidConfig;
+use bus_tokio::bus_proto::crypto::KeyRing;
+use bus_tokio::bus_proto::transport::tls::{
+    CertificateDer, PrivateKeyDer, RootCertStore, TlsClient, TlsServer,
+};
+use bus_tokio::bus_proto::transport::ws::{WsClient, WsServer};
+use bus_tokio::bus_proto::wire::layout::HEADER_SIZE;
+use bus_tokio::{Client, Transport};
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use serde::Serialize;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::{TlsAcceptor, TlsConnector, rustls};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
+
+/// One transport's throughput against its baseline.
+#[derive(Serialize)]
+pub(crate) struct Row {
+    transport: &'static str,
+    body_bytes: usize,
+    messages: u64,
+    bus_per_sec: f64,
+    baseline: &'static str,
+    baseline_per_sec: f64,
+    bus_vs_baseline: f64,
+}
+
+/// Handshakes per second on one transport, the bus's (transport then bus
+/// handshake, both ways) and the baseline's (its transport alone).
+#[derive(Serialize)]
+pub(crate) struct Handshakes {
+    transport: &'static str,
+    connections: u64,
+    bus_per_sec: f64,
+    baseline: &'static str,
+    baseline_per_sec: f64,
+}
+
+/// A certificate for `localhost` and the configurations around it.
+struct Pki {
+    cert: CertificateDer<'static>,
+    key: PrivateKeyDer<'static>,
+}
+
+impl Pki {
+    fn new() -> Result<Pki, Failure> {
+        let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])
+            .map_err(|e| Failure(format!("bench certificate: {e}")))?;
+        let key = PrivateKeyDer::try_from(certified.signing_key.serialize_der())
+            .map_err(|e| Failure(format!("bench key: {e}")))?;
+        Ok(Pki {
+            cert: CertificateDer::from(certified.cert.der().to_vec()),
+            key,
+        })
+    }
+
+    fn roots(&self) -> Result<RootCertStore, Failure> {
+        let mut roots = RootCertStore::empty();
+        roots.add(self.cert.clone())?;
+        Ok(roots)
+    }
+
+    /// The bus's listen and dial transports for `kind`.
+    fn bus(&self, kind: &str) -> Result<(Transport, Transport), Failure> {
+        let server = TlsServer::new(vec![self.cert.clone()], self.key.clone_key())?;
+        let client = TlsClient::new(self.roots()?, "localhost")?;
+        Ok(match kind {
+            "tls" => (server.transport(), client.transport()),
+            "ws" => (
+                WsServer::new().transport(),
+                WsClient::new("ws://localhost/bus")?.transport(),
+            ),
+            _ => (
+                WsServer::over_tls(&server).transport(),
+                WsClient::over_tls("wss://localhost/bus", &client)?.transport(),
+            ),
+        })
+    }
+
+    /// tokio-rustls configured as the bus configures rustls: TLS 1.3, ring.
+    fn baseline_tls(&self, alpn: &[u8]) -> Result<(TlsAcceptor, TlsConnector), Failure> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut server = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_no_client_auth()
+            .with_single_cert(vec![self.cert.clone()], self.key.clone_key())?;
+        server.alpn_protocols = vec![alpn.to_vec()];
+        server.send_tls13_tickets = 0;
+        let mut client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_root_certificates(self.roots()?)
+            .with_no_client_auth();
+        client.alpn_protocols = vec![alpn.to_vec()];
+        Ok((
+            TlsAcceptor::from(Arc::new(server)),
+            TlsConnector::from(Arc::new(client)),
+        ))
+    }
+}
+
+pub(crate) async fn measure(
+    config: &ValidConfig,
+    scale: u64,
+    runs: u32,
+    quiet: bool,
+) -> Result<(Vec<Row>, Vec<Handshakes>), Failure> {
+    let pki = Pki::new()?;
+    let mut rows = Vec::new();
+    for kind in ["tls", "ws", "wss"] {
+        for (body, messages) in [(64usize, 500_000u64), (4096, 100_000)] {
+            let messages = messages / scale;
+            if !quiet {
+                eprintln!(
+                    "{kind} throughput, {body} B bodies: {messages} messages, {runs} runs ..."
+                );
+            }
+            let (mut bus, mut baseline) = (0f64, 0f64);
+            for _ in 0..runs {
+                let transports = pki.bus(kind)?;
+                bus = bus.max(
+                    bus_throughput_over(config, transports, body, messages)
+                        .await?
+                        .0,
+                );
+                let frame = HEADER_SIZE + body;
+                baseline = baseline.max(match kind {
+                    "tls" => tls_codec(&pki, frame, messages, config.max_batch).await?,
+                    "ws" => ws_baseline(None, frame, messages, config.max_batch).await?,
+                    _ => ws_baseline(Some(&pki), frame, messages, config.max_batch).await?,
+                });
+            }
+            rows.push(Row {
+                transport: kind,
+                body_bytes: body,
+                messages,
+                bus_per_sec: bus,
+                baseline: baseline_name(kind),
+                baseline_per_sec: baseline,
+                bus_vs_baseline: bus / baseline,
+            });
+        }
+    }
+    let connections = 200 / scale;
+    let mut handshakes = Vec::new();
+    for kind in ["tcp", "tls", "ws", "wss"] {
+        if !quiet {
+            eprintln!("{kind} handshakes, {connections} connections ...");
+        }
+        let bus = bus_handshakes(config, &pki, kind, connections).await?;
+        let baseline = match kind {
+            "tcp" => tcp_connects(connections).await?,
+            "tls" => tls_handshakes(&pki, connections).await?,
+            "ws" => ws_handshakes(None, connections).await?,
+            _ => ws_handshakes(Some(&pki), connections).await?,
+        };
+        handshakes.push(Handshakes {
+            transport: kind,
+            connections,
+            bus_per_sec: bus,
+            baseline: match kind {
+                "tcp" => "TCP connect",
+                other => baseline_name(other),
+            },
+            baseline_per_sec: baseline,
+        });
+    }
+    Ok((rows, handshakes))
+}
+
+fn baseline_name(kind: &str) -> &'static str {
+    match kind {
+        "tls" => "tokio-rustls + LDC",
+        "ws" => "tokio-tungstenite",
+        _ => "tokio-tungstenite + tokio-rustls",
+    }
+}
+
+pub(crate) fn print(rows: &[Row], handshakes: &[Handshakes]) {
+    println!(
+        "\n{:<28} {:>11} {:>11} {:>7}  baseline",
+        "transports (msg/s)", "bus-tokio", "baseline", "ratio"
+    );
+    for r in rows {
+        println!(
+            "{:<28} {:>11.0} {:>11.0} {:>6.2}x  {}",
+            format!("{} {} B body", r.transport, r.body_bytes),
+            r.bus_per_sec,
+            r.baseline_per_sec,
+            r.bus_vs_baseline,
+            r.baseline
+        );
+    }
+    println!(
+        "\n{:<28} {:>11} {:>11}  baseline (its transport alone)",
+        "handshakes per second", "bus-tokio", "baseline"
+    );
+    for h in handshakes {
+        println!(
+            "{:<28} {:>11.0} {:>11.0}  {}",
+            format!("{} ({} sequential)", h.transport, h.connections),
+            h.bus_per_sec,
+            h.baseline_per_sec,
+            h.baseline
+        );
+    }
+}
+
+/// `messages` payloads of `frame` bytes through tokio-rustls, framed by
+/// `LengthDelimitedCodec`, flushed every `batch`.
+async fn tls_codec(pki: &Pki, frame: usize, messages: u64, batch: usize) -> Result<f64, Failure> {
+    let (acceptor, connector) = pki.baseline_tls(b"bus/1")?;
+    let (client, server) = crate::bench::loopback().await?;
+    let name =
+        rustls::pki_types::ServerName::try_from("localhost").map_err(|e| Failure(e.to_string()))?;
+    let (client, server) = tokio::join!(connector.connect(name, client), acceptor.accept(server));
+    let (client, server) = (client?, server?);
+    codec_over(client, server, frame, messages, batch).await
+}
+
+async fn codec_over(
+    writer: impl AsyncWrite + Send + Unpin + 'static,
+    reader: impl AsyncRead + Unpin,
+    frame: usize,
+    messages: u64,
+    batch: usize,
+) -> Result<f64, Failure> {
+    let payload = Bytes::from(vec![0xab; frame]);
+    let started = Instant::now();
+    let producer = tokio::spawn(async move {
+        let mut sink = FramedWrite::new(writer, LengthDelimitedCodec::new());
+        for i in 0..messages {
+            sink.feed(payload.clone()).await?;
+            if (i + 1) % batch as u64 == 0 {
+                SinkExt::<Bytes>::flush(&mut sink).await?;
+            }
+        }
+        SinkExt::<Bytes>::flush(&mut sink).await?;
+        Ok::<_, std::io::Error>(sink)
+    });
+    let mut stream = FramedRead::new(reader, LengthDelimitedCodec::new());
+    let mut received = 0;
+    while received < messages {
+        match stream.next().await {
+            Some(frame) => {
+                frame?;
+                received += 1;
+            }
+            None => return Err(Failure("TLS baseline: early EOF".into())),
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    producer.await.map_err(|e| Failure(e.to_string()))??;
+    Ok(messages as f64 / elapsed)
+}
+
+/// A connected WebSocket pair over loopback, over TLS if `pki` is given.
+async fn ws_pair(
+    pki: Option<&Pki>,
+) -> Result<
+    (
+        tokio_tungstenite::WebSocketStream<Box<dyn Stream>>,
+        tokio_tungstenite::WebSocketStream<Box<dyn Stream>>,
+    ),
+    Failure,
+> {
+    let (client, server) = crate::bench::loopback().await?;
+    let (client, server): (Box<dyn Stream>, Box<dyn Stream>) = match pki {
+        None => (Box::new(client), Box::new(server)),
+        Some(pki) => {
+            let (acceptor, connector) = pki.baseline_tls(b"http/1.1")?;
+            let name = rustls::pki_types::ServerName::try_from("localhost")
+                .map_err(|e| Failure(e.to_string()))?;
+            let (client, server) =
+                tokio::join!(connector.connect(name, client), acceptor.accept(server));
+            (Box::new(client?), Box::new(server?))
+        }
+    };
+    let (client, server) = tokio::join!(
+        tokio_tungstenite::client_async("ws://localhost/bus", client),
+        tokio_tungstenite::accept_async(server)
+    );
+    Ok((
+        client.map_err(|e| Failure(e.to_string()))?.0,
+        server.map_err(|e| Failure(e.to_string()))?,
+    ))
+}
+
+/// A byte stream either plain or TLS.
+trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Stream for T {}
+
+/// `messages` binary messages of `frame` bytes through tokio-tungstenite,
+/// flushed every `batch`.
+async fn ws_baseline(
+    pki: Option<&Pki>,
+    frame: usize,
+    messages: u64,
+    batch: usize,
+) -> Result<f64, Failure> {
+    let (mut sink, mut stream) = ws_pair(pki).await?;
+    let payload = Bytes::from(vec![0xab; frame]);
+    let started = Instant::now();
+    let producer = tokio::spawn(async move {
+        for i in 0..messages {
+            sink.feed(Message::Binary(payload.clone())).await?;
+            if (i + 1) % batch as u64 == 0 {
+                sink.flush().await?;
+            }
+        }
+        sink.flush().await?;
+        Ok::<_, tokio_tungstenite::tungstenite::Error>(sink)
+    });
+    let mut received = 0;
+    while received < messages {
+        match stream.next().await {
+            Some(Ok(Message::Binary(_))) => received += 1,
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(Failure(format!("WebSocket baseline: {e}"))),
+            None => return Err(Failure("WebSocket baseline: early EOF".into())),
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    producer
+        .await
+        .map_err(|e| Failure(e.to_string()))?
+        .map_err(|e| Failure(e.to_string()))?;
+    Ok(messages as f64 / elapsed)
+}
+
+/// Sequential client connections over `kind`, each through the transport
+/// handshake and the bus handshake.
+async fn bus_handshakes(
+    config: &ValidConfig,
+    pki: &Pki,
+    kind: &str,
+    connections: u64,
+) -> Result<f64, Failure> {
+    let (listen, dial) = match kind {
+        "tcp" => (Transport::tcp(), Transport::tcp()),
+        other => pki.bus(other)?,
+    };
+    let (node, _events, address, key) = lone_node_over(config, CLUSTER, listen).await?;
+    let started = Instant::now();
+    for _ in 0..connections {
+        let params = ClientParams {
+            cluster: CLUSTER,
+            id: Client::random_id(),
+            target: 0,
+        };
+        let client = Client::start_via(
+            config,
+            params,
+            KeyRing::new(key.clone()),
+            address,
+            dial.clone(),
+        )?;
+        client
+            .connected()
+            .await
+            .map_err(|cause| Failure(format!("{kind} handshake failed: {cause}")))?;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    node.shutdown(Duration::from_secs(1)).await;
+    Ok(connections as f64 / elapsed)
+}
+
+async fn tcp_connects(connections: u64) -> Result<f64, Failure> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let address = listener.local_addr()?;
+    let started = Instant::now();
+    for _ in 0..connections {
+        let (client, accepted) = tokio::join!(TcpStream::connect(address), listener.accept());
+        drop((client?, accepted?));
+    }
+    Ok(connections as f64 / started.elapsed().as_secs_f64())
+}
+
+async fn tls_handshakes(pki: &Pki, connections: u64) -> Result<f64, Failure> {
+    let (acceptor, connector) = pki.baseline_tls(b"bus/1")?;
+    let started = Instant::now();
+    for _ in 0..connections {
+        let (client, server) = crate::bench::loopback().await?;
+        let name = rustls::pki_types::ServerName::try_from("localhost")
+            .map_err(|e| Failure(e.to_string()))?;
+        let (client, server) =
+            tokio::join!(connector.connect(name, client), acceptor.accept(server));
+        drop((client?, server?));
+    }
+    Ok(connections as f64 / started.elapsed().as_secs_f64())
+}
+
+async fn ws_handshakes(pki: Option<&Pki>, connections: u64) -> Result<f64, Failure> {
+    let started = Instant::now();
+    for _ in 0..connections {
+        drop(ws_pair(pki).await?);
+    }
+    Ok(connections as f64 / started.elapsed().as_secs_f64())
+}
