@@ -161,15 +161,22 @@ async fn run<M: Machine>(shared: &Arc<Shared<M, Compio>>, socket: &mut Socket, s
     // connection is over.
     let mut writing: Option<Op<io::Result<()>>> = None;
     let mut reading: Option<Op<(io::Result<usize>, BytesMut)>> = None;
+    let mut shut = false;
     loop {
         let Step::Run {
             write,
             read,
             linger,
+            shutdown,
         } = shared.step(socket)
         else {
             return;
         };
+        if shutdown && !shut {
+            // A lingering close: our side is done; reads drain the peer.
+            shut = true;
+            let _ = (&*stream).shutdown().await;
+        }
         if write && writing.is_none() {
             writing = Some(Box::pin(write_batch(stream.clone(), socket.lend_batch())));
         }

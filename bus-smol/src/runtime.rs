@@ -166,15 +166,22 @@ async fn run<M: Machine>(
 ) {
     let id = socket.id();
     let chunk = shared.read_chunk();
+    let mut shut = false;
     loop {
         let Step::Run {
             write,
             read,
             linger,
+            shutdown,
         } = shared.step(socket)
         else {
             return;
         };
+        if shutdown && !shut {
+            // A lingering close: our side is done; reads drain the peer.
+            shut = true;
+            let _ = stream.get_ref().shutdown(Shutdown::Write);
+        }
         let (out, inbox) = socket.io();
         // In order of priority, as `or` polls its left side first.
         let wrote = async {

@@ -162,15 +162,22 @@ async fn run<M, R, W>(
 {
     let id = socket.id();
     let chunk = shared.read_chunk();
+    let mut shut = false;
     loop {
         let Step::Run {
             write,
             read,
             linger,
+            shutdown,
         } = shared.step(socket)
         else {
             return;
         };
+        if shutdown && !shut {
+            // A lingering close: our side is done; reads drain the peer.
+            shut = true;
+            let _ = writer.shutdown().await;
+        }
         let (out, inbox) = socket.io();
         let done = tokio::select! {
             biased;

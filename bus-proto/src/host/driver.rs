@@ -79,7 +79,15 @@ pub(super) struct Entry {
     addressless: bool,
     /// The replica a dial connects to.
     dialing: Option<u8>,
+    /// In a lingering close (counted in `State::draining`).
+    pub(super) draining: bool,
 }
+
+/// Most sockets in a lingering close at once (each drains its peer's
+/// unread bytes for at most `linger` after its last bytes, so they are not
+/// lost to a reset). When this many linger, a closing socket closes at
+/// once instead.
+pub const MAX_DRAINING: usize = 64;
 
 /// Everything behind the lock.
 pub(super) struct State<M> {
@@ -97,6 +105,8 @@ pub(super) struct State<M> {
     pub(super) paused: Vec<ConnectionId>,
     /// Shutdown's deadline passed: every socket task exits now.
     pub(super) forced: bool,
+    /// Sockets in a lingering close, at most [`MAX_DRAINING`].
+    pub(super) draining: usize,
     /// The timer task and listeners stop.
     stopped: bool,
     /// Listening sockets still open.
@@ -168,6 +178,7 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
                 timer: Signal::default(),
                 paused: Vec::new(),
                 forced: false,
+                draining: 0,
                 stopped: false,
                 listeners: 0,
                 changed: Waiters::default(),
@@ -464,8 +475,13 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
     /// A socket task (or a dial that never opened one) ended.
     pub fn closed(&self, id: ConnectionId) {
         let mut state = self.lock();
-        if state.sockets.remove(&id).is_some_and(|e| e.paused) {
-            state.paused.retain(|&p| p != id);
+        if let Some(entry) = state.sockets.remove(&id) {
+            if entry.paused {
+                state.paused.retain(|&p| p != id);
+            }
+            if entry.draining {
+                state.draining -= 1;
+            }
         }
         state.changed.notify_all();
         state.more_space();

@@ -22,6 +22,10 @@ use std::boxed::Box;
 use std::sync::Arc;
 use std::vec::Vec;
 
+/// Most bytes a layer may hold for the wire before its socket stops
+/// reading ([`StreamLayer::pending_wire`]).
+pub const MAX_PENDING_WIRE: usize = 256 << 10;
+
 /// Why a layer gave up: the connection ends (with whatever alert or close
 /// the layer queued written first, within `close_grace`).
 pub type LayerError = Box<dyn core::error::Error + Send + Sync + 'static>;
@@ -58,6 +62,13 @@ pub trait StreamLayer: Send + 'static {
     /// ends as if the stream had ended, cleanly.
     fn peer_closed(&self) -> bool {
         false
+    }
+    /// Bytes the layer holds for the wire that the host has not taken
+    /// (answers to the peer's input: pongs, handshake replies). The host
+    /// stops reading while they pass [`MAX_PENDING_WIRE`], so a peer that
+    /// sends pings and never reads cannot make them pile up.
+    fn pending_wire(&self) -> usize {
+        0
     }
     /// Once, when the layer's handshake is done: the channel binding for
     /// the bus handshake ([`Binding::NONE`] where the layer has none).

@@ -57,7 +57,8 @@ macro_rules! forward_socket_io {
             self.$core.transport_ready(now, id, binding).is_ok()
         }
         fn frame_limit(&self, id: ConnectionId) -> Option<u32> {
-            self.$core.connection(id).map(|c| c.frame_limit())
+            let conn = self.$core.connection(id)?;
+            (!conn.is_closed()).then(|| conn.frame_limit())
         }
         fn connect_failed(&mut self, now: Now, id: ConnectionId) {
             self.$core.connect_failed(now, id);
@@ -95,9 +96,9 @@ mod socket;
 
 pub use client::{ClientFront, Link, Reply};
 pub use clock::{WALL_REFRESH, WallClock};
-pub use driver::{First, Owner, Runtime, Shared, SharedOptions, first};
+pub use driver::{First, MAX_DRAINING, Owner, Runtime, Shared, SharedOptions, first};
 pub use error::{ClientError, ConnectError, ListenError, StartError};
-pub use layer::{LayerError, LayerFactory, StreamLayer, Transport};
+pub use layer::{LayerError, LayerFactory, MAX_PENDING_WIRE, StreamLayer, Transport};
 pub use node::{NodeFront, NodeOptions, Refused};
 pub use outgoing::{MAX_IOVECS, Outgoing};
 pub use shutdown::ShutdownReport;
@@ -131,7 +132,7 @@ pub trait Machine: Send + 'static {
     /// `id`'s transport layer finished its handshake with `binding`;
     /// false if the id is stale or was not waiting for it.
     fn transport_ready(&mut self, now: Now, id: ConnectionId, binding: Binding) -> bool;
-    /// The largest frame `id` accepts now.
+    /// The largest frame `id` accepts now; `None` once it is closed.
     fn frame_limit(&self, id: ConnectionId) -> Option<u32>;
     /// The socket for `Connect` could not be opened.
     fn connect_failed(&mut self, now: Now, id: ConnectionId);

@@ -4,8 +4,8 @@
 //! waits.
 
 use super::Machine;
-use super::driver::{Runtime, Shared, State};
-use super::layer::StreamLayer;
+use super::driver::{MAX_DRAINING, Runtime, Shared, State};
+use super::layer::{MAX_PENDING_WIRE, StreamLayer};
 use super::outgoing::Outgoing;
 use crate::node::ConnectionId;
 use crate::time::Instant;
@@ -30,6 +30,12 @@ pub enum Step {
         /// Closing: give up on the peer at this instant
         /// ([`Completion::Lingered`]).
         linger: Option<Instant>,
+        /// Our last bytes are written: shut down the socket's write side
+        /// (once) before waiting. Reads then only drain what the peer still
+        /// sends, until its end of stream, so closing a socket with unread
+        /// data does not reset the connection and destroy the peer's copy
+        /// of our last bytes (a close frame, a reject).
+        shutdown: bool,
     },
     /// The connection is over: close the socket.
     Exit,
@@ -62,8 +68,17 @@ pub struct Socket {
     writing: bool,
     /// The buffer was handed to an owned-buffer read still running.
     reading: bool,
+    /// The stream ended (or failed): nothing more can be read.
     eof: bool,
+    /// Nothing more is processed (the layer failed, or the peer closed
+    /// within it), though the stream may still deliver bytes.
+    finished: bool,
     linger: Option<Instant>,
+    /// Bytes were written after the core closed the connection: its last
+    /// words, worth a lingering close.
+    closing_wrote: bool,
+    /// In a lingering close: the write side is shut; reads are discarded.
+    draining: bool,
     layer: Option<Layered>,
 }
 
@@ -101,7 +116,10 @@ impl Socket {
             writing: false,
             reading: false,
             eof: false,
+            finished: false,
             linger: None,
+            closing_wrote: false,
+            draining: false,
             layer: None,
         }
     }
@@ -205,18 +223,54 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
         }
         if closing {
             if socket.out.is_done() && !socket.writing {
-                return Step::Exit;
+                if socket.eof || !self.start_draining(socket) {
+                    return Step::Exit;
+                }
+                // Whatever is still lent is discarded into.
+                if socket.inbox.is_none() && !socket.reading {
+                    socket.inbox = Some(BytesMut::new());
+                }
             }
             if socket.linger.is_none() {
                 let at = self.runtime.now().mono.saturating_add(self.linger);
                 socket.linger = Some(at);
             }
         }
+        let read = match socket.draining {
+            true => !socket.reading && socket.inbox.is_some(),
+            false => read,
+        };
         Step::Run {
             write: !socket.out.is_done() && !socket.writing,
             read,
             linger: socket.linger,
+            shutdown: socket.draining,
         }
+    }
+
+    /// Whether a closing socket whose last bytes are written lingers to
+    /// drain the peer's: only if it wrote after the close (a close frame,
+    /// a reject, an alert: worth delivering), and only while fewer than
+    /// [`MAX_DRAINING`] sockets do (beyond, it closes at once: a flood of
+    /// rejected peers cannot hold sockets open).
+    fn start_draining(&self, socket: &mut Socket) -> bool {
+        if socket.draining {
+            return true;
+        }
+        if !socket.closing_wrote {
+            return false;
+        }
+        let mut state = self.lock();
+        if state.draining >= MAX_DRAINING {
+            return false;
+        }
+        let Some(entry) = state.sockets.get_mut(&socket.id) else {
+            return false;
+        };
+        entry.draining = true;
+        state.draining += 1;
+        socket.draining = true;
+        true
     }
 
     /// Whether the socket reads now, under the lock: not while closing,
@@ -226,7 +280,7 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
     /// socket.
     fn decide_read(&self, state: &mut State<M>, socket: &mut Socket, closing: bool) -> bool {
         let id = socket.id;
-        let mut read = !closing && !socket.eof && !socket.reading;
+        let mut read = !closing && !socket.eof && !socket.finished && !socket.reading;
         let pause = read && state.machine.reading_paused(id);
         let State {
             sockets,
@@ -246,6 +300,12 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
             machine.set_reading_paused(self.runtime.now(), id, pause);
         }
         read &= !pause;
+        // A layer with answers piling up (pongs to a peer that does not
+        // read) reads no more until they are written.
+        read &= socket
+            .layer
+            .as_ref()
+            .is_none_or(|l| l.layer.pending_wire() <= MAX_PENDING_WIRE);
         if read && socket.inbox.is_none() && socket.layer.is_none() {
             socket.inbox = machine.take_read_buffer(id);
         }
@@ -268,11 +328,20 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
                     self.abandon(socket);
                     return ControlFlow::Break(());
                 }
+                socket.closing_wrote |= socket.linger.is_some();
             }
             Completion::Lingered => {
                 tracing::debug!(%id, "the peer did not take the last bytes in time");
                 self.abandon(socket);
                 return ControlFlow::Break(());
+            }
+            Completion::Read(result, buffer) if socket.draining => {
+                // A lingering close: what the peer still sends is dropped.
+                socket.reading = false;
+                let mut buffer = buffer.or_else(|| socket.inbox.take()).unwrap_or_default();
+                buffer.clear();
+                socket.inbox = Some(buffer);
+                socket.eof |= !matches!(result, Ok(n) if n > 0);
             }
             Completion::Read(result, buffer) => {
                 socket.reading = false;
@@ -330,7 +399,7 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
             }
             // A failed layer, or a peer that closed within it, reads no more.
             let ended = result.is_err() || layered.layer.peer_closed();
-            socket.eof |= ended;
+            socket.finished |= ended;
             let frames = &mut layered.frames;
             let limit = self.with_from(Some(id), |m, now| {
                 if let Some(binding) = ready
@@ -364,7 +433,9 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
                 layered.frame_limit = limit;
                 layered.layer.set_frame_limit(limit);
             }
-            if ended || !layered.layer.wants_read() {
+            // Closed meanwhile (say, early data after the hello): the
+            // rest is not worth reading.
+            if ended || limit.is_none() || !layered.layer.wants_read() {
                 return;
             }
         }
@@ -409,15 +480,19 @@ mod tests {
     use crate::config::Config;
     use crate::crypto::{Key, KeyRing};
     use crate::entropy::SeededEntropy;
+    use crate::host::{LayerError, LayerFactory, MAX_PENDING_WIRE, StreamLayer, Transport};
     use crate::host::{Machine, NodeFront, NodeOptions, Runtime, Shared, SharedOptions};
     use crate::node::{ConnectionId, NodeParams};
     use crate::time::{Instant, Now};
+    use bytes::BytesMut;
     use core::future::Future;
     use core::pin::pin;
+    use core::sync::atomic::{AtomicUsize, Ordering};
     use core::task::{Context, Waker};
     use core::time::Duration;
     use std::boxed::Box;
     use std::sync::Arc;
+    use std::vec::Vec;
 
     /// A runtime whose clock stands still and whose timers never fire.
     struct Frozen;
@@ -439,17 +514,7 @@ mod tests {
         }
     }
 
-    fn woken_now(shared: &Shared<NodeFront, Frozen>, id: ConnectionId) -> bool {
-        let mut cx = Context::from_waker(Waker::noop());
-        pin!(shared.woken(id)).poll(&mut cx).is_ready()
-    }
-
-    /// The core frees a slot at `Disconnect` and may give it to the next
-    /// socket while the old one still closes. The old task must still find
-    /// its own entry: a missing entry made `woken` ready forever, and the
-    /// task spun.
-    #[test]
-    fn a_closing_socket_keeps_its_entry_when_its_slot_is_reused() {
+    fn node_driver() -> Arc<Shared<NodeFront, Frozen>> {
         let config = Config::default().validate().expect("default config");
         let params = NodeParams {
             cluster: 1,
@@ -472,9 +537,182 @@ mod tests {
             read_chunk: 4096,
             linger: Duration::from_secs(1),
         };
-        let shared = Shared::new(front, Frozen, options, [], []);
-        let tcp = crate::host::Transport::tcp();
+        Shared::new(front, Frozen, options, [], [])
+    }
 
+    /// A layer that never finishes its handshake and says it holds
+    /// `pending` bytes for the wire.
+    struct Hoarding {
+        pending: Arc<AtomicUsize>,
+    }
+
+    impl StreamLayer for Hoarding {
+        fn read_wire(
+            &mut self,
+            _: Now,
+            wire: &mut BytesMut,
+            _: &mut BytesMut,
+        ) -> Result<(), LayerError> {
+            wire.clear();
+            Ok(())
+        }
+        fn read_eof(&mut self) -> Result<(), LayerError> {
+            Ok(())
+        }
+        fn pending_wire(&self) -> usize {
+            self.pending.load(Ordering::Relaxed)
+        }
+        fn take_ready(&mut self) -> Option<crate::handshake::Binding> {
+            None
+        }
+        fn write_frames(&mut self, _: crate::connection::Transmit) -> Result<(), LayerError> {
+            Ok(())
+        }
+        fn close(&mut self) {}
+        fn take_wire(&mut self, _: &mut Vec<bytes::Bytes>) {}
+    }
+
+    struct HoardingFactory(Arc<AtomicUsize>);
+
+    impl LayerFactory for HoardingFactory {
+        fn name(&self) -> &'static str {
+            "hoarding"
+        }
+        fn layer(&self) -> Result<Box<dyn StreamLayer>, LayerError> {
+            Ok(Box::new(Hoarding {
+                pending: Arc::clone(&self.0),
+            }))
+        }
+    }
+
+    /// A peer that sends pings and never reads makes a WebSocket layer
+    /// queue pongs: past `MAX_PENDING_WIRE` of them the socket stops
+    /// reading until they are written, so they cannot pile up.
+    #[test]
+    fn a_layer_holding_too_much_output_stops_its_socket_reading() {
+        let shared = node_driver();
+        let pending = Arc::new(AtomicUsize::new(0));
+        let transport = Transport::layered(Arc::new(HoardingFactory(Arc::clone(&pending))));
+        let mut socket = shared.accept_socket(None, &transport).expect("accepted");
+        assert!(matches!(
+            shared.step(&mut socket),
+            Step::Run { read: true, .. }
+        ));
+        pending.store(MAX_PENDING_WIRE + 1, Ordering::Relaxed);
+        assert!(matches!(
+            shared.step(&mut socket),
+            Step::Run { read: false, .. }
+        ));
+        pending.store(0, Ordering::Relaxed);
+        assert!(matches!(
+            shared.step(&mut socket),
+            Step::Run { read: true, .. }
+        ));
+    }
+
+    /// A hello under the wrong key: the node answers `reject BadMac`.
+    fn impostor_hello() -> BytesMut {
+        let config = Config::default().validate().expect("default config");
+        let keys = KeyRing::new(Key::from_bytes([9; 32]));
+        let params = crate::connection::DialParams {
+            cluster: 1,
+            local: crate::crypto::PeerId::Client(7),
+            acceptor: 0,
+            keys: &keys,
+            binding: crate::handshake::Binding::NONE,
+        };
+        let now = Frozen.now();
+        let mut dialer = crate::connection::Connection::dial(
+            now.mono,
+            now.wall,
+            &config,
+            params,
+            &mut SeededEntropy::new(4),
+        )
+        .expect("a dial");
+        let mut hello = Vec::new();
+        dialer
+            .poll_transmit(now.mono)
+            .expect("the hello")
+            .write_to(&mut hello);
+        BytesMut::from(&hello[..])
+    }
+
+    /// After its last words (here a reject) a socket shuts its write side
+    /// and drains what the peer still sends until the peer's end of stream:
+    /// closing with unread data would reset the connection and could
+    /// destroy the peer's copy of the reject.
+    #[test]
+    fn a_socket_lingers_after_its_last_bytes_until_the_peer_ends() {
+        let shared = node_driver();
+        let mut socket = shared
+            .accept_socket(None, &Transport::tcp())
+            .expect("accepted");
+        assert!(matches!(
+            shared.step(&mut socket),
+            Step::Run { read: true, .. }
+        ));
+        let lent = socket.lend_inbox().expect("the read buffer");
+        let mut hello = impostor_hello();
+        let n = hello.len();
+        let mut buffer = lent;
+        buffer.unsplit(hello.split());
+        let read = Completion::Read(Ok(n), Some(buffer));
+        assert!(shared.complete(&mut socket, read).is_continue());
+        // The reject goes out; nothing is read meanwhile.
+        let Step::Run {
+            write: true,
+            shutdown: false,
+            ..
+        } = shared.step(&mut socket)
+        else {
+            panic!("the reject is not written");
+        };
+        let reject = socket.lend_batch();
+        assert_eq!(reject.iter().map(|b| b.len()).sum::<usize>(), 256);
+        assert!(
+            shared
+                .complete(&mut socket, Completion::Wrote(Ok(())))
+                .is_continue()
+        );
+        // Then: shut the write side, drain.
+        let Step::Run {
+            read: true,
+            shutdown: true,
+            linger: Some(_),
+            ..
+        } = shared.step(&mut socket)
+        else {
+            panic!("no lingering close");
+        };
+        let drained = socket.lend_inbox().expect("a discard buffer");
+        let read = Completion::Read(Ok(100), Some(BytesMut::from(&[0u8; 100][..])));
+        drop(drained);
+        assert!(shared.complete(&mut socket, read).is_continue());
+        assert!(matches!(
+            shared.step(&mut socket),
+            Step::Run { shutdown: true, .. }
+        ));
+        let _ = socket.lend_inbox();
+        let eof = Completion::Read(Ok(0), Some(BytesMut::new()));
+        assert!(shared.complete(&mut socket, eof).is_continue());
+        assert_eq!(shared.step(&mut socket), Step::Exit);
+        shared.closed(socket.id());
+    }
+
+    fn woken_now(shared: &Shared<NodeFront, Frozen>, id: ConnectionId) -> bool {
+        let mut cx = Context::from_waker(Waker::noop());
+        pin!(shared.woken(id)).poll(&mut cx).is_ready()
+    }
+
+    /// The core frees a slot at `Disconnect` and may give it to the next
+    /// socket while the old one still closes. The old task must still find
+    /// its own entry: a missing entry made `woken` ready forever, and the
+    /// task spun.
+    #[test]
+    fn a_closing_socket_keeps_its_entry_when_its_slot_is_reused() {
+        let shared = node_driver();
+        let tcp = Transport::tcp();
         let mut old = shared.accept_socket(None, &tcp).expect("accepted");
         assert!(matches!(
             shared.step(&mut old),

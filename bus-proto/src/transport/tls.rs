@@ -630,6 +630,10 @@ impl StreamLayer for TlsLayer {
         self.is_peer_closed()
     }
 
+    fn pending_wire(&self) -> usize {
+        self.wire.iter().map(Bytes::len).sum()
+    }
+
     fn write_frames(&mut self, batch: Transmit) -> Result<(), LayerError> {
         Ok(self.write(&batch)?)
     }

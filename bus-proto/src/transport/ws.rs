@@ -5,8 +5,9 @@
 //! equal the message's length. The subprotocol `bus.v1` is required (a
 //! request without it gets HTTP 400). The largest message accepted
 //! follows the connection's frame limit: a header until the bus handshake
-//! completes, `max_message_size` after, so an unauthenticated peer cannot
-//! make the node buffer more than a TCP peer could. Text messages close
+//! completes, `max_message_size` after, so before authentication a peer
+//! holds at most the upgrade request (64 KiB, tungstenite's limit), a
+//! 16 KiB read buffer and one header's worth of message. Text messages close
 //! with 1003, oversize ones with 1009, a message that is not exactly one
 //! frame with 1002. Pings are answered.
 //!
@@ -163,6 +164,16 @@ impl server::Callback for RequireSubprotocol {
                 "the WebSocket subprotocol {SUBPROTOCOL} is required"
             )));
             *refusal.status_mut() = tungstenite::http::StatusCode::BAD_REQUEST;
+            let length = refusal.body().as_ref().map_or(0, String::len);
+            let headers = refusal.headers_mut();
+            headers.insert(
+                "Connection",
+                tungstenite::http::HeaderValue::from_static("close"),
+            );
+            headers.insert(
+                "Content-Length",
+                tungstenite::http::HeaderValue::from(length),
+            );
             return Err(refusal);
         }
         response.headers_mut().insert(
@@ -424,6 +435,14 @@ impl WsLayer {
                     refuse(ws, CloseCode::Size, "message too large");
                     return Err(tungstenite::Error::Capacity(e).into());
                 }
+                Err(e @ tungstenite::Error::Utf8(_)) => {
+                    refuse(ws, CloseCode::Invalid, "invalid UTF-8");
+                    return Err(e.into());
+                }
+                Err(e @ tungstenite::Error::Protocol(_)) => {
+                    refuse(ws, CloseCode::Protocol, "WebSocket protocol error");
+                    return Err(e.into());
+                }
                 Err(e) => return Err(e.into()),
             };
             match message {
@@ -468,7 +487,7 @@ impl WsLayer {
             // Queued pongs and close replies; errors surface on read.
             let _ = ws.flush();
         }
-        let mut out = match &self.upgrade_out {
+        let upgrade = match &self.upgrade_out {
             Some(shared) => {
                 core::mem::take(&mut *shared.lock().unwrap_or_else(PoisonError::into_inner))
             }
@@ -477,7 +496,12 @@ impl WsLayer {
         if matches!(self.upgrade, Upgrade::Open(_) | Upgrade::Failed(_)) {
             self.upgrade_out = None;
         }
-        out.append(&mut self.pipe().outbox);
+        // Taken, not copied: the pipe keeps no capacity of a past batch.
+        let written = core::mem::take(&mut self.pipe().outbox);
+        let out = match upgrade.is_empty() {
+            true => written,
+            false => [upgrade, written].concat(),
+        };
         match &mut self.tls {
             Some(tls) => {
                 if !out.is_empty() && tls.write_bytes(&out).is_err() {
@@ -506,6 +530,7 @@ impl WsLayer {
                 self.pipe().inbox.extend_from_slice(&plain);
                 plain.clear();
                 self.plain = plain;
+                wire.clear();
                 result?;
             }
             None => {
@@ -513,7 +538,6 @@ impl WsLayer {
                 self.pipe().inbox.unsplit(bytes);
             }
         }
-        wire.clear();
         let was_open = matches!(self.upgrade, Upgrade::Open(_));
         self.advance_upgrade()?;
         if !was_open && matches!(self.upgrade, Upgrade::Open(_)) {
@@ -586,6 +610,14 @@ impl StreamLayer for WsLayer {
     ) -> Result<(), LayerError> {
         let result = self.read(now, wire, frames);
         self.flush();
+        if result.is_err()
+            && let Some(tls) = &mut self.tls
+        {
+            // After the WebSocket close (or the HTTP refusal), end the TLS
+            // session properly too.
+            tls.send_close();
+            tls.take_records(&mut self.wire);
+        }
         Ok(result?)
     }
 
@@ -605,7 +637,11 @@ impl StreamLayer for WsLayer {
     }
 
     fn peer_closed(&self) -> bool {
-        self.peer_closed
+        self.peer_closed || self.tls.as_ref().is_some_and(|t| t.is_peer_closed())
+    }
+
+    fn pending_wire(&self) -> usize {
+        self.wire.iter().map(Bytes::len).sum()
     }
 
     fn write_frames(&mut self, batch: Transmit) -> Result<(), LayerError> {
