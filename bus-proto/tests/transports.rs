@@ -80,9 +80,53 @@ fn wss_layers(policy: BindingPolicy) -> (Box<dyn StreamLayer>, Box<dyn StreamLay
     )
 }
 
+/// Plain TCP as a layer: bytes pass through, ready at once, no binding.
+struct Plain {
+    ready: bool,
+    wire: Vec<Bytes>,
+}
+
+impl StreamLayer for Plain {
+    fn read_wire(
+        &mut self,
+        _: Now,
+        wire: &mut bytes::BytesMut,
+        frames: &mut bytes::BytesMut,
+    ) -> Result<(), bus_proto::host::LayerError> {
+        frames.extend_from_slice(wire);
+        wire.clear();
+        Ok(())
+    }
+    fn read_eof(&mut self) -> Result<(), bus_proto::host::LayerError> {
+        Ok(())
+    }
+    fn take_ready(&mut self) -> Option<Binding> {
+        (!std::mem::replace(&mut self.ready, true)).then_some(Binding::NONE)
+    }
+    fn write_frames(
+        &mut self,
+        batch: bus_proto::connection::Transmit,
+    ) -> Result<(), bus_proto::host::LayerError> {
+        self.wire.extend(batch.into_segments());
+        Ok(())
+    }
+    fn close(&mut self) {}
+    fn take_wire(&mut self, out: &mut Vec<Bytes>) {
+        out.append(&mut self.wire);
+    }
+}
+
+fn plain() -> Box<dyn StreamLayer> {
+    Box::new(Plain {
+        ready: false,
+        wire: Vec::new(),
+    })
+}
+
 /// The transports under test, by name.
 fn layers(transport: &str) -> (Box<dyn StreamLayer>, Box<dyn StreamLayer>) {
     match transport {
+        "tcp" => (plain(), plain()),
         "tls" => tls_layers(BindingPolicy::TlsExporter),
         "ws" => ws_layers(),
         "wss" => wss_layers(BindingPolicy::TlsExporter),
@@ -457,5 +501,85 @@ fn a_batch_leaves_every_layer_as_one_wire_buffer() {
             "{transport}: {} buffers for one batch",
             wire.len()
         );
+    }
+}
+
+/// The same oversize frame is refused the same way on every transport: the
+/// acceptor (max 64 KiB) closes with the decoder's `SizeTooLarge` naming
+/// the frame's size and the limit, whether its decoder read the header
+/// (TCP, TLS) or the WebSocket layer refused the message from its header.
+#[test]
+fn the_same_oversize_frame_is_refused_identically_on_every_transport() {
+    let body = Bytes::from(vec![7u8; 100_000]);
+    let size = u32::try_from(body.len() + bus_proto::wire::HEADER_SIZE).expect("small");
+    let mut causes = Vec::new();
+    for transport in ["tcp", "tls", "ws", "wss"] {
+        let (dialer, acceptor) = layers(transport);
+        let configs = (config(1 << 20), config(64 << 10));
+        let mut pair = LayeredPair::with_configs(7, configs, dialer, acceptor, Faults::default());
+        pair.drive_for(Duration::from_secs(1));
+        assert!(
+            pair.sides[ACCEPTOR].established,
+            "{transport}: not established"
+        );
+        pair.sides[DIALER].outbox.push_back(body.clone());
+        pair.drive_for(Duration::from_secs(5));
+        assert!(
+            pair.sides[ACCEPTOR].received.is_empty(),
+            "{transport}: delivered"
+        );
+        let cause = pair.sides[ACCEPTOR].closed.clone();
+        assert_eq!(
+            cause,
+            Some(CloseCause::Decode(
+                bus_proto::wire::DecodeError::SizeTooLarge {
+                    size,
+                    max: 64 << 10
+                }
+            )),
+            "{transport}"
+        );
+        causes.push(cause);
+    }
+    assert!(causes.windows(2).all(|w| w[0] == w[1]));
+}
+
+/// Mutual TLS: a listener that requires client certificates admits a
+/// dialer presenting one it trusts, and refuses one presenting none.
+#[test]
+fn mutual_tls_admits_only_dialers_with_a_trusted_certificate() {
+    let (cert, key) = identity();
+    let client_certified =
+        rcgen::generate_simple_self_signed(vec!["client".into()]).expect("a certificate");
+    let client_cert = client_certified.cert.der().clone();
+    let client_key = PrivateKeyDer::Pkcs8(client_certified.signing_key.serialize_der().into());
+    let mut client_roots = rustls::RootCertStore::empty();
+    client_roots.add(client_cert.clone()).expect("a root");
+    let server = TlsServer::with_client_auth(vec![cert.clone()], key.clone_key(), client_roots)
+        .expect("server config");
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.clone()).expect("a root");
+    let with_cert = TlsClient::with_client_certificate(
+        roots.clone(),
+        vec![client_cert],
+        client_key,
+        "replica-1",
+    )
+    .expect("client config");
+    let without = TlsClient::new(roots, "replica-1").expect("client config");
+    for (client, admitted) in [(with_cert, true), (without, false)] {
+        let mut pair = LayeredPair::new(
+            8,
+            config(1 << 20),
+            client.layer().expect("a layer"),
+            server.layer().expect("a layer"),
+            Faults::default(),
+        );
+        pair.drive_for(Duration::from_secs(2));
+        assert_eq!(pair.sides[ACCEPTOR].established, admitted);
+        if !admitted {
+            let error = pair.sides[ACCEPTOR].layer_error.clone().unwrap_or_default();
+            assert!(error.contains("certificate"), "{error}");
+        }
     }
 }

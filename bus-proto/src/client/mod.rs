@@ -700,6 +700,16 @@ impl Client {
         Ok(())
     }
 
+    /// `id`'s transport refused a frame of `size` bytes over the frame
+    /// limit before buffering it (a WebSocket message): the connection
+    /// closes as it would on an oversize frame from its decoder.
+    pub fn frame_too_large(&mut self, now: Now, id: ConnectionId, size: u32) {
+        if let Some(conn) = self.table.conn_mut(id) {
+            conn.refuse_frame_size(size);
+            self.settle(now.mono, id);
+        }
+    }
+
     /// `id`'s socket reached EOF or failed.
     pub fn handle_eof(&mut self, now: Now, id: ConnectionId) {
         let next = self.table.eof(now.mono, id);

@@ -51,6 +51,16 @@ impl Connection {
         }
     }
 
+    /// The transport refused a frame of `size` bytes over the limit
+    /// before buffering it (a WebSocket message): closed exactly as the
+    /// decoder closes on an oversize frame.
+    pub fn refuse_frame_size(&mut self, size: u32) {
+        if self.closed.is_none() {
+            let max = self.decoder.max_message_size();
+            self.on_decode_error(DecodeError::SizeTooLarge { size, max });
+        }
+    }
+
     fn on_decode_error(&mut self, e: DecodeError) {
         if matches!(self.phase, Phase::AwaitingHello)
             && let DecodeError::UnsupportedProtocol { command, .. } = e

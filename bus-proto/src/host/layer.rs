@@ -26,6 +26,19 @@ use std::vec::Vec;
 /// reading ([`StreamLayer::pending_wire`]).
 pub const MAX_PENDING_WIRE: usize = 256 << 10;
 
+/// A layer that frames messages itself (WebSocket) refused one over the
+/// frame limit before buffering it. The host hands it to the core, which
+/// closes the connection exactly as its decoder closes one carrying an
+/// oversize frame on TCP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("a {size}-byte message exceeds the frame limit {max}")]
+pub struct FrameTooLarge {
+    /// The message's size (saturated at `u32::MAX`).
+    pub size: u32,
+    /// The limit in force.
+    pub max: u32,
+}
+
 /// Why a layer gave up: the connection ends (with whatever alert or close
 /// the layer queued written first, within `close_grace`).
 pub type LayerError = Box<dyn core::error::Error + Send + Sync + 'static>;

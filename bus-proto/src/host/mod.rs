@@ -44,6 +44,9 @@ macro_rules! forward_socket_io {
         fn handle_eof(&mut self, now: Now, id: ConnectionId) {
             self.$core.handle_eof(now, id);
         }
+        fn frame_too_large(&mut self, now: Now, id: ConnectionId, size: u32) {
+            self.$core.frame_too_large(now, id, size);
+        }
         fn handle_timeout(&mut self, now: Now) {
             self.$core.handle_timeout(now);
         }
@@ -98,7 +101,9 @@ pub use client::{ClientFront, Link, Reply};
 pub use clock::{WALL_REFRESH, WallClock};
 pub use driver::{First, MAX_DRAINING, Owner, Runtime, Shared, SharedOptions, first};
 pub use error::{ClientError, ConnectError, ListenError, StartError};
-pub use layer::{LayerError, LayerFactory, MAX_PENDING_WIRE, StreamLayer, Transport};
+pub use layer::{
+    FrameTooLarge, LayerError, LayerFactory, MAX_PENDING_WIRE, StreamLayer, Transport,
+};
 pub use node::{NodeFront, NodeOptions, Refused};
 pub use outgoing::{MAX_IOVECS, Outgoing};
 pub use shutdown::ShutdownReport;
@@ -122,6 +127,9 @@ pub trait Machine: Send + 'static {
     fn handle_read(&mut self, now: Now, id: ConnectionId, buffer: BytesMut);
     /// The peer closed its side, or the socket failed.
     fn handle_eof(&mut self, now: Now, id: ConnectionId);
+    /// `id`'s transport refused a frame of `size` bytes over the limit
+    /// ([`FrameTooLarge`]).
+    fn frame_too_large(&mut self, now: Now, id: ConnectionId, size: u32);
     /// Runs the core's timers.
     fn handle_timeout(&mut self, now: Now);
     /// The socket for `Connect` is open; false if the id is stale.

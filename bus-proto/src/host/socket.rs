@@ -5,7 +5,7 @@
 
 use super::Machine;
 use super::driver::{MAX_DRAINING, Runtime, Shared, State};
-use super::layer::{MAX_PENDING_WIRE, StreamLayer};
+use super::layer::{FrameTooLarge, MAX_PENDING_WIRE, StreamLayer};
 use super::outgoing::Outgoing;
 use crate::node::ConnectionId;
 use crate::time::Instant;
@@ -397,6 +397,11 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
                 tracing::debug!(%id, %error, "transport layer failed");
                 layered.failed = true;
             }
+            let too_large = result
+                .as_ref()
+                .err()
+                .and_then(|e| e.downcast_ref::<FrameTooLarge>())
+                .map(|e| e.size);
             // A failed layer, or a peer that closed within it, reads no more.
             let ended = result.is_err() || layered.layer.peer_closed();
             socket.finished |= ended;
@@ -422,8 +427,10 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
                         None => frames.clear(),
                     }
                 }
-                if ended {
-                    m.handle_eof(now, id);
+                match too_large {
+                    Some(size) => m.frame_too_large(now, id, size),
+                    None if ended => m.handle_eof(now, id),
+                    None => {}
                 }
                 m.frame_limit(id)
             });

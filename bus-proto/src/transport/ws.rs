@@ -27,7 +27,7 @@
 use super::tls::{TlsClient, TlsError, TlsLayer, TlsServer};
 use crate::connection::Transmit;
 use crate::handshake::Binding;
-use crate::host::{LayerError, LayerFactory, StreamLayer, Transport};
+use crate::host::{FrameTooLarge, LayerError, LayerFactory, StreamLayer, Transport};
 use crate::time::Now;
 use crate::wire::HEADER_SIZE;
 use crate::wire::layout::HEADER_SIZE_U32;
@@ -72,6 +72,10 @@ pub enum WsError {
         /// The size its header names (0 if it is shorter than a header).
         size: usize,
     },
+    /// A message over the frame limit (closed with 1009): the connection
+    /// is refused as a frame of that size is on every transport.
+    #[error(transparent)]
+    TooLarge(FrameTooLarge),
     /// The TLS layer under the WebSocket failed.
     #[error(transparent)]
     Tls(#[from] TlsError),
@@ -431,9 +435,19 @@ impl WsLayer {
                 Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
                     return Ok(());
                 }
-                Err(tungstenite::Error::Capacity(e)) => {
+                Err(tungstenite::Error::Capacity(
+                    tungstenite::error::CapacityError::MessageTooLong { size, .. },
+                )) => {
                     refuse(ws, CloseCode::Size, "message too large");
-                    return Err(tungstenite::Error::Capacity(e).into());
+                    let size = u32::try_from(size).unwrap_or(u32::MAX);
+                    return Err(WsError::TooLarge(FrameTooLarge {
+                        size,
+                        max: self.frame_limit,
+                    }));
+                }
+                Err(e @ tungstenite::Error::Capacity(_)) => {
+                    refuse(ws, CloseCode::Size, "message too large");
+                    return Err(e.into());
                 }
                 Err(e @ tungstenite::Error::Utf8(_)) => {
                     refuse(ws, CloseCode::Invalid, "invalid UTF-8");
@@ -618,7 +632,12 @@ impl StreamLayer for WsLayer {
             tls.send_close();
             tls.take_records(&mut self.wire);
         }
-        Ok(result?)
+        match result {
+            // The host hands this one to the core, which refuses it as the
+            // decoder refuses an oversize frame on TCP.
+            Err(WsError::TooLarge(too_large)) => Err(Box::new(too_large)),
+            other => Ok(other?),
+        }
     }
 
     fn wants_read(&self) -> bool {

@@ -9,7 +9,7 @@ use bus_proto::connection::{CloseCause, Connection, DialParams, Event};
 use bus_proto::crypto::{Key, KeyRing, PeerId};
 use bus_proto::entropy::{Entropy, SeededEntropy};
 use bus_proto::handshake::{Binding, Gate, GateParams};
-use bus_proto::host::StreamLayer;
+use bus_proto::host::{FrameTooLarge, StreamLayer};
 use bus_proto::time::{Instant, Now, UnixNanos};
 use bus_proto::wire::CloseReason;
 use bus_proto::wire::Kind;
@@ -81,6 +81,7 @@ impl Side {
 
 pub struct LayeredPair {
     pub now: Instant,
+    /// The dialer's configuration (the acceptor's may differ).
     pub config: ValidConfig,
     pub sides: [Side; 2],
     pub gate: Gate,
@@ -101,9 +102,22 @@ impl LayeredPair {
         acceptor: Box<dyn StreamLayer>,
         faults: Faults,
     ) -> LayeredPair {
+        let acceptor_config = config.clone();
+        Self::with_configs(seed, (config, acceptor_config), dialer, acceptor, faults)
+    }
+
+    /// [`LayeredPair::new`] with the dialer's and the acceptor's own
+    /// configurations.
+    pub fn with_configs(
+        seed: u64,
+        (config, acceptor_config): (ValidConfig, ValidConfig),
+        dialer: Box<dyn StreamLayer>,
+        acceptor: Box<dyn StreamLayer>,
+        faults: Faults,
+    ) -> LayeredPair {
         let keys = KeyRing::new(Key::from_bytes([7; 32]));
         let gate = Gate::new(
-            &config,
+            &acceptor_config,
             GateParams {
                 cluster: CLUSTER,
                 local: 1,
@@ -112,7 +126,7 @@ impl LayeredPair {
             },
             keys.clone(),
         );
-        let accepted = Connection::accept_pending(Instant::ZERO, &config);
+        let accepted = Connection::accept_pending(Instant::ZERO, &acceptor_config);
         LayeredPair {
             now: Instant::ZERO,
             sides: [Side::new(dialer, None), Side::new(acceptor, Some(accepted))],
@@ -237,38 +251,17 @@ impl LayeredPair {
             let mut frames = BytesMut::new();
             if let Err(error) = s.layer.read_wire(now, &mut wire, &mut frames) {
                 s.layer_error = Some(error.to_string());
+                // As the host does: an oversize message is refused by the
+                // core as its decoder refuses an oversize frame.
+                let too_large = error.downcast_ref::<FrameTooLarge>().map(|e| e.size);
                 if let Some(conn) = &mut s.conn {
-                    conn.handle_eof(now.mono);
-                }
-            }
-            if let Some(binding) = s.layer.take_ready() {
-                s.binding = Some(binding);
-                match side {
-                    DIALER => {
-                        let params = DialParams {
-                            cluster: CLUSTER,
-                            local: PeerId::Replica(0),
-                            acceptor: 1,
-                            keys: &self.keys,
-                            binding,
-                        };
-                        let conn = Connection::dial(
-                            now.mono,
-                            now.wall,
-                            &self.config,
-                            params,
-                            &mut self.rng,
-                        )
-                        .expect("a valid dial");
-                        self.sides[side].conn = Some(conn);
-                    }
-                    _ => {
-                        if let Some(conn) = &mut self.sides[side].conn {
-                            conn.bind(now.mono, binding);
-                        }
+                    match too_large {
+                        Some(size) => conn.refuse_frame_size(size),
+                        None => conn.handle_eof(now.mono),
                     }
                 }
             }
+            self.ready(side, now);
             let s = &mut self.sides[side];
             if let Some(conn) = &mut s.conn {
                 if !frames.is_empty() {
@@ -290,9 +283,40 @@ impl LayeredPair {
         }
     }
 
+    /// Starts the bus handshake on `side` once its layer is ready: the
+    /// dialer's connection is created, the acceptor's bound.
+    fn ready(&mut self, side: usize, now: Now) {
+        let Some(binding) = self.sides[side].layer.take_ready() else {
+            return;
+        };
+        self.sides[side].binding = Some(binding);
+        match side {
+            DIALER => {
+                let params = DialParams {
+                    cluster: CLUSTER,
+                    local: PeerId::Replica(0),
+                    acceptor: 1,
+                    keys: &self.keys,
+                    binding,
+                };
+                let conn =
+                    Connection::dial(now.mono, now.wall, &self.config, params, &mut self.rng)
+                        .expect("a valid dial");
+                self.sides[side].conn = Some(conn);
+            }
+            _ => {
+                if let Some(conn) = &mut self.sides[side].conn {
+                    conn.bind(now.mono, binding);
+                }
+            }
+        }
+    }
+
     /// Runs `side`'s connection and layer outputs into the pipe.
     fn send(&mut self, side: usize) -> bool {
         let now = self.at();
+        // A layer without a handshake of its own is ready at once.
+        self.ready(side, now);
         let mut progressed = false;
         if side == ACCEPTOR
             && let Some(conn) = &mut self.sides[side].conn
