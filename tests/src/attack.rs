@@ -57,6 +57,16 @@ pub async fn silent_flood<B: Bus>(
 /// A dialing client connection (sans-IO) with `keys`, its `hello` fresh
 /// by the wall clock.
 fn dialer(config: &ValidConfig, keys: &KeyRing, client: u128, acceptor: u8) -> Connection {
+    bound_dialer(config, keys, client, acceptor, Binding::NONE)
+}
+
+fn bound_dialer(
+    config: &ValidConfig,
+    keys: &KeyRing,
+    client: u128,
+    acceptor: u8,
+    binding: Binding,
+) -> Connection {
     let wall = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
@@ -66,7 +76,7 @@ fn dialer(config: &ValidConfig, keys: &KeyRing, client: u128, acceptor: u8) -> C
         local: PeerId::Client(client),
         acceptor,
         keys,
-        binding: Binding::NONE,
+        binding,
     };
     let mut entropy = SeededEntropy::new(u64::try_from(client & 0xffff_ffff).unwrap_or(0));
     Connection::dial(Instant::ZERO, wall, config, params, &mut entropy).expect("a client may dial")
@@ -79,6 +89,19 @@ fn outgoing(conn: &mut Connection) -> Vec<u8> {
         transmit.write_to(&mut bytes);
     }
     bytes
+}
+
+/// A `hello` from client `client` signed with `keys`, bound to `binding`
+/// (a TLS exporter value some other TLS client computed), fresh by the
+/// wall clock.
+pub fn bound_hello_bytes(
+    config: &ValidConfig,
+    keys: &KeyRing,
+    client: u128,
+    acceptor: u8,
+    binding: Binding,
+) -> Vec<u8> {
+    outgoing(&mut bound_dialer(config, keys, client, acceptor, binding))
 }
 
 /// A `hello` from client `client` signed with `keys` (the wrong ones, for

@@ -230,6 +230,79 @@ fn openssl_s_client_agrees_tls13_and_alpn_and_exports_a_binding() {
     ));
 }
 
+/// `openssl s_client` exports keying material with the binding's label;
+/// a `hello` bound to exactly that value, sent through s_client's TLS
+/// session, passes the node's MAC check (the node then waits for a
+/// `confirm` that never comes: a handshake timeout), while the same hello
+/// with one bit of the binding flipped is refused `BadMac`. So OpenSSL's
+/// exporter and the node's binding are the same 32 bytes.
+#[test]
+fn openssl_s_client_exported_keying_material_is_the_nodes_binding() {
+    if !available("openssl", &["version"]) {
+        return;
+    }
+    for flip in [false, true] {
+        let node = EchoNode::start(BindingPolicy::TlsExporter, &config());
+        let mut child = Command::new("openssl")
+            .args(["s_client", "-connect", &node.address.to_string()])
+            .args(["-servername", "localhost", "-tls1_3", "-alpn", "bus/1"])
+            .args([
+                "-keymatexport",
+                "EXPORTER-Channel-Binding",
+                "-keymatexportlen",
+                "32",
+            ])
+            .args(["-ign_eof", "-nocommands"])
+            .arg("-CAfile")
+            .arg(node.cert())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("openssl runs");
+        let mut stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+        let mut exported = None;
+        let mut line = Vec::new();
+        while exported.is_none() {
+            line.clear();
+            let n = std::io::BufRead::read_until(&mut stdout, b'\n', &mut line).expect("read");
+            assert!(n > 0, "s_client printed no keying material");
+            let text = String::from_utf8_lossy(&line);
+            if let Some(hex_value) = text.trim().strip_prefix("Keying material:") {
+                let bytes = hex::decode(hex_value.trim()).expect("hex keying material");
+                exported = Some(<[u8; 32]>::try_from(bytes).expect("32 bytes"));
+            }
+        }
+        let mut binding = exported.expect("keying material");
+        if flip {
+            binding[0] ^= 1;
+        }
+        let hello = bus_tests::attack::bound_hello_bytes(
+            &config(),
+            &KeyRing::new(Key::from_bytes(KEY)),
+            0x5c11e47,
+            0,
+            bus_proto::handshake::Binding::from_bytes(binding),
+        );
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin.write_all(&hello).expect("hello to s_client");
+        let cause = node.failure();
+        let _ = child.kill();
+        let _ = child.wait();
+        match flip {
+            false => assert!(
+                matches!(cause, CloseCause::Timeout(Deadline::Handshake)),
+                "the hello bound to s_client's keying material: {cause}"
+            ),
+            true => assert_eq!(
+                cause,
+                CloseCause::Refused(bus_proto::wire::RejectStatus::BadMac),
+                "a binding one bit off"
+            ),
+        }
+    }
+}
+
 #[test]
 fn openssl_s_client_offering_tls12_only_is_refused() {
     if !available("openssl", &["version"]) {
