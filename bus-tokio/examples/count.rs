@@ -8,7 +8,9 @@
 //!   one after another, and the node's application answers each.
 //!
 //! It prints the minor page faults the workload took (Linux). With
-//! `COUNT_THREADS=N` it runs on a multi-thread runtime of `N` workers.
+//! `COUNT_THREADS=N` it runs on a multi-thread runtime of `N` workers;
+//! with `COUNT_TRANSPORT=tls|ws|wss` the replicas' messages go over that
+//! transport (a certificate made at start).
 //!
 //! Run it under callgrind at two sizes; the difference divided by the
 //! difference in `N` is the cost per message (or request round trip), free
@@ -24,7 +26,7 @@ use bus_tokio::bus_proto::client::ClientParams;
 use bus_tokio::bus_proto::config::{Config, ValidConfig};
 use bus_tokio::bus_proto::crypto::{Key, KeyRing};
 use bus_tokio::bus_proto::node::{NodeEvent, NodeParams};
-use bus_tokio::{Client, Node, NodeOptions};
+use bus_tokio::{Client, Node, NodeOptions, Transport};
 use bytes::Bytes;
 use std::collections::VecDeque;
 
@@ -92,6 +94,42 @@ fn params(replica: u8, replica_count: u8, accept_clients: bool) -> NodeParams {
     }
 }
 
+/// The listen and dial transports `COUNT_TRANSPORT` names (TCP if unset).
+fn transports() -> (Transport, Transport) {
+    use bus_tokio::bus_proto::transport::tls::{
+        CertificateDer, PrivateKeyDer, RootCertStore, TlsClient, TlsServer,
+    };
+    use bus_tokio::bus_proto::transport::ws::{WsClient, WsServer};
+    let kind = std::env::var("COUNT_TRANSPORT").unwrap_or_default();
+    if kind.is_empty() || kind == "tcp" {
+        return (Transport::tcp(), Transport::tcp());
+    }
+    let certified =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("a certificate");
+    let cert = CertificateDer::from(certified.cert.der().to_vec());
+    let key = PrivateKeyDer::try_from(certified.signing_key.serialize_der()).expect("a key");
+    let server = TlsServer::new(vec![cert.clone()], key).expect("a TLS server");
+    let mut roots = RootCertStore::empty();
+    roots.add(cert).expect("a root");
+    let client = TlsClient::new(roots, "localhost").expect("a TLS client");
+    match kind.as_str() {
+        "tls" => (server.transport(), client.transport()),
+        "ws" => (
+            WsServer::new().transport(),
+            WsClient::new("ws://localhost/bus")
+                .expect("a URL")
+                .transport(),
+        ),
+        "wss" => (
+            WsServer::over_tls(&server).transport(),
+            WsClient::over_tls("wss://localhost/bus", &client)
+                .expect("a URL")
+                .transport(),
+        ),
+        other => panic!("COUNT_TRANSPORT={other}: tcp, tls, ws or wss"),
+    }
+}
+
 /// `messages` from replica 0 to replica 1, `batch` at a time.
 async fn messages(config: &ValidConfig, keys: KeyRing, messages: u32, batch: u32) {
     let (one, mut events) = Node::start(
@@ -101,9 +139,11 @@ async fn messages(config: &ValidConfig, keys: KeyRing, messages: u32, batch: u32
         NodeOptions::default(),
     )
     .expect("node 1");
-    let address = one.listen("127.0.0.1:0").await.expect("listen");
+    let (listen, dial) = transports();
+    let address = one.listen_via("127.0.0.1:0", listen).await.expect("listen");
     let mut options = NodeOptions::default();
     options.peers.insert(1, address);
+    options.peer_transports.insert(1, dial);
     let (zero, _zero_events) =
         Node::start(config, params(0, 2, false), keys, options).expect("node 0");
     let body = Bytes::from(vec![0u8; 64]);
