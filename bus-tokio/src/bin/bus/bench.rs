@@ -13,7 +13,7 @@ use clap::Args;
 use futures_util::{SinkExt, StreamExt};
 use serde::Serialize;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 
@@ -419,7 +419,19 @@ async fn raw_throughput(body: usize, messages: u64, batch: usize) -> Result<f64,
 /// flushed every `batch` frames.
 async fn codec_throughput(body: usize, messages: u64, batch: usize) -> Result<f64, Failure> {
     let (writer, reader) = loopback().await?;
-    let payload = Bytes::from(vec![0xab; body]);
+    codec_over(writer, reader, body, messages, batch).await
+}
+
+/// `messages` payloads of `size` bytes from `writer` to `reader` through
+/// `LengthDelimitedCodec`, flushed every `batch`: messages per second.
+pub(crate) async fn codec_over(
+    writer: impl AsyncWrite + Send + Unpin + 'static,
+    reader: impl AsyncRead + Unpin,
+    size: usize,
+    messages: u64,
+    batch: usize,
+) -> Result<f64, Failure> {
+    let payload = Bytes::from(vec![0xab; size]);
     let started = Instant::now();
     let producer = tokio::spawn(async move {
         let mut sink = FramedWrite::new(writer, LengthDelimitedCodec::new());

@@ -24,7 +24,6 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::{TlsAcceptor, TlsConnector, rustls};
 use tokio_tungstenite::tungstenite::Message;
-use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 
 /// One transport's throughput against its baseline.
 #[derive(Serialize)]
@@ -227,43 +226,7 @@ async fn tls_codec(pki: &Pki, frame: usize, messages: u64, batch: usize) -> Resu
         rustls::pki_types::ServerName::try_from("localhost").map_err(|e| Failure(e.to_string()))?;
     let (client, server) = tokio::join!(connector.connect(name, client), acceptor.accept(server));
     let (client, server) = (client?, server?);
-    codec_over(client, server, frame, messages, batch).await
-}
-
-async fn codec_over(
-    writer: impl AsyncWrite + Send + Unpin + 'static,
-    reader: impl AsyncRead + Unpin,
-    frame: usize,
-    messages: u64,
-    batch: usize,
-) -> Result<f64, Failure> {
-    let payload = Bytes::from(vec![0xab; frame]);
-    let started = Instant::now();
-    let producer = tokio::spawn(async move {
-        let mut sink = FramedWrite::new(writer, LengthDelimitedCodec::new());
-        for i in 0..messages {
-            sink.feed(payload.clone()).await?;
-            if (i + 1) % batch as u64 == 0 {
-                SinkExt::<Bytes>::flush(&mut sink).await?;
-            }
-        }
-        SinkExt::<Bytes>::flush(&mut sink).await?;
-        Ok::<_, std::io::Error>(sink)
-    });
-    let mut stream = FramedRead::new(reader, LengthDelimitedCodec::new());
-    let mut received = 0;
-    while received < messages {
-        match stream.next().await {
-            Some(frame) => {
-                frame?;
-                received += 1;
-            }
-            None => return Err(Failure("TLS baseline: early EOF".into())),
-        }
-    }
-    let elapsed = started.elapsed().as_secs_f64();
-    producer.await.map_err(|e| Failure(e.to_string()))??;
-    Ok(messages as f64 / elapsed)
+    crate::bench::codec_over(client, server, frame, messages, batch).await
 }
 
 /// A connected WebSocket pair over loopback, over TLS if `pki` is given.
