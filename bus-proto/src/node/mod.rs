@@ -380,6 +380,12 @@ impl Node {
         &self.gate
     }
 
+    /// True while `id` names a connection this core holds (connecting,
+    /// open or closing); false once it is over and freed.
+    pub fn holds(&self, id: ConnectionId) -> bool {
+        self.table.get(id).is_some()
+    }
+
     /// The connection behind `id` (read-only: for metrics and tests).
     pub fn connection(&self, id: ConnectionId) -> Option<&Connection> {
         self.table.conn(id)

@@ -1,4 +1,4 @@
-//! Transports under framing (features `tls`, `ws`): sans-IO engines the host
+//! Transports under framing (features `tls`, `ws`, `quic`): sans-IO engines the host
 //! runs between a socket and the core, as [`StreamLayer`](crate::host::StreamLayer)s.
 //!
 //! Every transport ends in the same frame decoder with the same
@@ -13,11 +13,14 @@
 //!
 //! These engines are the one place the bus does not take randomness as an
 //! input: rustls (with ring) draws its key shares and nonces from the
-//! operating system, as TLS requires, and tungstenite its client masks and
-//! handshake keys, as WebSocket requires. Time stays an input: the host
+//! operating system, as TLS requires, tungstenite its client masks and
+//! handshake keys, as WebSocket requires, and quinn-proto its connection
+//! ids, tokens and reset keys, as QUIC requires. Time stays an input: the host
 //! passes the wall clock with every read, and certificate validity is
 //! checked against it.
 
+#[cfg(feature = "quic")]
+pub mod quic;
 #[cfg(feature = "tls")]
 pub mod tls;
 #[cfg(feature = "ws")]

@@ -157,10 +157,10 @@ pub fn load_roots(path: impl AsRef<Path>) -> Result<RootCertStore, TlsConfigErro
 /// The wall clock rustls checks certificate validity against: the time
 /// the host passed with the latest read, so the layer reads no clock.
 #[derive(Debug, Default)]
-struct HostTime(AtomicU64);
+pub(crate) struct HostTime(AtomicU64);
 
 impl HostTime {
-    fn set(&self, now: Now) {
+    pub(crate) fn set(&self, now: Now) {
         self.0.store(now.wall.as_nanos(), Ordering::Relaxed);
     }
 }
@@ -266,6 +266,7 @@ impl TlsServer {
 
     /// The same certificates for HTTP/1.1 (WebSocket over TLS): ALPN
     /// `http/1.1` offered, none required, as browsers connect.
+    #[cfg(feature = "ws")]
     pub(crate) fn for_http1(&self) -> TlsServer {
         let mut config = (*self.config).clone();
         config.alpn_protocols = std::vec![b"http/1.1".to_vec()];
@@ -275,6 +276,17 @@ impl TlsServer {
             policy: self.policy,
             alpn: None,
         }
+    }
+
+    /// The rustls configuration, its clock and its binding policy, for
+    /// QUIC.
+    #[cfg(feature = "quic")]
+    pub(crate) fn parts(&self) -> (Arc<ServerConfig>, Arc<HostTime>, BindingPolicy) {
+        (
+            Arc::clone(&self.config),
+            Arc::clone(&self.time),
+            self.policy,
+        )
     }
 
     /// A server-side session for one connection.
@@ -384,6 +396,7 @@ fn parse_server_name(name: &str) -> Result<ServerName<'static>, TlsConfigError> 
 impl TlsClient {
     /// The same roots for HTTP/1.1 (WebSocket over TLS): ALPN `http/1.1`
     /// offered, none required.
+    #[cfg(feature = "ws")]
     pub(crate) fn for_http1(&self) -> TlsClient {
         let mut config = (*self.config).clone();
         config.alpn_protocols = std::vec![b"http/1.1".to_vec()];
@@ -392,6 +405,19 @@ impl TlsClient {
             alpn: None,
             ..self.clone()
         }
+    }
+
+    /// The rustls configuration, its clock, the server name and the
+    /// binding policy, for QUIC.
+    #[cfg(feature = "quic")]
+    pub(crate) fn parts(&self) -> (Arc<ClientConfig>, Arc<HostTime>, String, BindingPolicy) {
+        let name = self.server_name.to_str().into_owned();
+        (
+            Arc::clone(&self.config),
+            Arc::clone(&self.time),
+            name,
+            self.policy,
+        )
     }
 
     /// A client-side session for one dial.

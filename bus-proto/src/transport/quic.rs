@@ -1,0 +1,593 @@
+//! QUIC under framing (quinn-proto), driven from memory: one endpoint per
+//! UDP socket owns its connections; the host feeds it datagrams and time
+//! and sends what it hands out.
+//!
+//! A bus connection is one QUIC connection carrying one bidirectional
+//! stream, opened by the dialer once QUIC is established (the peer allows
+//! one bidirectional stream and no unidirectional one). A new connection
+//! is admitted by the core ([`QuicCore::accept_pending`]: the same
+//! unauthenticated pool and handshake cap as TCP) before any crypto work,
+//! and refused with CONNECTION_REFUSED otherwise. The core's handshake
+//! deadline covers the QUIC handshake and the bus handshake: a peer that
+//! stalls after its Initial is closed then, not at QUIC's idle timeout.
+//! TLS 1.3, ALPN `bus/1`, no tickets and no 0-RTT, as on the TLS
+//! transport, from the same [`TlsServer`] and [`TlsClient`]; the binding
+//! is the QUIC session's exporter (or none, for an `Unbound` policy).
+//!
+//! Writes keep whole frames: a batch the core hands out is written to the
+//! stream completely before the next is asked for. Reads stop while the
+//! core pauses the connection, so QUIC's flow control pushes back on the
+//! sender; the stream's receive window is a few `max_message_size`.
+//!
+//! Time: quinn-proto measures time with `std::time::Instant`; the host
+//! passes that type's origin once ([`QuicEndpoint::new`]'s `epoch`) and
+//! the bus's own time after, so the endpoint reads no clock. quinn-proto
+//! draws its connection ids, tokens and reset keys from the operating
+//! system (seeded where it allows: its packet-number RNG).
+
+use super::tls::{HostTime, TlsClient, TlsServer};
+use super::{ALPN, BindingPolicy, EXPORTER_LABEL};
+use crate::config::ValidConfig;
+use crate::connection::Transmit;
+use crate::handshake::Binding;
+use crate::node::ConnectionId;
+use crate::time::{Instant, Now};
+use bytes::{Bytes, BytesMut};
+use core::net::SocketAddr;
+use core::time::Duration;
+use quinn_proto::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use quinn_proto::{
+    ConnectionHandle, DatagramEvent, Dir, EndpointConfig, Event, StreamEvent, StreamId,
+    TransportConfig, VarInt,
+};
+use std::collections::{HashMap, VecDeque};
+use std::string::String;
+use std::sync::Arc;
+use std::vec::Vec;
+
+/// Datagrams an endpoint holds for the host before it stops producing
+/// more (a host that does not send them gets none; QUIC retransmits).
+pub const MAX_QUEUED_DATAGRAMS: usize = 1024;
+
+/// Datagrams one connection may produce per pass, so one busy connection
+/// cannot starve the others.
+const DATAGRAMS_PER_PASS: usize = 64;
+
+/// The QUIC application error code of a bus close.
+const CLOSE_CODE: u32 = 0;
+
+/// What the endpoint needs from a node's or a client's core.
+pub trait QuicCore {
+    /// A new connection from `remote`: its id in the unauthenticated pool,
+    /// or `None` to refuse it.
+    fn accept_pending(&mut self, now: Now, remote: SocketAddr) -> Option<ConnectionId>;
+    /// The QUIC handshake of `id` completed with this binding.
+    fn transport_ready(&mut self, now: Now, id: ConnectionId, binding: Binding) -> bool;
+    /// Stream bytes from `id`'s peer.
+    fn handle_input(&mut self, now: Now, id: ConnectionId, bytes: &[u8]);
+    /// `id`'s stream or connection ended.
+    fn handle_eof(&mut self, now: Now, id: ConnectionId);
+    /// `id`'s next batch of frames.
+    fn poll_transmit_for(&mut self, now: Now, id: ConnectionId) -> Option<Transmit>;
+    /// True while `id` should not be read (its deliveries wait).
+    fn reading_paused(&self, id: ConnectionId) -> bool;
+    /// True once `id` is over and has handed out its last bytes.
+    fn is_over(&self, id: ConnectionId) -> bool;
+}
+
+/// A QUIC configuration could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum QuicConfigError {
+    /// rustls's configuration is not usable for QUIC (it needs TLS 1.3
+    /// and TLS13_AES_128_GCM_SHA256).
+    #[error("TLS configuration unusable for QUIC: {0}")]
+    Crypto(String),
+}
+
+/// One QUIC connection and the bus connection on it.
+struct QuicConn {
+    quinn: quinn_proto::Connection,
+    bus: ConnectionId,
+    dialer: bool,
+    policy: BindingPolicy,
+    stream: Option<StreamId>,
+    /// The rest of the batch being written, in order.
+    pending: Vec<Bytes>,
+    /// The bus connection was told the transport is ready.
+    ready: bool,
+    /// Our side of the stream is finished (the bus closed).
+    finished: bool,
+    /// The QUIC close was sent.
+    closed: bool,
+    /// Close at this instant even if the peer never acknowledges.
+    close_by: Option<Instant>,
+}
+
+/// A QUIC endpoint on one UDP socket, as a sans-IO state machine.
+pub struct QuicEndpoint {
+    endpoint: quinn_proto::Endpoint,
+    epoch: std::time::Instant,
+    client: Option<(
+        quinn_proto::ClientConfig,
+        Arc<HostTime>,
+        String,
+        BindingPolicy,
+    )>,
+    server: Option<(Arc<HostTime>, BindingPolicy)>,
+    close_grace: Duration,
+    conns: HashMap<ConnectionHandle, QuicConn>,
+    by_bus: HashMap<ConnectionId, ConnectionHandle>,
+    out: VecDeque<(SocketAddr, Vec<u8>)>,
+    scratch: Vec<u8>,
+}
+
+impl core::fmt::Debug for QuicEndpoint {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("QuicEndpoint")
+            .field("connections", &self.conns.len())
+            .field("queued_datagrams", &self.out.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The transport parameters of every bus connection.
+fn transport(config: &ValidConfig, server: bool) -> Arc<TransportConfig> {
+    let mut transport = TransportConfig::default();
+    let window = u64::from(config.max_message_size).saturating_mul(4);
+    let window = VarInt::from_u64(window).unwrap_or(VarInt::MAX);
+    transport
+        .max_concurrent_bidi_streams(VarInt::from_u32(u32::from(server)))
+        .max_concurrent_uni_streams(VarInt::from_u32(0))
+        .stream_receive_window(window)
+        .receive_window(window)
+        .datagram_receive_buffer_size(None)
+        // The bus's pings keep connections alive; QUIC's idle timeout is a
+        // backstop beyond the bus's liveness deadline.
+        .keep_alive_interval(None)
+        .max_idle_timeout(
+            (config.liveness_timeout * 2)
+                .try_into()
+                .ok()
+                .or_else(|| Duration::from_secs(60).try_into().ok()),
+        )
+        .enable_segmentation_offload(false);
+    Arc::new(transport)
+}
+
+impl QuicEndpoint {
+    /// An endpoint that accepts connections with `server` (if given) and
+    /// dials with `client` (if given). `epoch` is the `std::time::Instant`
+    /// the host's time counts from (its zero); `seed` seeds quinn-proto's
+    /// endpoint RNG.
+    pub fn new(
+        epoch: std::time::Instant,
+        config: &ValidConfig,
+        server: Option<&TlsServer>,
+        client: Option<&TlsClient>,
+        seed: [u8; 32],
+    ) -> Result<Self, QuicConfigError> {
+        let crypto = |e: &dyn core::fmt::Display| QuicConfigError::Crypto(std::format!("{e}"));
+        let (server_config, server_parts) = match server {
+            None => (None, None),
+            Some(tls) => {
+                let (rustls, time, policy) = tls.parts();
+                let quic = QuicServerConfig::try_from(rustls).map_err(|e| crypto(&e))?;
+                let mut server = quinn_proto::ServerConfig::with_crypto(Arc::new(quic));
+                server.transport_config(transport(config, true));
+                (Some(Arc::new(server)), Some((time, policy)))
+            }
+        };
+        let client = match client {
+            None => None,
+            Some(tls) => {
+                let (rustls, time, name, policy) = tls.parts();
+                let quic = QuicClientConfig::try_from(rustls).map_err(|e| crypto(&e))?;
+                let mut client = quinn_proto::ClientConfig::new(Arc::new(quic));
+                client.transport_config(transport(config, false));
+                Some((client, time, name, policy))
+            }
+        };
+        let endpoint = quinn_proto::Endpoint::new(
+            Arc::new(EndpointConfig::default()),
+            server_config,
+            false,
+            Some(seed),
+        );
+        Ok(QuicEndpoint {
+            endpoint,
+            epoch,
+            client,
+            server: server_parts,
+            close_grace: config.close_grace,
+            conns: HashMap::new(),
+            by_bus: HashMap::new(),
+            out: VecDeque::new(),
+            scratch: Vec::new(),
+        })
+    }
+
+    fn at(&self, now: Now) -> std::time::Instant {
+        self.epoch + Duration::from_nanos(now.mono.as_nanos())
+    }
+
+    fn set_time(&self, now: Now) {
+        if let Some((time, _)) = &self.server {
+            time.set(now);
+        }
+        if let Some((_, time, _, _)) = &self.client {
+            time.set(now);
+        }
+    }
+
+    /// Bus connections this endpoint carries.
+    pub fn connections(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Dials `to` for the core's connection `id` (after the core's
+    /// `Connect` and `connected_pending`). `false` if this endpoint cannot
+    /// dial or quinn-proto refused the address.
+    pub fn connect(&mut self, now: Now, id: ConnectionId, to: SocketAddr) -> bool {
+        let Some((config, time, name, policy)) = &self.client else {
+            return false;
+        };
+        time.set(now);
+        let at = self.epoch + Duration::from_nanos(now.mono.as_nanos());
+        let policy = *policy;
+        match self.endpoint.connect(at, config.clone(), to, name) {
+            Ok((handle, quinn)) => {
+                self.insert(handle, quinn, id, true, policy);
+                true
+            }
+            Err(error) => {
+                tracing::debug!(%id, %to, %error, "QUIC connect refused");
+                false
+            }
+        }
+    }
+
+    fn insert(
+        &mut self,
+        handle: ConnectionHandle,
+        quinn: quinn_proto::Connection,
+        bus: ConnectionId,
+        dialer: bool,
+        policy: BindingPolicy,
+    ) {
+        self.by_bus.insert(bus, handle);
+        self.conns.insert(
+            handle,
+            QuicConn {
+                quinn,
+                bus,
+                dialer,
+                policy,
+                stream: None,
+                pending: Vec::new(),
+                ready: false,
+                finished: false,
+                closed: false,
+                close_by: None,
+            },
+        );
+    }
+
+    /// A datagram arrived from `from`.
+    pub fn handle_datagram(
+        &mut self,
+        now: Now,
+        from: SocketAddr,
+        data: &[u8],
+        core: &mut dyn QuicCore,
+    ) {
+        self.set_time(now);
+        let at = self.at(now);
+        let mut buf = core::mem::take(&mut self.scratch);
+        buf.clear();
+        let event = self
+            .endpoint
+            .handle(at, from, None, None, BytesMut::from(data), &mut buf);
+        match event {
+            Some(DatagramEvent::NewConnection(incoming)) => {
+                let policy = self.server.as_ref().map(|(_, p)| *p);
+                match (policy, core.accept_pending(now, from)) {
+                    (Some(policy), Some(bus)) => {
+                        match self.endpoint.accept(incoming, at, &mut buf, None) {
+                            Ok((handle, quinn)) => {
+                                self.insert(handle, quinn, bus, false, policy);
+                                self.drive_one(now, handle, core);
+                            }
+                            Err(error) => {
+                                core.handle_eof(now, bus);
+                                if let Some(response) = error.response {
+                                    self.queue(response.destination, &buf[..response.size]);
+                                }
+                            }
+                        }
+                    }
+                    _ => {
+                        let response = self.endpoint.refuse(incoming, &mut buf);
+                        self.queue(response.destination, &buf[..response.size]);
+                    }
+                }
+            }
+            Some(DatagramEvent::ConnectionEvent(handle, event)) => {
+                if let Some(conn) = self.conns.get_mut(&handle) {
+                    conn.quinn.handle_event(event);
+                }
+                self.drive_one(now, handle, core);
+            }
+            Some(DatagramEvent::Response(response)) => {
+                self.queue(response.destination, &buf[..response.size]);
+            }
+            None => {}
+        }
+        self.scratch = buf;
+    }
+
+    fn queue(&mut self, to: SocketAddr, datagram: &[u8]) {
+        if self.out.len() < MAX_QUEUED_DATAGRAMS {
+            self.out.push_back((to, datagram.to_vec()));
+        }
+    }
+
+    /// Runs every connection: timers due at `now`, the core's output, the
+    /// core's closes. Call after any input to the core, and at
+    /// [`QuicEndpoint::poll_timeout`].
+    pub fn drive(&mut self, now: Now, core: &mut dyn QuicCore) {
+        self.set_time(now);
+        let handles: Vec<ConnectionHandle> = self.conns.keys().copied().collect();
+        for handle in handles {
+            self.drive_one(now, handle, core);
+        }
+    }
+
+    fn drive_one(&mut self, now: Now, handle: ConnectionHandle, core: &mut dyn QuicCore) {
+        let at = self.at(now);
+        let Some(conn) = self.conns.get_mut(&handle) else {
+            return;
+        };
+        if conn.quinn.poll_timeout().is_some_and(|t| t <= at) {
+            conn.quinn.handle_timeout(at);
+        }
+        let bus = conn.bus;
+        while let Some(event) = conn.quinn.poll() {
+            match event {
+                Event::Connected => {
+                    if conn.quinn.accepted_0rtt() {
+                        // Defence in depth: the configuration allows none.
+                        conn.quinn
+                            .close(at, VarInt::from_u32(CLOSE_CODE), Bytes::new());
+                        conn.closed = true;
+                        core.handle_eof(now, bus);
+                        continue;
+                    }
+                    if conn.dialer {
+                        conn.stream = conn.quinn.streams().open(Dir::Bi);
+                    }
+                    let binding = binding(&conn.quinn, conn.policy);
+                    conn.ready = true;
+                    core.transport_ready(now, bus, binding);
+                }
+                Event::Stream(StreamEvent::Opened { dir: Dir::Bi }) => {
+                    while let Some(id) = conn.quinn.streams().accept(Dir::Bi) {
+                        if conn.stream.is_none() && !conn.dialer {
+                            conn.stream = Some(id);
+                        } else {
+                            // One stream per bus connection.
+                            let _ = conn
+                                .quinn
+                                .recv_stream(id)
+                                .stop(VarInt::from_u32(CLOSE_CODE));
+                        }
+                    }
+                }
+                Event::Stream(StreamEvent::Opened { dir: Dir::Uni }) => {
+                    while let Some(id) = conn.quinn.streams().accept(Dir::Uni) {
+                        let _ = conn
+                            .quinn
+                            .recv_stream(id)
+                            .stop(VarInt::from_u32(CLOSE_CODE));
+                    }
+                }
+                Event::Stream(StreamEvent::Finished { .. }) if conn.finished => {
+                    // Everything we wrote was acknowledged: close now.
+                    conn.close_by = Some(now.mono);
+                }
+                Event::Stream(StreamEvent::Stopped { .. }) | Event::ConnectionLost { .. } => {
+                    core.handle_eof(now, bus);
+                }
+                _ => {}
+            }
+        }
+        // Stream data to the core, unless it pauses this connection.
+        if let Some(id) = conn.stream
+            && conn.ready
+            && !core.reading_paused(bus)
+        {
+            let mut stream = conn.quinn.recv_stream(id);
+            if let Ok(mut chunks) = stream.read(true) {
+                let mut ended = false;
+                loop {
+                    match chunks.next(usize::MAX) {
+                        Ok(Some(chunk)) => core.handle_input(now, bus, &chunk.bytes),
+                        Ok(None) => {
+                            ended = true;
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                let _ = chunks.finalize();
+                if ended {
+                    core.handle_eof(now, bus);
+                }
+            }
+        }
+        // The core's batches to the stream, whole, in order.
+        if let Some(id) = conn.stream
+            && conn.ready
+            && !conn.finished
+        {
+            loop {
+                if conn.pending.is_empty() {
+                    match core.poll_transmit_for(now, bus) {
+                        Some(batch) => conn.pending = batch.into_segments(),
+                        None => break,
+                    }
+                }
+                match conn.quinn.send_stream(id).write_chunks(&mut conn.pending) {
+                    Ok(written) => {
+                        conn.pending.drain(..written.chunks);
+                        if !conn.pending.is_empty() {
+                            break;
+                        }
+                    }
+                    // Blocked: flow control; `Writable` brings us back.
+                    Err(_) => break,
+                }
+            }
+        }
+        // The bus connection is over: finish the stream once its last
+        // bytes are written, then close after the peer acknowledged them
+        // or `close_grace`, so the last reply is not dropped by the close.
+        if !conn.closed && core.is_over(bus) && conn.pending.is_empty() {
+            match conn.stream {
+                Some(id) if !conn.finished => {
+                    conn.finished = true;
+                    let _ = conn.quinn.send_stream(id).finish();
+                    conn.close_by = Some(now.mono.saturating_add(self.close_grace));
+                }
+                Some(_) => {}
+                None => conn.close_by = Some(now.mono),
+            }
+        }
+        if !conn.closed && conn.close_by.is_some_and(|t| t <= now.mono) {
+            conn.closed = true;
+            conn.quinn.close(
+                at,
+                VarInt::from_u32(CLOSE_CODE),
+                Bytes::from_static(b"bus closed"),
+            );
+        }
+        // Endpoint events, and the connection's datagrams.
+        let mut drained = false;
+        while let Some(event) = conn.quinn.poll_endpoint_events() {
+            drained |= event.is_drained();
+            if let Some(back) = self.endpoint.handle_event(handle, event) {
+                conn.quinn.handle_event(back);
+            }
+        }
+        let mut buf = core::mem::take(&mut self.scratch);
+        for _ in 0..DATAGRAMS_PER_PASS {
+            if self.out.len() >= MAX_QUEUED_DATAGRAMS {
+                break;
+            }
+            buf.clear();
+            match conn.quinn.poll_transmit(at, 1, &mut buf) {
+                Some(t) => self.out.push_back((t.destination, buf[..t.size].to_vec())),
+                None => break,
+            }
+        }
+        self.scratch = buf;
+        if drained || conn.quinn.is_drained() {
+            self.by_bus.remove(&bus);
+            self.conns.remove(&handle);
+            core.handle_eof(now, bus);
+        }
+    }
+
+    /// The next datagram to send.
+    pub fn poll_datagram(&mut self) -> Option<(SocketAddr, Vec<u8>)> {
+        self.out.pop_front()
+    }
+
+    /// When [`QuicEndpoint::drive`] must run again (QUIC's timers and the
+    /// close deadlines).
+    pub fn poll_timeout(&mut self) -> Option<Instant> {
+        let epoch = self.epoch;
+        self.conns
+            .values_mut()
+            .flat_map(|c| {
+                let quic = c.quinn.poll_timeout().map(|t| {
+                    let since = t.saturating_duration_since(epoch);
+                    Instant::from_nanos(u64::try_from(since.as_nanos()).unwrap_or(u64::MAX))
+                });
+                [quic, c.close_by.filter(|_| !c.closed)]
+            })
+            .flatten()
+            .min()
+    }
+}
+
+/// The bus handshake's binding for an established QUIC connection.
+fn binding(quinn: &quinn_proto::Connection, policy: BindingPolicy) -> Binding {
+    match policy {
+        BindingPolicy::Unbound => Binding::NONE,
+        BindingPolicy::TlsExporter => {
+            let mut out = [0u8; 32];
+            match quinn
+                .crypto_session()
+                .export_keying_material(&mut out, EXPORTER_LABEL, b"")
+            {
+                Ok(()) => Binding::from_bytes(out),
+                // No exporter: a binding no peer can match, so the bus
+                // handshake fails closed.
+                Err(_) => Binding::from_bytes([0xff; 32]),
+            }
+        }
+    }
+}
+
+impl QuicCore for crate::node::Node {
+    fn accept_pending(&mut self, now: Now, remote: SocketAddr) -> Option<ConnectionId> {
+        crate::node::Node::accept_pending(self, now, Some(remote)).ok()
+    }
+    fn transport_ready(&mut self, now: Now, id: ConnectionId, binding: Binding) -> bool {
+        crate::node::Node::transport_ready(self, now, id, binding).is_ok()
+    }
+    fn handle_input(&mut self, now: Now, id: ConnectionId, bytes: &[u8]) {
+        let _ = crate::node::Node::handle_input(self, now, id, bytes);
+    }
+    fn handle_eof(&mut self, now: Now, id: ConnectionId) {
+        crate::node::Node::handle_eof(self, now, id);
+    }
+    fn poll_transmit_for(&mut self, now: Now, id: ConnectionId) -> Option<Transmit> {
+        crate::node::Node::poll_transmit_for(self, now, id)
+    }
+    fn reading_paused(&self, id: ConnectionId) -> bool {
+        self.connection(id).is_some_and(|c| c.reading_paused())
+    }
+    fn is_over(&self, id: ConnectionId) -> bool {
+        !self.holds(id)
+    }
+}
+
+impl QuicCore for crate::client::Client {
+    /// A client accepts nothing.
+    fn accept_pending(&mut self, _: Now, _: SocketAddr) -> Option<ConnectionId> {
+        None
+    }
+    fn transport_ready(&mut self, now: Now, id: ConnectionId, binding: Binding) -> bool {
+        crate::client::Client::transport_ready(self, now, id, binding).is_ok()
+    }
+    fn handle_input(&mut self, now: Now, id: ConnectionId, bytes: &[u8]) {
+        let _ = crate::client::Client::handle_input(self, now, id, bytes);
+    }
+    fn handle_eof(&mut self, now: Now, id: ConnectionId) {
+        crate::client::Client::handle_eof(self, now, id);
+    }
+    fn poll_transmit_for(&mut self, now: Now, id: ConnectionId) -> Option<Transmit> {
+        crate::client::Client::poll_transmit_for(self, now, id)
+    }
+    fn reading_paused(&self, _: ConnectionId) -> bool {
+        false
+    }
+    fn is_over(&self, id: ConnectionId) -> bool {
+        !self.holds(id)
+    }
+}
+
+/// The ALPN every QUIC connection agrees on (checked by rustls: QUIC
+/// refuses a handshake without it).
+pub const QUIC_ALPN: &[u8] = ALPN;
