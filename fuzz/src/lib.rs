@@ -30,4 +30,5 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("tls_server", tls_server),
     ("ws_server", ws_server),
     ("ws_client", ws_client),
+    ("quic_endpoint", quic_endpoint),
 ];
