@@ -55,6 +55,8 @@ struct World {
     faults: Faults,
     client_sent: u64,
     replies: Vec<Bytes>,
+    /// The server's certificate.
+    cert: bus_proto::transport::tls::CertificateDer<'static>,
 }
 
 fn at(now: Duration) -> Now {
@@ -75,7 +77,7 @@ impl World {
             .expect("server config")
             .binding(BindingPolicy::TlsExporter);
         let mut roots = RootCertStore::empty();
-        roots.add(cert).expect("a root");
+        roots.add(cert.clone()).expect("a root");
         let tls_client = TlsClient::new(roots, "replica-0").expect("client config");
         let epoch = std::time::Instant::now();
         let mut seed_bytes = [0u8; 32];
@@ -123,6 +125,7 @@ impl World {
             faults,
             client_sent: 0,
             replies: Vec::new(),
+            cert,
         }
     }
 
@@ -313,4 +316,97 @@ fn a_quic_client_that_stalls_after_its_initial_is_closed_at_the_bus_deadline() {
         w.server.connections() == 0
     });
     assert_eq!(world.server.connections(), 0);
+}
+
+/// A peer gets one bidirectional stream and no unidirectional one: a raw
+/// quinn-proto client connected to the bus's endpoint can open its first
+/// bidirectional stream, but QUIC's own limits refuse a second and any
+/// unidirectional stream; and the session accepted no 0-RTT.
+#[test]
+fn a_quic_peer_gets_one_bidirectional_stream_and_no_unidirectional_one() {
+    use quinn_proto::crypto::rustls::QuicClientConfig;
+    use quinn_proto::{DatagramEvent, Dir, Event};
+    use std::sync::Arc;
+
+    let mut world = World::new(5, Faults::default());
+    let epoch = std::time::Instant::now();
+    let mut roots = bus_proto::transport::tls::rustls::RootCertStore::empty();
+    roots.add(world.cert.clone()).expect("a root");
+    let provider = Arc::new(bus_proto::transport::tls::rustls::crypto::ring::default_provider());
+    let mut rustls =
+        bus_proto::transport::tls::rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&bus_proto::transport::tls::rustls::version::TLS13])
+            .expect("TLS 1.3")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    rustls.alpn_protocols = vec![b"bus/1".to_vec()];
+    let quic = QuicClientConfig::try_from(rustls).expect("a QUIC client config");
+    let mut raw = quinn_proto::Endpoint::new(
+        Arc::new(quinn_proto::EndpointConfig::default()),
+        None,
+        false,
+        Some([9; 32]),
+    );
+    let (_, mut conn) = raw
+        .connect(
+            epoch,
+            quinn_proto::ClientConfig::new(Arc::new(quic)),
+            server_addr(),
+            "replica-0",
+        )
+        .expect("a connect");
+    let mut connected = false;
+    let mut buf = Vec::new();
+    for round in 0..200u64 {
+        let now = Duration::from_millis(round);
+        let instant = epoch + now;
+        // Raw client -> server.
+        loop {
+            buf.clear();
+            let Some(t) = conn.poll_transmit(instant, 1, &mut buf) else {
+                break;
+            };
+            world
+                .server
+                .handle_datagram(at(now), client_addr(), &buf[..t.size], &mut world.node);
+        }
+        world.server.drive(at(now), &mut world.node);
+        // Server -> raw client.
+        while let Some((_, datagram)) = world.server.poll_datagram() {
+            let mut scratch = Vec::new();
+            if let Some(DatagramEvent::ConnectionEvent(_, event)) = raw.handle(
+                instant,
+                server_addr(),
+                None,
+                None,
+                datagram.as_slice().into(),
+                &mut scratch,
+            ) {
+                conn.handle_event(event);
+            }
+        }
+        conn.handle_timeout(instant);
+        while let Some(event) = conn.poll() {
+            if matches!(event, Event::Connected) {
+                connected = true;
+            }
+        }
+        if connected {
+            break;
+        }
+    }
+    assert!(connected, "the raw client never connected");
+    assert!(!conn.accepted_0rtt());
+    assert!(
+        conn.streams().open(Dir::Bi).is_some(),
+        "the first bidi stream"
+    );
+    assert!(
+        conn.streams().open(Dir::Bi).is_none(),
+        "a second bidi stream"
+    );
+    assert!(
+        conn.streams().open(Dir::Uni).is_none(),
+        "a unidirectional stream"
+    );
 }
