@@ -599,10 +599,8 @@ impl Client {
     /// (TLS, a WebSocket upgrade) starts handshaking; see
     /// [`Node::connected_pending`](crate::node::Node::connected_pending).
     pub fn connected_pending(&mut self, now: Now, id: ConnectionId) -> Result<(), SocketError> {
-        self.table.check_connecting(id, false)?;
         let deadline = now.mono.saturating_add(self.config.handshake_timeout);
-        self.table.transport_started(id, deadline);
-        Ok(())
+        self.table.start_transport(id, deadline)
     }
 
     /// The transport under `id` finished its handshake with this channel
@@ -614,15 +612,7 @@ impl Client {
         id: ConnectionId,
         binding: Binding,
     ) -> Result<(), SocketError> {
-        self.table.check_connecting(id, true)?;
-        let Some(Entry {
-            socket: Socket::Connecting { deadline, .. },
-            ..
-        }) = self.table.get(id)
-        else {
-            return Err(SocketError::UnknownConnection(id));
-        };
-        let deadline = *deadline;
+        let deadline = self.table.check_connecting(id, true)?;
         self.dial_on(now, id, binding, Some(deadline))
     }
 

@@ -531,10 +531,8 @@ impl Node {
     /// transport's and the bus's, must end within `handshake_timeout` from
     /// now, or the dial fails.
     pub fn connected_pending(&mut self, now: Now, id: ConnectionId) -> Result<(), SocketError> {
-        self.table.check_connecting(id, false)?;
         let deadline = now.mono.saturating_add(self.config.handshake_timeout);
-        self.table.transport_started(id, deadline);
-        Ok(())
+        self.table.start_transport(id, deadline)
     }
 
     /// The transport under `id` finished its handshake with this channel
@@ -556,15 +554,7 @@ impl Node {
             self.after_input(now, id);
             return Ok(());
         }
-        let Some(Entry {
-            socket: Socket::Connecting { deadline, .. },
-            ..
-        }) = self.table.get(id)
-        else {
-            return Err(SocketError::UnknownConnection(id));
-        };
-        let deadline = *deadline;
-        self.table.check_connecting(id, true)?;
+        let deadline = self.table.check_connecting(id, true)?;
         self.dial_on(now, id, binding, Some(deadline))
     }
 

@@ -223,22 +223,30 @@ impl Table {
     }
 
     /// The connect behind `id` is still in progress (`socket_open`
-    /// false), or its transport is still handshaking (true).
+    /// false), or its transport is still handshaking (true): its deadline.
     pub(crate) fn check_connecting(
         &self,
         id: ConnectionId,
         socket_open: bool,
-    ) -> Result<(), SocketError> {
+    ) -> Result<Instant, SocketError> {
         match self.get(id).map(|e| &e.socket) {
             None => Err(SocketError::UnknownConnection(id)),
-            Some(Socket::Connecting { socket_open: o, .. }) if *o == socket_open => Ok(()),
+            Some(Socket::Connecting {
+                deadline,
+                socket_open: open,
+            }) if *open == socket_open => Ok(*deadline),
             Some(_) => Err(SocketError::NotConnecting(id)),
         }
     }
 
     /// The socket behind a connect is open and its transport handshakes
     /// until `deadline`.
-    pub(crate) fn transport_started(&mut self, id: ConnectionId, deadline: Instant) {
+    pub(crate) fn start_transport(
+        &mut self,
+        id: ConnectionId,
+        deadline: Instant,
+    ) -> Result<(), SocketError> {
+        self.check_connecting(id, false)?;
         if let Some(entry) = self.get_mut(id) {
             entry.socket = Socket::Connecting {
                 deadline,
@@ -246,6 +254,7 @@ impl Table {
             };
         }
         self.touch(id);
+        Ok(())
     }
 
     /// The socket behind a connect is open: `conn` takes over the id.

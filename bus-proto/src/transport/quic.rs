@@ -26,7 +26,7 @@
 //! system (seeded where it allows: its packet-number RNG).
 
 use super::tls::{HostTime, TlsClient, TlsServer};
-use super::{ALPN, BindingPolicy, EXPORTER_LABEL};
+use super::{BindingPolicy, EXPORTER_LABEL};
 use crate::config::ValidConfig;
 use crate::connection::Transmit;
 use crate::handshake::Binding;
@@ -119,6 +119,8 @@ pub struct QuicEndpoint {
     by_bus: HashMap<ConnectionId, ConnectionHandle>,
     out: VecDeque<(SocketAddr, Vec<u8>)>,
     scratch: Vec<u8>,
+    /// The handles one `drive` visits (reused, not allocated per call).
+    handles: Vec<ConnectionHandle>,
 }
 
 impl core::fmt::Debug for QuicEndpoint {
@@ -203,6 +205,7 @@ impl QuicEndpoint {
             by_bus: HashMap::new(),
             out: VecDeque::new(),
             scratch: Vec::new(),
+            handles: Vec::new(),
         })
     }
 
@@ -336,10 +339,13 @@ impl QuicEndpoint {
     /// [`QuicEndpoint::poll_timeout`].
     pub fn drive(&mut self, now: Now, core: &mut dyn QuicCore) {
         self.set_time(now);
-        let handles: Vec<ConnectionHandle> = self.conns.keys().copied().collect();
-        for handle in handles {
+        let mut handles = core::mem::take(&mut self.handles);
+        handles.clear();
+        handles.extend(self.conns.keys().copied());
+        for &handle in &handles {
             self.drive_one(now, handle, core);
         }
+        self.handles = handles;
     }
 
     fn drive_one(&mut self, now: Now, handle: ConnectionHandle, core: &mut dyn QuicCore) {
@@ -587,7 +593,3 @@ impl QuicCore for crate::client::Client {
         !self.holds(id)
     }
 }
-
-/// The ALPN every QUIC connection agrees on (checked by rustls: QUIC
-/// refuses a handshake without it).
-pub const QUIC_ALPN: &[u8] = ALPN;

@@ -565,7 +565,24 @@ pub(crate) async fn lone_node_over(
 }
 
 async fn handshake_rate(config: &ValidConfig, connections: u64) -> Result<Handshakes, Failure> {
-    let (node, _events, address, key) = lone_node(config, CLUSTER).await?;
+    let per_sec =
+        handshakes_over(config, (Transport::tcp(), Transport::tcp()), connections).await?;
+    Ok(Handshakes {
+        connections,
+        per_sec,
+    })
+}
+
+/// Sequential client connections to a lone node listening and dialled
+/// over `transports`, each through the transport's handshake and the
+/// bus's: handshakes per second.
+pub(crate) async fn handshakes_over(
+    config: &ValidConfig,
+    (listen, dial): (Transport, Transport),
+    connections: u64,
+) -> Result<f64, Failure> {
+    let name = dial.name();
+    let (node, _events, address, key) = lone_node_over(config, CLUSTER, listen).await?;
     let started = Instant::now();
     for _ in 0..connections {
         let params = ClientParams {
@@ -573,16 +590,14 @@ async fn handshake_rate(config: &ValidConfig, connections: u64) -> Result<Handsh
             id: Client::random_id(),
             target: 0,
         };
-        let client = Client::start(config, params, KeyRing::new(key.clone()), address)?;
+        let keys = KeyRing::new(key.clone());
+        let client = Client::start_via(config, params, keys, address, dial.clone())?;
         client
             .connected()
             .await
-            .map_err(|cause| Failure(format!("handshake failed: {cause}")))?;
+            .map_err(|cause| Failure(format!("{name} handshake failed: {cause}")))?;
     }
     let elapsed = started.elapsed().as_secs_f64();
     node.shutdown(Duration::from_secs(1)).await;
-    Ok(Handshakes {
-        connections,
-        per_sec: connections as f64 / elapsed,
-    })
+    Ok(connections as f64 / elapsed)
 }

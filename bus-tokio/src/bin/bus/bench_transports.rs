@@ -5,21 +5,19 @@
 //! transport.
 
 use crate::Failure;
-use crate::bench::{CLUSTER, bus_throughput_over, lone_node_over};
-use bus_tokio::bus_proto::client::ClientParams;
+use crate::bench::{bus_throughput_over, handshakes_over};
+use bus_tokio::Transport;
 use bus_tokio::bus_proto::config::ValidConfig;
-use bus_tokio::bus_proto::crypto::KeyRing;
 use bus_tokio::bus_proto::transport::tls::{
     CertificateDer, PrivateKeyDer, RootCertStore, TlsClient, TlsServer,
 };
 use bus_tokio::bus_proto::transport::ws::{WsClient, WsServer};
 use bus_tokio::bus_proto::wire::layout::HEADER_SIZE;
-use bus_tokio::{Client, Transport};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use serde::Serialize;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::{TlsAcceptor, TlsConnector, rustls};
@@ -311,33 +309,11 @@ async fn bus_handshakes(
     kind: &str,
     connections: u64,
 ) -> Result<f64, Failure> {
-    let (listen, dial) = match kind {
+    let transports = match kind {
         "tcp" => (Transport::tcp(), Transport::tcp()),
         other => pki.bus(other)?,
     };
-    let (node, _events, address, key) = lone_node_over(config, CLUSTER, listen).await?;
-    let started = Instant::now();
-    for _ in 0..connections {
-        let params = ClientParams {
-            cluster: CLUSTER,
-            id: Client::random_id(),
-            target: 0,
-        };
-        let client = Client::start_via(
-            config,
-            params,
-            KeyRing::new(key.clone()),
-            address,
-            dial.clone(),
-        )?;
-        client
-            .connected()
-            .await
-            .map_err(|cause| Failure(format!("{kind} handshake failed: {cause}")))?;
-    }
-    let elapsed = started.elapsed().as_secs_f64();
-    node.shutdown(Duration::from_secs(1)).await;
-    Ok(connections as f64 / elapsed)
+    handshakes_over(config, transports, connections).await
 }
 
 async fn tcp_connects(connections: u64) -> Result<f64, Failure> {
