@@ -82,9 +82,7 @@ impl Client {
         let runtime = Compio::current().ok_or(StartError::NoRuntime { runtime: "compio" })?;
         let front = ClientFront::new(runtime.now(), config, params, keys, Box::new(OsEntropy));
         let target = params.target;
-        Ok(Client::launch(
-            runtime, front, config, target, address, transport,
-        ))
+        Client::launch(runtime, front, config, target, address, transport)
     }
 
     /// [`Client::start`] under a persistent identity: its id, and request
@@ -146,9 +144,7 @@ impl Client {
         let entropy = Box::new(OsEntropy);
         let front =
             ClientFront::with_identity(now, config, cluster, target, identity, keys, entropy);
-        Ok(Client::launch(
-            runtime, front, config, target, address, transport,
-        ))
+        Client::launch(runtime, front, config, target, address, transport)
     }
 
     fn launch(
@@ -158,7 +154,7 @@ impl Client {
         target: u8,
         address: SocketAddr,
         transport: Transport,
-    ) -> Client {
+    ) -> Result<Client, StartError> {
         let options = SharedOptions::client(config);
         let shared = Shared::new(
             front,
@@ -167,11 +163,13 @@ impl Client {
             [(target, address)],
             [(target, transport)],
         );
+        #[cfg(feature = "quic")]
+        crate::quic::start_quic_dialer(&shared)?;
         Compio::spawn(Shared::run_timers(Arc::clone(&shared)));
-        Client {
+        Ok(Client {
             shared: Arc::new(Owner(shared)),
             _local: PhantomData,
-        }
+        })
     }
 
     /// Sends a request and waits for its reply. A request is resent on

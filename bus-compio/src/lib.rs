@@ -54,6 +54,8 @@
 
 mod client;
 mod node;
+#[cfg(feature = "quic")]
+mod quic;
 mod runtime;
 
 pub use bus_proto;

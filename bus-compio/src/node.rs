@@ -92,6 +92,8 @@ impl Node {
             options.peers,
             options.peer_transports,
         );
+        #[cfg(feature = "quic")]
+        crate::quic::start_quic_dialer(&shared)?;
         Compio::spawn(Shared::run_timers(Arc::clone(&shared)));
         let shared = Arc::new(Owner(shared));
         Ok((
@@ -123,6 +125,10 @@ impl Node {
         address: impl ToSocketAddrsAsync,
         transport: Transport,
     ) -> Result<SocketAddr, ListenError> {
+        #[cfg(feature = "quic")]
+        if transport.is_quic() {
+            return self.listen_quic(address, &transport).await;
+        }
         let listener = TcpListener::bind(address)
             .await
             .map_err(|source| ListenError { source })?;
@@ -136,6 +142,29 @@ impl Node {
             accept_loop(&shared, listener, &transport).await;
             shared.listener_closed();
         });
+        Ok(local)
+    }
+
+    #[cfg(feature = "quic")]
+    async fn listen_quic(
+        &self,
+        address: impl ToSocketAddrsAsync,
+        transport: &Transport,
+    ) -> Result<SocketAddr, ListenError> {
+        let socket = compio::net::UdpSocket::bind(address)
+            .await
+            .map_err(|source| ListenError { source })?;
+        let local = socket
+            .local_addr()
+            .map_err(|source| ListenError { source })?;
+        let port = self.shared.quic_listener(
+            transport,
+            std::time::Instant::now(),
+            crate::quic::quic_seed(),
+        )?;
+        tracing::info!(%local, transport = transport.name(), "listening");
+        let shared = Arc::clone(&self.shared.0);
+        Compio::spawn(crate::quic::run_quic(shared, port, socket));
         Ok(local)
     }
 

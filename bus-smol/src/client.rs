@@ -154,9 +154,7 @@ impl Client {
     ) -> Result<Client, StartError> {
         let runtime = Smol::new(None);
         let front = Client::identity_front(&runtime, config, cluster, target, identity, keys);
-        Ok(Client::launch(
-            runtime, front, config, target, address, transport,
-        ))
+        Client::launch(runtime, front, config, target, address, transport)
     }
 
     /// [`Client::start_with_identity`] with the client's tasks on
@@ -172,14 +170,7 @@ impl Client {
     ) -> Result<Client, StartError> {
         let runtime = Smol::new(Some(executor));
         let front = Client::identity_front(&runtime, config, cluster, target, identity, keys);
-        Ok(Client::launch(
-            runtime,
-            front,
-            config,
-            target,
-            address,
-            Transport::tcp(),
-        ))
+        Client::launch(runtime, front, config, target, address, Transport::tcp())
     }
 
     fn identity_front(
@@ -205,14 +196,7 @@ impl Client {
     ) -> Result<Client, StartError> {
         let runtime = Smol::new(executor);
         let front = ClientFront::new(runtime.now(), config, params, keys, Box::new(OsEntropy));
-        Ok(Client::launch(
-            runtime,
-            front,
-            config,
-            params.target,
-            address,
-            transport,
-        ))
+        Client::launch(runtime, front, config, params.target, address, transport)
     }
 
     fn launch(
@@ -222,7 +206,7 @@ impl Client {
         target: u8,
         address: SocketAddr,
         transport: Transport,
-    ) -> Client {
+    ) -> Result<Client, StartError> {
         let options = SharedOptions::client(config);
         let shared = Shared::new(
             front,
@@ -231,11 +215,13 @@ impl Client {
             [(target, address)],
             [(target, transport)],
         );
+        #[cfg(feature = "quic")]
+        crate::quic::start_quic_dialer(&shared)?;
         let timers = Shared::run_timers(Arc::clone(&shared));
         shared.runtime().spawn(timers);
-        Client {
+        Ok(Client {
             shared: Arc::new(Owner(shared)),
-        }
+        })
     }
 
     /// Sends a request and waits for its reply. A request is resent on

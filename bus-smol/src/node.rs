@@ -114,6 +114,8 @@ impl Node {
             options.peers,
             options.peer_transports,
         );
+        #[cfg(feature = "quic")]
+        crate::quic::start_quic_dialer(&shared)?;
         let timers = Shared::run_timers(Arc::clone(&shared));
         shared.runtime().spawn(timers);
         let shared = Arc::new(Owner(shared));
@@ -142,6 +144,10 @@ impl Node {
         address: impl AsyncToSocketAddrs,
         transport: Transport,
     ) -> Result<SocketAddr, ListenError> {
+        #[cfg(feature = "quic")]
+        if transport.is_quic() {
+            return self.listen_quic(address, &transport).await;
+        }
         let listener = TcpListener::bind(address)
             .await
             .map_err(|source| ListenError { source })?;
@@ -158,6 +164,37 @@ impl Node {
             accept_loop(&shared, listener, &transport).await;
             shared.listener_closed();
         });
+        Ok(local)
+    }
+
+    #[cfg(feature = "quic")]
+    async fn listen_quic(
+        &self,
+        address: impl AsyncToSocketAddrs,
+        transport: &Transport,
+    ) -> Result<SocketAddr, ListenError> {
+        let socket = smol::net::UdpSocket::bind(address)
+            .await
+            .map_err(|source| ListenError { source })?;
+        let local = socket
+            .local_addr()
+            .map_err(|source| ListenError { source })?;
+        // async-net resolves the address; async-io's socket is the one the
+        // port task reads without waiting.
+        let socket: Arc<Async<std::net::UdpSocket>> = socket.into();
+        let socket = Arc::into_inner(socket).ok_or_else(|| ListenError {
+            source: std::io::Error::other("the UDP socket is shared"),
+        })?;
+        let port = self.shared.quic_listener(
+            transport,
+            std::time::Instant::now(),
+            crate::quic::quic_seed(),
+        )?;
+        tracing::info!(%local, transport = transport.name(), "listening");
+        let shared = Arc::clone(&self.shared.0);
+        self.shared
+            .runtime()
+            .spawn(crate::quic::run_quic(shared, port, socket));
         Ok(local)
     }
 

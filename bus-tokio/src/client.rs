@@ -78,9 +78,7 @@ impl Client {
         let runtime = Tokio::current().ok_or(StartError::NoRuntime { runtime: "tokio" })?;
         let front = ClientFront::new(runtime.now(), config, params, keys, Box::new(OsEntropy));
         let target = params.target;
-        Ok(Client::launch(
-            runtime, front, config, target, address, transport,
-        ))
+        Client::launch(runtime, front, config, target, address, transport)
     }
 
     /// [`Client::start`] under a persistent identity: its id, and request
@@ -142,9 +140,7 @@ impl Client {
         let entropy = Box::new(OsEntropy);
         let front =
             ClientFront::with_identity(now, config, cluster, target, identity, keys, entropy);
-        Ok(Client::launch(
-            runtime, front, config, target, address, transport,
-        ))
+        Client::launch(runtime, front, config, target, address, transport)
     }
 
     fn launch(
@@ -154,7 +150,7 @@ impl Client {
         target: u8,
         address: SocketAddr,
         transport: Transport,
-    ) -> Client {
+    ) -> Result<Client, StartError> {
         let options = SharedOptions::client(config);
         let shared = Shared::new(
             front,
@@ -163,12 +159,14 @@ impl Client {
             [(target, address)],
             [(target, transport)],
         );
+        #[cfg(feature = "quic")]
+        crate::quic::start_quic_dialer(&shared)?;
         shared
             .runtime()
             .spawn(Shared::run_timers(Arc::clone(&shared)));
-        Client {
+        Ok(Client {
             shared: Arc::new(Owner(shared)),
-        }
+        })
     }
 
     /// Sends a request and waits for its reply. A request is resent on

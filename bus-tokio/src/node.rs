@@ -89,6 +89,8 @@ impl Node {
             options.peers,
             options.peer_transports,
         );
+        #[cfg(feature = "quic")]
+        crate::quic::start_quic_dialer(&shared)?;
         shared
             .runtime()
             .spawn(Shared::run_timers(Arc::clone(&shared)));
@@ -115,6 +117,10 @@ impl Node {
         address: impl ToSocketAddrs,
         transport: Transport,
     ) -> Result<SocketAddr, ListenError> {
+        #[cfg(feature = "quic")]
+        if transport.is_quic() {
+            return self.listen_quic(address, &transport).await;
+        }
         let listener = TcpListener::bind(address)
             .await
             .map_err(|source| ListenError { source })?;
@@ -128,6 +134,31 @@ impl Node {
             accept_loop(&shared, listener, &transport).await;
             shared.listener_closed();
         });
+        Ok(local)
+    }
+
+    #[cfg(feature = "quic")]
+    async fn listen_quic(
+        &self,
+        address: impl ToSocketAddrs,
+        transport: &Transport,
+    ) -> Result<SocketAddr, ListenError> {
+        let socket = tokio::net::UdpSocket::bind(address)
+            .await
+            .map_err(|source| ListenError { source })?;
+        let local = socket
+            .local_addr()
+            .map_err(|source| ListenError { source })?;
+        let port = self.shared.quic_listener(
+            transport,
+            std::time::Instant::now(),
+            crate::quic::quic_seed(),
+        )?;
+        tracing::info!(%local, transport = transport.name(), "listening");
+        let shared = Arc::clone(&self.shared.0);
+        self.shared
+            .runtime()
+            .spawn(crate::quic::run_quic(shared, port, socket));
         Ok(local)
     }
 

@@ -1,7 +1,9 @@
 //! The TLS transport against clients nobody here wrote: `openssl s_client`
 //! (protocol version, ALPN, early data, the exporter) and a Python bus
 //! client on pyOpenSSL (`bus-proto/tests/interop/bus_client.py`, written
-//! from PROTOCOL.md), whose handshake MACs cover OpenSSL's exporter.
+//! from PROTOCOL.md), whose handshake MACs cover OpenSSL's exporter; the
+//! WebSocket transport against Python `websockets` and headless Chromium;
+//! QUIC against aioquic (`quic_cases.py`).
 //!
 //! The tools must be installed; `.ci/run` installs them and sets
 //! `BUS_INTEROP_TESTS=1`, which turns a missing tool into a failure.
@@ -548,4 +550,108 @@ fn headless_chromium_carries_a_bus_session_over_ws_and_wss() {
     let out = text(&output);
     assert!(output.status.success(), "{out}");
     assert!(out.contains("all echoed"), "{out}");
+}
+
+fn aioquic_ready() -> bool {
+    available("python3", &["-c", "import aioquic, xxhash, blake3"])
+}
+
+/// A node listening on QUIC with `policy`.
+fn quic_node(policy: BindingPolicy) -> EchoNode {
+    EchoNode::start_with(&config(), |identity| identity.server(policy).quic())
+}
+
+/// Runs one case of `quic_cases.py` (aioquic) against `node`.
+fn quic_case(node: &EchoNode, case: &str) -> Output {
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../bus-proto/tests/interop/quic_cases.py");
+    Command::new("python3")
+        .arg(script)
+        .arg("--address")
+        .arg(node.address.to_string())
+        .arg("--cafile")
+        .arg(node.cert())
+        .args(["--cluster", &CLUSTER.to_string()])
+        .args(["--key", &hex::encode(KEY)])
+        .args(["--case", case])
+        .output()
+        .expect("python3 runs")
+}
+
+#[test]
+fn aioquic_carries_a_bus_client_on_one_stream_and_meets_the_stream_and_alpn_rules() {
+    if !aioquic_ready() {
+        return;
+    }
+    let node = quic_node(BindingPolicy::Unbound);
+    for case in ["requests", "streams", "alpn"] {
+        let output = quic_case(&node, case);
+        let out = text(&output);
+        assert!(output.status.success(), "{case}: {out}");
+        assert!(out.contains(&format!("ok   {case}")), "{out}");
+        println!("{}", out.trim());
+    }
+    // The PROTOCOL.md client over aioquic, pipelining.
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../bus-proto/tests/interop/bus_client.py");
+    let output = Command::new("python3")
+        .arg(script)
+        .args(["--transport", "quic", "--server-name", "localhost"])
+        .arg("--address")
+        .arg(node.address.to_string())
+        .arg("--cafile")
+        .arg(node.cert())
+        .args(["--cluster", &CLUSTER.to_string()])
+        .args(["--key", &hex::encode(KEY)])
+        .args(["--binding", "none", "--requests", "40", "--window", "8"])
+        .args(["--body-size", "3000"])
+        .output()
+        .expect("python3 runs");
+    let out = text(&output);
+    assert!(output.status.success(), "{out}");
+    assert!(
+        out.contains("summary: 40 requests, 40 ok, 0 failed"),
+        "{out}"
+    );
+}
+
+#[test]
+fn an_aioquic_client_that_stalls_after_its_first_flight_is_closed_at_the_handshake_deadline() {
+    if !aioquic_ready() {
+        return;
+    }
+    let node = quic_node(BindingPolicy::Unbound);
+    let output = quic_case(&node, "stall");
+    let out = text(&output);
+    assert!(output.status.success(), "{out}");
+    println!("{}", out.trim());
+    // The bus's handshake deadlines closed it, not QUIC's idle timeout.
+    let cause = node.failure();
+    assert!(
+        matches!(
+            cause,
+            CloseCause::Timeout(Deadline::Hello | Deadline::Handshake)
+        ),
+        "{cause:?}"
+    );
+    let started = std::time::Instant::now();
+    while node.node.connections() > 0 {
+        assert!(started.elapsed() < PATIENCE, "the connection is still held");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn a_bound_quic_listener_refuses_aioquic_which_has_no_exporter() {
+    if !aioquic_ready() {
+        return;
+    }
+    let node = quic_node(BindingPolicy::TlsExporter);
+    let output = quic_case(&node, "requests");
+    assert!(!output.status.success(), "{}", text(&output));
+    assert_eq!(
+        node.failure(),
+        CloseCause::Refused(bus_proto::wire::RejectStatus::BadMac)
+    );
+    assert!(text(&output).contains("BadMac"), "{}", text(&output));
 }

@@ -580,6 +580,11 @@ impl Client {
         self.flush();
     }
 
+    /// The replica this client connects to.
+    pub fn target(&self) -> u8 {
+        self.params.target
+    }
+
     /// Moves to another replica: the current connection closes and the
     /// next one goes to `replica`. Outstanding requests are resent there
     /// (that replica's dedup window does not know them).

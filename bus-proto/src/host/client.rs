@@ -435,6 +435,9 @@ impl<R: Runtime> Shared<ClientFront, R> {
     /// Moves the client to replica `replica`, listening at `address`.
     pub fn retarget(self: &Arc<Self>, replica: u8, address: core::net::SocketAddr) {
         self.set_address(replica, address);
+        // The new replica is dialled as the old one was: never a silent
+        // fall back to plain TCP from TLS or QUIC.
+        self.keep_transport(|m| m.client.target(), replica);
         self.with(|m, now| m.client.retarget(now, replica));
     }
 

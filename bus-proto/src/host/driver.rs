@@ -81,6 +81,49 @@ pub(super) struct Entry {
     dialing: Option<u8>,
     /// In a lingering close (counted in `State::draining`).
     pub(super) draining: bool,
+    /// The QUIC port carrying this connection; it has no socket task.
+    pub(super) port: Option<usize>,
+    /// Queued in its port's `ready` list.
+    pub(super) port_ready: bool,
+}
+
+#[cfg(feature = "quic")]
+impl Entry {
+    /// A connection carried by QUIC port `port`.
+    pub(super) fn on_port(port: usize) -> Self {
+        Entry {
+            port: Some(port),
+            ..Entry::default()
+        }
+    }
+}
+
+/// A QUIC port's share of the state: one UDP socket's task, woken for
+/// the connections it carries.
+#[derive(Debug, Default)]
+pub(super) struct Port {
+    pub(super) wake: Signal,
+    /// Connections with output, a close, or reading resumed: at most one
+    /// entry each (`Entry::port_ready`).
+    pub(super) ready: Vec<ConnectionId>,
+    /// Dials for this port to start, with their replica.
+    pub(super) dials: Vec<(ConnectionId, u8)>,
+}
+
+/// Wakes `id`'s socket task, or queues it for its QUIC port.
+pub(super) fn wake(sockets: &mut Slots<Entry>, ports: &mut [Port], id: ConnectionId) {
+    let Some(entry) = sockets.get_mut(&id) else {
+        return;
+    };
+    match entry.port.and_then(|p| ports.get_mut(p)) {
+        None => entry.wake.notify(),
+        Some(port) => {
+            if !core::mem::replace(&mut entry.port_ready, true) {
+                port.ready.push(id);
+            }
+            port.wake.notify();
+        }
+    }
 }
 
 /// Most sockets in a lingering close at once (each drains its peer's
@@ -94,9 +137,9 @@ pub(super) struct State<M> {
     pub(super) machine: M,
     pub(super) sockets: Slots<Entry>,
     /// Replica addresses, by id.
-    addresses: HashMap<u8, SocketAddr>,
+    pub(super) addresses: HashMap<u8, SocketAddr>,
     /// How each replica is dialled; plain TCP if absent.
-    transports: HashMap<u8, Transport>,
+    pub(super) transports: HashMap<u8, Transport>,
     /// What the timer task sleeps until.
     timer_at: Option<Instant>,
     timer: Signal,
@@ -107,8 +150,12 @@ pub(super) struct State<M> {
     pub(super) forced: bool,
     /// Sockets in a lingering close, at most [`MAX_DRAINING`].
     pub(super) draining: usize,
+    /// QUIC ports (UDP sockets), by index; never removed.
+    pub(super) ports: Vec<Port>,
+    /// The port that dials replicas whose transport is QUIC.
+    pub(super) dial_port: Option<usize>,
     /// The timer task and listeners stop.
-    stopped: bool,
+    pub(super) stopped: bool,
     /// Listening sockets still open.
     listeners: usize,
     /// A socket task or listener ended, or the driver stopped.
@@ -179,6 +226,8 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
                 paused: Vec::new(),
                 forced: false,
                 draining: 0,
+                ports: Vec::new(),
+                dial_port: None,
                 stopped: false,
                 listeners: 0,
                 changed: Waiters::default(),
@@ -251,9 +300,7 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
             if Some(id) == caller {
                 continue;
             }
-            if let Some(entry) = state.sockets.get_mut(&id) {
-                entry.wake.notify();
-            }
+            wake(&mut state.sockets, &mut state.ports, id);
         }
         while let Some(action) = state.machine.poll_action() {
             match action {
@@ -261,18 +308,28 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
                     connection,
                     replica,
                 } => {
+                    let port = state
+                        .dial_port
+                        .filter(|_| state.transports.get(&replica).is_some_and(|t| t.is_quic()));
                     let entry = Entry {
                         dialing: Some(replica),
+                        port,
                         ..Entry::default()
                     };
                     state.sockets.insert(connection, entry);
-                    R::dial(self, connection, replica);
+                    match port.and_then(|p| state.ports.get_mut(p)) {
+                        Some(port) => {
+                            port.dials.push((connection, replica));
+                            port.wake.notify();
+                        }
+                        None => R::dial(self, connection, replica),
+                    }
                 }
                 Action::Disconnect { connection } => {
                     if let Some(entry) = state.sockets.get_mut(&connection) {
                         entry.closing = true;
-                        entry.wake.notify();
                     }
+                    wake(&mut state.sockets, &mut state.ports, connection);
                 }
             }
         }
@@ -288,6 +345,7 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
             machine,
             sockets,
             paused,
+            ports,
             ..
         } = state;
         paused.retain(|&id| {
@@ -299,7 +357,7 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
             }
             entry.paused = false;
             machine.set_reading_paused(now, id, false);
-            entry.wake.notify();
+            wake(sockets, ports, id);
             false
         });
         state.rearm_timer();
@@ -352,6 +410,18 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
             true => state.transports.remove(&replica),
             false => state.transports.insert(replica, transport),
         };
+    }
+
+    /// Dials `replica` with the transport of the replica `from` names,
+    /// unless it has one of its own.
+    pub(super) fn keep_transport(&self, from: impl FnOnce(&M) -> u8, replica: u8) {
+        let mut state = self.lock();
+        let current = from(&state.machine);
+        if !state.transports.contains_key(&replica)
+            && let Some(transport) = state.transports.get(&current).cloned()
+        {
+            state.transports.insert(replica, transport);
+        }
     }
 
     /// A dial's address: waits until it is known, or returns `None` once
@@ -590,9 +660,17 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
     fn force_close(&self) {
         let mut state = self.lock();
         state.forced = true;
-        let State { sockets, space, .. } = &mut *state;
+        let State {
+            sockets,
+            space,
+            ports,
+            ..
+        } = &mut *state;
         for entry in sockets.values_mut() {
             entry.wake.notify();
+        }
+        for port in ports {
+            port.wake.notify();
         }
         space.notify_all();
     }
@@ -602,6 +680,9 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
         let mut state = self.lock();
         state.stopped = true;
         state.timer.notify();
+        for port in &mut state.ports {
+            port.wake.notify();
+        }
         state.changed.notify_all();
         state.more_space();
     }

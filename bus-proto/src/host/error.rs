@@ -17,6 +17,14 @@ pub enum StartError {
     /// The node's parameters are invalid.
     #[error(transparent)]
     Node(#[from] NodeError),
+    /// A dial transport could not be set up.
+    #[error("the {transport} transport could not start: {error}")]
+    Transport {
+        /// The transport's name.
+        transport: &'static str,
+        /// What went wrong.
+        error: String,
+    },
 }
 
 /// Binding the listening socket failed.

@@ -109,8 +109,9 @@ pub trait LayerFactory: Send + Sync + 'static {
     fn layer(&self) -> Result<Box<dyn StreamLayer>, LayerError>;
 }
 
-/// What carries a connection's frames: plain TCP, or TCP under a layer.
-/// Listeners and dial targets each have one; the default is plain TCP.
+/// What carries a connection's frames: plain TCP, TCP under a layer, or
+/// QUIC. Listeners and dial targets each have one; the default is plain
+/// TCP.
 ///
 /// ```
 /// use bus_proto::host::Transport;
@@ -119,7 +120,16 @@ pub trait LayerFactory: Send + Sync + 'static {
 /// ```
 #[derive(Clone, Default)]
 pub struct Transport {
-    factory: Option<Arc<dyn LayerFactory>>,
+    kind: Kind,
+}
+
+#[derive(Clone, Default)]
+enum Kind {
+    #[default]
+    Tcp,
+    Layered(Arc<dyn LayerFactory>),
+    #[cfg(feature = "quic")]
+    Quic(Arc<crate::transport::quic::QuicSetup>),
 }
 
 impl Transport {
@@ -131,23 +141,62 @@ impl Transport {
     /// TCP under the layers `factory` makes.
     pub fn layered(factory: Arc<dyn LayerFactory>) -> Self {
         Transport {
-            factory: Some(factory),
+            kind: Kind::Layered(factory),
         }
     }
 
-    /// The transport's name: `tcp`, or the layer's.
+    /// QUIC over UDP, with this TLS setup.
+    #[cfg(feature = "quic")]
+    pub(crate) fn quic(setup: crate::transport::quic::QuicSetup) -> Self {
+        Transport {
+            kind: Kind::Quic(Arc::new(setup)),
+        }
+    }
+
+    /// The transport's name: `tcp`, the layer's, or `quic`.
     pub fn name(&self) -> &'static str {
-        self.factory.as_ref().map_or("tcp", |f| f.name())
+        match &self.kind {
+            Kind::Tcp => "tcp",
+            Kind::Layered(factory) => factory.name(),
+            #[cfg(feature = "quic")]
+            Kind::Quic(_) => "quic",
+        }
     }
 
     /// True for plain TCP.
     pub fn is_tcp(&self) -> bool {
-        self.factory.is_none()
+        matches!(self.kind, Kind::Tcp)
     }
 
-    /// A layer for a new connection: `None` for plain TCP.
+    /// True for QUIC: the adapter binds a UDP socket and runs it with
+    /// [`Shared::run_quic`](super::Shared) instead of a TCP listener or
+    /// dial.
+    pub fn is_quic(&self) -> bool {
+        #[cfg(feature = "quic")]
+        if let Kind::Quic(_) = self.kind {
+            return true;
+        }
+        false
+    }
+
+    /// The QUIC setup, for a QUIC transport.
+    #[cfg(feature = "quic")]
+    pub(crate) fn quic_setup(&self) -> Option<&crate::transport::quic::QuicSetup> {
+        match &self.kind {
+            Kind::Quic(setup) => Some(setup),
+            _ => None,
+        }
+    }
+
+    /// A layer for a new TCP connection: `None` for plain TCP; an error
+    /// for QUIC, which does not run over TCP.
     pub fn new_layer(&self) -> Result<Option<Box<dyn StreamLayer>>, LayerError> {
-        self.factory.as_ref().map(|f| f.layer()).transpose()
+        match &self.kind {
+            Kind::Tcp => Ok(None),
+            Kind::Layered(factory) => factory.layer().map(Some),
+            #[cfg(feature = "quic")]
+            Kind::Quic(_) => Err("QUIC runs over UDP, not over a TCP connection".into()),
+        }
     }
 }
 
@@ -158,11 +207,13 @@ impl core::fmt::Debug for Transport {
 }
 
 impl PartialEq for Transport {
-    /// The same transport: both TCP, or the same factory.
+    /// The same transport: both TCP, or the same configuration.
     fn eq(&self, other: &Self) -> bool {
-        match (&self.factory, &other.factory) {
-            (None, None) => true,
-            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        match (&self.kind, &other.kind) {
+            (Kind::Tcp, Kind::Tcp) => true,
+            (Kind::Layered(a), Kind::Layered(b)) => Arc::ptr_eq(a, b),
+            #[cfg(feature = "quic")]
+            (Kind::Quic(a), Kind::Quic(b)) => Arc::ptr_eq(a, b),
             _ => false,
         }
     }

@@ -81,6 +81,9 @@ macro_rules! forward_socket_io {
         fn connections(&self) -> usize {
             self.$core.connections()
         }
+        fn config(&self) -> &crate::config::ValidConfig {
+            self.$core.config()
+        }
     };
 }
 
@@ -92,6 +95,8 @@ mod error;
 mod layer;
 mod node;
 mod outgoing;
+#[cfg(feature = "quic")]
+mod quic;
 mod shutdown;
 mod signal;
 mod slots;
@@ -106,6 +111,8 @@ pub use layer::{
 };
 pub use node::{NodeFront, NodeOptions, Refused};
 pub use outgoing::{MAX_IOVECS, Outgoing};
+#[cfg(feature = "quic")]
+pub use quic::{QuicPort, QuicStep};
 pub use shutdown::ShutdownReport;
 pub use socket::{Completion, Socket, Step};
 
@@ -165,6 +172,23 @@ pub trait Machine: Send + 'static {
     fn set_reading_paused(&mut self, _now: Now, _id: ConnectionId, _paused: bool) {}
     /// Connections the core still holds.
     fn connections(&self) -> usize;
+    /// The core's configuration.
+    fn config(&self) -> &crate::config::ValidConfig;
+    /// A connection from `remote` on a transport that handshakes first
+    /// (QUIC): its id in the unauthenticated pool, or `None` to refuse it.
+    /// A client accepts nothing.
+    fn accept_pending(
+        &mut self,
+        _now: Now,
+        _remote: core::net::SocketAddr,
+    ) -> Option<ConnectionId> {
+        None
+    }
+    /// True while new peers should prove their address before they cost
+    /// a handshake (QUIC's Retry).
+    fn under_load(&self) -> bool {
+        false
+    }
     /// A dial's TCP connect failed (the core has been told).
     fn dial_error(&mut self, _error: &std::io::Error) {}
 }

@@ -171,6 +171,18 @@ impl Machine for NodeFront {
     fn set_reading_paused(&mut self, now: Now, id: ConnectionId, paused: bool) {
         self.node.set_reading_paused(now, id, paused);
     }
+    fn accept_pending(&mut self, now: Now, remote: SocketAddr) -> Option<ConnectionId> {
+        match self.node.accept_pending(now, Some(remote)) {
+            Ok(id) => Some(id),
+            Err(error) => {
+                tracing::debug!(%remote, %error, "QUIC connection refused");
+                None
+            }
+        }
+    }
+    fn under_load(&self) -> bool {
+        self.node.under_handshake_load()
+    }
 }
 
 fn log_event(event: &NodeEvent) {

@@ -319,6 +319,11 @@ impl Node {
         self.table.len()
     }
 
+    /// The node's configuration.
+    pub fn config(&self) -> &ValidConfig {
+        &self.config
+    }
+
     /// Whether [`Node::shutdown`] started: accepts are refused from then on.
     pub fn is_shutting_down(&self) -> bool {
         self.shutting_down
@@ -328,6 +333,13 @@ impl Node {
     /// unauthenticated pool).
     pub fn handshakes_in_flight(&self) -> usize {
         self.pool.len()
+    }
+
+    /// True while the unauthenticated pool is at least half full: a
+    /// transport that can make a new peer prove its address first (QUIC's
+    /// Retry) does so from then on.
+    pub fn under_handshake_load(&self) -> bool {
+        self.pool.len().saturating_mul(2) >= self.config.max_handshakes_in_flight
     }
 
     /// While `refuse` holds, a client whose `hello` verifies is told `Busy`

@@ -69,10 +69,19 @@ pub trait QuicCore {
     fn handle_eof(&mut self, now: Now, id: ConnectionId);
     /// `id`'s next batch of frames.
     fn poll_transmit_for(&mut self, now: Now, id: ConnectionId) -> Option<Transmit>;
-    /// True while `id` should not be read (its deliveries wait).
-    fn reading_paused(&self, id: ConnectionId) -> bool;
+    /// True while `id` should not be read (its deliveries wait). Asked
+    /// before each read, so a core may note the pause.
+    fn reading_paused(&mut self, now: Now, id: ConnectionId) -> bool;
     /// True once `id` is over and has handed out its last bytes.
     fn is_over(&self, id: ConnectionId) -> bool;
+    /// True while new peers should prove their address first (a QUIC
+    /// Retry) before the endpoint spends a handshake on them.
+    fn under_load(&self) -> bool {
+        false
+    }
+    /// The QUIC connection of `id` is gone (after its close, or refused):
+    /// the endpoint holds nothing of it any more.
+    fn released(&mut self, _id: ConnectionId) {}
 }
 
 /// A QUIC configuration could not be built.
@@ -82,6 +91,15 @@ pub enum QuicConfigError {
     /// and TLS13_AES_128_GCM_SHA256).
     #[error("TLS configuration unusable for QUIC: {0}")]
     Crypto(String),
+}
+
+/// A QUIC listener's or dialer's TLS configuration, carried by a
+/// [`Transport`](crate::host::Transport) ([`TlsServer::quic`],
+/// [`TlsClient::quic`]).
+#[derive(Clone, Debug)]
+pub(crate) struct QuicSetup {
+    pub(crate) server: Option<TlsServer>,
+    pub(crate) client: Option<TlsClient>,
 }
 
 /// One QUIC connection and the bus connection on it.
@@ -107,13 +125,11 @@ struct QuicConn {
 pub struct QuicEndpoint {
     endpoint: quinn_proto::Endpoint,
     epoch: std::time::Instant,
-    client: Option<(
-        quinn_proto::ClientConfig,
-        Arc<HostTime>,
-        String,
-        BindingPolicy,
-    )>,
+    client: Option<TlsClient>,
     server: Option<(Arc<HostTime>, BindingPolicy)>,
+    /// The clocks of every TLS configuration in use, set before each input.
+    times: Vec<Arc<HostTime>>,
+    transport: Arc<TransportConfig>,
     close_grace: Duration,
     conns: HashMap<ConnectionHandle, QuicConn>,
     by_bus: HashMap<ConnectionId, ConnectionHandle>,
@@ -179,16 +195,18 @@ impl QuicEndpoint {
                 (Some(Arc::new(server)), Some((time, policy)))
             }
         };
-        let client = match client {
-            None => None,
-            Some(tls) => {
-                let (rustls, time, name, policy) = tls.parts();
-                let quic = QuicClientConfig::try_from(rustls).map_err(|e| crypto(&e))?;
-                let mut client = quinn_proto::ClientConfig::new(Arc::new(quic));
-                client.transport_config(transport(config, false));
-                Some((client, time, name, policy))
+        let mut times = Vec::new();
+        if let Some((time, _)) = &server_parts {
+            times.push(Arc::clone(time));
+        }
+        if let Some(tls) = client {
+            // Checked now, so a dial cannot fail on it later.
+            let (rustls, time, _, _) = tls.parts();
+            QuicClientConfig::try_from(rustls).map_err(|e| crypto(&e))?;
+            if !times.iter().any(|t| Arc::ptr_eq(t, &time)) {
+                times.push(time);
             }
-        };
+        }
         let endpoint = quinn_proto::Endpoint::new(
             Arc::new(EndpointConfig::default()),
             server_config,
@@ -198,8 +216,10 @@ impl QuicEndpoint {
         Ok(QuicEndpoint {
             endpoint,
             epoch,
-            client,
+            client: client.cloned(),
             server: server_parts,
+            times,
+            transport: transport(config, false),
             close_grace: config.close_grace,
             conns: HashMap::new(),
             by_bus: HashMap::new(),
@@ -214,10 +234,7 @@ impl QuicEndpoint {
     }
 
     fn set_time(&self, now: Now) {
-        if let Some((time, _)) = &self.server {
-            time.set(now);
-        }
-        if let Some((_, time, _, _)) = &self.client {
+        for time in &self.times {
             time.set(now);
         }
     }
@@ -228,16 +245,41 @@ impl QuicEndpoint {
     }
 
     /// Dials `to` for the core's connection `id` (after the core's
-    /// `Connect` and `connected_pending`). `false` if this endpoint cannot
-    /// dial or quinn-proto refused the address.
+    /// `Connect` and `connected_pending`) with the endpoint's own client
+    /// configuration. `false` if this endpoint cannot dial or quinn-proto
+    /// refused the address.
     pub fn connect(&mut self, now: Now, id: ConnectionId, to: SocketAddr) -> bool {
-        let Some((config, time, name, policy)) = &self.client else {
-            return false;
+        match self.client.clone() {
+            Some(tls) => self.connect_with(now, id, to, &tls),
+            None => false,
+        }
+    }
+
+    /// [`QuicEndpoint::connect`] verifying the server with `tls` (one
+    /// server name per replica).
+    pub fn connect_with(
+        &mut self,
+        now: Now,
+        id: ConnectionId,
+        to: SocketAddr,
+        tls: &TlsClient,
+    ) -> bool {
+        let (rustls, time, name, policy) = tls.parts();
+        let quic = match QuicClientConfig::try_from(rustls) {
+            Ok(quic) => quic,
+            Err(error) => {
+                tracing::warn!(%id, %to, %error, "TLS configuration unusable for QUIC");
+                return false;
+            }
         };
+        let mut config = quinn_proto::ClientConfig::new(Arc::new(quic));
+        config.transport_config(Arc::clone(&self.transport));
+        if !self.times.iter().any(|t| Arc::ptr_eq(t, &time)) {
+            self.times.push(Arc::clone(&time));
+        }
         time.set(now);
-        let at = self.epoch + Duration::from_nanos(now.mono.as_nanos());
-        let policy = *policy;
-        match self.endpoint.connect(at, config.clone(), to, name) {
+        let at = self.at(now);
+        match self.endpoint.connect(at, config, to, &name) {
             Ok((handle, quinn)) => {
                 self.insert(handle, quinn, id, true, policy);
                 true
@@ -293,6 +335,20 @@ impl QuicEndpoint {
         match event {
             Some(DatagramEvent::NewConnection(incoming)) => {
                 let policy = self.server.as_ref().map(|(_, p)| *p);
+                // Under load, a peer proves it owns its address (a Retry
+                // round trip, no state kept) before it takes a place in
+                // the pool or costs a handshake.
+                if policy.is_some()
+                    && !incoming.remote_address_validated()
+                    && incoming.may_retry()
+                    && core.under_load()
+                {
+                    if let Ok(response) = self.endpoint.retry(incoming, &mut buf) {
+                        self.queue(response.destination, &buf[..response.size]);
+                    }
+                    self.scratch = buf;
+                    return;
+                }
                 match (policy, core.accept_pending(now, from)) {
                     (Some(policy), Some(bus)) => {
                         match self.endpoint.accept(incoming, at, &mut buf, None) {
@@ -302,6 +358,7 @@ impl QuicEndpoint {
                             }
                             Err(error) => {
                                 core.handle_eof(now, bus);
+                                core.released(bus);
                                 if let Some(response) = error.response {
                                     self.queue(response.destination, &buf[..response.size]);
                                 }
@@ -332,6 +389,60 @@ impl QuicEndpoint {
         if self.out.len() < MAX_QUEUED_DATAGRAMS {
             self.out.push_back((to, datagram.to_vec()));
         }
+    }
+
+    /// Runs the connection carrying the core's connection `bus`: its
+    /// timers, the core's output and close. Call when the core has output
+    /// for it or resumed reading it.
+    pub fn drive_connection(&mut self, now: Now, bus: ConnectionId, core: &mut dyn QuicCore) {
+        self.set_time(now);
+        if let Some(&handle) = self.by_bus.get(&bus) {
+            self.drive_one(now, handle, core);
+        }
+    }
+
+    /// Runs the connections whose timers (QUIC's, or a close deadline) are
+    /// due at `now`.
+    pub fn drive_due(&mut self, now: Now, core: &mut dyn QuicCore) {
+        self.set_time(now);
+        let at = self.at(now);
+        let mut handles = core::mem::take(&mut self.handles);
+        handles.clear();
+        handles.extend(self.conns.iter_mut().filter_map(|(&handle, c)| {
+            let quic = c.quinn.poll_timeout().is_some_and(|t| t <= at);
+            let close = !c.closed && c.close_by.is_some_and(|t| t <= now.mono);
+            (quic || close).then_some(handle)
+        }));
+        for &handle in &handles {
+            self.drive_one(now, handle, core);
+        }
+        self.handles = handles;
+    }
+
+    /// Closes every connection at once (a forced shutdown): each gets
+    /// QUIC's close, and the core hears its end and its release.
+    pub fn close_all(&mut self, now: Now, core: &mut dyn QuicCore) {
+        let at = self.at(now);
+        for (_, mut conn) in self.conns.drain() {
+            if !conn.closed {
+                conn.quinn.close(
+                    at,
+                    VarInt::from_u32(CLOSE_CODE),
+                    Bytes::from_static(b"bus shut down"),
+                );
+            }
+            let mut buf = core::mem::take(&mut self.scratch);
+            buf.clear();
+            if self.out.len() < MAX_QUEUED_DATAGRAMS
+                && let Some(t) = conn.quinn.poll_transmit(at, 1, &mut buf)
+            {
+                self.out.push_back((t.destination, buf[..t.size].to_vec()));
+            }
+            self.scratch = buf;
+            core.handle_eof(now, conn.bus);
+            core.released(conn.bus);
+        }
+        self.by_bus.clear();
     }
 
     /// Runs every connection: timers due at `now`, the core's output, the
@@ -409,7 +520,7 @@ impl QuicEndpoint {
         // Stream data to the core, unless it pauses this connection.
         if let Some(id) = conn.stream
             && conn.ready
-            && !core.reading_paused(bus)
+            && !core.reading_paused(now, bus)
         {
             let mut stream = conn.quinn.recv_stream(id);
             if let Ok(mut chunks) = stream.read(true) {
@@ -500,6 +611,7 @@ impl QuicEndpoint {
             self.by_bus.remove(&bus);
             self.conns.remove(&handle);
             core.handle_eof(now, bus);
+            core.released(bus);
         }
     }
 
@@ -561,11 +673,14 @@ impl QuicCore for crate::node::Node {
     fn poll_transmit_for(&mut self, now: Now, id: ConnectionId) -> Option<Transmit> {
         crate::node::Node::poll_transmit_for(self, now, id)
     }
-    fn reading_paused(&self, id: ConnectionId) -> bool {
+    fn reading_paused(&mut self, _: Now, id: ConnectionId) -> bool {
         self.connection(id).is_some_and(|c| c.reading_paused())
     }
     fn is_over(&self, id: ConnectionId) -> bool {
         !self.holds(id)
+    }
+    fn under_load(&self) -> bool {
+        self.under_handshake_load()
     }
 }
 
@@ -586,7 +701,7 @@ impl QuicCore for crate::client::Client {
     fn poll_transmit_for(&mut self, now: Now, id: ConnectionId) -> Option<Transmit> {
         crate::client::Client::poll_transmit_for(self, now, id)
     }
-    fn reading_paused(&self, _: ConnectionId) -> bool {
+    fn reading_paused(&mut self, _: Now, _: ConnectionId) -> bool {
         false
     }
     fn is_over(&self, id: ConnectionId) -> bool {

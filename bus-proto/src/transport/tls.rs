@@ -264,6 +264,16 @@ impl TlsServer {
         Transport::layered(Arc::new(self))
     }
 
+    /// The QUIC transport to listen with (UDP): the same certificates,
+    /// ALPN `bus/1`, and binding policy, over QUIC's TLS 1.3.
+    #[cfg(feature = "quic")]
+    pub fn quic(self) -> Transport {
+        Transport::quic(super::quic::QuicSetup {
+            server: Some(self),
+            client: None,
+        })
+    }
+
     /// The same certificates for HTTP/1.1 (WebSocket over TLS): ALPN
     /// `http/1.1` offered, none required, as browsers connect.
     #[cfg(feature = "ws")]
@@ -384,6 +394,16 @@ impl TlsClient {
     /// The transport to dial with.
     pub fn transport(self) -> Transport {
         Transport::layered(Arc::new(self))
+    }
+
+    /// The QUIC transport to dial with (UDP): the same roots and server
+    /// name, ALPN `bus/1`, and binding policy, over QUIC's TLS 1.3.
+    #[cfg(feature = "quic")]
+    pub fn quic(self) -> Transport {
+        Transport::quic(super::quic::QuicSetup {
+            server: None,
+            client: Some(self),
+        })
     }
 }
 

@@ -311,6 +311,116 @@ class WsTransport:
         self.ws.close()
 
 
+class QuicTransport:
+    """QUIC with aioquic's sans-IO connection on a UDP socket: TLS 1.3, ALPN b"bus/1", the bus
+    frames on the one bidirectional stream this client opens (PROTOCOL.md §8.9). aioquic exposes
+    no TLS exporter, so the binding is 32 zero bytes: the listener must be `unbound`. Run against
+    the node by tests/tests/real_clients.rs (and `quic_cases.py`)."""
+    binding, max_size, check_header = bytes(32), 1 << 20, None
+
+    def __init__(self, host, port, server_hostname=None, cafile=None, insecure=False, alpn=("bus/1",),
+                 connect_timeout=10.0, stall=False):
+        import ssl
+        from aioquic.quic import events
+        from aioquic.quic.configuration import QuicConfiguration
+        from aioquic.quic.connection import QuicConnection
+        self.ev = events
+        config = QuicConfiguration(is_client=True, alpn_protocols=list(alpn), server_name=server_hostname or host)
+        if insecure:
+            config.verify_mode = ssl.CERT_NONE
+        elif cafile:
+            config.load_verify_locations(cafile)
+        family, _, _, _, self.addr = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
+        self.sock = socket.socket(family, socket.SOCK_DGRAM)
+        self.conn = QuicConnection(configuration=config)
+        self.buf, self.stream, self.others = bytearray(), None, {}
+        self.connected = self.eof = False
+        self.closed = None  # why the connection ended (ConnectionTerminated), once it has
+        self.stall = stall  # send the first flight only, then never again
+        self.conn.connect(self.addr, now=time.monotonic())
+        self._flush(force=True)
+        deadline = time.monotonic() + connect_timeout
+        while not self.connected:
+            if self.closed:
+                raise ConnectionError(self.closed)
+            if not self.pump(deadline):
+                raise socket.timeout("QUIC handshake timed out")
+        self.stream = self.conn.get_next_available_stream_id()
+
+    def _flush(self, force=False):
+        if self.stall and not force:
+            return
+        for data, addr in self.conn.datagrams_to_send(now=time.monotonic()):
+            self.sock.sendto(data, addr)
+
+    def pump(self, deadline):
+        """Waits for one datagram or the connection's timer, at most until `deadline` (None:
+        forever); handles events and sends what is due. False once the deadline has passed."""
+        now = time.monotonic()
+        waits = [t - now for t in (deadline, self.conn.get_timer()) if t is not None]
+        readable = select.select([self.sock], [], [], max(0.0, min(waits)) if waits else None)[0]
+        now = time.monotonic()
+        if readable:
+            data, addr = self.sock.recvfrom(65536)
+            self.conn.receive_datagram(data, addr, now)
+        timer = self.conn.get_timer()
+        if timer is not None and now >= timer:
+            self.conn.handle_timer(now)
+        while (event := self.conn.next_event()) is not None:
+            if isinstance(event, self.ev.HandshakeCompleted):
+                self.connected = True
+            elif isinstance(event, self.ev.StreamDataReceived) and event.stream_id == self.stream:
+                self.buf += event.data
+                self.eof |= event.end_stream
+            elif isinstance(event, (self.ev.StreamDataReceived, self.ev.StreamReset,
+                                    self.ev.StopSendingReceived)):
+                self.others.setdefault(event.stream_id, []).append(event)
+            elif isinstance(event, self.ev.ConnectionTerminated):
+                self.closed = f"QUIC closed: error {event.error_code:#x} {event.reason_phrase!r}"
+        self._flush()
+        return deadline is None or time.monotonic() < deadline
+
+    def send_frame(self, frame, stream=None):
+        if self.closed:
+            raise ConnectionError(self.closed)
+        self.conn.send_stream_data(self.stream if stream is None else stream, frame, end_stream=False)
+        self._flush()
+
+    def recv_frame(self, timeout=None):
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if len(self.buf) >= HEADER:
+                header = bytes(self.buf[:HEADER])
+                size = self.check_header(header) if self.check_header else u(header[48:52])
+                if not HEADER <= size <= self.max_size:
+                    raise ProtocolError(f"frame size {size}")
+                if len(self.buf) >= size:
+                    frame = bytes(self.buf[:size])
+                    del self.buf[:size]
+                    return frame
+            if self.eof:
+                raise ConnectionError("EOF" + (" mid-frame" if self.buf else ""))
+            if self.closed:
+                raise ConnectionError(self.closed)
+            if not self.pump(deadline):
+                return None  # a partial frame stays in buf
+
+    def close(self):
+        """Finishes the stream, lets it be delivered (at most a second), then closes QUIC."""
+        if not self.closed and self.stream is not None:
+            try:
+                self.conn.send_stream_data(self.stream, b"", end_stream=True)
+                self._flush()
+                deadline = time.monotonic() + 1.0
+                while not self.eof and not self.closed and self.pump(deadline):
+                    pass
+            except Exception:  # the stream may already be gone: the close still goes out
+                pass
+        self.conn.close()
+        self._flush()
+        self.sock.close()
+
+
 class Client:
     """One client-plane connection (§8). `request()` sends and waits; `send_request()` and
     `recv_reply()` allow pipelining. Defaults mirror §8.8. Synchronous: pings are answered only
@@ -478,8 +588,8 @@ def main():
 
     def num(text):  # decimal or 0x-hex
         return int(text, 0)
-    p.add_argument("--address", required=True, help="HOST:PORT (tcp, tls); ws/wss URL is built from it")
-    p.add_argument("--transport", choices=["tcp", "tls", "ws", "wss"], default="tcp")
+    p.add_argument("--address", required=True, help="HOST:PORT (tcp, tls, quic); ws/wss URL is built from it")
+    p.add_argument("--transport", choices=["tcp", "tls", "ws", "wss", "quic"], default="tcp")
     p.add_argument("--ws-path", default="/")
     p.add_argument("--cafile"), p.add_argument("--insecure", action="store_true")
     p.add_argument("--server-name", default=None, help="TLS name to verify (default: the host)")
@@ -504,6 +614,9 @@ def main():
     elif a.transport == "tls":
         transport = TlsTransport(host, int(port), server_hostname=a.server_name, cafile=a.cafile,
                                  insecure=a.insecure)
+    elif a.transport == "quic":
+        transport = QuicTransport(host, int(port), server_hostname=a.server_name, cafile=a.cafile,
+                                  insecure=a.insecure)
     else:
         transport = WsTransport(f"{a.transport}://{a.address}{a.ws_path}", server_hostname=a.server_name,
                                 cafile=a.cafile, insecure=a.insecure)

@@ -413,8 +413,8 @@ pub(crate) async fn run(args: DemoArgs) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Replica 0 also listens on TLS, WS and WSS (a certificate made for the
-/// demo); a client on each transport sends requests. TLS binds the
+/// Replica 0 also listens on TLS, WS, WSS and QUIC (a certificate made
+/// for the demo); a client on each transport sends requests. TLS binds the
 /// handshake to the session (a relay with its own certificate could not
 /// complete it).
 async fn transports(config: &ValidConfig, key: &Key, front: &Replica) -> Result<(), Failure> {
@@ -432,7 +432,7 @@ async fn transports(config: &ValidConfig, key: &Key, front: &Replica) -> Result<
     let mut roots = RootCertStore::empty();
     roots.add(cert)?;
     let client_tls = TlsClient::new(roots, "localhost")?;
-    let legs: [(&str, Transport, Transport); 4] = [
+    let legs: [(&str, Transport, Transport); 5] = [
         ("tcp", Transport::tcp(), Transport::tcp()),
         (
             "tls",
@@ -449,6 +449,7 @@ async fn transports(config: &ValidConfig, key: &Key, front: &Replica) -> Result<
             WsServer::over_tls(&server).transport(),
             WsClient::over_tls("wss://localhost/bus", &client_tls)?.transport(),
         ),
+        ("quic", server.clone().quic(), client_tls.clone().quic()),
     ];
     for (name, listen, dial) in legs {
         let address = match name {
@@ -471,10 +472,11 @@ async fn transports(config: &ValidConfig, key: &Key, front: &Replica) -> Result<
         }
         let bound = match name {
             "tls" | "wss" => "bound to the TLS session",
+            "quic" => "bound to the QUIC connection's TLS session, over UDP",
             _ => "no TLS to bind to",
         };
         println!(
-            "  {name:<3} {address}: 100 replies in {:.1} ms ({bound})",
+            "  {name:<4} {address}: 100 replies in {:.1} ms ({bound})",
             started.elapsed().as_secs_f64() * 1e3
         );
         client.shutdown(Duration::from_secs(2)).await;

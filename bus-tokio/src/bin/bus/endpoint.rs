@@ -1,5 +1,6 @@
 //! Listen addresses and dial targets named by URL (`tcp://`, `tls://`,
-//! `ws://`, `wss://`), the certificate options they need, and `bus cert`.
+//! `ws://`, `wss://`, `quic://`), the certificate options they need, and
+//! `bus cert`.
 
 use crate::Failure;
 use bus_tokio::Transport;
@@ -18,6 +19,7 @@ pub(crate) enum Scheme {
     Tls,
     Ws,
     Wss,
+    Quic,
 }
 
 /// `SCHEME://HOST:PORT[/PATH][?unbound]`, or a bare `HOST:PORT` for TCP.
@@ -43,9 +45,10 @@ impl FromStr for Endpoint {
             Some(("tls", rest)) => (Scheme::Tls, rest),
             Some(("ws", rest)) => (Scheme::Ws, rest),
             Some(("wss", rest)) => (Scheme::Wss, rest),
+            Some(("quic", rest)) => (Scheme::Quic, rest),
             Some((other, _)) => {
                 return Err(format!(
-                    "`{text}`: unknown scheme `{other}` (tcp, tls, ws or wss)"
+                    "`{text}`: unknown scheme `{other}` (tcp, tls, ws, wss or quic)"
                 ));
             }
             None => (Scheme::Tcp, text),
@@ -53,10 +56,10 @@ impl FromStr for Endpoint {
         let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
         let unbound = match query {
             "" => false,
-            "unbound" if matches!(scheme, Scheme::Tls | Scheme::Wss) => true,
+            "unbound" if matches!(scheme, Scheme::Tls | Scheme::Wss | Scheme::Quic) => true,
             other => {
                 return Err(format!(
-                    "`{text}`: unknown option `{other}` (only tls:// and wss:// take `?unbound`)"
+                    "`{text}`: unknown option `{other}` (only tls://, wss:// and quic:// take `?unbound`)"
                 ));
             }
         };
@@ -64,7 +67,7 @@ impl FromStr for Endpoint {
             Some(at) => rest.split_at(at),
             None => (rest, "/"),
         };
-        if path != "/" && matches!(scheme, Scheme::Tcp | Scheme::Tls) {
+        if path != "/" && matches!(scheme, Scheme::Tcp | Scheme::Tls | Scheme::Quic) {
             return Err(format!("`{text}`: a path is for ws:// and wss:// only"));
         }
         let (host, port) = authority
@@ -97,6 +100,7 @@ impl std::fmt::Display for Endpoint {
             Scheme::Tls => "tls",
             Scheme::Ws => "ws",
             Scheme::Wss => "wss",
+            Scheme::Quic => "quic",
         };
         write!(f, "{scheme}://{}", self.address)?;
         if matches!(self.scheme, Scheme::Ws | Scheme::Wss) {
@@ -112,14 +116,14 @@ impl std::fmt::Display for Endpoint {
 /// Certificates for `tls://` and `wss://`.
 #[derive(Args, Clone, Debug, Default)]
 pub(crate) struct TlsArgs {
-    /// Certificate chain (PEM) that tls:// and wss:// listeners present;
+    /// Certificate chain (PEM) that tls://, wss:// and quic:// listeners present;
     /// `bus cert` makes a development one.
     #[arg(long, value_name = "PEM")]
     tls_cert: Option<PathBuf>,
     /// The certificate's private key (PEM).
     #[arg(long, value_name = "PEM")]
     tls_key: Option<PathBuf>,
-    /// Certificates (PEM) a dialer trusts for tls:// and wss:// targets; a
+    /// Certificates (PEM) a dialer trusts for tls://, wss:// and quic:// targets; a
     /// self-signed certificate here pins it.
     #[arg(long, value_name = "PEM")]
     tls_ca: Option<PathBuf>,
@@ -165,6 +169,7 @@ impl Endpoint {
             Scheme::Tls => tls.server(self)?.transport(),
             Scheme::Ws => WsServer::new().transport(),
             Scheme::Wss => WsServer::over_tls(&tls.server(self)?).transport(),
+            Scheme::Quic => tls.server(self)?.quic(),
         })
     }
 
@@ -176,6 +181,7 @@ impl Endpoint {
             Scheme::Tls => tls.client(self)?.transport(),
             Scheme::Ws => WsClient::new(&url("ws"))?.transport(),
             Scheme::Wss => WsClient::over_tls(&url("wss"), &tls.client(self)?)?.transport(),
+            Scheme::Quic => tls.client(self)?.quic(),
         })
     }
 }
@@ -248,8 +254,12 @@ mod tests {
         let e: Endpoint = "127.0.0.1:7000".parse().unwrap();
         assert_eq!(e.scheme, Scheme::Tcp);
         assert_eq!(e.to_string(), "tcp://127.0.0.1:7000");
+        let e: Endpoint = "quic://127.0.0.1:7443?unbound".parse().unwrap();
+        assert_eq!(e.scheme, Scheme::Quic);
+        assert_eq!(e.to_string(), "quic://127.0.0.1:7443?unbound");
         for bad in [
-            "quic://127.0.0.1:1",
+            "udp://127.0.0.1:1",
+            "quic://127.0.0.1:1/path",
             "tls://127.0.0.1",
             "tcp://127.0.0.1:1?unbound",
             "tls://127.0.0.1:1/path",

@@ -35,7 +35,7 @@ enum Command {
         out: Option<PathBuf>,
     },
     /// Write a self-signed development certificate and key (PEM) for
-    /// tls:// and wss:// listeners.
+    /// tls://, wss:// and quic:// listeners.
     Cert(endpoint::CertArgs),
     /// Run a replica: listen, connect to its peers, answer client requests
     /// by echoing them, and log what happens.

@@ -23,12 +23,13 @@ pub(crate) struct NodeArgs {
     #[arg(long)]
     replicas: u8,
     /// Where to listen, as a URL: tcp://HOST:PORT (or just HOST:PORT),
-    /// tls://HOST:PORT, ws://HOST:PORT/PATH or wss://HOST:PORT/PATH; add
-    /// `?unbound` to a tls:// or wss:// listener for clients that cannot
-    /// bind the handshake to TLS (browsers). Repeat to listen on several.
+    /// tls://HOST:PORT, ws://HOST:PORT/PATH, wss://HOST:PORT/PATH or
+    /// quic://HOST:PORT (UDP); add `?unbound` to a tls://, wss:// or
+    /// quic:// listener for clients that cannot bind the handshake to TLS
+    /// (browsers, aioquic). Repeat to listen on several.
     #[arg(long, required = true)]
     listen: Vec<Endpoint>,
-    /// A peer as ID=URL (tcp://, tls://, ws://, wss://; a bare HOST:PORT
+    /// A peer as ID=URL (tcp://, tls://, ws://, wss://, quic://; a bare HOST:PORT
     /// is TCP); repeat for each higher-numbered replica (this node dials
     /// those).
     #[arg(long = "peer", value_parser = parse_peer)]
@@ -135,8 +136,8 @@ pub(crate) struct ClientArgs {
     #[command(flatten)]
     common: Common,
     /// The replica, as a URL: tcp://HOST:PORT (or just HOST:PORT),
-    /// tls://HOST:PORT, ws://HOST:PORT/PATH or wss://HOST:PORT/PATH
-    /// (`?unbound` if its listener is).
+    /// tls://HOST:PORT, ws://HOST:PORT/PATH, wss://HOST:PORT/PATH or
+    /// quic://HOST:PORT (`?unbound` if its listener is).
     #[arg(long)]
     connect: Endpoint,
     #[command(flatten)]
