@@ -54,6 +54,8 @@ struct World {
     rng: SeededEntropy,
     faults: Faults,
     client_sent: u64,
+    /// The first byte of each datagram the server sent.
+    server_sent: Vec<u8>,
     replies: Vec<Bytes>,
     /// The server's certificate.
     cert: bus_proto::transport::tls::CertificateDer<'static>,
@@ -68,7 +70,10 @@ fn at(now: Duration) -> Now {
 
 impl World {
     fn new(seed: u64, faults: Faults) -> World {
-        let config = Config::default().validate().expect("valid");
+        World::with_config(seed, faults, Config::default().validate().expect("valid"))
+    }
+
+    fn with_config(seed: u64, faults: Faults, config: ValidConfig) -> World {
         let certified =
             rcgen::generate_simple_self_signed(vec!["replica-0".into()]).expect("a certificate");
         let cert = certified.cert.der().clone();
@@ -124,6 +129,7 @@ impl World {
             rng: SeededEntropy::new(seed),
             faults,
             client_sent: 0,
+            server_sent: Vec::new(),
             replies: Vec::new(),
             cert,
         }
@@ -134,6 +140,9 @@ impl World {
     }
 
     fn send(&mut self, from: SocketAddr, to: SocketAddr, bytes: Vec<u8>) {
+        if from == server_addr() {
+            self.server_sent.push(bytes[0]);
+        }
         if from == client_addr() {
             self.client_sent += 1;
             if self.faults.stall_client && self.client_sent > 1 {
@@ -409,4 +418,56 @@ fn a_quic_peer_gets_one_bidirectional_stream_and_no_unidirectional_one() {
         conn.streams().open(Dir::Uni).is_none(),
         "a unidirectional stream"
     );
+}
+
+/// A QUIC v1 Retry packet: long header, type 3.
+fn is_retry(first_byte: u8) -> bool {
+    first_byte & 0x80 != 0 && (first_byte >> 4) & 0x3 == 3
+}
+
+/// Under load (the unauthenticated pool half full), a new peer first gets
+/// a Retry: one that proves its address is served; one that never answers
+/// (a spoofed source) costs no place in the pool and no handshake.
+#[test]
+fn under_load_a_new_quic_peer_proves_its_address_with_a_retry_first() {
+    let config = Config {
+        max_handshakes_in_flight: 2,
+        ..Config::default()
+    }
+    .validate()
+    .expect("valid");
+    for stall in [false, true] {
+        let faults = Faults {
+            stall_client: stall,
+            ..Faults::default()
+        };
+        let mut world = World::with_config(11, faults, config.clone());
+        // One handshake already in flight: half the pool.
+        world
+            .node
+            .accept_pending(
+                at(Duration::ZERO),
+                Some("10.0.0.9:1".parse().expect("addr")),
+            )
+            .expect("admitted");
+        assert!(world.node.under_handshake_load());
+        world
+            .client
+            .request(at(Duration::ZERO), 1, Bytes::from_static(b"retried"))
+            .expect("room");
+        world.run_until(Duration::from_millis(300), |w| !w.replies.is_empty());
+        let retries = world.server_sent.iter().filter(|&&b| is_retry(b)).count();
+        assert_eq!(retries, 1, "stall {stall}: one Retry");
+        assert!(is_retry(world.server_sent[0]), "the Retry came first");
+        match stall {
+            false => {
+                assert_eq!(world.replies, vec![Bytes::from_static(b"retried")]);
+            }
+            true => {
+                assert!(world.replies.is_empty());
+                assert_eq!(world.server.connections(), 0, "no connection state");
+                assert_eq!(world.node.handshakes_in_flight(), 1, "no place in the pool");
+            }
+        }
+    }
 }

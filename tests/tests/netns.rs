@@ -4,6 +4,10 @@
 //! healing. Replica traffic and client requests resume; nothing is
 //! delivered twice or out of order; no request executes twice.
 //!
+//! QUIC gets the same network: a client in one namespace sends requests to
+//! a node in another over `quic://` while each host drops 10% of the
+//! packets it receives; every request is answered, once, intact.
+//!
 //! Needs root, `ip` (iproute2) and `nft` (nftables). Without them the test
 //! says so and does nothing, unless `BUS_NETNS_TESTS=1` (CI sets it), when
 //! it fails instead. Each replica runs on its own thread, entered into its
@@ -105,11 +109,30 @@ impl Network {
                 self.nft(
                     replica,
                     &format!(
-                        "add rule inet fault loss iifname \"eth0\" numgen random mod 100 < {percent} drop"
+                        "add rule inet fault loss iifname \"eth0\" numgen random mod 100 < {percent} counter drop"
                     ),
                 );
             }
         }
+    }
+
+    /// Packets the loss rules dropped so far.
+    fn dropped(&self) -> u64 {
+        (0..REPLICAS)
+            .map(|replica| {
+                let ns = self.namespace(replica);
+                let out = Command::new("ip")
+                    .args([
+                        "netns", "exec", &ns, "nft", "list", "chain", "inet", "fault", "loss",
+                    ])
+                    .output()
+                    .expect("nft runs");
+                let text = String::from_utf8_lossy(&out.stdout).into_owned();
+                text.split_once("packets ")
+                    .and_then(|(_, rest)| rest.split_whitespace().next()?.parse().ok())
+                    .unwrap_or(0)
+            })
+            .sum()
     }
 
     fn cut(&self, replica: u8, cut: bool) {
@@ -389,4 +412,125 @@ fn smol_own_executor_across_namespaces() {
 #[test]
 fn compio_across_namespaces() {
     across_namespaces::<CompioPoll>("c");
+}
+
+/// Requests the QUIC client sends through the lossy network.
+const QUIC_REQUESTS: u64 = 300;
+/// The share of packets each host drops in the QUIC test, in percent.
+const QUIC_LOSS_PERCENT: u32 = 10;
+
+/// A node in namespace 1 listening on QUIC; a client in namespace 0
+/// sending requests one after another (every tenth 20 KB, so it spans
+/// many packets) while every host drops 10% of what it receives.
+fn quic_through_loss<B: Bus>(tag: &str) {
+    let Some(net) = network(tag) else {
+        return;
+    };
+    let net = Arc::new(net);
+    net.set_loss(QUIC_LOSS_PERCENT);
+    let identity = Arc::new(bus_tests::tls::Identity::new(&["replica-1"]));
+    let listen_at = SocketAddr::new(address(1).ip(), PORT + 1);
+    let mut c = quick();
+    c.request_timeout = Duration::from_secs(120);
+    let config = c.validate().expect("valid");
+    let stop = Arc::new(AtomicBool::new(false));
+    let executed = Arc::new(Mutex::new(Vec::<u64>::new()));
+    let node = {
+        let (net, identity, config) = (Arc::clone(&net), Arc::clone(&identity), config.clone());
+        let (stop, executed) = (Arc::clone(&stop), Arc::clone(&executed));
+        std::thread::spawn(move || {
+            net.enter(1);
+            B::run(async move {
+                let params = NodeParams {
+                    cluster: CLUSTER,
+                    replica: 0,
+                    replica_count: 1,
+                    accept_clients: true,
+                };
+                let (node, mut events) =
+                    B::start_node(&config, params, keys(78), NodeOptions::default())
+                        .expect("starts");
+                let quic = identity
+                    .server(bus_proto::transport::BindingPolicy::TlsExporter)
+                    .quic();
+                node.listen_via(listen_at, quic).await.expect("listens");
+                let serve = async {
+                    while let Some(event) = events.recv().await {
+                        if let NodeEvent::Request { request, body, .. } = event {
+                            executed.lock().unwrap().push(request.request);
+                            let _ = node.reply(request, body);
+                        }
+                    }
+                };
+                let stopped = async {
+                    while !stop.load(Ordering::Relaxed) {
+                        B::sleep(Duration::from_millis(20)).await;
+                    }
+                };
+                or(stopped, serve).await;
+                node.shutdown(Duration::from_secs(2)).await;
+            });
+        })
+    };
+    let client = {
+        let (net, identity) = (Arc::clone(&net), Arc::clone(&identity));
+        std::thread::spawn(move || {
+            net.enter(0);
+            B::run(async move {
+                let params = ClientParams {
+                    cluster: CLUSTER,
+                    id: B::random_id(),
+                    target: 0,
+                };
+                let dial = identity
+                    .client(
+                        "replica-1",
+                        bus_proto::transport::BindingPolicy::TlsExporter,
+                    )
+                    .quic();
+                let client = B::start_client_via(&config, params, keys(78), listen_at, dial)
+                    .expect("client");
+                let mut answered = 0u64;
+                for i in 0..QUIC_REQUESTS {
+                    let size = if i % 10 == 9 { 20_000 } else { 64 };
+                    let body = Bytes::from(i.to_le_bytes().repeat(size / 8));
+                    let reply = client.request(1, body.clone()).await.expect("a reply");
+                    assert_eq!(reply.body, body, "request {i}");
+                    answered += 1;
+                }
+                client.shutdown(Duration::from_secs(2)).await;
+                answered
+            })
+        })
+    };
+    let answered = client.join().expect("the client thread");
+    let dropped = net.dropped();
+    net.set_loss(0);
+    stop.store(true, Ordering::Relaxed);
+    node.join().expect("the node thread");
+    let executed = executed.lock().unwrap();
+    let unique: BTreeSet<u64> = executed.iter().copied().collect();
+    assert_eq!(answered, QUIC_REQUESTS);
+    assert_eq!(unique.len(), executed.len(), "a request ran twice");
+    assert_eq!(unique.len() as u64, QUIC_REQUESTS);
+    eprintln!(
+        "{}: {answered} requests over QUIC answered once each; {dropped} packets dropped",
+        B::NAME
+    );
+    assert!(dropped > 0, "the loss rules dropped nothing");
+}
+
+#[test]
+fn tokio_current_thread_quic_through_loss() {
+    quic_through_loss::<TokioCurrent>("tq");
+}
+
+#[test]
+fn smol_own_executor_quic_through_loss() {
+    quic_through_loss::<SmolExecutor>("sq");
+}
+
+#[test]
+fn compio_quic_through_loss() {
+    quic_through_loss::<CompioPoll>("cq");
 }

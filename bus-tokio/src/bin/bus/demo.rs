@@ -294,7 +294,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<(), Failure> {
     }
     println!("  done in {:.2}s", client_started.elapsed().as_secs_f64());
 
-    step("Clients on every transport: TCP, TLS, WebSocket and WebSocket over TLS");
+    step("Clients on every transport: TCP, TLS, WebSocket, WebSocket over TLS and QUIC");
     transports(&config, &key, &replicas[0]).await?;
 
     step("A request retried after a broken link is answered from the dedup window");
