@@ -74,6 +74,7 @@ struct Report {
     round_trip: Vec<RoundTrip>,
     handshakes: Handshakes,
     transports: Vec<crate::bench_transports::Row>,
+    transport_round_trip: Vec<crate::bench_transports::Latency>,
     transport_handshakes: Vec<crate::bench_transports::Handshakes>,
     under_attack: Vec<crate::under_attack::Row>,
 }
@@ -159,8 +160,7 @@ async fn measure(args: &BenchArgs) -> Result<Report, Failure> {
         eprintln!("handshakes, {connections} connections ...");
     }
     let handshakes = handshake_rate(&config, connections).await?;
-    let (transports, transport_handshakes) =
-        crate::bench_transports::measure(&config, scale, args.runs, args.json).await?;
+    let transports = crate::bench_transports::measure(&config, scale, args.runs, args.json).await?;
     let under_attack = crate::under_attack::measure(&config, scale).await?;
     Ok(Report {
         runtime: "tokio multi-thread, 2 workers",
@@ -168,8 +168,9 @@ async fn measure(args: &BenchArgs) -> Result<Report, Failure> {
         throughput,
         round_trip,
         handshakes,
-        transports,
-        transport_handshakes,
+        transports: transports.throughput,
+        transport_round_trip: transports.round_trip,
+        transport_handshakes: transports.handshakes,
         under_attack,
     })
 }
@@ -243,13 +244,12 @@ fn print_table(report: &Report) {
         "\nhandshakes: {:.0} per second ({} sequential client connections, each dialled, authenticated both ways and dropped)",
         report.handshakes.per_sec, report.handshakes.connections
     );
-    crate::bench_transports::print(&report.transports, &report.transport_handshakes);
+    crate::bench_transports::print(
+        &report.transports,
+        &report.transport_round_trip,
+        &report.transport_handshakes,
+    );
     crate::under_attack::print(&report.under_attack);
-}
-
-/// Two nodes, replica 0 sending to replica 1, over plain TCP.
-async fn pair(config: &ValidConfig) -> Result<((Node, Events), (Node, Events)), Failure> {
-    pair_over(config, Transport::tcp(), Transport::tcp()).await
 }
 
 /// Two nodes, replica 0 dialling replica 1 over `dial`, which listens over
@@ -476,7 +476,25 @@ async fn bus_round_trip(
     body: usize,
     iterations: u64,
 ) -> Result<(f64, f64), Failure> {
-    let ((pinger, mut replies), (echo, mut requests)) = pair(config).await?;
+    bus_round_trip_over(
+        config,
+        (Transport::tcp(), Transport::tcp()),
+        body,
+        iterations,
+    )
+    .await
+}
+
+/// p50 and p99 of message ping-pongs between two nodes over
+/// `transports`, in microseconds.
+pub(crate) async fn bus_round_trip_over(
+    config: &ValidConfig,
+    transports: (Transport, Transport),
+    body: usize,
+    iterations: u64,
+) -> Result<(f64, f64), Failure> {
+    let ((pinger, mut replies), (echo, mut requests)) =
+        pair_over(config, transports.0, transports.1).await?;
     let echoer = {
         let echo = echo.clone();
         tokio::spawn(async move {

@@ -1,7 +1,8 @@
-//! The transport rows of `bus bench`: the bus over TLS, WebSocket and
-//! WebSocket over TLS against tokio-rustls with tokio-util's
-//! `LengthDelimitedCodec` and against tokio-tungstenite, carrying payloads
-//! of the bus's frame sizes in the same run; and handshakes per second per
+//! The transport rows of `bus bench`: the bus over TLS, WebSocket,
+//! WebSocket over TLS and QUIC against tokio-rustls with tokio-util's
+//! `LengthDelimitedCodec`, against tokio-tungstenite and against quinn
+//! (`bench_quic`), carrying payloads of the bus's frame sizes in the same
+//! run; the QUIC round trip against quinn's; and handshakes per second per
 //! transport.
 
 use crate::Failure;
@@ -46,8 +47,29 @@ pub(crate) struct Handshakes {
     baseline_per_sec: f64,
 }
 
+/// The round trip of one transport against its baseline.
+#[derive(Serialize)]
+pub(crate) struct Latency {
+    transport: &'static str,
+    body_bytes: usize,
+    iterations: u64,
+    bus_p50_us: f64,
+    bus_p99_us: f64,
+    baseline: &'static str,
+    baseline_p50_us: f64,
+    baseline_p99_us: f64,
+    p50_bus_vs_baseline: f64,
+}
+
+/// What the transport rows measured.
+pub(crate) struct Measured {
+    pub(crate) throughput: Vec<Row>,
+    pub(crate) round_trip: Vec<Latency>,
+    pub(crate) handshakes: Vec<Handshakes>,
+}
+
 /// A certificate for `localhost` and the configurations around it.
-struct Pki {
+pub(crate) struct Pki {
     cert: CertificateDer<'static>,
     key: PrivateKeyDer<'static>,
 }
@@ -80,6 +102,7 @@ impl Pki {
                 WsServer::new().transport(),
                 WsClient::new("ws://localhost/bus")?.transport(),
             ),
+            "quic" => (server.quic(), client.quic()),
             _ => (
                 WsServer::over_tls(&server).transport(),
                 WsClient::over_tls("wss://localhost/bus", &client)?.transport(),
@@ -89,6 +112,16 @@ impl Pki {
 
     /// tokio-rustls configured as the bus configures rustls: TLS 1.3, ring.
     fn baseline_tls(&self, alpn: &[u8]) -> Result<(TlsAcceptor, TlsConnector), Failure> {
+        let (server, client) = self.baseline_rustls(alpn)?;
+        Ok((TlsAcceptor::from(server), TlsConnector::from(client)))
+    }
+
+    /// rustls configured as the bus configures it: TLS 1.3, ring, no
+    /// tickets.
+    pub(crate) fn baseline_rustls(
+        &self,
+        alpn: &[u8],
+    ) -> Result<(Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>), Failure> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut server = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -101,10 +134,7 @@ impl Pki {
             .with_root_certificates(self.roots()?)
             .with_no_client_auth();
         client.alpn_protocols = vec![alpn.to_vec()];
-        Ok((
-            TlsAcceptor::from(Arc::new(server)),
-            TlsConnector::from(Arc::new(client)),
-        ))
+        Ok((Arc::new(server), Arc::new(client)))
     }
 }
 
@@ -113,10 +143,10 @@ pub(crate) async fn measure(
     scale: u64,
     runs: u32,
     quiet: bool,
-) -> Result<(Vec<Row>, Vec<Handshakes>), Failure> {
+) -> Result<Measured, Failure> {
     let pki = Pki::new()?;
     let mut rows = Vec::new();
-    for kind in ["tls", "ws", "wss"] {
+    for kind in ["tls", "ws", "wss", "quic"] {
         for (body, messages) in [(64usize, 500_000u64), (4096, 100_000)] {
             let messages = messages / scale;
             if !quiet {
@@ -136,6 +166,10 @@ pub(crate) async fn measure(
                 baseline = baseline.max(match kind {
                     "tls" => tls_codec(&pki, frame, messages, config.max_batch).await?,
                     "ws" => ws_baseline(None, frame, messages, config.max_batch).await?,
+                    "quic" => {
+                        crate::bench_quic::codec(&pki, config, frame, messages, config.max_batch)
+                            .await?
+                    }
                     _ => ws_baseline(Some(&pki), frame, messages, config.max_batch).await?,
                 });
             }
@@ -150,9 +184,27 @@ pub(crate) async fn measure(
             });
         }
     }
+    let iterations = 20_000 / scale;
+    if !quiet {
+        eprintln!("quic round trip, {iterations} pings each ...");
+    }
+    let bus = crate::bench::bus_round_trip_over(config, pki.bus("quic")?, 64, iterations).await?;
+    let frame = crate::bench::encoded_frame(64)?;
+    let baseline = crate::bench_quic::round_trip(&pki, config, &frame, iterations).await?;
+    let round_trip = vec![Latency {
+        transport: "quic",
+        body_bytes: 64,
+        iterations,
+        bus_p50_us: bus.0,
+        bus_p99_us: bus.1,
+        baseline: baseline_name("quic"),
+        baseline_p50_us: baseline.0,
+        baseline_p99_us: baseline.1,
+        p50_bus_vs_baseline: bus.0 / baseline.0,
+    }];
     let connections = 200 / scale;
     let mut handshakes = Vec::new();
-    for kind in ["tcp", "tls", "ws", "wss"] {
+    for kind in ["tcp", "tls", "ws", "wss", "quic"] {
         if !quiet {
             eprintln!("{kind} handshakes, {connections} connections ...");
         }
@@ -161,6 +213,7 @@ pub(crate) async fn measure(
             "tcp" => tcp_connects(connections).await?,
             "tls" => tls_handshakes(&pki, connections).await?,
             "ws" => ws_handshakes(None, connections).await?,
+            "quic" => crate::bench_quic::handshakes(&pki, config, connections).await?,
             _ => ws_handshakes(Some(&pki), connections).await?,
         };
         handshakes.push(Handshakes {
@@ -174,18 +227,23 @@ pub(crate) async fn measure(
             baseline_per_sec: baseline,
         });
     }
-    Ok((rows, handshakes))
+    Ok(Measured {
+        throughput: rows,
+        round_trip,
+        handshakes,
+    })
 }
 
 fn baseline_name(kind: &str) -> &'static str {
     match kind {
         "tls" => "tokio-rustls + LDC",
         "ws" => "tokio-tungstenite",
+        "quic" => "quinn + LDC",
         _ => "tokio-tungstenite + tokio-rustls",
     }
 }
 
-pub(crate) fn print(rows: &[Row], handshakes: &[Handshakes]) {
+pub(crate) fn print(rows: &[Row], round_trip: &[Latency], handshakes: &[Handshakes]) {
     println!(
         "\n{:<28} {:>11} {:>11} {:>7}  baseline",
         "transports (msg/s)", "bus-tokio", "baseline", "ratio"
@@ -198,6 +256,22 @@ pub(crate) fn print(rows: &[Row], handshakes: &[Handshakes]) {
             r.baseline_per_sec,
             r.bus_vs_baseline,
             r.baseline
+        );
+    }
+    println!(
+        "\n{:<28} {:>11} {:>11} {:>7}  baseline",
+        "round trip (64 B), p50 / p99", "bus-tokio", "baseline", "ratio"
+    );
+    for l in round_trip {
+        println!(
+            "{:<28} {:>9.1}us {:>9.1}us {:>6.2}x  {} (p99 {:.1}us / {:.1}us)",
+            format!("{} p50", l.transport),
+            l.bus_p50_us,
+            l.baseline_p50_us,
+            l.p50_bus_vs_baseline,
+            l.baseline,
+            l.bus_p99_us,
+            l.baseline_p99_us
         );
     }
     println!(

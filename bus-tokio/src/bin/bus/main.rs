@@ -3,6 +3,7 @@
 //! each command.
 
 mod bench;
+mod bench_quic;
 mod bench_transports;
 mod demo;
 mod endpoint;
