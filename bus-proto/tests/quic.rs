@@ -8,6 +8,7 @@ use bus_proto::client::{Client, ClientEvent, ClientParams};
 use bus_proto::config::{Config, ValidConfig};
 use bus_proto::crypto::{Key, KeyRing};
 use bus_proto::entropy::{Entropy, SeededEntropy};
+use bus_proto::handshake::Binding;
 use bus_proto::node::{Action, Node, NodeEvent, NodeParams};
 use bus_proto::time::{Instant, Now, UnixNanos};
 use bus_proto::transport::BindingPolicy;
@@ -56,9 +57,15 @@ struct World {
     client_sent: u64,
     /// The first byte of each datagram the server sent.
     server_sent: Vec<u8>,
+    /// Requests the node delivered.
+    requests_seen: usize,
+    /// The node answers the requests it delivers.
+    answer: bool,
     replies: Vec<Bytes>,
     /// The server's certificate.
     cert: bus_proto::transport::tls::CertificateDer<'static>,
+    /// The endpoints' `std::time::Instant` origin.
+    epoch: std::time::Instant,
 }
 
 fn at(now: Duration) -> Now {
@@ -130,8 +137,11 @@ impl World {
             faults,
             client_sent: 0,
             server_sent: Vec::new(),
+            requests_seen: 0,
+            answer: true,
             replies: Vec::new(),
             cert,
+            epoch,
         }
     }
 
@@ -202,7 +212,10 @@ impl World {
         while self.node.poll_action().is_some() {}
         while let Some(event) = self.node.poll_event() {
             if let NodeEvent::Request { request, body, .. } = event {
-                let _ = self.node.reply(now, request, body);
+                self.requests_seen += 1;
+                if self.answer {
+                    let _ = self.node.reply(now, request, body);
+                }
             }
         }
         self.server.drive(now, &mut self.node);
@@ -425,6 +438,42 @@ fn is_retry(first_byte: u8) -> bool {
     first_byte & 0x80 != 0 && (first_byte >> 4) & 0x3 == 3
 }
 
+/// One Retry case: `preload` takes a place in the pool before the client
+/// dials (from the client's own address, or another), under `config`.
+fn retry_case(config: &ValidConfig, preload: SocketAddr, stall: bool) -> World {
+    let faults = Faults {
+        stall_client: stall,
+        ..Faults::default()
+    };
+    let mut world = World::with_config(11, faults, config.clone());
+    world
+        .node
+        .accept_pending(at(Duration::ZERO), Some(preload))
+        .expect("admitted");
+    assert!(world.node.wants_address_proof(client_addr()));
+    world
+        .client
+        .request(at(Duration::ZERO), 1, Bytes::from_static(b"retried"))
+        .expect("room");
+    world.run_until(Duration::from_millis(300), |w| !w.replies.is_empty());
+    let retries = world.server_sent.iter().filter(|&&b| is_retry(b)).count();
+    assert_eq!(retries, 1, "stall {stall}: one Retry");
+    assert!(is_retry(world.server_sent[0]), "the Retry came first");
+    match stall {
+        false => assert_eq!(world.replies, vec![Bytes::from_static(b"retried")]),
+        true => {
+            assert!(world.replies.is_empty());
+            assert_eq!(world.server.connections(), 0, "no connection state");
+            assert_eq!(
+                world.node.handshakes_in_flight(),
+                1,
+                "no place taken, none evicted"
+            );
+        }
+    }
+    world
+}
+
 /// Under load (the unauthenticated pool half full), a new peer first gets
 /// a Retry: one that proves its address is served; one that never answers
 /// (a spoofed source) costs no place in the pool and no handshake.
@@ -437,37 +486,216 @@ fn under_load_a_new_quic_peer_proves_its_address_with_a_retry_first() {
     .validate()
     .expect("valid");
     for stall in [false, true] {
-        let faults = Faults {
-            stall_client: stall,
-            ..Faults::default()
-        };
-        let mut world = World::with_config(11, faults, config.clone());
-        // One handshake already in flight: half the pool.
-        world
-            .node
-            .accept_pending(
-                at(Duration::ZERO),
-                Some("10.0.0.9:1".parse().expect("addr")),
-            )
-            .expect("admitted");
-        assert!(world.node.under_handshake_load());
+        retry_case(&config, "10.0.0.9:1".parse().expect("addr"), stall);
+    }
+}
+
+/// An address that already holds a place proves it owns that address
+/// before it gets another, load or not: a spoofed source cannot make the
+/// node evict that address's real handshakes.
+#[test]
+fn an_address_holding_a_place_proves_itself_before_another() {
+    let config = Config::default().validate().expect("valid");
+    let same_host: SocketAddr = "10.0.0.2:6000".parse().expect("addr");
+    for stall in [false, true] {
+        let world = retry_case(&config, same_host, stall);
+        assert!(!world.node.under_handshake_load());
+        assert_eq!(world.node.stats().unauthenticated_evicted, 0);
+    }
+}
+
+/// Requests a paused connection has not read yet still reach the core
+/// when the peer's QUIC connection ends: nothing received is lost to the
+/// pause.
+#[test]
+fn data_waiting_behind_a_pause_reaches_the_core_when_the_peer_closes() {
+    let mut world = World::new(17, Faults::default());
+    world
+        .client
+        .request(at(Duration::ZERO), 1, Bytes::from_static(b"first"))
+        .expect("room");
+    world.run_until(Duration::from_secs(5), |w| !w.replies.is_empty());
+    assert_eq!(world.requests_seen, 1);
+    let id = world
+        .node
+        .client_connection(42)
+        .expect("the client's connection");
+    world.node.set_reading_paused(at(world.now), id, true);
+    world.answer = false;
+    for body in [&b"second"[..], b"third"] {
         world
             .client
-            .request(at(Duration::ZERO), 1, Bytes::from_static(b"retried"))
+            .request(at(world.now), 1, Bytes::from_static(body))
             .expect("room");
-        world.run_until(Duration::from_millis(300), |w| !w.replies.is_empty());
-        let retries = world.server_sent.iter().filter(|&&b| is_retry(b)).count();
-        assert_eq!(retries, 1, "stall {stall}: one Retry");
-        assert!(is_retry(world.server_sent[0]), "the Retry came first");
-        match stall {
-            false => {
-                assert_eq!(world.replies, vec![Bytes::from_static(b"retried")]);
-            }
-            true => {
-                assert!(world.replies.is_empty());
-                assert_eq!(world.server.connections(), 0, "no connection state");
-                assert_eq!(world.node.handshakes_in_flight(), 1, "no place in the pool");
+    }
+    let until = world.now + Duration::from_millis(100);
+    world.run_until(until, |_| false);
+    assert_eq!(world.requests_seen, 1, "paused: not read");
+    // The client's QUIC connection ends abruptly.
+    let now = at(world.now);
+    world.dialer.close_all(now, &mut world.client);
+    while let Some((to, bytes)) = world.dialer.poll_datagram() {
+        world.send(client_addr(), to, bytes);
+    }
+    let until = world.now + Duration::from_millis(100);
+    world.run_until(until, |w| w.requests_seen == 3);
+    assert_eq!(world.requests_seen, 3, "handed over before the end");
+}
+
+/// A peer that never grants stream credit cannot keep a connection the
+/// core is done with: it closes at `close_grace`, and the endpoint
+/// forgets it once QUIC's draining ends.
+#[test]
+fn a_peer_granting_no_stream_credit_is_closed_at_close_grace() {
+    use quinn_proto::{Dir, Event};
+
+    let mut world = World::new(19, Faults::default());
+    let mut transport = quinn_proto::TransportConfig::default();
+    transport.stream_receive_window(0u32.into());
+    let (mut raw, mut conn) = raw_client(&world, transport);
+    let mut pump = |world: &mut World, conn: &mut quinn_proto::Connection, now: Duration| {
+        pump_raw(world, &mut raw, conn, now)
+    };
+    let mut stream = None;
+    let mut round = 0u64;
+    while stream.is_none() && round < 200 {
+        pump(&mut world, &mut conn, Duration::from_millis(round));
+        while let Some(event) = conn.poll() {
+            if matches!(event, Event::Connected) {
+                stream = conn.streams().open(Dir::Bi);
             }
         }
+        round += 1;
     }
+    let stream = stream.expect("connected, with a stream");
+    // A hello for another cluster: the node answers with a reject it can
+    // never write, and is done with the connection.
+    let hello = foreign_hello(&world.config);
+    conn.send_stream(stream)
+        .write(&hello)
+        .expect("room for the hello");
+    let grace = world.config.close_grace;
+    let mut now = Duration::from_millis(round);
+    while now < Duration::from_millis(round) + grace + Duration::from_secs(3) {
+        pump(&mut world, &mut conn, now);
+        while conn.poll().is_some() {}
+        now += Duration::from_millis(10);
+    }
+    assert!(world.node.stats().handshakes_failed >= 1);
+    assert_eq!(
+        world.server.connections(),
+        0,
+        "closed at close_grace, not held by the peer's missing credit"
+    );
+}
+
+/// A `hello` from a client of another cluster, as the client core writes
+/// it.
+fn foreign_hello(config: &ValidConfig) -> Vec<u8> {
+    let mut client = Client::new(
+        at(Duration::ZERO),
+        config,
+        ClientParams {
+            cluster: CLUSTER + 1,
+            id: 7,
+            target: 0,
+        },
+        KeyRing::new(Key::from_bytes([7; 32])),
+        Box::new(SeededEntropy::new(5)),
+    );
+    client
+        .request(at(Duration::ZERO), 1, Bytes::from_static(b"x"))
+        .expect("room");
+    client.handle_timeout(at(Duration::ZERO));
+    let Some(Action::Connect { connection, .. }) = client.poll_action() else {
+        panic!("the client dials");
+    };
+    client
+        .connected_pending(at(Duration::ZERO), connection)
+        .expect("pending");
+    client
+        .transport_ready(at(Duration::ZERO), connection, Binding::NONE)
+        .expect("ready");
+    let transmit = client
+        .poll_transmit_for(at(Duration::ZERO), connection)
+        .expect("the hello");
+    transmit
+        .into_segments()
+        .iter()
+        .flat_map(|b| b.iter().copied())
+        .collect()
+}
+
+/// A raw quinn-proto client of the world's server endpoint, trusting its
+/// certificate, offering ALPN `bus/1`.
+fn raw_client(
+    world: &World,
+    transport: quinn_proto::TransportConfig,
+) -> (quinn_proto::Endpoint, quinn_proto::Connection) {
+    use quinn_proto::crypto::rustls::QuicClientConfig;
+    use std::sync::Arc;
+
+    let mut roots = bus_proto::transport::tls::rustls::RootCertStore::empty();
+    roots.add(world.cert.clone()).expect("a root");
+    let provider = Arc::new(bus_proto::transport::tls::rustls::crypto::ring::default_provider());
+    let mut rustls =
+        bus_proto::transport::tls::rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&bus_proto::transport::tls::rustls::version::TLS13])
+            .expect("TLS 1.3")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    rustls.alpn_protocols = vec![b"bus/1".to_vec()];
+    let quic = QuicClientConfig::try_from(rustls).expect("a QUIC client config");
+    let mut config = quinn_proto::ClientConfig::new(Arc::new(quic));
+    config.transport_config(Arc::new(transport));
+    let mut raw = quinn_proto::Endpoint::new(
+        Arc::new(quinn_proto::EndpointConfig::default()),
+        None,
+        false,
+        Some([9; 32]),
+    );
+    let (_, conn) = raw
+        .connect(world.epoch, config, server_addr(), "replica-0")
+        .expect("a connect");
+    (raw, conn)
+}
+
+/// One exchange between a raw client and the world's server at `now`.
+fn pump_raw(
+    world: &mut World,
+    raw: &mut quinn_proto::Endpoint,
+    conn: &mut quinn_proto::Connection,
+    now: Duration,
+) {
+    use quinn_proto::DatagramEvent;
+    let instant = world.epoch + now;
+    world.now = now;
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        let Some(t) = conn.poll_transmit(instant, 1, &mut buf) else {
+            break;
+        };
+        world
+            .server
+            .handle_datagram(at(now), client_addr(), &buf[..t.size], &mut world.node);
+    }
+    world.node.handle_timeout(at(now));
+    while world.node.poll_action().is_some() {}
+    while world.node.poll_event().is_some() {}
+    world.server.drive(at(now), &mut world.node);
+    while let Some((_, datagram)) = world.server.poll_datagram() {
+        let mut scratch = Vec::new();
+        if let Some(DatagramEvent::ConnectionEvent(_, event)) = raw.handle(
+            instant,
+            server_addr(),
+            None,
+            None,
+            datagram.as_slice().into(),
+            &mut scratch,
+        ) {
+            conn.handle_event(event);
+        }
+    }
+    conn.handle_timeout(instant);
 }

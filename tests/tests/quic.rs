@@ -221,7 +221,8 @@ async fn many_quic_clients_share_one_endpoint<B: Bus>() {
         "one connection per client"
     );
     for client in &clients {
-        client.shutdown(Duration::from_secs(5)).await;
+        let report = client.shutdown(Duration::from_secs(5)).await;
+        assert_eq!(report.forced, 0, "a client's close completes: {report:?}");
     }
     let report = member.node.shutdown(Duration::from_secs(5)).await;
     assert_eq!(report.forced, 0, "{report:?}");

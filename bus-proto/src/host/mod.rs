@@ -184,9 +184,9 @@ pub trait Machine: Send + 'static {
     ) -> Option<ConnectionId> {
         None
     }
-    /// True while new peers should prove their address before they cost
-    /// a handshake (QUIC's Retry).
-    fn under_load(&self) -> bool {
+    /// True if a new peer at `remote` should prove its address before it
+    /// costs a handshake (QUIC's Retry).
+    fn wants_address_proof(&self, _remote: core::net::SocketAddr) -> bool {
         false
     }
     /// A dial's TCP connect failed (the core has been told).

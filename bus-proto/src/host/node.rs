@@ -180,8 +180,8 @@ impl Machine for NodeFront {
             }
         }
     }
-    fn under_load(&self) -> bool {
-        self.node.under_handshake_load()
+    fn wants_address_proof(&self, remote: SocketAddr) -> bool {
+        self.node.wants_address_proof(remote)
     }
 }
 

@@ -110,6 +110,17 @@ impl<M: Machine, R: Runtime> QuicCore for HostCore<'_, M, R> {
         });
     }
 
+    fn handle_chunks(&mut self, now: Now, id: ConnectionId, chunks: &[bytes::Bytes]) {
+        self.call(id, |m| {
+            if let Some(mut buffer) = m.take_read_buffer(id) {
+                for chunk in chunks {
+                    buffer.extend_from_slice(chunk);
+                }
+                m.handle_read(now, id, buffer);
+            }
+        });
+    }
+
     fn handle_eof(&mut self, now: Now, id: ConnectionId) {
         self.call(id, |m| m.handle_eof(now, id));
     }
@@ -155,8 +166,8 @@ impl<M: Machine, R: Runtime> QuicCore for HostCore<'_, M, R> {
         state.forced || state.sockets.get(&id).is_none_or(|e| e.closing)
     }
 
-    fn under_load(&self) -> bool {
-        self.shared.lock().machine.under_load()
+    fn wants_address_proof(&self, remote: SocketAddr) -> bool {
+        self.shared.lock().machine.wants_address_proof(remote)
     }
 
     fn released(&mut self, id: ConnectionId) {
@@ -353,13 +364,19 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
         poll_fn(|cx| self.lock().ports[port.index].wake.poll(cx)).await;
     }
 
-    /// The port's task ended and closed its socket.
-    pub fn quic_closed(&self, port: QuicPort) {
-        {
+    /// The port's task ended and closed its socket. Dials queued for it
+    /// meanwhile fail.
+    pub fn quic_closed(self: &Arc<Self>, port: QuicPort) {
+        let dials = {
             let mut state = self.lock();
             if state.dial_port == Some(port.index) {
                 state.dial_port = None;
             }
+            core::mem::take(&mut state.ports[port.index].dials)
+        };
+        for (id, _) in dials {
+            self.with(|m, now| m.connect_failed(now, id));
+            self.closed(id);
         }
         self.listener_closed();
     }

@@ -335,11 +335,18 @@ impl Node {
         self.pool.len()
     }
 
-    /// True while the unauthenticated pool is at least half full: a
-    /// transport that can make a new peer prove its address first (QUIC's
-    /// Retry) does so from then on.
+    /// True while the unauthenticated pool is at least half full.
     pub fn under_handshake_load(&self) -> bool {
         self.pool.len().saturating_mul(2) >= self.config.max_handshakes_in_flight
+    }
+
+    /// Whether a transport that can make a new peer at `remote` prove it
+    /// owns that address before admitting it (QUIC's Retry) should: under
+    /// load, or when the address already holds a place in the pool. A
+    /// source that has not proved its address then never evicts a
+    /// handshake, since eviction needs a full pool or a full address.
+    pub fn wants_address_proof(&self, remote: SocketAddr) -> bool {
+        self.under_handshake_load() || self.pool.count(Some(admission::group(remote.ip()))) > 0
     }
 
     /// While `refuse` holds, a client whose `hello` verifies is told `Busy`

@@ -49,6 +49,11 @@ use std::vec::Vec;
 /// more (a host that does not send them gets none; QUIC retransmits).
 pub const MAX_QUEUED_DATAGRAMS: usize = 1024;
 
+/// Connections closed but still draining (QUIC keeps a closed connection
+/// for three probe timeouts to answer late packets) an endpoint keeps;
+/// beyond, it refuses new connections until some have drained.
+pub const MAX_CLOSING: usize = 1024;
+
 /// Datagrams one connection may produce per pass, so one busy connection
 /// cannot starve the others.
 const DATAGRAMS_PER_PASS: usize = 64;
@@ -65,6 +70,13 @@ pub trait QuicCore {
     fn transport_ready(&mut self, now: Now, id: ConnectionId, binding: Binding) -> bool;
     /// Stream bytes from `id`'s peer.
     fn handle_input(&mut self, now: Now, id: ConnectionId, bytes: &[u8]);
+    /// Several chunks of stream bytes from `id`'s peer, in order (one call
+    /// where a host would otherwise lock once per chunk).
+    fn handle_chunks(&mut self, now: Now, id: ConnectionId, chunks: &[Bytes]) {
+        for chunk in chunks {
+            self.handle_input(now, id, chunk);
+        }
+    }
     /// `id`'s stream or connection ended.
     fn handle_eof(&mut self, now: Now, id: ConnectionId);
     /// `id`'s next batch of frames.
@@ -74,9 +86,10 @@ pub trait QuicCore {
     fn reading_paused(&mut self, now: Now, id: ConnectionId) -> bool;
     /// True once `id` is over and has handed out its last bytes.
     fn is_over(&self, id: ConnectionId) -> bool;
-    /// True while new peers should prove their address first (a QUIC
-    /// Retry) before the endpoint spends a handshake on them.
-    fn under_load(&self) -> bool {
+    /// True if a new peer at `remote` must prove it owns that address (a
+    /// QUIC Retry round trip) before the endpoint spends a handshake and a
+    /// place in the pool on it.
+    fn wants_address_proof(&self, _remote: SocketAddr) -> bool {
         false
     }
     /// The QUIC connection of `id` is gone (after its close, or refused):
@@ -119,6 +132,8 @@ struct QuicConn {
     closed: bool,
     /// Close at this instant even if the peer never acknowledges.
     close_by: Option<Instant>,
+    /// Queued in `QuicEndpoint::touched`.
+    touched: bool,
 }
 
 /// A QUIC endpoint on one UDP socket, as a sans-IO state machine.
@@ -137,6 +152,13 @@ pub struct QuicEndpoint {
     scratch: Vec<u8>,
     /// The handles one `drive` visits (reused, not allocated per call).
     handles: Vec<ConnectionHandle>,
+    /// Connections that received datagrams since they were last driven
+    /// (at most one entry each).
+    touched: Vec<ConnectionHandle>,
+    /// Stream chunks read for the core (reused).
+    chunks: Vec<Bytes>,
+    /// Connections we closed that are still draining.
+    closing: usize,
 }
 
 impl core::fmt::Debug for QuicEndpoint {
@@ -226,6 +248,9 @@ impl QuicEndpoint {
             out: VecDeque::new(),
             scratch: Vec::new(),
             handles: Vec::new(),
+            touched: Vec::new(),
+            chunks: Vec::new(),
+            closing: 0,
         })
     }
 
@@ -313,11 +338,15 @@ impl QuicEndpoint {
                 finished: false,
                 closed: false,
                 close_by: None,
+                touched: false,
             },
         );
     }
 
-    /// A datagram arrived from `from`.
+    /// A datagram arrived from `from`. A new connection is admitted (or
+    /// refused) at once; datagrams of known connections are processed by
+    /// QUIC now and reach the core at the next [`QuicEndpoint::drive`] or
+    /// [`QuicEndpoint::drive_due`], once per burst.
     pub fn handle_datagram(
         &mut self,
         now: Now,
@@ -335,13 +364,15 @@ impl QuicEndpoint {
         match event {
             Some(DatagramEvent::NewConnection(incoming)) => {
                 let policy = self.server.as_ref().map(|(_, p)| *p);
-                // Under load, a peer proves it owns its address (a Retry
-                // round trip, no state kept) before it takes a place in
-                // the pool or costs a handshake.
+                // A peer proves it owns its address (a Retry round trip,
+                // no state kept) before it takes a place in the pool or
+                // costs a handshake, when the core asks: under load, or
+                // when its address already holds a place (a spoofed source
+                // could otherwise evict that address's real handshakes).
                 if policy.is_some()
                     && !incoming.remote_address_validated()
                     && incoming.may_retry()
-                    && core.under_load()
+                    && core.wants_address_proof(from)
                 {
                     if let Ok(response) = self.endpoint.retry(incoming, &mut buf) {
                         self.queue(response.destination, &buf[..response.size]);
@@ -349,8 +380,13 @@ impl QuicEndpoint {
                     self.scratch = buf;
                     return;
                 }
-                match (policy, core.accept_pending(now, from)) {
-                    (Some(policy), Some(bus)) => {
+                let admitted = match policy {
+                    Some(_) if self.closing >= MAX_CLOSING => None,
+                    Some(policy) => core.accept_pending(now, from).map(|bus| (policy, bus)),
+                    None => None,
+                };
+                match admitted {
+                    Some((policy, bus)) => {
                         match self.endpoint.accept(incoming, at, &mut buf, None) {
                             Ok((handle, quinn)) => {
                                 self.insert(handle, quinn, bus, false, policy);
@@ -365,17 +401,20 @@ impl QuicEndpoint {
                             }
                         }
                     }
-                    _ => {
+                    None => {
                         let response = self.endpoint.refuse(incoming, &mut buf);
                         self.queue(response.destination, &buf[..response.size]);
                     }
                 }
             }
             Some(DatagramEvent::ConnectionEvent(handle, event)) => {
+                // Driven once per burst of datagrams, by the next `drive*`.
                 if let Some(conn) = self.conns.get_mut(&handle) {
                     conn.quinn.handle_event(event);
+                    if !core::mem::replace(&mut conn.touched, true) {
+                        self.touched.push(handle);
+                    }
                 }
-                self.drive_one(now, handle, core);
             }
             Some(DatagramEvent::Response(response)) => {
                 self.queue(response.destination, &buf[..response.size]);
@@ -401,17 +440,19 @@ impl QuicEndpoint {
         }
     }
 
-    /// Runs the connections whose timers (QUIC's, or a close deadline) are
-    /// due at `now`.
+    /// Runs the connections that received datagrams since they were last
+    /// driven, and those whose timers (QUIC's, or a close deadline) are due
+    /// at `now`.
     pub fn drive_due(&mut self, now: Now, core: &mut dyn QuicCore) {
         self.set_time(now);
         let at = self.at(now);
         let mut handles = core::mem::take(&mut self.handles);
         handles.clear();
+        handles.append(&mut self.touched);
         handles.extend(self.conns.iter_mut().filter_map(|(&handle, c)| {
             let quic = c.quinn.poll_timeout().is_some_and(|t| t <= at);
             let close = !c.closed && c.close_by.is_some_and(|t| t <= now.mono);
-            (quic || close).then_some(handle)
+            (!c.touched && (quic || close)).then_some(handle)
         }));
         for &handle in &handles {
             self.drive_one(now, handle, core);
@@ -443,6 +484,7 @@ impl QuicEndpoint {
             core.released(conn.bus);
         }
         self.by_bus.clear();
+        self.closing = 0;
     }
 
     /// Runs every connection: timers due at `now`, the core's output, the
@@ -452,6 +494,7 @@ impl QuicEndpoint {
         self.set_time(now);
         let mut handles = core::mem::take(&mut self.handles);
         handles.clear();
+        self.touched.clear();
         handles.extend(self.conns.keys().copied());
         for &handle in &handles {
             self.drive_one(now, handle, core);
@@ -464,10 +507,14 @@ impl QuicEndpoint {
         let Some(conn) = self.conns.get_mut(&handle) else {
             return;
         };
+        conn.touched = false;
         if conn.quinn.poll_timeout().is_some_and(|t| t <= at) {
             conn.quinn.handle_timeout(at);
         }
         let bus = conn.bus;
+        // The stream or connection ended: what was received is still
+        // handed to the core (paused or not) before the end.
+        let mut ended = false;
         while let Some(event) = conn.quinn.poll() {
             match event {
                 Event::Connected => {
@@ -476,6 +523,7 @@ impl QuicEndpoint {
                         conn.quinn
                             .close(at, VarInt::from_u32(CLOSE_CODE), Bytes::new());
                         conn.closed = true;
+                        self.closing += 1;
                         core.handle_eof(now, bus);
                         continue;
                     }
@@ -507,28 +555,39 @@ impl QuicEndpoint {
                             .stop(VarInt::from_u32(CLOSE_CODE));
                     }
                 }
+                Event::Stream(StreamEvent::Available { dir: Dir::Bi })
+                    if conn.dialer && conn.ready && conn.stream.is_none() =>
+                {
+                    // The server granted its stream only now.
+                    conn.stream = conn.quinn.streams().open(Dir::Bi);
+                }
                 Event::Stream(StreamEvent::Finished { .. }) if conn.finished => {
                     // Everything we wrote was acknowledged: close now.
                     conn.close_by = Some(now.mono);
                 }
-                Event::Stream(StreamEvent::Stopped { .. }) | Event::ConnectionLost { .. } => {
-                    core.handle_eof(now, bus);
+                Event::Stream(StreamEvent::Stopped { .. }) => {
+                    // The peer will not read what we write.
+                    conn.pending.clear();
+                    ended = true;
                 }
+                Event::ConnectionLost { .. } => ended = true,
                 _ => {}
             }
         }
-        // Stream data to the core, unless it pauses this connection.
+        // Stream data to the core, unless it pauses this connection (an
+        // ending connection hands over what it has: at most its window).
         if let Some(id) = conn.stream
             && conn.ready
-            && !core.reading_paused(now, bus)
+            && (ended || !core.reading_paused(now, bus))
         {
             let mut stream = conn.quinn.recv_stream(id);
             if let Ok(mut chunks) = stream.read(true) {
-                let mut ended = false;
+                self.chunks.clear();
                 loop {
                     match chunks.next(usize::MAX) {
-                        Ok(Some(chunk)) => core.handle_input(now, bus, &chunk.bytes),
-                        Ok(None) => {
+                        Ok(Some(chunk)) => self.chunks.push(chunk.bytes),
+                        // Finished, or reset by the peer: the end.
+                        Ok(None) | Err(quinn_proto::ReadError::Reset(_)) => {
                             ended = true;
                             break;
                         }
@@ -536,10 +595,19 @@ impl QuicEndpoint {
                     }
                 }
                 let _ = chunks.finalize();
-                if ended {
-                    core.handle_eof(now, bus);
+                if !self.chunks.is_empty() {
+                    core.handle_chunks(now, bus, &self.chunks);
+                    self.chunks.clear();
                 }
             }
+        }
+        if ended {
+            core.handle_eof(now, bus);
+            // Nothing more can be written: what the core still holds for
+            // this connection (a hello queued as the peer left) is handed
+            // out and dropped, so the core can free it.
+            conn.pending.clear();
+            while core.poll_transmit_for(now, bus).is_some() {}
         }
         // The core's batches to the stream, whole, in order.
         if let Some(id) = conn.stream
@@ -560,27 +628,41 @@ impl QuicEndpoint {
                             break;
                         }
                     }
-                    // Blocked: flow control; `Writable` brings us back.
-                    Err(_) => break,
+                    // Flow control: the peer's next datagram brings us back.
+                    Err(quinn_proto::WriteError::Blocked) => break,
+                    // Stopped or gone: nothing more will be read.
+                    Err(_) => {
+                        conn.pending.clear();
+                        core.handle_eof(now, bus);
+                        while core.poll_transmit_for(now, bus).is_some() {}
+                        break;
+                    }
                 }
             }
         }
         // The bus connection is over: finish the stream once its last
-        // bytes are written, then close after the peer acknowledged them
-        // or `close_grace`, so the last reply is not dropped by the close.
-        if !conn.closed && core.is_over(bus) && conn.pending.is_empty() {
-            match conn.stream {
-                Some(id) if !conn.finished => {
-                    conn.finished = true;
-                    let _ = conn.quinn.send_stream(id).finish();
-                    conn.close_by = Some(now.mono.saturating_add(self.close_grace));
-                }
-                Some(_) => {}
-                None => conn.close_by = Some(now.mono),
+        // bytes are written, then close after the peer acknowledged them,
+        // so the last reply is not dropped by the close; in any case at
+        // `close_grace` from now (a peer that stops acknowledging, or
+        // grants no credit, gets no longer).
+        if !conn.closed && core.is_over(bus) {
+            if conn.close_by.is_none() {
+                conn.close_by = Some(match conn.stream {
+                    Some(_) => now.mono.saturating_add(self.close_grace),
+                    None => now.mono,
+                });
+            }
+            if let Some(id) = conn.stream
+                && !conn.finished
+                && conn.pending.is_empty()
+            {
+                conn.finished = true;
+                let _ = conn.quinn.send_stream(id).finish();
             }
         }
         if !conn.closed && conn.close_by.is_some_and(|t| t <= now.mono) {
             conn.closed = true;
+            self.closing += 1;
             conn.quinn.close(
                 at,
                 VarInt::from_u32(CLOSE_CODE),
@@ -596,6 +678,7 @@ impl QuicEndpoint {
             }
         }
         let mut buf = core::mem::take(&mut self.scratch);
+        let mut more = true;
         for _ in 0..DATAGRAMS_PER_PASS {
             if self.out.len() >= MAX_QUEUED_DATAGRAMS {
                 break;
@@ -603,14 +686,26 @@ impl QuicEndpoint {
             buf.clear();
             match conn.quinn.poll_transmit(at, 1, &mut buf) {
                 Some(t) => self.out.push_back((t.destination, buf[..t.size].to_vec())),
-                None => break,
+                None => {
+                    more = false;
+                    break;
+                }
             }
         }
         self.scratch = buf;
+        // Datagrams left unasked (the queue was full, or this pass's share
+        // was spent): drive it again once the host has sent the queue.
+        if more && !core::mem::replace(&mut conn.touched, true) {
+            self.touched.push(handle);
+        }
         if drained || conn.quinn.is_drained() {
+            if conn.closed {
+                self.closing -= 1;
+            }
             self.by_bus.remove(&bus);
             self.conns.remove(&handle);
             core.handle_eof(now, bus);
+            while core.poll_transmit_for(now, bus).is_some() {}
             core.released(bus);
         }
     }
@@ -623,6 +718,10 @@ impl QuicEndpoint {
     /// When [`QuicEndpoint::drive`] must run again (QUIC's timers and the
     /// close deadlines).
     pub fn poll_timeout(&mut self) -> Option<Instant> {
+        if !self.touched.is_empty() {
+            // Datagrams wait to be processed or produced: at once.
+            return Some(Instant::from_nanos(0));
+        }
         let epoch = self.epoch;
         self.conns
             .values_mut()
@@ -679,8 +778,8 @@ impl QuicCore for crate::node::Node {
     fn is_over(&self, id: ConnectionId) -> bool {
         !self.holds(id)
     }
-    fn under_load(&self) -> bool {
-        self.under_handshake_load()
+    fn wants_address_proof(&self, remote: SocketAddr) -> bool {
+        self.wants_address_proof(remote)
     }
 }
 
