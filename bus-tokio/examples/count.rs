@@ -9,7 +9,7 @@
 //!
 //! It prints the minor page faults the workload took (Linux). With
 //! `COUNT_THREADS=N` it runs on a multi-thread runtime of `N` workers;
-//! with `COUNT_TRANSPORT=tls|ws|wss` the replicas' messages go over that
+//! with `COUNT_TRANSPORT=tls|ws|wss|quic` the replicas' messages go over that
 //! transport (a certificate made at start).
 //!
 //! Run it under callgrind at two sizes; the difference divided by the
@@ -114,6 +114,7 @@ fn transports() -> (Transport, Transport) {
     let client = TlsClient::new(roots, "localhost").expect("a TLS client");
     match kind.as_str() {
         "tls" => (server.transport(), client.transport()),
+        "quic" => (server.quic(), client.quic()),
         "ws" => (
             WsServer::new().transport(),
             WsClient::new("ws://localhost/bus")
