@@ -1,6 +1,6 @@
 //! The authenticated message bus on tokio.
 //!
-//! Binds the sans-IO state machines of [`bus_proto`] to tokio's TCP
+//! Binds the sans-IO state machines of [`bus_proto`] to tokio's TCP and UDP
 //! sockets and timers. A [`Node`] is a replica: it listens, dials its
 //! higher-numbered peers on a backoff schedule, sends to replicas by id,
 //! and answers client requests, reporting everything on its [`Events`]
@@ -11,8 +11,10 @@
 //!
 //! Each socket has one task that owns it: it reads into a reused buffer,
 //! hands the bytes to the core, and writes the core's batches with
-//! vectored writes until done. One timer task sleeps until the core's next
-//! deadline. Works on multi-threaded and current-thread runtimes.
+//! vectored writes until done. A QUIC listener (or a client dialling over
+//! QUIC) has one task per UDP socket, running every connection on it. One
+//! timer task sleeps until the core's next deadline. Works on
+//! multi-threaded and current-thread runtimes.
 //!
 //! Protocol decisions (who dials, handshakes, replay and dedup, backoff,
 //! routing) live in `bus_proto`, and so does the runtime-independent

@@ -168,9 +168,9 @@ impl Transport {
         matches!(self.kind, Kind::Tcp)
     }
 
-    /// True for QUIC: the adapter binds a UDP socket and runs it with
-    /// [`Shared::run_quic`](super::Shared) instead of a TCP listener or
-    /// dial.
+    /// True for QUIC: the adapter binds a UDP socket and runs it as a
+    /// QUIC port ([`Shared::quic_step`](super::Shared::quic_step)) instead
+    /// of a TCP listener or dial.
     pub fn is_quic(&self) -> bool {
         #[cfg(feature = "quic")]
         if let Kind::Quic(_) = self.kind {

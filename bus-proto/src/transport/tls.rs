@@ -266,6 +266,14 @@ impl TlsServer {
 
     /// The QUIC transport to listen with (UDP): the same certificates,
     /// ALPN `bus/1`, and binding policy, over QUIC's TLS 1.3.
+    ///
+    /// ```no_run
+    /// use bus_proto::transport::tls::TlsServer;
+    /// let quic = TlsServer::from_pem_files("cert.pem", "key.pem")?.quic();
+    /// assert!(quic.is_quic());
+    /// // node.listen_via("0.0.0.0:7443", quic) in an adapter
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[cfg(feature = "quic")]
     pub fn quic(self) -> Transport {
         Transport::quic(super::quic::QuicSetup {
@@ -398,6 +406,14 @@ impl TlsClient {
 
     /// The QUIC transport to dial with (UDP): the same roots and server
     /// name, ALPN `bus/1`, and binding policy, over QUIC's TLS 1.3.
+    ///
+    /// ```no_run
+    /// use bus_proto::transport::tls::{TlsClient, load_roots};
+    /// let quic = TlsClient::new(load_roots("ca.pem")?, "replica-0.example")?.quic();
+    /// assert_eq!(quic.name(), "quic");
+    /// // Client::start_via(&config, params, keys, address, quic) in an adapter
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[cfg(feature = "quic")]
     pub fn quic(self) -> Transport {
         Transport::quic(super::quic::QuicSetup {
