@@ -185,6 +185,7 @@ impl Node {
         let socket = Arc::into_inner(socket).ok_or_else(|| ListenError {
             source: std::io::Error::other("the UDP socket is shared"),
         })?;
+        let udp = crate::quic::Udp::new(socket).map_err(|source| ListenError { source })?;
         let port = self.shared.quic_listener(
             transport,
             std::time::Instant::now(),
@@ -194,7 +195,7 @@ impl Node {
         let shared = Arc::clone(&self.shared.0);
         self.shared
             .runtime()
-            .spawn(crate::quic::run_quic(shared, port, socket));
+            .spawn(crate::quic::run_quic(shared, port, udp));
         Ok(local)
     }
 

@@ -18,59 +18,112 @@ pub(crate) fn quic_seed() -> [u8; 32] {
     seed
 }
 
+/// The receive buffer a QUIC port asks the kernel for.
+const RECV_BUFFER: usize = 2 << 20;
+
+/// A UDP socket with the kernel's offloads where it has them: several
+/// datagrams per send (GSO) and per receive (GRO), through quinn-udp,
+/// which falls back to one per call when the kernel refuses them.
+pub(crate) struct Udp {
+    socket: Async<std::net::UdpSocket>,
+    state: quinn_udp::UdpSocketState,
+}
+
+impl Udp {
+    pub(crate) fn new(socket: Async<std::net::UdpSocket>) -> io::Result<Udp> {
+        let state = quinn_udp::UdpSocketState::new(socket.get_ref().into())?;
+        // Room for bursts while the port task is busy (the kernel caps it
+        // at net.core.rmem_max).
+        let _ = state.set_recv_buffer_size(socket.get_ref().into(), RECV_BUFFER);
+        Ok(Udp { socket, state })
+    }
+
+    /// One receive without waiting: the bytes (several datagrams of
+    /// `stride` bytes each under GRO), their length, stride and sender.
+    fn try_receive(&self, buffer: &mut [u8]) -> io::Result<quinn_udp::RecvMeta> {
+        let mut meta = [quinn_udp::RecvMeta::default()];
+        let mut slices = [io::IoSliceMut::new(buffer)];
+        self.state
+            .recv(self.socket.get_ref().into(), &mut slices, &mut meta)?;
+        Ok(meta[0])
+    }
+
+    /// Sends every datagram the port has. A failed send (`EMSGSIZE`, no
+    /// route) is a lost datagram, which QUIC recovers from.
+    async fn send_all(&self, port: &mut QuicPort) {
+        while let Some(batch) = port.poll_datagrams() {
+            let transmit = quinn_udp::Transmit {
+                destination: batch.to,
+                ecn: None,
+                contents: &batch.data,
+                segment_size: batch.segment_size,
+                src_ip: None,
+            };
+            let sent = self
+                .socket
+                .write_with(|socket| self.state.send(socket.into(), &transmit))
+                .await;
+            if let Err(error) = sent {
+                tracing::debug!(to = %batch.to, %error, "UDP send failed: datagrams dropped");
+            }
+        }
+    }
+}
+
 /// Runs a QUIC port on its UDP socket until the port is done.
 pub(crate) async fn run_quic<M: Machine>(
     shared: Arc<Shared<M, Smol>>,
     mut port: QuicPort,
-    socket: Async<std::net::UdpSocket>,
+    udp: Udp,
 ) {
-    /// Datagrams taken per wake-up before the port runs again.
+    /// Receives taken per wake-up before the port runs again.
     const BURST: usize = 64;
-    let mut buffer = vec![0u8; 64 << 10];
+    // Room for a full GRO batch: QUIC's datagrams here are at most 1472
+    // bytes (the endpoint's advertised limit); a larger one that does not
+    // fit is truncated and dropped, as any lost datagram.
+    let mut buffer = vec![0u8; (1500 * udp.state.gro_segments()).max(64 << 10)];
     loop {
+        port.set_max_segments(udp.state.max_gso_segments());
         let step = shared.quic_step(&mut port);
-        send_datagrams(&mut port, &socket).await;
+        udp.send_all(&mut port).await;
         let QuicStep::Run { timeout } = step else {
             break;
         };
-        let readable = async { Some(socket.readable().await) };
-        let timer = async {
-            match timeout {
-                Some(at) => shared.runtime().sleep_until(at).await,
-                None => future::pending().await,
-            }
-            None
-        };
-        let woken = async {
-            shared.quic_woken(&port).await;
-            None
-        };
-        if readable.or(timer.or(woken)).await.is_none() {
-            continue;
-        }
+        // What already arrived, then wait for more.
+        let mut received = 0;
         for _ in 0..BURST {
-            match socket.get_ref().recv_from(&mut buffer) {
-                Ok((len, from)) => shared.quic_datagram(&mut port, from, &buffer[..len]),
+            match udp.try_receive(&mut buffer) {
+                Ok(meta) => {
+                    received += 1;
+                    let stride = meta.stride.max(1);
+                    for datagram in buffer[..meta.len].chunks(stride) {
+                        shared.quic_datagram(&mut port, meta.addr, datagram);
+                    }
+                }
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
                 // An ICMP error for an earlier send (port unreachable) is
                 // reported here on Linux: not this socket's failure.
                 Err(error) => tracing::trace!(%error, "UDP receive error ignored"),
             }
         }
-    }
-    send_datagrams(&mut port, &socket).await;
-    drop(socket);
-    shared.quic_closed(port);
-}
-
-/// Sends the port's datagrams. A failed send (`EMSGSIZE`, no route) is a
-/// lost datagram, which QUIC recovers from.
-async fn send_datagrams(port: &mut QuicPort, socket: &Async<std::net::UdpSocket>) {
-    while let Some((to, datagram)) = port.poll_datagram() {
-        if let Err(error) = socket.send_to(&datagram, to).await {
-            tracing::debug!(%to, %error, "UDP send failed: datagram dropped");
+        if received > 0 {
+            continue;
         }
+        let readable = async {
+            let _ = udp.socket.readable().await;
+        };
+        let timer = async {
+            match timeout {
+                Some(at) => shared.runtime().sleep_until(at).await,
+                None => future::pending().await,
+            }
+        };
+        let woken = shared.quic_woken(&port);
+        readable.or(timer.or(woken)).await;
     }
+    udp.send_all(&mut port).await;
+    drop(udp);
+    shared.quic_closed(port);
 }
 
 /// Opens the port that dials replicas over QUIC, if any replica is.
@@ -78,9 +131,9 @@ pub(crate) fn start_quic_dialer<M: Machine>(
     shared: &Arc<Shared<M, Smol>>,
 ) -> Result<(), StartError> {
     if let Some((port, local)) = shared.quic_dialer(std::time::Instant::now(), quic_seed())? {
-        match Async::<std::net::UdpSocket>::bind(local) {
-            Ok(socket) => {
-                let task = run_quic(Arc::clone(shared), port, socket);
+        match Async::<std::net::UdpSocket>::bind(local).and_then(Udp::new) {
+            Ok(udp) => {
+                let task = run_quic(Arc::clone(shared), port, udp);
                 shared.runtime().spawn(task);
             }
             Err(error) => {

@@ -149,6 +149,7 @@ impl Node {
         let local = socket
             .local_addr()
             .map_err(|source| ListenError { source })?;
+        let udp = crate::quic::Udp::new(socket).map_err(|source| ListenError { source })?;
         let port = self.shared.quic_listener(
             transport,
             std::time::Instant::now(),
@@ -158,7 +159,7 @@ impl Node {
         let shared = Arc::clone(&self.shared.0);
         self.shared
             .runtime()
-            .spawn(crate::quic::run_quic(shared, port, socket));
+            .spawn(crate::quic::run_quic(shared, port, udp));
         Ok(local)
     }
 

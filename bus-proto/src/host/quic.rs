@@ -13,7 +13,8 @@
 //! ```text
 //! loop {
 //!     let QuicStep::Run { timeout } = shared.quic_step(&mut port) else { break };
-//!     send every datagram of port.poll_datagram() (errors: dropped datagrams)
+//!     send every datagram of port.poll_datagram(), or batches of
+//!     port.poll_datagrams() with UDP GSO (errors: dropped datagrams)
 //!     wait for the first of: a datagram (shared.quic_datagram), the timeout,
 //!                            shared.quic_woken(&port)
 //! }
@@ -47,6 +48,17 @@ impl QuicPort {
     /// QUIC retransmits.
     pub fn poll_datagram(&mut self) -> Option<(SocketAddr, Vec<u8>)> {
         self.endpoint.poll_datagram()
+    }
+
+    /// The next datagrams to send, several at once for a socket with UDP
+    /// GSO (after [`QuicPort::set_max_segments`]).
+    pub fn poll_datagrams(&mut self) -> Option<crate::transport::quic::Datagrams> {
+        self.endpoint.poll_datagrams()
+    }
+
+    /// How many datagrams the socket sends at once (UDP GSO); 1 without.
+    pub fn set_max_segments(&mut self, segments: usize) {
+        self.endpoint.set_max_segments(segments);
     }
 
     /// Connections this port carries.

@@ -49,6 +49,50 @@ use std::vec::Vec;
 /// more (a host that does not send them gets none; QUIC retransmits).
 pub const MAX_QUEUED_DATAGRAMS: usize = 1024;
 
+/// Most datagrams in one [`Datagrams`] (one GSO send): a GSO send carries
+/// at most 64 KiB, and the endpoint's datagrams are at most 1472 bytes
+/// (its advertised `max_udp_payload_size`), so 44 fit. A larger send would
+/// be refused by the kernel whole.
+pub const MAX_SEGMENTS: usize = 44;
+
+/// Datagrams for one address: one, or several of `segment_size` bytes each
+/// (the last may be shorter), for a host that sends them with one call
+/// (UDP generic segmentation offload; [`QuicEndpoint::set_max_segments`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Datagrams {
+    /// Where to send them.
+    pub to: SocketAddr,
+    /// Their bytes, back to back.
+    pub data: Vec<u8>,
+    /// The size of each but the last, when there are several.
+    pub segment_size: Option<usize>,
+}
+
+impl Datagrams {
+    /// The datagrams one by one, for a host that sends them separately.
+    ///
+    /// ```
+    /// use bus_proto::transport::quic::Datagrams;
+    /// let batch = Datagrams {
+    ///     to: "127.0.0.1:1".parse().unwrap(),
+    ///     data: vec![0; 2500],
+    ///     segment_size: Some(1200),
+    /// };
+    /// let sizes: Vec<usize> = batch.segments().map(|d| d.len()).collect();
+    /// assert_eq!(sizes, [1200, 1200, 100]);
+    /// assert_eq!(batch.count(), 3);
+    /// ```
+    pub fn segments(&self) -> core::slice::Chunks<'_, u8> {
+        let size = self.segment_size.unwrap_or(self.data.len()).max(1);
+        self.data.chunks(size)
+    }
+
+    /// How many datagrams.
+    pub fn count(&self) -> usize {
+        self.segments().len()
+    }
+}
+
 /// Connections closed but still draining (QUIC keeps a closed connection
 /// for three probe timeouts to answer late packets) an endpoint keeps;
 /// beyond, it refuses new connections until some have drained.
@@ -148,7 +192,11 @@ pub struct QuicEndpoint {
     close_grace: Duration,
     conns: HashMap<ConnectionHandle, QuicConn>,
     by_bus: HashMap<ConnectionId, ConnectionHandle>,
-    out: VecDeque<(SocketAddr, Vec<u8>)>,
+    out: VecDeque<Datagrams>,
+    /// Datagrams in `out` (a batch counts each of its segments).
+    queued: usize,
+    /// Datagrams one transmit may carry (1 without GSO).
+    max_segments: usize,
     scratch: Vec<u8>,
     /// The handles one `drive` visits (reused, not allocated per call).
     handles: Vec<ConnectionHandle>,
@@ -165,7 +213,7 @@ impl core::fmt::Debug for QuicEndpoint {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("QuicEndpoint")
             .field("connections", &self.conns.len())
-            .field("queued_datagrams", &self.out.len())
+            .field("queued_datagrams", &self.queued)
             .finish_non_exhaustive()
     }
 }
@@ -190,7 +238,8 @@ fn transport(config: &ValidConfig, server: bool) -> Arc<TransportConfig> {
                 .ok()
                 .or_else(|| Duration::from_secs(60).try_into().ok()),
         )
-        .enable_segmentation_offload(false);
+        // Batches only as large as the host allows (`set_max_segments`).
+        .enable_segmentation_offload(true);
     Arc::new(transport)
 }
 
@@ -246,6 +295,8 @@ impl QuicEndpoint {
             conns: HashMap::new(),
             by_bus: HashMap::new(),
             out: VecDeque::new(),
+            queued: 0,
+            max_segments: 1,
             scratch: Vec::new(),
             handles: Vec::new(),
             touched: Vec::new(),
@@ -425,9 +476,22 @@ impl QuicEndpoint {
     }
 
     fn queue(&mut self, to: SocketAddr, datagram: &[u8]) {
-        if self.out.len() < MAX_QUEUED_DATAGRAMS {
-            self.out.push_back((to, datagram.to_vec()));
+        if self.queued < MAX_QUEUED_DATAGRAMS {
+            self.queued += 1;
+            self.out.push_back(Datagrams {
+                to,
+                data: datagram.to_vec(),
+                segment_size: None,
+            });
         }
+    }
+
+    /// How many datagrams one [`Datagrams`] may carry: what the host's
+    /// socket can send at once (UDP GSO), from 1 (the default) to
+    /// [`MAX_SEGMENTS`]. A host may lower it at any time (a kernel that
+    /// refused GSO).
+    pub fn set_max_segments(&mut self, segments: usize) {
+        self.max_segments = segments.clamp(1, MAX_SEGMENTS);
     }
 
     /// Runs the connection carrying the core's connection `bus`: its
@@ -474,10 +538,15 @@ impl QuicEndpoint {
             }
             let mut buf = core::mem::take(&mut self.scratch);
             buf.clear();
-            if self.out.len() < MAX_QUEUED_DATAGRAMS
+            if self.queued < MAX_QUEUED_DATAGRAMS
                 && let Some(t) = conn.quinn.poll_transmit(at, 1, &mut buf)
             {
-                self.out.push_back((t.destination, buf[..t.size].to_vec()));
+                self.queued += 1;
+                self.out.push_back(Datagrams {
+                    to: t.destination,
+                    data: buf[..t.size].to_vec(),
+                    segment_size: None,
+                });
             }
             self.scratch = buf;
             core.handle_eof(now, conn.bus);
@@ -679,18 +748,26 @@ impl QuicEndpoint {
         }
         let mut buf = core::mem::take(&mut self.scratch);
         let mut more = true;
-        for _ in 0..DATAGRAMS_PER_PASS {
-            if self.out.len() >= MAX_QUEUED_DATAGRAMS {
-                break;
-            }
+        let mut produced = 0;
+        while produced < DATAGRAMS_PER_PASS && self.queued < MAX_QUEUED_DATAGRAMS {
+            let room = (DATAGRAMS_PER_PASS - produced).min(MAX_QUEUED_DATAGRAMS - self.queued);
             buf.clear();
-            match conn.quinn.poll_transmit(at, 1, &mut buf) {
-                Some(t) => self.out.push_back((t.destination, buf[..t.size].to_vec())),
-                None => {
-                    more = false;
-                    break;
-                }
-            }
+            let Some(t) = conn
+                .quinn
+                .poll_transmit(at, room.min(self.max_segments), &mut buf)
+            else {
+                more = false;
+                break;
+            };
+            let batch = Datagrams {
+                to: t.destination,
+                data: buf[..t.size].to_vec(),
+                segment_size: t.segment_size.filter(|&s| s < t.size),
+            };
+            let count = batch.count();
+            produced += count;
+            self.queued += count;
+            self.out.push_back(batch);
         }
         self.scratch = buf;
         // Datagrams left unasked (the queue was full, or this pass's share
@@ -710,9 +787,32 @@ impl QuicEndpoint {
         }
     }
 
-    /// The next datagram to send.
+    /// The next datagram to send, one at a time.
     pub fn poll_datagram(&mut self) -> Option<(SocketAddr, Vec<u8>)> {
-        self.out.pop_front()
+        let batch = self.out.pop_front()?;
+        let Some(size) = batch.segment_size.filter(|&s| s < batch.data.len()) else {
+            self.queued -= 1;
+            return Some((batch.to, batch.data));
+        };
+        // A batch for a host that sends one by one after all: split it.
+        let mut rest = batch.data;
+        let first: Vec<u8> = rest.drain(..size).collect();
+        self.queued -= 1;
+        self.out.push_front(Datagrams {
+            to: batch.to,
+            data: rest,
+            segment_size: Some(size),
+        });
+        Some((batch.to, first))
+    }
+
+    /// The next datagrams to send: several at once when
+    /// [`QuicEndpoint::set_max_segments`] allows (send them with UDP GSO,
+    /// `segment_size` per datagram).
+    pub fn poll_datagrams(&mut self) -> Option<Datagrams> {
+        let batch = self.out.pop_front()?;
+        self.queued -= batch.count();
+        Some(batch)
     }
 
     /// When [`QuicEndpoint::drive`] must run again (QUIC's timers and the
