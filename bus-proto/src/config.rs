@@ -19,8 +19,9 @@ use core::time::Duration;
 pub const MAX_BATCH_LIMIT: usize = 512;
 
 /// Bus configuration. Field docs give the default and the accepted range.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "toml", derive(serde::Deserialize))]
+#[cfg_attr(feature = "toml", serde(default, deny_unknown_fields))]
 pub struct Config {
     /// Largest frame, header included, in bytes. Default 1 MiB;
     /// `256..=64 MiB`.
@@ -34,38 +35,50 @@ pub struct Config {
     /// `>= max_message_size`.
     pub send_queue_bytes: usize,
     /// Idle time after which a ping is sent. Default 1 s; `>= 10 ms`.
-    #[serde(rename = "heartbeat_interval_ms", with = "millis")]
+    #[cfg_attr(
+        feature = "toml",
+        serde(rename = "heartbeat_interval_ms", with = "millis")
+    )]
     pub heartbeat_interval: Duration,
     /// Silence after which a connection is declared dead. Default 5 s;
     /// `>= 2 * heartbeat_interval`.
-    #[serde(rename = "liveness_timeout_ms", with = "millis")]
+    #[cfg_attr(
+        feature = "toml",
+        serde(rename = "liveness_timeout_ms", with = "millis")
+    )]
     pub liveness_timeout: Duration,
     /// Deadline for completing a handshake, from accept or from the
     /// dialled socket's opening; a transport's handshake (TLS) counts
     /// against it. Default 10 s; `>= 10 ms`.
-    #[serde(rename = "handshake_timeout_ms", with = "millis")]
+    #[cfg_attr(
+        feature = "toml",
+        serde(rename = "handshake_timeout_ms", with = "millis")
+    )]
     pub handshake_timeout: Duration,
     /// Accepted wall-clock skew of a dialer's timestamp, either way.
     /// Default 30 s; `1 s..=1 h`.
-    #[serde(rename = "freshness_window_ms", with = "millis")]
+    #[cfg_attr(
+        feature = "toml",
+        serde(rename = "freshness_window_ms", with = "millis")
+    )]
     pub freshness_window: Duration,
     /// One bounded grace period for a graceful close (flush, close frames),
     /// after which the connection is dropped regardless. Default 2 s;
     /// `>= 1 ms`.
-    #[serde(rename = "close_grace_ms", with = "millis")]
+    #[cfg_attr(feature = "toml", serde(rename = "close_grace_ms", with = "millis"))]
     pub close_grace: Duration,
     /// First reconnect delay. Default 100 ms; `>= 1 ms`.
-    #[serde(rename = "reconnect_min_ms", with = "millis")]
+    #[cfg_attr(feature = "toml", serde(rename = "reconnect_min_ms", with = "millis"))]
     pub reconnect_min: Duration,
     /// Reconnect delay cap. Default 10 s; `>= reconnect_min`.
-    #[serde(rename = "reconnect_max_ms", with = "millis")]
+    #[cfg_attr(feature = "toml", serde(rename = "reconnect_max_ms", with = "millis"))]
     pub reconnect_max: Duration,
     /// Acceptor: how long a new connection may take, from accept, to
     /// deliver its whole `hello` (its first 256 bytes), a transport's
     /// handshake (TLS) included. A socket that proves nothing is closed
     /// this soon, long before `handshake_timeout`. Default 2 s; `>= 10 ms`;
     /// above `handshake_timeout` it is that.
-    #[serde(rename = "hello_timeout_ms", with = "millis")]
+    #[cfg_attr(feature = "toml", serde(rename = "hello_timeout_ms", with = "millis"))]
     pub hello_timeout: Duration,
     /// Accepted connections whose `hello` has not verified yet (the
     /// unauthenticated pool). At the cap a new connection evicts the
@@ -94,7 +107,7 @@ pub struct Config {
     /// Bytes of cached replies. Default 256 MiB; `>= max_message_size`.
     pub dedup_max_cached_bytes: usize,
     /// Dedup entry lifetime and session idle timeout. Default 300 s; `>= 1 s`.
-    #[serde(rename = "dedup_ttl_ms", with = "millis")]
+    #[cfg_attr(feature = "toml", serde(rename = "dedup_ttl_ms", with = "millis"))]
     pub dedup_ttl: Duration,
     /// Client: requests outstanding at once; more are refused. Default 64;
     /// `1..=send_queue_frames`, so a reconnect can resend them all, and at
@@ -107,7 +120,10 @@ pub struct Config {
     /// before it is reported expired. Default 30 s; `>= 1 ms` and below
     /// `dedup_ttl`, so a node still remembers every request a client may
     /// resend.
-    #[serde(rename = "request_timeout_ms", with = "millis")]
+    #[cfg_attr(
+        feature = "toml",
+        serde(rename = "request_timeout_ms", with = "millis")
+    )]
     pub request_timeout: Duration,
 }
 
@@ -370,7 +386,8 @@ impl Config {
     }
 
     /// Parses TOML (durations as integer `*_ms` fields, unknown fields
-    /// refused), fills the rest with defaults, and validates.
+    /// refused), fills the rest with defaults, and validates. Feature
+    /// `toml` (part of `std`).
     ///
     /// ```
     /// use bus_proto::config::Config;
@@ -380,6 +397,7 @@ impl Config {
     /// assert!(err.to_string().contains("heartbeat_interval_ms"));
     /// # Ok::<(), bus_proto::config::ConfigError>(())
     /// ```
+    #[cfg(feature = "toml")]
     pub fn from_toml(text: &str) -> Result<ValidConfig, ConfigError> {
         let config: Config =
             toml::from_str(text).map_err(|e| ConfigError::Parse(format!("{e}")))?;
@@ -388,6 +406,7 @@ impl Config {
 }
 
 /// Durations as integer milliseconds.
+#[cfg(feature = "toml")]
 mod millis {
     use core::time::Duration;
     use serde::{Deserialize, Deserializer};

@@ -3,7 +3,7 @@
 use super::mac::context;
 use crate::entropy::Entropy;
 use subtle::ConstantTimeEq;
-use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
+use zeroize::{Zeroize, ZeroizeOnDrop};
 
 /// Hex characters in a key's text form.
 pub const KEY_HEX_LEN: usize = 64;
@@ -115,6 +115,8 @@ impl Key {
 
     /// Parses 64 hex characters, case-insensitive, surrounding whitespace
     /// ignored. Errors name the offset and byte in the original text.
+    /// Feature `hex` (part of `std`).
+    #[cfg(feature = "hex")]
     pub fn from_hex(text: &str) -> Result<Self, KeyError> {
         let trimmed = text.trim();
         let lead = text.len() - text.trim_start().len();
@@ -137,9 +139,11 @@ impl Key {
         Ok(key)
     }
 
-    /// The key as 64 lowercase hex characters, zeroized on drop.
-    pub fn to_hex(&self) -> Zeroizing<alloc::string::String> {
-        Zeroizing::new(hex::encode(self.0))
+    /// The key as 64 lowercase hex characters, zeroized on drop. Feature
+    /// `hex` (part of `std`).
+    #[cfg(feature = "hex")]
+    pub fn to_hex(&self) -> zeroize::Zeroizing<alloc::string::String> {
+        zeroize::Zeroizing::new(hex::encode(self.0))
     }
 
     /// The key's public fingerprint.
@@ -155,6 +159,7 @@ impl Key {
     }
 }
 
+#[cfg(feature = "hex")]
 impl core::str::FromStr for Key {
     type Err = KeyError;
     fn from_str(s: &str) -> Result<Self, KeyError> {

@@ -49,8 +49,5 @@ impl core::fmt::Debug for Nonce {
 /// Writes up to 32 public bytes (nonces, tags, fingerprints) as lowercase hex
 /// without allocating.
 pub(crate) fn write_hex(f: &mut core::fmt::Formatter<'_>, bytes: &[u8]) -> core::fmt::Result {
-    let mut buf = [0u8; 64];
-    let out = buf.get_mut(..bytes.len() * 2).ok_or(core::fmt::Error)?;
-    hex::encode_to_slice(bytes, out).map_err(|_| core::fmt::Error)?;
-    f.write_str(core::str::from_utf8(out).map_err(|_| core::fmt::Error)?)
+    bytes.iter().try_for_each(|byte| write!(f, "{byte:02x}"))
 }
