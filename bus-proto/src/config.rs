@@ -405,6 +405,193 @@ impl Config {
     }
 }
 
+/// A configuration key as it appears in TOML.
+struct Key {
+    name: &'static str,
+    doc: &'static str,
+    value: fn(&Config) -> u128,
+    boolean: bool,
+}
+
+fn ms(d: Duration) -> u128 {
+    d.as_millis()
+}
+
+/// Every key of the TOML form, in the order `Config::to_toml` prints them.
+const KEYS: &[Key] = &[
+    Key {
+        name: "max_message_size",
+        doc: "Largest frame, header included, in bytes. 256..=67108864.",
+        value: |c| c.max_message_size.into(),
+        boolean: false,
+    },
+    Key {
+        name: "max_batch",
+        doc: "Most frames per vectored write. 1..=512.",
+        value: |c| c.max_batch as u128,
+        boolean: false,
+    },
+    Key {
+        name: "send_queue_frames",
+        doc: "Frames a connection's send queue holds before sends report backpressure. >= max_batch.",
+        value: |c| c.send_queue_frames as u128,
+        boolean: false,
+    },
+    Key {
+        name: "send_queue_bytes",
+        doc: "Bytes a connection's send queue holds. >= max_message_size.",
+        value: |c| c.send_queue_bytes as u128,
+        boolean: false,
+    },
+    Key {
+        name: "heartbeat_interval_ms",
+        doc: "Idle time before a ping is sent. >= 10.",
+        value: |c| ms(c.heartbeat_interval),
+        boolean: false,
+    },
+    Key {
+        name: "liveness_timeout_ms",
+        doc: "Silence after which a connection is dead. >= 2 * heartbeat_interval_ms.",
+        value: |c| ms(c.liveness_timeout),
+        boolean: false,
+    },
+    Key {
+        name: "handshake_timeout_ms",
+        doc: "Whole handshake, a transport's (TLS, QUIC) included, from accept or dial. >= 10.",
+        value: |c| ms(c.handshake_timeout),
+        boolean: false,
+    },
+    Key {
+        name: "freshness_window_ms",
+        doc: "Accepted skew of a dialer's wall clock, either way. 1000..=3600000.",
+        value: |c| ms(c.freshness_window),
+        boolean: false,
+    },
+    Key {
+        name: "close_grace_ms",
+        doc: "One bound on a graceful close (flush, close frames, acknowledgements). >= 1.",
+        value: |c| ms(c.close_grace),
+        boolean: false,
+    },
+    Key {
+        name: "reconnect_min_ms",
+        doc: "First reconnect delay. >= 1.",
+        value: |c| ms(c.reconnect_min),
+        boolean: false,
+    },
+    Key {
+        name: "reconnect_max_ms",
+        doc: "Reconnect delay cap. >= reconnect_min_ms.",
+        value: |c| ms(c.reconnect_max),
+        boolean: false,
+    },
+    Key {
+        name: "hello_timeout_ms",
+        doc: "Acceptor: time from accept to a whole hello. >= 10; at most handshake_timeout_ms in effect.",
+        value: |c| ms(c.hello_timeout),
+        boolean: false,
+    },
+    Key {
+        name: "max_handshakes_in_flight",
+        doc: "Connections not yet authenticated (the pool); at the cap a new one evicts the oldest. >= 1.",
+        value: |c| c.max_handshakes_in_flight as u128,
+        boolean: false,
+    },
+    Key {
+        name: "max_unauthenticated_per_address",
+        doc: "The pool's share of one address (IPv4, IPv6 /64). >= 1.",
+        value: |c| c.max_unauthenticated_per_address as u128,
+        boolean: false,
+    },
+    Key {
+        name: "max_connections",
+        doc: "Admitted clients held at once; more are told Busy. >= max_handshakes_in_flight.",
+        value: |c| c.max_connections as u128,
+        boolean: false,
+    },
+    Key {
+        name: "max_replay_peers",
+        doc: "Peers the replay store tracks. >= 1.",
+        value: |c| c.max_replay_peers as u128,
+        boolean: false,
+    },
+    Key {
+        name: "authenticated_frames",
+        doc: "Keyed tags instead of checksums after the handshake.",
+        value: |c| c.authenticated_frames.into(),
+        boolean: true,
+    },
+    Key {
+        name: "dedup_entries_per_client",
+        doc: "Requests remembered per client. 1..=65536.",
+        value: |c| c.dedup_entries_per_client as u128,
+        boolean: false,
+    },
+    Key {
+        name: "dedup_max_clients",
+        doc: "Client sessions the dedup window holds. >= 1.",
+        value: |c| c.dedup_max_clients as u128,
+        boolean: false,
+    },
+    Key {
+        name: "dedup_max_cached_bytes",
+        doc: "Bytes of cached replies. >= max_message_size.",
+        value: |c| c.dedup_max_cached_bytes as u128,
+        boolean: false,
+    },
+    Key {
+        name: "dedup_ttl_ms",
+        doc: "Lifetime of a dedup entry and idle timeout of a session. >= 1000.",
+        value: |c| ms(c.dedup_ttl),
+        boolean: false,
+    },
+    Key {
+        name: "client_max_outstanding",
+        doc: "Client: requests outstanding at once. 1..=send_queue_frames, <= dedup_entries_per_client.",
+        value: |c| c.client_max_outstanding as u128,
+        boolean: false,
+    },
+    Key {
+        name: "request_timeout_ms",
+        doc: "Client: how long a request may go unanswered. >= 1, below dedup_ttl_ms.",
+        value: |c| ms(c.request_timeout),
+        boolean: false,
+    },
+];
+
+impl Config {
+    /// The configuration as TOML, each key after a comment naming what it
+    /// is and its range; [`Config::from_toml`] reads it back to the same
+    /// configuration. `bus config` prints the defaults this way.
+    ///
+    /// ```
+    /// use bus_proto::config::Config;
+    /// let text = Config::default().to_toml();
+    /// assert!(text.contains("# Idle time before a ping is sent. >= 10.\nheartbeat_interval_ms = 1000\n"));
+    /// # #[cfg(feature = "toml")]
+    /// assert_eq!(Config::from_toml(&text)?, Config::default().validate()?);
+    /// # Ok::<(), bus_proto::config::ConfigError>(())
+    /// ```
+    pub fn to_toml(&self) -> String {
+        use core::fmt::Write;
+        let mut out = String::new();
+        for key in KEYS {
+            let value = (key.value)(self);
+            // Writing to a String cannot fail.
+            let _ = match key.boolean {
+                true => writeln!(out, "# {}\n{} = {}\n", key.doc, key.name, value != 0),
+                false => writeln!(out, "# {}\n{} = {}\n", key.doc, key.name, value),
+            };
+        }
+        out
+    }
+
+    /// The names of every TOML key, in order.
+    pub fn toml_keys() -> impl Iterator<Item = &'static str> {
+        KEYS.iter().map(|k| k.name)
+    }
+}
+
 /// Durations as integer milliseconds.
 #[cfg(feature = "toml")]
 mod millis {

@@ -275,3 +275,69 @@ fn toml_refuses_unknown_fields_wrong_types_and_invalid_values() {
         assert!(err.to_string().contains(needle), "{text:?}: {err}");
     }
 }
+
+/// `to_toml` prints every key: a configuration with every field changed
+/// reads back to itself, the defaults too, and the README documents each
+/// key.
+#[test]
+fn every_key_round_trips_through_toml_and_is_documented() {
+    let changed = Config {
+        max_message_size: 2 << 20,
+        max_batch: 32,
+        send_queue_frames: 2048,
+        send_queue_bytes: 128 << 20,
+        heartbeat_interval: Duration::from_millis(500),
+        liveness_timeout: Duration::from_secs(3),
+        handshake_timeout: Duration::from_secs(8),
+        freshness_window: Duration::from_secs(60),
+        close_grace: Duration::from_millis(1500),
+        reconnect_min: Duration::from_millis(50),
+        reconnect_max: Duration::from_secs(5),
+        hello_timeout: Duration::from_millis(1500),
+        max_handshakes_in_flight: 32,
+        max_unauthenticated_per_address: 8,
+        max_connections: 512,
+        max_replay_peers: 1000,
+        authenticated_frames: true,
+        dedup_entries_per_client: 128,
+        dedup_max_clients: 1000,
+        dedup_max_cached_bytes: 128 << 20,
+        dedup_ttl: Duration::from_secs(600),
+        client_max_outstanding: 100,
+        request_timeout: Duration::from_secs(60),
+    };
+    let valid = changed.clone().validate().expect("a valid configuration");
+    let text = changed.to_toml();
+    assert_eq!(
+        Config::from_toml(&text).expect("it parses"),
+        valid,
+        "{text}"
+    );
+    // Every key's value differs from its default, so a field the printer
+    // left out (or printed from the wrong field) would not read back equal.
+    let defaults = Config::default();
+    let lines = |c: &Config| -> Vec<String> {
+        c.to_toml()
+            .lines()
+            .filter(|l| l.contains(" = "))
+            .map(str::to_owned)
+            .collect()
+    };
+    for (default, changed) in lines(&defaults).iter().zip(lines(&changed)) {
+        assert_ne!(default, &changed, "the test leaves a key at its default");
+    }
+    assert_eq!(
+        Config::from_toml(&defaults.to_toml()).expect("defaults parse"),
+        defaults.validate().expect("valid defaults")
+    );
+    let readme = include_str!("../../README.md");
+    let keys: Vec<&str> = Config::toml_keys().collect();
+    assert_eq!(keys.len(), 23);
+    for key in keys {
+        assert!(
+            readme.contains(&format!("| `{key}` |")),
+            "README does not document `{key}`"
+        );
+        assert!(text.contains(&format!("\n{key} = ")), "`{key}` not printed");
+    }
+}

@@ -470,3 +470,39 @@ fn a_node_serves_clients_over_tcp_tls_ws_and_wss_with_a_development_certificate(
     assert!(node.child.wait().unwrap().success());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn config_prints_the_defaults_and_checks_a_file() {
+    use bus_tokio::bus_proto::config::Config;
+    let out = bus(&["config"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let defaults = text(&out.stdout);
+    assert_eq!(
+        Config::from_toml(&defaults).expect("the printed defaults parse"),
+        Config::default().validate().expect("valid defaults")
+    );
+    assert!(
+        defaults
+            .contains("# Idle time before a ping is sent. >= 10.\nheartbeat_interval_ms = 1000\n")
+    );
+    // A partial file comes back complete; a bad one is refused, named.
+    let dir = std::env::temp_dir().join(format!("bus-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a directory");
+    let partial = dir.join("partial.toml");
+    std::fs::write(&partial, "max_batch = 32\n").expect("write");
+    let out = bus(&["config", "--check", partial.to_str().expect("a path")]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let full = text(&out.stdout);
+    assert!(
+        full.contains("\nmax_batch = 32\n") && full.contains("\nmax_connections = 1024\n"),
+        "{full}"
+    );
+    let bad = dir.join("bad.toml");
+    std::fs::write(&bad, "heartbeat_interval_ms = 0\n").expect("write");
+    let out = bus(&["config", "--check", bad.to_str().expect("a path")]);
+    assert!(!out.status.success());
+    let error = text(&out.stderr);
+    assert_eq!(error.lines().count(), 1, "{error}");
+    assert!(error.contains("heartbeat_interval_ms"), "{error}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

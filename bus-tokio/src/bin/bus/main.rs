@@ -38,6 +38,13 @@ enum Command {
     /// Write a self-signed development certificate and key (PEM) for
     /// tls://, wss:// and quic:// listeners.
     Cert(endpoint::CertArgs),
+    /// Print the protocol configuration as TOML, a comment on each key:
+    /// the defaults, or the file given, checked, with defaults filled in.
+    Config {
+        /// A configuration file to check and print in full.
+        #[arg(long)]
+        check: Option<PathBuf>,
+    },
     /// Run a replica: listen, connect to its peers, answer client requests
     /// by echoing them, and log what happens.
     Node(serve::NodeArgs),
@@ -147,6 +154,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Keygen { out } => keygen(out),
         Command::Cert(args) => endpoint::cert(args),
+        Command::Config { check } => print_config(check),
         Command::Node(args) => runtime().and_then(|rt| rt.block_on(serve::node(args))),
         Command::Client(args) => runtime().and_then(|rt| rt.block_on(serve::client(args))),
         Command::Demo(args) => runtime().and_then(|rt| rt.block_on(demo::run(args))),
@@ -159,4 +167,24 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `bus config`: the defaults, or a checked file with its defaults filled
+/// in, as TOML with a comment per key.
+fn print_config(check: Option<PathBuf>) -> Result<(), Failure> {
+    let (source, config) = match &check {
+        None => ("the defaults".to_string(), Config::default()),
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| Failure(format!("config {}: {e}", path.display())))?;
+            let valid = Config::from_toml(&text)
+                .map_err(|e| Failure(format!("config {}: {e}", path.display())))?;
+            (format!("{} (valid)", path.display()), (*valid).clone())
+        }
+    };
+    print!(
+        "# bus protocol configuration: {source}; durations in milliseconds.\n\n{}",
+        config.to_toml()
+    );
+    Ok(())
 }
