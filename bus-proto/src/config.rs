@@ -159,6 +159,7 @@ impl Default for Config {
 }
 
 /// A configuration field is invalid.
+#[non_exhaustive]
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
     /// A field is out of range or breaks an ordering with another field.

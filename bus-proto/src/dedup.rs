@@ -90,6 +90,7 @@ pub enum Lookup {
 }
 
 /// A dedup operation was refused.
+#[non_exhaustive]
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum DedupError {
     /// `mark_in_flight` on a request that is not fresh.

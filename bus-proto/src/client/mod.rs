@@ -68,6 +68,7 @@ pub struct ClientParams {
 }
 
 /// What the client reports to the application.
+#[non_exhaustive]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ClientEvent {
     /// Connected and authenticated to `replica`.
@@ -107,6 +108,7 @@ pub enum ClientEvent {
 }
 
 /// Why a request ended without a reply.
+#[non_exhaustive]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RequestFailure {
     /// No reply within `request_timeout`. It may or may not have executed.
@@ -123,6 +125,7 @@ pub enum RequestFailure {
 }
 
 /// Why a request was not accepted. Nothing was recorded.
+#[non_exhaustive]
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum RequestError {
     /// `client_max_outstanding` requests are waiting for replies.
@@ -213,6 +216,7 @@ pub enum RequestError {
 }
 
 /// Counters since the client started.
+#[non_exhaustive]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ClientStats {
     /// Connections attempted.

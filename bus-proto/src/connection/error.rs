@@ -6,6 +6,7 @@ use crate::wire::{
 };
 
 /// Which deadline expired.
+#[non_exhaustive]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Deadline {
     /// The handshake did not complete in `handshake_timeout`.
@@ -19,6 +20,7 @@ pub enum Deadline {
 }
 
 /// Why a connection closed: the `reason` of [`Event::Closed`](super::Event::Closed).
+#[non_exhaustive]
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum CloseCause {
     /// We closed gracefully with this reason, and the peer acknowledged or
@@ -80,6 +82,7 @@ impl CloseCause {
 }
 
 /// A valid frame that the connection's state does not allow.
+#[non_exhaustive]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Violation {
     /// A command not allowed in this state or on this plane.
@@ -132,6 +135,7 @@ pub enum Violation {
 }
 
 /// `send` refused a frame. Nothing was queued.
+#[non_exhaustive]
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum SendError {
     /// The send queue is full; retry after the connection transmits.
@@ -165,6 +169,7 @@ pub enum SendError {
 }
 
 /// A dial could not start.
+#[non_exhaustive]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum DialError {
     /// Replica plane: only a lower id dials a higher id.

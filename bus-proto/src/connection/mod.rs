@@ -109,6 +109,7 @@ pub struct DialParams<'a> {
 }
 
 /// Counters since the connection started.
+#[non_exhaustive]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Stats {
     /// Frames handed out by `poll_transmit`.

@@ -39,6 +39,7 @@ impl core::fmt::Debug for Fingerprint {
 }
 
 /// A key could not be parsed or loaded.
+#[non_exhaustive]
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
     /// The trimmed text is not 64 bytes long.

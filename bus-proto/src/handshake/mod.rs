@@ -65,6 +65,7 @@ impl Binding {
 }
 
 /// A handshake failed after the first message.
+#[non_exhaustive]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum HandshakeError {
     /// The acceptor's `welcome` MAC did not verify: the acceptor does not

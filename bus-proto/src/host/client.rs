@@ -36,6 +36,7 @@ pub struct Reply {
 }
 
 /// The state of a client's connection.
+#[non_exhaustive]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Link {
     /// Dialling (first connection or after a loss).

@@ -6,6 +6,7 @@ use crate::node::NodeError;
 use std::string::String;
 
 /// A node or client could not start.
+#[non_exhaustive]
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     /// Started outside the adapter's runtime.
@@ -37,6 +38,7 @@ pub struct ListenError {
 }
 
 /// A client request did not get a reply.
+#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ClientError {
     /// The request was not accepted; nothing was sent.
@@ -56,6 +58,7 @@ pub enum ClientError {
 }
 
 /// A client's connection attempt did not succeed.
+#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConnectError {
     /// The TCP connection was made but the handshake failed; a node that

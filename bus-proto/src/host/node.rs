@@ -65,6 +65,7 @@ impl Default for NodeOptions {
 }
 
 /// Why an accepted socket was turned away.
+#[non_exhaustive]
 #[derive(Debug, thiserror::Error)]
 pub enum Refused {
     /// The node refused it on plain TCP: write [`Refused::reject`]'s frame

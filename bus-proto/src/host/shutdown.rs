@@ -3,6 +3,7 @@
 use crate::connection::CloseCause;
 
 /// How the connections open at shutdown ended.
+#[non_exhaustive]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ShutdownReport {
     /// Connections open when shutdown began.

@@ -8,6 +8,7 @@ use crate::wire::{
 };
 
 /// Why [`Node::new`](super::Node::new) refused its parameters.
+#[non_exhaustive]
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum NodeError {
     /// The node's replica id is not below `replica_count`.
@@ -21,6 +22,7 @@ pub enum NodeError {
 }
 
 /// Why a socket input could not be taken.
+#[non_exhaustive]
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum SocketError {
     /// The id names no connection (it ended, or was never issued): drop
@@ -43,6 +45,7 @@ pub enum SocketError {
 /// Why an inbound connection was refused. The adapter writes
 /// [`AcceptError::reject`] without waiting (a new socket's send buffer is
 /// empty, so it fits) and closes the socket unread.
+#[non_exhaustive]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum AcceptError {
     /// The connection table is full
@@ -88,6 +91,7 @@ impl AcceptError {
 }
 
 /// Why a message to a replica was not queued. Nothing was queued.
+#[non_exhaustive]
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum RouteError {
     /// No such replica in this cluster.
@@ -126,6 +130,7 @@ pub enum RouteError {
 }
 
 /// Why a reply was not sent.
+#[non_exhaustive]
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ReplyError {
     /// The client has no connection right now. The reply is kept in the

@@ -99,6 +99,7 @@ pub struct NodeParams {
 }
 
 /// What the node reports to the application.
+#[non_exhaustive]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum NodeEvent {
     /// A replica connection was established and registered.
@@ -178,6 +179,7 @@ pub enum NodeEvent {
 }
 
 /// Counters since the node started.
+#[non_exhaustive]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NodeStats {
     /// Inbound connections refused: at accept (shutting down, or the

@@ -7,6 +7,7 @@ use alloc::collections::BTreeMap;
 use core::time::Duration;
 
 /// A nonce could not be recorded.
+#[non_exhaustive]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ReplayError {
     /// The nonce was already recorded for this peer: a replay.

@@ -1,6 +1,7 @@
 //! Sliding anti-replay window over sequence numbers.
 
 /// A sequence number was refused.
+#[non_exhaustive]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum WindowError {
     /// Already accepted.

@@ -142,6 +142,7 @@ pub trait QuicCore {
 }
 
 /// A QUIC configuration could not be built.
+#[non_exhaustive]
 #[derive(Debug, thiserror::Error)]
 pub enum QuicConfigError {
     /// rustls's configuration is not usable for QUIC (it needs TLS 1.3

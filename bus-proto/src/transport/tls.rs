@@ -42,6 +42,7 @@ use std::sync::Arc;
 use std::vec::Vec;
 
 /// A TLS configuration could not be built.
+#[non_exhaustive]
 #[derive(Debug, thiserror::Error)]
 pub enum TlsConfigError {
     /// A PEM file could not be read or parsed.
@@ -84,6 +85,7 @@ pub enum TlsConfigError {
 }
 
 /// Why a TLS connection ended.
+#[non_exhaustive]
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     /// The peer broke the TLS protocol, failed verification, or offered

@@ -52,6 +52,7 @@ pub const SUBPROTOCOL: &str = "bus.v1";
 const READ_BUFFER: usize = 16 << 10;
 
 /// Why a WebSocket connection ended.
+#[non_exhaustive]
 #[derive(Debug, thiserror::Error)]
 pub enum WsError {
     /// The upgrade or the WebSocket protocol failed (bad request, missing

@@ -3,6 +3,7 @@
 use super::command::Command;
 
 /// How an operator should triage a decode failure.
+#[non_exhaustive]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ErrorClass {
     /// The bytes could not be tied to a peer speaking this protocol with this
@@ -15,6 +16,7 @@ pub enum ErrorClass {
 }
 
 /// A frame could not be decoded. The decoder that returned it stays failed.
+#[non_exhaustive]
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
     /// Header checksum mismatch (checksum mode).
@@ -155,6 +157,7 @@ impl DecodeError {
 }
 
 /// A frame could not be encoded.
+#[non_exhaustive]
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum EncodeError {
     /// Header plus body would exceed the maximum message size.

@@ -350,6 +350,7 @@ fn is_temp_of(entry: &OsStr, name: &OsStr) -> bool {
 
 /// Why an identity could not be loaded, created or extended. Each names
 /// the file.
+#[non_exhaustive]
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
     /// The path names no file (it ends in `..` or is a root).

@@ -131,6 +131,7 @@ pub struct IdentityRecord {
 }
 
 /// Why bytes are not an identity record.
+#[non_exhaustive]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum FormatError {
     /// Not 48 bytes long (a truncated file, or not an identity file).
