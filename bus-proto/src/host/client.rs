@@ -60,7 +60,9 @@ pub enum Link {
     /// The last TCP connect failed (nothing listens, unreachable);
     /// redialling after a backoff.
     Unreachable {
-        /// The OS error.
+        /// The OS error's kind (`ConnectionRefused`, `TimedOut`, ...).
+        kind: std::io::ErrorKind,
+        /// The OS error, as text.
         error: String,
     },
     /// Shut down.
@@ -205,6 +207,7 @@ impl Machine for ClientFront {
     fn dial_error(&mut self, error: &std::io::Error) {
         if self.tally.is_none() {
             self.set_link(Link::Unreachable {
+                kind: error.kind(),
                 error: error.to_string(),
             });
         }
@@ -426,7 +429,10 @@ impl<R: Runtime> Shared<ClientFront, R> {
         self.wait_in(link_waiters, |state| match &state.machine.link {
             Link::Connected { replica } => Some(Ok(*replica)),
             Link::HandshakeFailed { cause } => Some(Err(ConnectError::Handshake(cause.clone()))),
-            Link::Unreachable { error } => Some(Err(ConnectError::Unreachable(error.clone()))),
+            Link::Unreachable { kind, error } => Some(Err(ConnectError::Unreachable {
+                kind: *kind,
+                error: error.clone(),
+            })),
             Link::ShutDown => Some(Err(ConnectError::ShutDown)),
             Link::Connecting | Link::Disconnected { .. } => None,
         })

@@ -66,8 +66,14 @@ pub enum ConnectError {
     #[error("handshake failed: {0}")]
     Handshake(CloseCause),
     /// The TCP connect failed.
-    #[error("cannot connect: {0}")]
-    Unreachable(String),
+    #[error("cannot connect: {error}")]
+    Unreachable {
+        /// The OS error's kind, to act on (`ConnectionRefused`: nothing
+        /// listens; `TimedOut`, `HostUnreachable`: the network).
+        kind: std::io::ErrorKind,
+        /// The OS error, as text.
+        error: String,
+    },
     /// The client shut down.
     #[error("the client shut down")]
     ShutDown,
