@@ -75,6 +75,7 @@ fn duplicate_replica_connection_is_refused_without_disturbing_the_winner() {
             NodeEvent::PeerConnected {
                 replica: 0,
                 connection,
+                ..
             },
         ] => *connection,
         other => panic!("{other:?}"),

@@ -35,6 +35,7 @@ bus_tests::scenarios!(
     a_client_learns_that_nothing_listens_and_that_it_shut_down,
     a_blocked_send_wait_returns_when_the_node_shuts_down,
     reads_in_flight_survive_constant_wake_ups,
+    connected_events_name_the_remote_address,
 );
 
 /// A raw loopback socket, for bytes no adapter would send. async-io's
@@ -690,5 +691,55 @@ async fn receive_varied<B: Bus>(events: &mut B::Events, count: u32) {
         };
         assert_eq!(operation, i, "{}: in order, none lost", B::NAME);
         assert_eq!(body, varied_body(i), "{}: message {i} intact", B::NAME);
+    }
+}
+
+/// An accepting node's `PeerConnected` and `ClientConnected` name the
+/// remote address; the dialer's `PeerConnected` has none (it dialled).
+async fn connected_events_name_the_remote_address<B: Bus>() {
+    let mut members = cluster::<B>(&config(), 2, |_| keys(1)).await;
+    all_connected::<B>(&members).await;
+    let loopback = |remote: &Option<Box<std::net::SocketAddr>>| {
+        remote.as_ref().is_some_and(|r| r.ip().is_loopback())
+    };
+    // Replica 0 dials replica 1: 1 accepted it.
+    let NodeEvent::PeerConnected { remote, .. } =
+        wait_for::<B>(&mut members[1].events, "replica 0's connection", |e| {
+            matches!(e, NodeEvent::PeerConnected { replica: 0, .. })
+        })
+        .await
+    else {
+        unreachable!()
+    };
+    assert!(loopback(&remote), "{remote:?}");
+    let NodeEvent::PeerConnected { remote, .. } =
+        wait_for::<B>(&mut members[0].events, "replica 1's connection", |e| {
+            matches!(e, NodeEvent::PeerConnected { replica: 1, .. })
+        })
+        .await
+    else {
+        unreachable!()
+    };
+    assert_eq!(remote, None, "a dialled connection");
+    let client = B::start_client(
+        &config(),
+        client_params::<B>(1),
+        keys(1),
+        members[1].address,
+    )
+    .expect("client starts");
+    client.connected().await.expect("connected");
+    let NodeEvent::ClientConnected { remote, .. } =
+        wait_for::<B>(&mut members[1].events, "the client's connection", |e| {
+            matches!(e, NodeEvent::ClientConnected { .. })
+        })
+        .await
+    else {
+        unreachable!()
+    };
+    assert!(loopback(&remote), "{remote:?}");
+    client.shutdown(Duration::from_secs(1)).await;
+    for m in &members {
+        m.node.shutdown(Duration::from_secs(1)).await;
     }
 }

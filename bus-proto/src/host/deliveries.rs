@@ -393,6 +393,7 @@ mod tests {
         queue.push(NodeEvent::ClientConnected {
             client: 9,
             connection: b,
+            remote: None,
         });
         let order: std::vec::Vec<_> = core::iter::from_fn(|| queue.pop())
             .map(|e| match e {

@@ -191,14 +191,19 @@ fn log_event(event: &NodeEvent) {
         NodeEvent::PeerConnected {
             replica,
             connection,
-        } => tracing::info!(replica, %connection, "peer connected"),
+            remote,
+        } => tracing::info!(replica, %connection, ?remote, "peer connected"),
         NodeEvent::PeerDisconnected {
             replica,
             connection,
             cause,
         } => tracing::info!(replica, %connection, %cause, "peer disconnected"),
-        NodeEvent::ClientConnected { client, connection } => {
-            tracing::debug!(client = %format_args!("{client:032x}"), %connection, "client connected");
+        NodeEvent::ClientConnected {
+            client,
+            connection,
+            remote,
+        } => {
+            tracing::debug!(client = %format_args!("{client:032x}"), %connection, ?remote, "client connected");
         }
         NodeEvent::ClientDisconnected {
             client,

@@ -27,6 +27,7 @@ impl Node {
             NodeEvent::ClientConnected {
                 client,
                 connection: id,
+                remote: self.remote(id).map(alloc::boxed::Box::new),
             },
         );
     }

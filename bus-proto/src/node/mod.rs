@@ -108,6 +108,10 @@ pub enum NodeEvent {
         replica: u8,
         /// Its connection.
         connection: ConnectionId,
+        /// The remote address, where the adapter passed it (accepted
+        /// connections; `None` for our dials). Boxed as in
+        /// `HandshakeFailed`.
+        remote: Option<Box<SocketAddr>>,
     },
     /// A registered replica connection ended; exactly once per
     /// `PeerConnected`.
@@ -156,6 +160,9 @@ pub enum NodeEvent {
         client: u128,
         /// Its connection.
         connection: ConnectionId,
+        /// The client's address, where the adapter passed it to
+        /// [`Node::accept_from`]. Boxed as in `HandshakeFailed`.
+        remote: Option<Box<SocketAddr>>,
     },
     /// A client connection ended; exactly once per `ClientConnected`.
     ClientDisconnected {
@@ -994,6 +1001,7 @@ impl Node {
                     NodeEvent::PeerConnected {
                         replica,
                         connection: id,
+                        remote: self.remote(id).map(Box::new),
                     },
                 );
             }
