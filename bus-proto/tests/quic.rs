@@ -381,72 +381,20 @@ fn a_quic_client_that_stalls_after_its_initial_is_closed_at_the_bus_deadline() {
 /// unidirectional stream; and the session accepted no 0-RTT.
 #[test]
 fn a_quic_peer_gets_one_bidirectional_stream_and_no_unidirectional_one() {
-    use quinn_proto::crypto::rustls::QuicClientConfig;
-    use quinn_proto::{DatagramEvent, Dir, Event};
-    use std::sync::Arc;
+    use quinn_proto::{Dir, Event};
 
     let mut world = World::new(5, Faults::default());
-    let epoch = std::time::Instant::now();
-    let mut roots = bus_proto::transport::tls::rustls::RootCertStore::empty();
-    roots.add(world.cert.clone()).expect("a root");
-    let provider = Arc::new(bus_proto::transport::tls::rustls::crypto::ring::default_provider());
-    let mut rustls =
-        bus_proto::transport::tls::rustls::ClientConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&bus_proto::transport::tls::rustls::version::TLS13])
-            .expect("TLS 1.3")
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-    rustls.alpn_protocols = vec![b"bus/1".to_vec()];
-    let quic = QuicClientConfig::try_from(rustls).expect("a QUIC client config");
-    let mut raw = quinn_proto::Endpoint::new(
-        Arc::new(quinn_proto::EndpointConfig::default()),
-        None,
-        false,
-        Some([9; 32]),
-    );
-    let (_, mut conn) = raw
-        .connect(
-            epoch,
-            quinn_proto::ClientConfig::new(Arc::new(quic)),
-            server_addr(),
-            "replica-0",
-        )
-        .expect("a connect");
+    let (mut raw, mut conn) = raw_client(&world, quinn_proto::TransportConfig::default());
     let mut connected = false;
-    let mut buf = Vec::new();
     for round in 0..200u64 {
-        let now = Duration::from_millis(round);
-        let instant = epoch + now;
-        // Raw client -> server.
-        loop {
-            buf.clear();
-            let Some(t) = conn.poll_transmit(instant, 1, &mut buf) else {
-                break;
-            };
-            world
-                .server
-                .handle_datagram(at(now), client_addr(), &buf[..t.size], &mut world.node);
-        }
-        world.server.drive(at(now), &mut world.node);
-        // Server -> raw client.
-        while let Some((_, datagram)) = world.server.poll_datagram() {
-            let mut scratch = Vec::new();
-            if let Some(DatagramEvent::ConnectionEvent(_, event)) = raw.handle(
-                instant,
-                server_addr(),
-                None,
-                None,
-                datagram.as_slice().into(),
-                &mut scratch,
-            ) {
-                conn.handle_event(event);
-            }
-        }
-        conn.handle_timeout(instant);
+        pump_raw(
+            &mut world,
+            &mut raw,
+            &mut conn,
+            Duration::from_millis(round),
+        );
         while let Some(event) = conn.poll() {
-            if matches!(event, Event::Connected) {
-                connected = true;
-            }
+            connected |= matches!(event, Event::Connected);
         }
         if connected {
             break;

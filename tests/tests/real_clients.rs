@@ -416,11 +416,17 @@ fn openssl_s_client_early_data_is_never_accepted() {
 
 /// Runs the Python bus client over TLS against `node`.
 fn python_client(node: &EchoNode, binding: &str, requests: usize) -> Output {
+    python_client_over(node, "tls", binding, requests)
+}
+
+/// Runs the Python bus client over `transport` (`tls`, `quic`) against
+/// `node`: `requests` of 3000 bytes, 8 in flight.
+fn python_client_over(node: &EchoNode, transport: &str, binding: &str, requests: usize) -> Output {
     let script =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../bus-proto/tests/interop/bus_client.py");
     Command::new("python3")
         .arg(script)
-        .args(["--transport", "tls", "--server-name", "localhost"])
+        .args(["--transport", transport, "--server-name", "localhost"])
         .arg("--address")
         .arg(node.address.to_string())
         .arg("--cafile")
@@ -592,21 +598,7 @@ fn aioquic_carries_a_bus_client_on_one_stream_and_meets_the_stream_and_alpn_rule
         println!("{}", out.trim());
     }
     // The PROTOCOL.md client over aioquic, pipelining.
-    let script =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../bus-proto/tests/interop/bus_client.py");
-    let output = Command::new("python3")
-        .arg(script)
-        .args(["--transport", "quic", "--server-name", "localhost"])
-        .arg("--address")
-        .arg(node.address.to_string())
-        .arg("--cafile")
-        .arg(node.cert())
-        .args(["--cluster", &CLUSTER.to_string()])
-        .args(["--key", &hex::encode(KEY)])
-        .args(["--binding", "none", "--requests", "40", "--window", "8"])
-        .args(["--body-size", "3000"])
-        .output()
-        .expect("python3 runs");
+    let output = python_client_over(&node, "quic", "none", 40);
     let out = text(&output);
     assert!(output.status.success(), "{out}");
     assert!(

@@ -131,7 +131,25 @@ def check_header(header, integrity, max_size):
     return size
 
 
-class TcpTransport:
+class _StreamFrames:
+    """Frames split from a byte stream (TCP, TLS, a QUIC stream) by the header's size field."""
+    def take_frame(self):
+        """The first whole frame in `buf`, removed from it, or None. A bad header fails before its
+        size is trusted; the size must be within 256..=max_size (§7)."""
+        if len(self.buf) < HEADER:
+            return None
+        header = bytes(self.buf[:HEADER])
+        size = self.check_header(header) if self.check_header else u(header[48:52])
+        if not HEADER <= size <= self.max_size:
+            raise ProtocolError(f"frame size {size}")
+        if len(self.buf) < size:
+            return None
+        frame = bytes(self.buf[:size])
+        del self.buf[:size]
+        return frame
+
+
+class TcpTransport(_StreamFrames):
     """Plain TCP; frames are split by the header's size field (§1); binding is 32 zero bytes.
     The client sets `check_header` so a bad header fails before its size is trusted (§7)."""
     binding, max_size, check_header = bytes(32), 1 << 20, None
@@ -148,15 +166,8 @@ class TcpTransport:
     def recv_frame(self, timeout=None):
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            if len(self.buf) >= HEADER:
-                header = bytes(self.buf[:HEADER])
-                size = self.check_header(header) if self.check_header else u(header[48:52])
-                if not HEADER <= size <= self.max_size:
-                    raise ProtocolError(f"frame size {size}")
-                if len(self.buf) >= size:
-                    frame = bytes(self.buf[:size])
-                    del self.buf[:size]
-                    return frame
+            if (frame := self.take_frame()) is not None:
+                return frame
             self.sock.settimeout(None if deadline is None else max(0.0, deadline - time.monotonic()))
             try:
                 data = self.sock.recv(65536)
@@ -311,7 +322,7 @@ class WsTransport:
         self.ws.close()
 
 
-class QuicTransport:
+class QuicTransport(_StreamFrames):
     """QUIC with aioquic's sans-IO connection on a UDP socket: TLS 1.3, ALPN b"bus/1", the bus
     frames on the one bidirectional stream this client opens (PROTOCOL.md §8.9). aioquic exposes
     no TLS exporter, so the binding is 32 zero bytes: the listener must be `unbound`. Run against
@@ -389,15 +400,8 @@ class QuicTransport:
     def recv_frame(self, timeout=None):
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            if len(self.buf) >= HEADER:
-                header = bytes(self.buf[:HEADER])
-                size = self.check_header(header) if self.check_header else u(header[48:52])
-                if not HEADER <= size <= self.max_size:
-                    raise ProtocolError(f"frame size {size}")
-                if len(self.buf) >= size:
-                    frame = bytes(self.buf[:size])
-                    del self.buf[:size]
-                    return frame
+            if (frame := self.take_frame()) is not None:
+                return frame
             if self.eof:
                 raise ConnectionError("EOF" + (" mid-frame" if self.buf else ""))
             if self.closed:
