@@ -17,6 +17,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tracing::Instrument;
 
 /// The driver's runtime: the monotonic clock from an origin, compio's
 /// timers, and the current thread's compio runtime for tasks.
@@ -108,8 +109,17 @@ async fn dial<M: Machine>(shared: Arc<Shared<M, Compio>>, id: ConnectionId, repl
 }
 
 /// Runs one connection's socket until the core says it is over, the socket
-/// fails, or shutdown forces it.
+/// fails, or shutdown forces it, inside the connection's span.
 pub(crate) async fn drive<M: Machine>(
+    shared: Arc<Shared<M, Compio>>,
+    socket: Socket,
+    stream: TcpStream,
+) {
+    let span = socket.span().clone();
+    run_socket(shared, socket, stream).instrument(span).await;
+}
+
+async fn run_socket<M: Machine>(
     shared: Arc<Shared<M, Compio>>,
     mut socket: Socket,
     stream: TcpStream,

@@ -12,6 +12,7 @@ use std::io::{self, Write};
 use std::net::{Shutdown, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tracing::Instrument;
 
 /// The driver's runtime: the monotonic clock from an origin, async-io
 /// timers, and the executor the tasks run on.
@@ -104,8 +105,17 @@ async fn dial<M: Machine>(shared: Arc<Shared<M, Smol>>, id: ConnectionId, replic
 }
 
 /// Runs one connection's socket until the core says it is over, the socket
-/// fails, or shutdown forces it.
+/// fails, or shutdown forces it, inside the connection's span.
 pub(crate) async fn drive<M: Machine>(
+    shared: Arc<Shared<M, Smol>>,
+    socket: Socket,
+    stream: Async<TcpStream>,
+) {
+    let span = socket.span().clone();
+    run_socket(shared, socket, stream).instrument(span).await;
+}
+
+async fn run_socket<M: Machine>(
     shared: Arc<Shared<M, Smol>>,
     mut socket: Socket,
     stream: Async<TcpStream>,

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tracing::Instrument;
 
 /// The driver's runtime: tokio's clock (so paused-time tests work) and
 /// the runtime the node or client started on.
@@ -105,8 +106,17 @@ async fn dial<M: Machine>(shared: Arc<Shared<M, Tokio>>, id: ConnectionId, repli
 }
 
 /// Runs one connection's socket until the core says it is over, the socket
-/// fails, or shutdown forces it.
+/// fails, or shutdown forces it, inside the connection's span.
 pub(crate) async fn drive<M: Machine>(
+    shared: Arc<Shared<M, Tokio>>,
+    socket: Socket,
+    stream: TcpStream,
+) {
+    let span = socket.span().clone();
+    run_socket(shared, socket, stream).instrument(span).await;
+}
+
+async fn run_socket<M: Machine>(
     shared: Arc<Shared<M, Tokio>>,
     mut socket: Socket,
     mut stream: TcpStream,

@@ -510,12 +510,17 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
                     replica.and_then(|r| state.transports.get(&r).cloned())
                 };
                 // Outside the lock: a TLS layer draws its key share here.
-                match transport.unwrap_or_default().new_layer() {
+                let transport = transport.unwrap_or_default();
+                let name = transport.name();
+                match transport.new_layer() {
                     Ok(None) if self.with(|m, now| m.connected(now, id)) => {
-                        return Some((Socket::new(id), stream));
+                        let socket = Socket::new(id).traced("dialled", name, Some(address));
+                        return Some((socket, stream));
                     }
                     Ok(Some(layer)) if self.with(|m, now| m.connected_pending(now, id)) => {
-                        return Some((Socket::layered(id, layer), stream));
+                        let socket =
+                            Socket::layered(id, layer).traced("dialled", name, Some(address));
+                        return Some((socket, stream));
                     }
                     // The core gave up on the dial meanwhile.
                     Ok(_) => {}
@@ -557,22 +562,25 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
         state.more_space();
     }
 
-    /// Registers an accepted socket with the core via `accept` (which
-    /// returns its connection id, or an error to refuse it). Returns the
-    /// [`Socket`] to run, under `layer` if given.
+    /// Registers a socket accepted from `remote` on a listener of
+    /// `transport` with the core via `accept` (which returns its connection
+    /// id, or an error to refuse it). Returns the [`Socket`] to run, under
+    /// `layer` if given.
     pub fn accept<E>(
         self: &Arc<Self>,
         layer: Option<Box<dyn StreamLayer>>,
+        (transport, remote): (&'static str, Option<SocketAddr>),
         accept: impl FnOnce(&mut M, Now) -> Result<ConnectionId, E>,
     ) -> Result<Socket, E> {
         let mut state = self.lock();
         let id = accept(&mut state.machine, self.runtime.now())?;
         state.sockets.insert(id, Entry::default());
         self.after(&mut state, None);
-        Ok(match layer {
+        let socket = match layer {
             Some(layer) => Socket::layered(id, layer),
             None => Socket::new(id),
-        })
+        };
+        Ok(socket.traced("accepted", transport, remote))
     }
 
     /// A listener task started.

@@ -255,12 +255,14 @@ impl<R: Runtime> Shared<NodeFront, R> {
         })?;
         match layer {
             None => self
-                .accept(None, |m, now| {
+                .accept(None, (transport.name(), remote), |m, now| {
                     m.node.accept_from(now, remote, Binding::NONE)
                 })
                 .map_err(|error| refused(Refused::Node(error))),
             Some(layer) => self
-                .accept(Some(layer), |m, now| m.node.accept_pending(now, remote))
+                .accept(Some(layer), (transport.name(), remote), |m, now| {
+                    m.node.accept_pending(now, remote)
+                })
                 .map_err(|error| {
                     refused(Refused::Layered {
                         error,

@@ -80,6 +80,10 @@ pub struct Socket {
     /// In a lingering close: the write side is shut; reads are discarded.
     draining: bool,
     layer: Option<Layered>,
+    /// The connection's tracing span: the adapter runs the socket task in
+    /// it, so everything logged for the connection carries its id, side,
+    /// transport and remote address.
+    span: tracing::Span,
 }
 
 /// A socket under a transport layer: the socket reads wire bytes into its
@@ -121,7 +125,24 @@ impl Socket {
             closing_wrote: false,
             draining: false,
             layer: None,
+            span: tracing::Span::none(),
         }
+    }
+
+    /// Names the connection for logs: the socket task's span.
+    pub(super) fn traced(
+        mut self,
+        side: &'static str,
+        transport: &'static str,
+        remote: Option<core::net::SocketAddr>,
+    ) -> Self {
+        self.span = connection_span(self.id, side, transport, remote);
+        self
+    }
+
+    /// The span to run this socket's task in (`tracing::Instrument`).
+    pub fn span(&self) -> &tracing::Span {
+        &self.span
     }
 
     /// A socket task for connection `id` whose bytes pass through `layer`.
@@ -479,6 +500,17 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
             }
         });
     }
+}
+
+/// The span of one connection: its id, whether we accepted or dialled it,
+/// its transport, and the remote address where known.
+pub(super) fn connection_span(
+    id: ConnectionId,
+    side: &'static str,
+    transport: &'static str,
+    remote: Option<core::net::SocketAddr>,
+) -> tracing::Span {
+    tracing::info_span!("connection", id = %id, side, transport, remote = ?remote)
 }
 
 #[cfg(test)]
