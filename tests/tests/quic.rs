@@ -7,7 +7,7 @@ use bus_proto::host::{Link, NodeOptions, Transport};
 use bus_proto::node::NodeEvent;
 use bus_proto::transport::BindingPolicy;
 use bus_tests::bus::{Bus, ClientApi, EventsApi, NodeApi};
-use bus_tests::cluster::{Member, params, until, wait_for};
+use bus_tests::cluster::{Member, member, params, until, wait_for};
 use bus_tests::tls::Identity;
 use bus_tests::{CLUSTER, config, keys};
 use bytes::Bytes;
@@ -42,17 +42,7 @@ fn quic(identity: &Identity) -> (Transport, Transport) {
 }
 
 async fn start<B: Bus>(replica: u8, count: u8, options: NodeOptions) -> Member<B> {
-    let (node, events) =
-        B::start_node(&config(), params(replica, count), keys(1), options).expect("node starts");
-    let address = node
-        .listen("127.0.0.1:0".parse().expect("an address"))
-        .await
-        .expect("listen");
-    Member {
-        node,
-        events,
-        address,
-    }
+    member::<B>(&config(), replica, count, keys(1), options).await
 }
 
 /// Serves `count` requests on `node` (echo).

@@ -414,6 +414,20 @@ fn openssl_s_client_early_data_is_never_accepted() {
     }
 }
 
+/// `python3` running `bus-proto/tests/interop/<name>` with the cluster and
+/// key every script takes.
+fn interop_script(name: &str) -> Command {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../bus-proto/tests/interop")
+        .join(name);
+    let mut command = Command::new("python3");
+    command
+        .arg(script)
+        .args(["--cluster", &CLUSTER.to_string()])
+        .args(["--key", &hex::encode(KEY)]);
+    command
+}
+
 /// Runs the Python bus client over TLS against `node`.
 fn python_client(node: &EchoNode, binding: &str, requests: usize) -> Output {
     python_client_over(node, "tls", binding, requests)
@@ -422,17 +436,12 @@ fn python_client(node: &EchoNode, binding: &str, requests: usize) -> Output {
 /// Runs the Python bus client over `transport` (`tls`, `quic`) against
 /// `node`: `requests` of 3000 bytes, 8 in flight.
 fn python_client_over(node: &EchoNode, transport: &str, binding: &str, requests: usize) -> Output {
-    let script =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../bus-proto/tests/interop/bus_client.py");
-    Command::new("python3")
-        .arg(script)
+    interop_script("bus_client.py")
         .args(["--transport", transport, "--server-name", "localhost"])
         .arg("--address")
         .arg(node.address.to_string())
         .arg("--cafile")
         .arg(node.cert())
-        .args(["--cluster", &CLUSTER.to_string()])
-        .args(["--key", &hex::encode(KEY)])
         .args(["--binding", binding])
         .args(["--requests", &requests.to_string(), "--window", "8"])
         .args(["--body-size", "3000"])
@@ -475,15 +484,10 @@ fn a_python_client_without_binding_fails_on_a_bound_listener_and_passes_on_an_un
 
 /// Runs `ws_cases.py` (Python `websockets`) against `node` at `url`.
 fn ws_cases(node: &EchoNode, scheme: &str, unbound: bool) -> Output {
-    let script =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../bus-proto/tests/interop/ws_cases.py");
-    let mut command = Command::new("python3");
+    let mut command = interop_script("ws_cases.py");
     command
-        .arg(script)
         .arg("--url")
         .arg(format!("{scheme}://localhost:{}/bus", node.address.port()))
-        .args(["--cluster", &CLUSTER.to_string()])
-        .args(["--key", &hex::encode(KEY)])
         .arg("--cafile")
         .arg(node.cert());
     if unbound {
@@ -526,14 +530,9 @@ fn python_websockets_over_wss_meets_every_websocket_rule_bound_and_unbound() {
 /// Runs `browser_relay.py`: headless Chromium relays a Python bus client's
 /// session to `node` over its own WebSocket stack.
 fn browser_relay(node: &EchoNode, scheme: &str) -> Output {
-    let script =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../bus-proto/tests/interop/browser_relay.py");
-    Command::new("python3")
-        .arg(script)
+    interop_script("browser_relay.py")
         .arg("--url")
         .arg(format!("{scheme}://127.0.0.1:{}/bus", node.address.port()))
-        .args(["--cluster", &CLUSTER.to_string()])
-        .args(["--key", &hex::encode(KEY)])
         .output()
         .expect("python3 runs")
 }
@@ -569,16 +568,11 @@ fn quic_node(policy: BindingPolicy) -> EchoNode {
 
 /// Runs one case of `quic_cases.py` (aioquic) against `node`.
 fn quic_case(node: &EchoNode, case: &str) -> Output {
-    let script =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../bus-proto/tests/interop/quic_cases.py");
-    Command::new("python3")
-        .arg(script)
+    interop_script("quic_cases.py")
         .arg("--address")
         .arg(node.address.to_string())
         .arg("--cafile")
         .arg(node.cert())
-        .args(["--cluster", &CLUSTER.to_string()])
-        .args(["--key", &hex::encode(KEY)])
         .args(["--case", case])
         .output()
         .expect("python3 runs")

@@ -179,6 +179,24 @@ impl<M: Machine> State<M> {
         self.space.notify_all();
     }
 
+    /// Whether `id` should stop reading for the application now, noting a
+    /// change (the paused list, and the core, which suspends the liveness
+    /// deadline meanwhile). For a connection about to read.
+    pub(super) fn note_pause(&mut self, now: impl FnOnce() -> Now, id: ConnectionId) -> bool {
+        let pause = self.machine.reading_paused(id);
+        if let Some(entry) = self.sockets.get_mut(&id)
+            && pause != entry.paused
+        {
+            entry.paused = pause;
+            match pause {
+                true => self.paused.push(id),
+                false => self.paused.retain(|&p| p != id),
+            }
+            self.machine.set_reading_paused(now(), id, pause);
+        }
+        pause
+    }
+
     /// Moves the timer earlier if the core's next deadline is.
     fn rearm_timer(&mut self) {
         if let Some(at) = self.machine.poll_timeout()

@@ -152,25 +152,7 @@ impl<M: Machine, R: Runtime> QuicCore for HostCore<'_, M, R> {
     }
 
     fn reading_paused(&mut self, now: Now, id: ConnectionId) -> bool {
-        let mut state = self.shared.lock();
-        let pause = state.machine.reading_paused(id);
-        let State {
-            sockets,
-            paused,
-            machine,
-            ..
-        } = &mut *state;
-        if let Some(entry) = sockets.get_mut(&id)
-            && pause != entry.paused
-        {
-            entry.paused = pause;
-            match pause {
-                true => paused.push(id),
-                false => paused.retain(|&p| p != id),
-            }
-            machine.set_reading_paused(now, id, pause);
-        }
-        pause
+        self.shared.lock().note_pause(|| now, id)
     }
 
     fn is_over(&self, id: ConnectionId) -> bool {

@@ -302,24 +302,8 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
     fn decide_read(&self, state: &mut State<M>, socket: &mut Socket, closing: bool) -> bool {
         let id = socket.id;
         let mut read = !closing && !socket.eof && !socket.finished && !socket.reading;
-        let pause = read && state.machine.reading_paused(id);
-        let State {
-            sockets,
-            paused,
-            machine,
-            ..
-        } = state;
-        if let Some(entry) = sockets.get_mut(&id)
-            && pause != entry.paused
-            && (pause || read)
-        {
-            entry.paused = pause;
-            match pause {
-                true => paused.push(id),
-                false => paused.retain(|&p| p != id),
-            }
-            machine.set_reading_paused(self.runtime.now(), id, pause);
-        }
+        // Only a socket about to read decides to pause or resume.
+        let pause = read && state.note_pause(|| self.runtime.now(), id);
         read &= !pause;
         // A layer with answers piling up (pongs to a peer that does not
         // read) reads no more until they are written.
@@ -328,7 +312,7 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
             .as_ref()
             .is_none_or(|l| l.layer.pending_wire() <= MAX_PENDING_WIRE);
         if read && socket.inbox.is_none() && socket.layer.is_none() {
-            socket.inbox = machine.take_read_buffer(id);
+            socket.inbox = state.machine.take_read_buffer(id);
         }
         read && socket.inbox.is_some()
     }
