@@ -52,8 +52,7 @@
 
 #![deny(unsafe_code)]
 
-mod client;
-mod node;
+mod listen;
 #[cfg(feature = "quic")]
 mod quic;
 mod runtime;
@@ -65,6 +64,33 @@ pub use bus_proto::host::{
     ClientError, ConnectError, Link, ListenError, NodeOptions, Reply, ShutdownReport, StartError,
     Transport,
 };
-pub use client::Client;
-pub use node::{Events, Node};
-pub use runtime::OsEntropy;
+pub use runtime::{Compio, OsEntropy};
+
+/// A replica's node on compio: [`bus_proto::host::Node`] on [`Compio`]
+/// (the crate's documentation starts one and a client).
+/// `!Send`: it lives on the thread whose runtime started it.
+///
+/// The handles cannot leave their thread:
+///
+/// ```compile_fail
+/// fn send<T: Send>(_: T) {}
+/// fn check(node: bus_compio::Node) {
+///     send(node);
+/// }
+/// ```
+pub type Node = bus_proto::host::Node<Compio>;
+
+/// A node's event stream on compio: [`bus_proto::host::Events`], `!Send`.
+pub type Events = bus_proto::host::Events<Compio>;
+
+/// A client of one replica on compio: [`bus_proto::host::Client`] on
+/// [`Compio`], `!Send`; a persistent identity's file is written on
+/// compio's blocking pool.
+///
+/// ```compile_fail
+/// fn send<T: Send>(_: T) {}
+/// fn check(client: bus_compio::Client) {
+///     send(client);
+/// }
+/// ```
+pub type Client = bus_proto::host::Client<Compio>;

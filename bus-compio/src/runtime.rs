@@ -3,7 +3,8 @@
 
 use bus_proto::entropy::Entropy;
 use bus_proto::host::{
-    Completion, First, MAX_IOVECS, Machine, Runtime, Shared, Socket, Step, WallClock, first,
+    Completion, First, MAX_IOVECS, Machine, Platform, Runtime, Shared, Socket, StartError, Step,
+    WallClock, first,
 };
 use bus_proto::node::ConnectionId;
 use bus_proto::time::{Instant, Now};
@@ -14,22 +15,42 @@ use compio::net::TcpStream;
 use std::future::{Future, poll_fn};
 use std::io;
 use std::pin::Pin;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tracing::Instrument;
 
-/// The driver's runtime: the monotonic clock from an origin, compio's
-/// timers, and the current thread's compio runtime for tasks.
-pub(crate) struct Compio {
+/// compio, as the bus runs on it: a monotonic clock from an origin,
+/// compio's timers, and the compio runtime of the thread that started the
+/// node or client, where its `!Send` tasks stay. [`Node`](crate::Node)
+/// and [`Client`](crate::Client) are the shared handles on this runtime,
+/// `!Send` like the tasks.
+pub struct Compio {
     origin: std::time::Instant,
     /// The wall clock, read at most every `WALL_REFRESH`.
     wall: WallClock,
 }
 
+impl std::fmt::Debug for Compio {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Compio").finish_non_exhaustive()
+    }
+}
+
 impl Compio {
-    /// A handle if called on a thread that runs a compio runtime.
-    pub(crate) fn current() -> Option<Self> {
+    /// Runs `task` on this thread's compio runtime.
+    pub(crate) fn spawn(task: impl Future<Output = ()> + 'static) {
+        compio::runtime::spawn(task).detach();
+    }
+}
+
+impl Platform for Compio {
+    const NAME: &'static str = "compio";
+    type Affinity = Rc<()>;
+
+    /// This thread's compio runtime, if it runs one.
+    fn current() -> Option<Self> {
         compio::runtime::Runtime::try_current()?;
         Some(Compio {
             origin: std::time::Instant::now(),
@@ -37,9 +58,15 @@ impl Compio {
         })
     }
 
-    /// Runs `task` on this thread's compio runtime.
-    pub(crate) fn spawn(task: impl Future<Output = ()> + 'static) {
-        compio::runtime::spawn(task).detach();
+    fn entropy() -> Box<dyn Entropy + Send> {
+        Box::new(OsEntropy)
+    }
+
+    fn launch<M: Machine>(shared: &Arc<Shared<M, Self>>) -> Result<(), StartError> {
+        #[cfg(feature = "quic")]
+        crate::quic::start_quic_dialer(shared)?;
+        Compio::spawn(Shared::run_timers(Arc::clone(shared)));
+        Ok(())
     }
 }
 

@@ -15,8 +15,8 @@
 //! `async_std::task::block_on` (async-std is discontinued; this crate is
 //! its replacement for the bus), `futures::executor::block_on`.
 //!
-//! `Node::start_on` and `Client::start_on` put the tasks on an
-//! [`smol::Executor`] the program runs instead; with the application on
+//! `Node::start_in` and `Client::start_in` with [`Smol::on`] put the tasks
+//! on an [`smol::Executor`] the program runs instead; with the application on
 //! the same executor thread, no wake-up crosses threads, which shortens
 //! the round trip several-fold (`cargo bench -p bus-tests --bench
 //! runtimes` shows both).
@@ -58,8 +58,7 @@
 
 #![deny(unsafe_code)]
 
-mod client;
-mod node;
+mod listen;
 #[cfg(feature = "quic")]
 mod quic;
 mod runtime;
@@ -71,6 +70,16 @@ pub use bus_proto::host::{
     ClientError, ConnectError, Link, ListenError, NodeOptions, Reply, ShutdownReport, StartError,
     Transport,
 };
-pub use client::Client;
-pub use node::{Events, Node};
-pub use runtime::OsEntropy;
+pub use runtime::{OsEntropy, Smol};
+
+/// A replica's node on smol: [`bus_proto::host::Node`] on [`Smol`]
+/// (the crate's documentation starts one and a client).
+pub type Node = bus_proto::host::Node<Smol>;
+
+/// A node's event stream on smol: [`bus_proto::host::Events`].
+pub type Events = bus_proto::host::Events<Smol>;
+
+/// A client of one replica on smol: [`bus_proto::host::Client`] on
+/// [`Smol`]; a persistent identity's file is written on smol's blocking
+/// pool.
+pub type Client = bus_proto::host::Client<Smol>;

@@ -2,7 +2,9 @@
 //! the task that owns each socket.
 
 use bus_proto::entropy::Entropy;
-use bus_proto::host::{Completion, Machine, Outgoing, Runtime, Shared, Socket, Step, WallClock};
+use bus_proto::host::{
+    Completion, Machine, Outgoing, Platform, Runtime, Shared, Socket, StartError, Step, WallClock,
+};
 use bus_proto::node::ConnectionId;
 use bus_proto::time::{Instant, Now};
 use bytes::BytesMut;
@@ -14,9 +16,11 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tracing::Instrument;
 
-/// The driver's runtime: the monotonic clock from an origin, async-io
-/// timers, and the executor the tasks run on.
-pub(crate) struct Smol {
+/// smol, as the bus runs on it: a monotonic clock from an origin,
+/// async-io's timers and sockets, and the executor the bus's tasks run on.
+/// [`Node`](crate::Node) and [`Client`](crate::Client) are the shared
+/// handles on this runtime.
+pub struct Smol {
     origin: std::time::Instant,
     /// The wall clock, read at most every `WALL_REFRESH`.
     wall: WallClock,
@@ -24,8 +28,55 @@ pub(crate) struct Smol {
     executor: Option<Arc<Executor<'static>>>,
 }
 
+impl std::fmt::Debug for Smol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Smol")
+            .field("own_executor", &self.executor.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
 impl Smol {
-    pub(crate) fn new(executor: Option<Arc<Executor<'static>>>) -> Self {
+    /// The bus's tasks on smol's global executor, which runs on threads of
+    /// its own (`SMOL_THREADS`): the handles then work under any executor.
+    /// What [`Node::start`](crate::Node::start) uses.
+    pub fn global() -> Self {
+        Smol::with(None)
+    }
+
+    /// The bus's tasks on `executor`, which the program runs
+    /// (`executor.run(..)`): the application and the bus can then share
+    /// one thread, with no wake-up across threads. Pass it to
+    /// `Node::start_in` or `Client::start_in`.
+    ///
+    /// ```no_run
+    /// use bus_smol::{Node, NodeOptions, Smol};
+    /// use bus_smol::bus_proto::config::Config;
+    /// use bus_smol::bus_proto::crypto::{Key, KeyRing};
+    /// use bus_smol::bus_proto::node::NodeParams;
+    /// use std::sync::Arc;
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let executor = Arc::new(smol::Executor::new());
+    /// let config = Config::default().validate()?;
+    /// let keys = KeyRing::new(Key::from_hex(&std::env::var("BUS_KEY")?)?);
+    /// let params = NodeParams { cluster: 7, replica: 0, replica_count: 1, accept_clients: true };
+    /// let runtime = Smol::on(executor.clone());
+    /// let (node, mut events) = Node::start_in(runtime, &config, params, keys, NodeOptions::default())?;
+    /// smol::block_on(executor.run(async {
+    ///     node.listen("127.0.0.1:7000").await?;
+    ///     while let Some(event) = events.recv().await {
+    ///         println!("{event:?}");
+    ///     }
+    ///     Ok(())
+    /// }))
+    /// # }
+    /// ```
+    pub fn on(executor: Arc<Executor<'static>>) -> Self {
+        Smol::with(Some(executor))
+    }
+
+    fn with(executor: Option<Arc<Executor<'static>>>) -> Self {
         Smol {
             origin: std::time::Instant::now(),
             wall: WallClock::default(),
@@ -39,6 +90,28 @@ impl Smol {
             Some(executor) => executor.spawn(task).detach(),
             None => smol::spawn(task).detach(),
         }
+    }
+}
+
+impl Platform for Smol {
+    const NAME: &'static str = "smol";
+    type Affinity = ();
+
+    /// Always [`Smol::global`]: smol has no current executor to find.
+    fn current() -> Option<Self> {
+        Some(Smol::global())
+    }
+
+    fn entropy() -> Box<dyn Entropy + Send> {
+        Box::new(OsEntropy)
+    }
+
+    fn launch<M: Machine>(shared: &Arc<Shared<M, Self>>) -> Result<(), StartError> {
+        #[cfg(feature = "quic")]
+        crate::quic::start_quic_dialer(shared)?;
+        let timers = Shared::run_timers(Arc::clone(shared));
+        shared.runtime().spawn(timers);
+        Ok(())
     }
 }
 

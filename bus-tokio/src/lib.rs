@@ -24,8 +24,7 @@
 
 #![deny(unsafe_code)]
 
-mod client;
-mod node;
+mod listen;
 #[cfg(feature = "quic")]
 mod quic;
 mod runtime;
@@ -37,6 +36,55 @@ pub use bus_proto::host::{
     ClientError, ConnectError, Link, ListenError, NodeOptions, Reply, ShutdownReport, StartError,
     Transport,
 };
-pub use client::Client;
-pub use node::{Events, Node};
-pub use runtime::OsEntropy;
+pub use runtime::{OsEntropy, Tokio};
+
+/// A replica's node on tokio: [`bus_proto::host::Node`] on [`Tokio`].
+///
+/// ```no_run
+/// use bus_tokio::{Node, NodeOptions};
+/// use bus_tokio::bus_proto::config::Config;
+/// use bus_tokio::bus_proto::crypto::{Key, KeyRing};
+/// use bus_tokio::bus_proto::node::{NodeEvent, NodeParams};
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let config = Config::default().validate()?;
+/// let keys = KeyRing::new(Key::from_hex(&std::env::var("BUS_KEY")?)?);
+/// let params = NodeParams { cluster: 7, replica: 0, replica_count: 3, accept_clients: true };
+/// let mut options = NodeOptions::default();
+/// options.peers.insert(1, "127.0.0.1:7001".parse()?);
+/// options.peers.insert(2, "127.0.0.1:7002".parse()?);
+/// let (node, mut events) = Node::start(&config, params, keys, options)?;
+/// node.listen("127.0.0.1:7000").await?;
+/// while let Some(event) = events.recv().await {
+///     if let NodeEvent::Request { request, body, .. } = event {
+///         node.reply(request, body)?; // echo
+///     }
+/// }
+/// # Ok(()) }
+/// ```
+pub type Node = bus_proto::host::Node<Tokio>;
+
+/// A node's event stream on tokio: [`bus_proto::host::Events`].
+pub type Events = bus_proto::host::Events<Tokio>;
+
+/// A client of one replica on tokio: [`bus_proto::host::Client`] on
+/// [`Tokio`]; a persistent identity's file is written on tokio's blocking
+/// pool.
+///
+/// ```no_run
+/// use bus_tokio::Client;
+/// use bus_tokio::bus_proto::client::ClientParams;
+/// use bus_tokio::bus_proto::config::Config;
+/// use bus_tokio::bus_proto::crypto::{Key, KeyRing};
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let config = Config::default().validate()?;
+/// let keys = KeyRing::new(Key::from_hex(&std::env::var("BUS_KEY")?)?);
+/// let params = ClientParams { cluster: 7, id: Client::random_id(), target: 0 };
+/// let client = Client::start(&config, params, keys, "127.0.0.1:7000".parse()?)?;
+/// let reply = client.request(1, "hello".into()).await?;
+/// println!("{:?}", reply.body);
+/// client.shutdown(std::time::Duration::from_secs(1)).await;
+/// # Ok(()) }
+/// ```
+pub type Client = bus_proto::host::Client<Tokio>;

@@ -2,7 +2,9 @@
 //! task that owns each socket.
 
 use bus_proto::entropy::Entropy;
-use bus_proto::host::{Completion, Machine, Outgoing, Runtime, Shared, Socket, Step, WallClock};
+use bus_proto::host::{
+    Completion, Machine, Outgoing, Platform, Runtime, Shared, Socket, StartError, Step, WallClock,
+};
 use bus_proto::node::ConnectionId;
 use bus_proto::time::{Instant, Now};
 use bytes::BytesMut;
@@ -13,23 +15,32 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tracing::Instrument;
 
-/// The driver's runtime: tokio's clock (so paused-time tests work) and
-/// the runtime the node or client started on.
-pub(crate) struct Tokio {
+/// tokio, as the bus runs on it: its clock (so paused-time tests work)
+/// and the runtime the node or client started on, multi- or
+/// current-thread. [`Node`](crate::Node) and [`Client`](crate::Client)
+/// are the shared handles on this runtime.
+pub struct Tokio {
     origin: tokio::time::Instant,
     /// The wall clock, read at most every `WALL_REFRESH`.
     wall: WallClock,
     handle: tokio::runtime::Handle,
 }
 
+impl std::fmt::Debug for Tokio {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokio").finish_non_exhaustive()
+    }
+}
+
 impl Tokio {
-    /// The current runtime, if called inside one.
-    pub(crate) fn current() -> Option<Self> {
-        Some(Tokio {
+    /// The bus on `handle`'s runtime, for starting it from outside one
+    /// (`Node::start_in`).
+    pub fn on(handle: tokio::runtime::Handle) -> Self {
+        Tokio {
             origin: tokio::time::Instant::now(),
             wall: WallClock::default(),
-            handle: tokio::runtime::Handle::try_current().ok()?,
-        })
+            handle,
+        }
     }
 
     pub(crate) fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
@@ -41,6 +52,29 @@ impl Tokio {
         self.origin
             .checked_add(Duration::from_nanos(at.as_nanos()))
             .unwrap_or_else(|| self.origin + Duration::from_secs(86_400 * 365))
+    }
+}
+
+impl Platform for Tokio {
+    const NAME: &'static str = "tokio";
+    type Affinity = ();
+
+    /// The runtime of the calling task or `Handle::enter` guard.
+    fn current() -> Option<Self> {
+        tokio::runtime::Handle::try_current().ok().map(Tokio::on)
+    }
+
+    fn entropy() -> Box<dyn Entropy + Send> {
+        Box::new(OsEntropy)
+    }
+
+    fn launch<M: Machine>(shared: &Arc<Shared<M, Self>>) -> Result<(), StartError> {
+        #[cfg(feature = "quic")]
+        crate::quic::start_quic_dialer(shared)?;
+        shared
+            .runtime()
+            .spawn(Shared::run_timers(Arc::clone(shared)));
+        Ok(())
     }
 }
 

@@ -19,7 +19,7 @@ use bus_proto::host::NodeOptions;
 use bus_proto::node::NodeEvent;
 use bus_proto::wire::{Frame, Header, Integrity, Kind};
 use bus_tests::bus::{
-    Bus, Compio, CompioPoll, CompioUring, EventsApi, NodeApi, Smol, SmolExecutor, Tokio,
+    Bus, Compio, CompioPoll, CompioUring, EventsOf, NodeOf, Smol, SmolExecutor, Tokio,
     TokioCurrent, TokioMulti,
 };
 use bus_tests::cluster::{params, until};
@@ -158,7 +158,9 @@ fn percentiles(mut samples: Vec<Duration>) -> (f64, f64) {
 }
 
 /// Replica 0 and replica 1, connected.
-async fn pair<B: Bus>(config: &ValidConfig) -> ((B::Node, B::Events), (B::Node, B::Events)) {
+async fn pair<B: Bus>(
+    config: &ValidConfig,
+) -> ((NodeOf<B>, EventsOf<B>), (NodeOf<B>, EventsOf<B>)) {
     let keys = KeyRing::new(Key::generate(&mut SeededEntropy::new(1)));
     let start = |replica| {
         B::start_node(

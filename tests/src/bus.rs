@@ -1,144 +1,69 @@
 //! One interface over the three adapters, so every scenario is written
-//! once. Each adapter's public API is forwarded by the same macro, which
-//! also proves the three share one shape: a method missing or typed
-//! differently in one adapter fails to compile here.
+//! once. The adapters' handles are one generic type
+//! (`bus_proto::host::{Node, Events, Client}`) on each runtime, so a
+//! scenario names them through [`NodeOf`], [`EventsOf`] and [`ClientOf`];
+//! a [`Bus`] only says how to run a scenario and where the bus's tasks go.
 
+use bus_proto::client::ClientParams;
 use bus_proto::client::identity::file::ClientIdentity;
-use bus_proto::client::{ClientParams, ClientStats, Reservation};
 use bus_proto::config::ValidConfig;
 use bus_proto::crypto::KeyRing;
-use bus_proto::host::{
-    ClientError, ConnectError, Link, ListenError, NodeOptions, Reply, ShutdownReport, StartError,
-    Transport,
-};
-use bus_proto::node::{self, NodeEvent, NodeParams, NodeStats, ReplyError, RouteError};
-use bus_proto::wire::RequestHeader;
-use bytes::Bytes;
-use std::collections::VecDeque;
+use bus_proto::host::{Client, Events, Listen, Node, NodeOptions, Platform, StartError, Transport};
+use bus_proto::node::NodeParams;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-/// A node handle, as every adapter offers it.
-#[allow(async_fn_in_trait)] // Scenarios run on each runtime's own thread.
-pub trait NodeApi: Clone + 'static {
-    /// `Node::listen`.
-    async fn listen(&self, address: SocketAddr) -> Result<SocketAddr, ListenError>;
-    /// `Node::listen_via`.
-    async fn listen_via(
-        &self,
-        address: SocketAddr,
-        transport: Transport,
-    ) -> Result<SocketAddr, ListenError>;
-    /// `Node::set_address`.
-    fn set_address(&self, replica: u8, address: SocketAddr);
-    /// `Node::send`.
-    fn send(&self, to: u8, operation: u32, body: Bytes) -> Result<(), RouteError>;
-    /// `Node::send_wait`.
-    async fn send_wait(&self, to: u8, operation: u32, body: Bytes) -> Result<(), RouteError>;
-    /// `Node::send_batch`.
-    fn send_batch(&self, to: u8, batch: &mut VecDeque<(u32, Bytes)>) -> Result<(), RouteError>;
-    /// `Node::send_batch_wait`.
-    async fn send_batch_wait(
-        &self,
-        to: u8,
-        batch: &mut VecDeque<(u32, Bytes)>,
-    ) -> Result<(), RouteError>;
-    /// `Node::send_in_view`.
-    fn send_in_view(
-        &self,
-        to: u8,
-        view: u32,
-        operation: u32,
-        body: Bytes,
-    ) -> Result<(), RouteError>;
-    /// `Node::reply`.
-    fn reply(&self, request: RequestHeader, body: Bytes) -> Result<(), ReplyError>;
-    /// `Node::stats`.
-    fn stats(&self) -> NodeStats;
-    /// `Node::is_connected`.
-    fn is_connected(&self, replica: u8) -> bool;
-    /// `Node::connections`.
-    fn connections(&self) -> usize;
-    /// `Node::inspect`.
-    fn inspect<R>(&self, f: impl FnOnce(&node::Node) -> R) -> R;
-    /// `Node::shutdown`.
-    async fn shutdown(&self, deadline: Duration) -> ShutdownReport;
-}
-
-/// A node's event stream.
-#[allow(async_fn_in_trait)]
-pub trait EventsApi: 'static {
-    /// `Events::recv`.
-    async fn recv(&mut self) -> Option<NodeEvent>;
-    /// `Events::recv_many`.
-    async fn recv_many(&mut self, out: &mut Vec<NodeEvent>, limit: usize) -> usize;
-}
-
-/// A client handle.
-#[allow(async_fn_in_trait)]
-pub trait ClientApi: Clone + 'static {
-    /// `Client::request`.
-    async fn request(&self, operation: u32, body: Bytes) -> Result<Reply, ClientError>;
-    /// `Client::reserve`.
-    fn reserve(&self) -> Result<Reservation, ClientError>;
-    /// `Client::submit`.
-    async fn submit(
-        &self,
-        reservation: Reservation,
-        operation: u32,
-        body: Bytes,
-    ) -> Result<Reply, ClientError>;
-    /// `Client::link`.
-    fn link(&self) -> Link;
-    /// `Client::connected`.
-    async fn connected(&self) -> Result<u8, ConnectError>;
-    /// `Client::retarget`.
-    fn retarget(&self, replica: u8, address: SocketAddr);
-    /// `Client::stats`.
-    fn stats(&self) -> ClientStats;
-    /// `Client::shutdown`.
-    async fn shutdown(&self, deadline: Duration) -> ShutdownReport;
-}
+/// The node handle of bus `B`.
+pub type NodeOf<B> = Node<<B as Bus>::Runtime>;
+/// The event stream of bus `B`'s node.
+pub type EventsOf<B> = Events<<B as Bus>::Runtime>;
+/// The client handle of bus `B`.
+pub type ClientOf<B> = Client<<B as Bus>::Runtime>;
 
 /// An adapter on one kind of runtime.
 pub trait Bus: 'static {
     /// Names the runtime in messages.
     const NAME: &'static str;
-    /// Its node.
-    type Node: NodeApi;
-    /// Its node's events.
-    type Events: EventsApi;
-    /// Its client.
-    type Client: ClientApi;
+    /// The adapter's runtime type.
+    type Runtime: Platform + Listen<SocketAddr>;
 
+    /// Where the bus's tasks run; called inside [`Bus::run`].
+    fn runtime() -> Self::Runtime;
     /// Runs `scenario` to completion on a fresh runtime of this kind.
     fn run<F: Future>(scenario: F) -> F::Output;
     /// Sleeps on this runtime's timer.
     fn sleep(duration: Duration) -> impl Future<Output = ()>;
-    /// `Node::start`.
+
+    /// `Node::start_in` on [`Bus::runtime`].
     fn start_node(
         config: &ValidConfig,
         params: NodeParams,
         keys: KeyRing,
         options: NodeOptions,
-    ) -> Result<(Self::Node, Self::Events), StartError>;
-    /// `Client::start`.
+    ) -> Result<(NodeOf<Self>, EventsOf<Self>), StartError> {
+        Node::start_in(Self::runtime(), config, params, keys, options)
+    }
+    /// `Client::start_in` over plain TCP.
     fn start_client(
         config: &ValidConfig,
         params: ClientParams,
         keys: KeyRing,
         address: SocketAddr,
-    ) -> Result<Self::Client, StartError>;
-    /// `Client::start_via`.
+    ) -> Result<ClientOf<Self>, StartError> {
+        Self::start_client_via(config, params, keys, address, Transport::tcp())
+    }
+    /// `Client::start_in` on [`Bus::runtime`].
     fn start_client_via(
         config: &ValidConfig,
         params: ClientParams,
         keys: KeyRing,
         address: SocketAddr,
         transport: Transport,
-    ) -> Result<Self::Client, StartError>;
-    /// `Client::start_with_identity`.
+    ) -> Result<ClientOf<Self>, StartError> {
+        Client::start_in(Self::runtime(), config, params, keys, address, transport)
+    }
+    /// `Client::start_with_identity_in` over plain TCP.
     fn start_client_with_identity(
         config: &ValidConfig,
         cluster: u128,
@@ -146,176 +71,23 @@ pub trait Bus: 'static {
         identity: ClientIdentity,
         keys: KeyRing,
         address: SocketAddr,
-    ) -> Result<Self::Client, StartError>;
+    ) -> Result<ClientOf<Self>, StartError> {
+        Client::start_with_identity_in(
+            Self::runtime(),
+            config,
+            cluster,
+            target,
+            identity,
+            keys,
+            address,
+            Transport::tcp(),
+        )
+    }
     /// `Client::random_id`.
-    fn random_id() -> u128;
+    fn random_id() -> u128 {
+        Client::<Self::Runtime>::random_id()
+    }
 }
-
-/// Implements the API traits for one adapter crate's types.
-macro_rules! forward_api {
-    ($adapter:ident) => {
-        impl NodeApi for $adapter::Node {
-            async fn listen(&self, address: SocketAddr) -> Result<SocketAddr, ListenError> {
-                $adapter::Node::listen(self, address).await
-            }
-            async fn listen_via(
-                &self,
-                address: SocketAddr,
-                transport: Transport,
-            ) -> Result<SocketAddr, ListenError> {
-                $adapter::Node::listen_via(self, address, transport).await
-            }
-            fn set_address(&self, replica: u8, address: SocketAddr) {
-                $adapter::Node::set_address(self, replica, address)
-            }
-            fn send(&self, to: u8, operation: u32, body: Bytes) -> Result<(), RouteError> {
-                $adapter::Node::send(self, to, operation, body)
-            }
-            async fn send_wait(
-                &self,
-                to: u8,
-                operation: u32,
-                body: Bytes,
-            ) -> Result<(), RouteError> {
-                $adapter::Node::send_wait(self, to, operation, body).await
-            }
-            fn send_batch(
-                &self,
-                to: u8,
-                batch: &mut VecDeque<(u32, Bytes)>,
-            ) -> Result<(), RouteError> {
-                $adapter::Node::send_batch(self, to, batch)
-            }
-            async fn send_batch_wait(
-                &self,
-                to: u8,
-                batch: &mut VecDeque<(u32, Bytes)>,
-            ) -> Result<(), RouteError> {
-                $adapter::Node::send_batch_wait(self, to, batch).await
-            }
-            fn send_in_view(
-                &self,
-                to: u8,
-                view: u32,
-                operation: u32,
-                body: Bytes,
-            ) -> Result<(), RouteError> {
-                $adapter::Node::send_in_view(self, to, view, operation, body)
-            }
-            fn reply(&self, request: RequestHeader, body: Bytes) -> Result<(), ReplyError> {
-                $adapter::Node::reply(self, request, body)
-            }
-            fn stats(&self) -> NodeStats {
-                $adapter::Node::stats(self)
-            }
-            fn is_connected(&self, replica: u8) -> bool {
-                $adapter::Node::is_connected(self, replica)
-            }
-            fn connections(&self) -> usize {
-                $adapter::Node::connections(self)
-            }
-            fn inspect<R>(&self, f: impl FnOnce(&node::Node) -> R) -> R {
-                $adapter::Node::inspect(self, f)
-            }
-            async fn shutdown(&self, deadline: Duration) -> ShutdownReport {
-                $adapter::Node::shutdown(self, deadline).await
-            }
-        }
-
-        impl EventsApi for $adapter::Events {
-            async fn recv(&mut self) -> Option<NodeEvent> {
-                $adapter::Events::recv(self).await
-            }
-            async fn recv_many(&mut self, out: &mut Vec<NodeEvent>, limit: usize) -> usize {
-                $adapter::Events::recv_many(self, out, limit).await
-            }
-        }
-
-        impl ClientApi for $adapter::Client {
-            async fn request(&self, operation: u32, body: Bytes) -> Result<Reply, ClientError> {
-                $adapter::Client::request(self, operation, body).await
-            }
-            fn reserve(&self) -> Result<Reservation, ClientError> {
-                $adapter::Client::reserve(self)
-            }
-            async fn submit(
-                &self,
-                reservation: Reservation,
-                operation: u32,
-                body: Bytes,
-            ) -> Result<Reply, ClientError> {
-                $adapter::Client::submit(self, reservation, operation, body).await
-            }
-            fn link(&self) -> Link {
-                $adapter::Client::link(self)
-            }
-            async fn connected(&self) -> Result<u8, ConnectError> {
-                $adapter::Client::connected(self).await
-            }
-            fn retarget(&self, replica: u8, address: SocketAddr) {
-                $adapter::Client::retarget(self, replica, address)
-            }
-            fn stats(&self) -> ClientStats {
-                $adapter::Client::stats(self)
-            }
-            async fn shutdown(&self, deadline: Duration) -> ShutdownReport {
-                $adapter::Client::shutdown(self, deadline).await
-            }
-        }
-    };
-}
-
-/// The constructors, the same for every runtime of one adapter.
-macro_rules! forward_start {
-    ($adapter:ident) => {
-        type Node = $adapter::Node;
-        type Events = $adapter::Events;
-        type Client = $adapter::Client;
-
-        fn start_node(
-            config: &ValidConfig,
-            params: NodeParams,
-            keys: KeyRing,
-            options: NodeOptions,
-        ) -> Result<(Self::Node, Self::Events), StartError> {
-            $adapter::Node::start(config, params, keys, options)
-        }
-        fn start_client(
-            config: &ValidConfig,
-            params: ClientParams,
-            keys: KeyRing,
-            address: SocketAddr,
-        ) -> Result<Self::Client, StartError> {
-            $adapter::Client::start(config, params, keys, address)
-        }
-        fn start_client_via(
-            config: &ValidConfig,
-            params: ClientParams,
-            keys: KeyRing,
-            address: SocketAddr,
-            transport: Transport,
-        ) -> Result<Self::Client, StartError> {
-            $adapter::Client::start_via(config, params, keys, address, transport)
-        }
-        fn start_client_with_identity(
-            config: &ValidConfig,
-            cluster: u128,
-            target: u8,
-            identity: ClientIdentity,
-            keys: KeyRing,
-            address: SocketAddr,
-        ) -> Result<Self::Client, StartError> {
-            $adapter::Client::start_with_identity(config, cluster, target, identity, keys, address)
-        }
-        fn random_id() -> u128 {
-            $adapter::Client::random_id()
-        }
-    };
-}
-
-forward_api!(bus_tokio);
-forward_api!(bus_smol);
-forward_api!(bus_compio);
 
 /// bus-tokio on a 2-worker multi-threaded runtime (`MULTI`) or on a
 /// current-thread one.
@@ -328,7 +100,7 @@ pub type TokioCurrent = Tokio<false>;
 /// `smol::block_on`.
 pub struct Smol;
 /// bus-smol with its tasks on an executor the scenario's thread runs
-/// (`Node::start_on`), the scenario on that executor too.
+/// (`Smol::on`), the scenario on that executor too.
 pub struct SmolExecutor;
 /// bus-compio on the io_uring driver (`IO_URING`) or on epoll.
 pub struct Compio<const IO_URING: bool>;
@@ -353,7 +125,10 @@ impl<const MULTI: bool> Bus for Tokio<MULTI> {
         true => "tokio (multi-thread)",
         false => "tokio (current-thread)",
     };
-    forward_start!(bus_tokio);
+    type Runtime = bus_tokio::Tokio;
+    fn runtime() -> bus_tokio::Tokio {
+        bus_tokio::Tokio::current().expect("inside Bus::run")
+    }
     fn run<F: Future>(scenario: F) -> F::Output {
         tokio_runtime(MULTI).block_on(scenario)
     }
@@ -364,7 +139,10 @@ impl<const MULTI: bool> Bus for Tokio<MULTI> {
 
 impl Bus for Smol {
     const NAME: &'static str = "smol";
-    forward_start!(bus_smol);
+    type Runtime = bus_smol::Smol;
+    fn runtime() -> bus_smol::Smol {
+        bus_smol::Smol::global()
+    }
     fn run<F: Future>(scenario: F) -> F::Output {
         smol::block_on(scenario)
     }
@@ -387,10 +165,11 @@ fn smol_executor() -> std::sync::Arc<smol::Executor<'static>> {
 
 impl Bus for SmolExecutor {
     const NAME: &'static str = "smol (own executor)";
-    type Node = bus_smol::Node;
-    type Events = bus_smol::Events;
-    type Client = bus_smol::Client;
+    type Runtime = bus_smol::Smol;
 
+    fn runtime() -> bus_smol::Smol {
+        bus_smol::Smol::on(smol_executor())
+    }
     fn run<F: Future>(scenario: F) -> F::Output {
         let executor = std::sync::Arc::new(smol::Executor::new());
         SMOL_EXECUTOR.with_borrow_mut(|slot| *slot = Some(executor.clone()));
@@ -400,52 +179,6 @@ impl Bus for SmolExecutor {
     }
     async fn sleep(duration: Duration) {
         smol::Timer::after(duration).await;
-    }
-    fn start_node(
-        config: &ValidConfig,
-        params: NodeParams,
-        keys: KeyRing,
-        options: NodeOptions,
-    ) -> Result<(Self::Node, Self::Events), StartError> {
-        bus_smol::Node::start_on(smol_executor(), config, params, keys, options)
-    }
-    fn start_client(
-        config: &ValidConfig,
-        params: ClientParams,
-        keys: KeyRing,
-        address: SocketAddr,
-    ) -> Result<Self::Client, StartError> {
-        bus_smol::Client::start_on(smol_executor(), config, params, keys, address)
-    }
-    fn start_client_via(
-        config: &ValidConfig,
-        params: ClientParams,
-        keys: KeyRing,
-        address: SocketAddr,
-        transport: Transport,
-    ) -> Result<Self::Client, StartError> {
-        bus_smol::Client::start_via(config, params, keys, address, transport)
-    }
-    fn start_client_with_identity(
-        config: &ValidConfig,
-        cluster: u128,
-        target: u8,
-        identity: ClientIdentity,
-        keys: KeyRing,
-        address: SocketAddr,
-    ) -> Result<Self::Client, StartError> {
-        bus_smol::Client::start_with_identity_on(
-            smol_executor(),
-            config,
-            cluster,
-            target,
-            identity,
-            keys,
-            address,
-        )
-    }
-    fn random_id() -> u128 {
-        bus_smol::Client::random_id()
     }
 }
 
@@ -471,7 +204,10 @@ impl<const IO_URING: bool> Bus for Compio<IO_URING> {
         true => "compio (io_uring)",
         false => "compio (epoll)",
     };
-    forward_start!(bus_compio);
+    type Runtime = bus_compio::Compio;
+    fn runtime() -> bus_compio::Compio {
+        bus_compio::Compio::current().expect("inside Bus::run")
+    }
     fn run<F: Future>(scenario: F) -> F::Output {
         let driver = match IO_URING {
             true => compio::driver::DriverType::IoUring,

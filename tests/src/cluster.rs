@@ -1,6 +1,6 @@
 //! A small cluster on loopback, and waiting helpers, for any adapter.
 
-use crate::bus::{Bus, EventsApi, NodeApi};
+use crate::bus::{Bus, EventsOf, NodeOf};
 use crate::{CLUSTER, PATIENCE};
 use bus_proto::config::ValidConfig;
 use bus_proto::crypto::KeyRing;
@@ -14,9 +14,9 @@ use std::time::Duration;
 /// One replica of a test cluster.
 pub struct Member<B: Bus> {
     /// The node.
-    pub node: B::Node,
+    pub node: NodeOf<B>,
     /// Its events.
-    pub events: B::Events,
+    pub events: EventsOf<B>,
     /// Where it listens.
     pub address: SocketAddr,
 }
@@ -92,7 +92,7 @@ pub async fn cluster<B: Bus>(
 /// Reads events until one matches; panics naming `what` after the patience
 /// deadline or if the stream ends. Other events are dropped.
 pub async fn wait_for<B: Bus>(
-    events: &mut B::Events,
+    events: &mut EventsOf<B>,
     what: &str,
     mut matches: impl FnMut(&NodeEvent) -> bool,
 ) -> NodeEvent {

@@ -13,7 +13,7 @@ use bus_proto::entropy::SeededEntropy;
 use bus_proto::host::ClientError;
 use bus_proto::host::NodeOptions;
 use bus_proto::node::NodeEvent;
-use bus_tests::bus::{Bus, ClientApi, NodeApi};
+use bus_tests::bus::Bus;
 use bus_tests::cluster::{member, until, wait_for, within};
 use bus_tests::{CLUSTER, PATIENCE, config, keys};
 use bytes::Bytes;

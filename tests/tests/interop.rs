@@ -8,9 +8,7 @@ use bus_proto::connection::CloseCause;
 use bus_proto::host::{ConnectError, NodeOptions};
 use bus_proto::node::NodeEvent;
 use bus_proto::wire::RejectStatus;
-use bus_tests::bus::{
-    Bus, ClientApi, CompioPoll, CompioUring, EventsApi, NodeApi, Smol, TokioCurrent, TokioMulti,
-};
+use bus_tests::bus::{Bus, CompioPoll, CompioUring, Smol, TokioCurrent, TokioMulti};
 use bus_tests::cluster::{params, until, within};
 use bus_tests::{CLUSTER, PATIENCE, config, keys};
 use bytes::Bytes;

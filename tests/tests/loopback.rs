@@ -7,7 +7,7 @@ use bus_proto::connection::CloseCause;
 use bus_proto::host::{ConnectError, Link, NodeOptions};
 use bus_proto::node::{NodeEvent, ReplyError, RouteError};
 use bus_proto::wire::{Frame, Header, Integrity, Kind, RejectStatus};
-use bus_tests::bus::{Bus, ClientApi, EventsApi, NodeApi};
+use bus_tests::bus::{Bus, EventsOf, NodeOf};
 use bus_tests::cluster::{all_connected, cluster, member, params, until, wait_for, within};
 use bus_tests::proxy::Proxy;
 use bus_tests::{CLUSTER, PATIENCE, config, keys, quick};
@@ -649,8 +649,8 @@ async fn reads_in_flight_survive_constant_wake_ups<B: Bus>() {
     let (a, b) = (&mut zero[0], &mut one[0]);
     zip(
         zip(
-            send_varied(&a.node, 1, count),
-            send_varied(&b.node, 0, count),
+            send_varied::<B>(&a.node, 1, count),
+            send_varied::<B>(&b.node, 0, count),
         ),
         zip(
             receive_varied::<B>(&mut a.events, count),
@@ -668,13 +668,13 @@ fn varied_body(i: u32) -> Bytes {
     Bytes::from(vec![fill; (i as usize * 37) % 3000])
 }
 
-async fn send_varied<N: NodeApi>(node: &N, to: u8, count: u32) {
+async fn send_varied<B: Bus>(node: &NodeOf<B>, to: u8, count: u32) {
     for i in 0..count {
         node.send_wait(to, i, varied_body(i)).await.unwrap();
     }
 }
 
-async fn receive_varied<B: Bus>(events: &mut B::Events, count: u32) {
+async fn receive_varied<B: Bus>(events: &mut EventsOf<B>, count: u32) {
     for i in 0..count {
         let event = wait_for::<B>(events, "the next message", |e| {
             matches!(

@@ -18,7 +18,7 @@
 use bus_proto::client::ClientParams;
 use bus_proto::host::NodeOptions;
 use bus_proto::node::{NodeEvent, NodeParams};
-use bus_tests::bus::{Bus, ClientApi, CompioPoll, EventsApi, NodeApi, SmolExecutor, TokioCurrent};
+use bus_tests::bus::{Bus, CompioPoll, SmolExecutor, TokioCurrent};
 use bus_tests::{CLUSTER, keys, quick};
 use bytes::Bytes;
 use smol::future::or;

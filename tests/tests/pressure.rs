@@ -8,7 +8,7 @@ use bus_proto::client::ClientParams;
 use bus_proto::host::{ClientError, NodeOptions};
 use bus_proto::node::{NodeEvent, NodeStats};
 use bus_tests::attack::{established_then_silent, forged_hellos, join_all, silent_flood};
-use bus_tests::bus::{Bus, ClientApi, EventsApi, NodeApi};
+use bus_tests::bus::{Bus, EventsOf, NodeOf};
 use bus_tests::cluster::{Member, member, until, wait_for, within};
 use bus_tests::{CLUSTER, PATIENCE, config, keys, quick};
 use bytes::Bytes;
@@ -57,7 +57,7 @@ async fn pair<B: Bus>(
 
 /// Sends numbered 4 KiB messages to `to` until the queue pushes back;
 /// returns how many were accepted.
-async fn send_until_full<B: Bus>(node: &B::Node, to: u8) -> u32 {
+async fn send_until_full<B: Bus>(node: &NodeOf<B>, to: u8) -> u32 {
     let body = Bytes::from(vec![7u8; 4096]);
     let mut sent = 0u32;
     while node.send(to, sent, body.clone()).is_ok() {
@@ -73,7 +73,7 @@ async fn send_until_full<B: Bus>(node: &B::Node, to: u8) -> u32 {
 
 /// Reads `count` messages, checking they are numbered 0.. in order and
 /// that the connection never dropped.
-async fn read_in_order<B: Bus>(events: &mut B::Events, count: u32) {
+async fn read_in_order<B: Bus>(events: &mut EventsOf<B>, count: u32) {
     let mut next = 0u32;
     while next < count {
         let event = wait_for::<B>(events, "the queued messages", |e| {
@@ -161,7 +161,7 @@ async fn a_client_flood_never_pauses_replica_traffic<B: Bus>() {
             },
         )
         .await;
-        let received = |node: &B::Node| {
+        let received = |node: &NodeOf<B>| {
             node.inspect(|n| {
                 let id = n.peer_connection(0).expect("the replica connection");
                 n.connection(id).expect("open").stats().frames_received
@@ -249,7 +249,7 @@ async fn a_dropped_event_stream_keeps_the_node_connected<B: Bus>() {
 }
 
 /// Answers every request, forever; race it.
-async fn serve<B: Bus>(node: B::Node, events: &mut B::Events) {
+async fn serve<B: Bus>(node: NodeOf<B>, events: &mut EventsOf<B>) {
     while let Some(event) = events.recv().await {
         if let NodeEvent::Request { request, body, .. } = event {
             let _ = node.reply(request, body);
@@ -262,7 +262,7 @@ async fn serve<B: Bus>(node: B::Node, events: &mut B::Events) {
 async fn legitimate_peers<B: Bus>(
     config: &bus_proto::config::ValidConfig,
     seed: u64,
-    acceptor: &B::Node,
+    acceptor: &NodeOf<B>,
     address: SocketAddr,
 ) {
     let mut options = NodeOptions::default();

@@ -6,7 +6,7 @@ use bus_proto::client::ClientParams;
 use bus_proto::host::{Link, NodeOptions, Transport};
 use bus_proto::node::NodeEvent;
 use bus_proto::transport::BindingPolicy;
-use bus_tests::bus::{Bus, ClientApi, EventsApi, NodeApi};
+use bus_tests::bus::{Bus, ClientOf, EventsOf, NodeOf};
 use bus_tests::cluster::{Member, member, params, until, wait_for};
 use bus_tests::tls::Identity;
 use bus_tests::{CLUSTER, config, keys};
@@ -46,7 +46,7 @@ async fn start<B: Bus>(replica: u8, count: u8, options: NodeOptions) -> Member<B
 }
 
 /// Serves `count` requests on `node` (echo).
-async fn serve<B: Bus>(node: &B::Node, events: &mut B::Events, count: usize) {
+async fn serve<B: Bus>(node: &NodeOf<B>, events: &mut EventsOf<B>, count: usize) {
     for _ in 0..count {
         let NodeEvent::Request { request, body, .. } = wait_for::<B>(events, "a request", |e| {
             matches!(e, NodeEvent::Request { .. })
@@ -173,7 +173,7 @@ async fn many_quic_clients_share_one_endpoint<B: Bus>() {
         .listen_via("127.0.0.1:0".parse().expect("an address"), listen)
         .await
         .expect("listen over QUIC");
-    let clients: Vec<B::Client> = (0..CLIENTS)
+    let clients: Vec<ClientOf<B>> = (0..CLIENTS)
         .map(|_| {
             B::start_client_via(
                 &config(),

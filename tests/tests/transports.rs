@@ -10,7 +10,7 @@ use bus_proto::node::NodeEvent;
 use bus_proto::transport::BindingPolicy;
 use bus_proto::transport::ws::{WsClient, WsServer};
 use bus_proto::wire::RejectStatus;
-use bus_tests::bus::{Bus, ClientApi, NodeApi};
+use bus_tests::bus::{Bus, ClientOf, EventsOf, NodeOf};
 use bus_tests::cluster::{Member, params, until, wait_for};
 use bus_tests::tls::{Identity, start_relay};
 use bus_tests::{CLUSTER, config, keys};
@@ -71,9 +71,9 @@ async fn tls_member<B: Bus>(
 /// Sends `body` as a request from `client` and serves it on `node`
 /// (echo); returns the reply's body.
 async fn request_served<B: Bus>(
-    node: &B::Node,
-    events: &mut B::Events,
-    client: &B::Client,
+    node: &NodeOf<B>,
+    events: &mut EventsOf<B>,
+    client: &ClientOf<B>,
     body: &'static [u8],
 ) -> Bytes {
     let request = client.request(9, Bytes::from_static(body));

@@ -22,8 +22,12 @@
 //! - a socket task: loop on [`Shared::step`], wait for the first of the
 //!   write, the read, the linger deadline and [`Shared::woken`], and pass
 //!   what happened to [`Shared::complete`]; then [`Shared::closed`];
-//! - an accept loop calling [`Shared::accept`] until [`Shared::stopped`];
-//! - the public `Node`, `Events` and `Client` types, which forward here.
+//! - an accept loop calling [`Shared::accept_socket`] until
+//!   [`Shared::stopped`], started by its [`Listen`] implementation;
+//! - a [`Platform`]: the runtime's name, OS randomness, and the tasks a new
+//!   node or client starts. The public [`Node`], [`Events`] and [`Client`]
+//!   are defined here, once, generic over it: the adapter exports them
+//!   under its runtime.
 
 /// The [`Machine`] methods that only pass socket input and output through
 /// to the core held in field `$core` (a `node::Node` or a `client::Client`,
@@ -92,6 +96,7 @@ mod clock;
 mod deliveries;
 mod driver;
 mod error;
+mod handle;
 mod layer;
 mod node;
 mod outgoing;
@@ -106,6 +111,7 @@ pub use client::{ClientFront, Link, Reply};
 pub use clock::{WALL_REFRESH, WallClock};
 pub use driver::{First, MAX_DRAINING, Owner, Runtime, Shared, SharedOptions, first};
 pub use error::{ClientError, ConnectError, ListenError, StartError};
+pub use handle::{Client, Events, Listen, Node, Platform};
 pub use layer::{
     FrameTooLarge, LayerError, LayerFactory, MAX_PENDING_WIRE, StreamLayer, Transport,
 };
