@@ -201,6 +201,45 @@ mod loading {
     }
 
     #[test]
+    fn a_key_ring_file_holds_a_signing_key_and_during_a_rotation_a_verify_only_one() {
+        let other = "ab".repeat(32);
+        let one = key_file("ring1.key", &format!("{HEX}\n"), 0o600);
+        let ring = KeyRing::from_file(&one).unwrap();
+        let peer = PeerId::Replica(1);
+        assert_eq!(ring.signing_key(peer), &Key::from_hex(HEX).unwrap());
+        assert_eq!(ring.verifying_keys(peer).count(), 1);
+        let two = key_file("ring2.key", &format!("\n{other}\n\n{HEX}\n"), 0o600);
+        let ring = KeyRing::load(None, Some(&two)).unwrap();
+        assert_eq!(ring.signing_key(peer), &Key::from_hex(&other).unwrap());
+        let verifying: Vec<_> = ring.verifying_keys(peer).cloned().collect();
+        let expected = [Key::from_hex(&other).unwrap(), Key::from_hex(HEX).unwrap()];
+        assert_eq!(verifying, expected);
+
+        let three = key_file("ring3.key", &format!("{HEX}\n{other}\n{HEX}\n"), 0o600);
+        let err = KeyRing::from_file(&three).unwrap_err();
+        assert!(err.to_string().contains("ring3.key"), "{err}");
+        assert!(err.to_string().contains("found 3"), "{err}");
+        let empty = key_file("ring0.key", "\n \n", 0o600);
+        assert!(
+            KeyRing::from_file(&empty)
+                .unwrap_err()
+                .to_string()
+                .contains("found 0")
+        );
+        let bad = key_file("ringbad.key", &format!("{HEX}\n{}x\n", &other[1..]), 0o600);
+        let err = KeyRing::from_file(&bad).unwrap_err().to_string();
+        assert!(
+            err.contains("ringbad.key") && err.contains("line 2"),
+            "{err}"
+        );
+        let open = key_file("ringopen.key", HEX, 0o644);
+        assert!(matches!(
+            KeyRing::from_file(&open).unwrap_err(),
+            KeyError::Permissions { mode: 0o644, .. }
+        ));
+    }
+
+    #[test]
     fn exactly_one_key_source_is_required() {
         let path = key_file("one.key", HEX, 0o600);
         assert!(matches!(

@@ -506,3 +506,71 @@ fn config_prints_the_defaults_and_checks_a_file() {
     assert!(error.contains("heartbeat_interval_ms"), "{error}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Live key rotation from the command line: `bus node` reads its key file
+/// again on SIGHUP, and new handshakes use what it holds, while a file it
+/// cannot read keeps the keys in use.
+#[test]
+#[cfg(unix)]
+fn sighup_reloads_the_key_file_for_new_handshakes() {
+    let dir = std::env::temp_dir().join(format!("bus-cli-rotate-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = |name: &str| dir.join(name).to_str().unwrap().to_owned();
+    let (ring, old, new) = (path("ring.key"), path("old.key"), path("new.key"));
+    for file in [&ring, &old, &new] {
+        assert!(bus(&["keygen", "--out", file]).status.success());
+    }
+    std::fs::copy(&old, &ring).unwrap();
+    let hex = |file: &str| std::fs::read_to_string(file).unwrap().trim().to_owned();
+    let (old_hex, new_hex) = (hex(&old), hex(&new));
+
+    let mut node = Running::start(&[
+        "node",
+        "--replica",
+        "0",
+        "--replicas",
+        "1",
+        "--listen",
+        "127.0.0.1:0",
+        "--key-file",
+        &ring,
+    ]);
+    let line = node.wait_for("listening on ");
+    let address = line.split("listening on ").nth(1).unwrap();
+    let address = address.split_whitespace().next().unwrap().to_owned();
+    let served = |key: &str| {
+        let out = bus(&["client", "--connect", &address, "--key-file", key]);
+        out.status.success()
+    };
+    let rotate = |node: &mut Running, content: String, expect: &str| {
+        std::fs::write(&ring, content).unwrap();
+        node.signal("HUP");
+        node.wait_for(expect)
+    };
+    assert!(served(&old) && !served(&new), "before: the old key only");
+
+    let reloaded = rotate(
+        &mut node,
+        format!("{old_hex}\n{new_hex}\n"),
+        "keys reloaded",
+    );
+    assert!(reloaded.contains("verify-only"), "{reloaded}");
+    assert!(served(&old) && served(&new), "phase 1: both keys");
+    rotate(
+        &mut node,
+        format!("{new_hex}\n{old_hex}\n"),
+        "keys reloaded",
+    );
+    assert!(served(&old) && served(&new), "phase 2: both keys");
+    let reloaded = rotate(&mut node, format!("{new_hex}\n"), "keys reloaded");
+    assert!(!reloaded.contains("verify-only"), "{reloaded}");
+    assert!(!served(&old) && served(&new), "phase 3: the new key only");
+
+    let kept = rotate(&mut node, "not a key\n".into(), "keys kept");
+    assert!(kept.contains("line 1"), "{kept}");
+    assert!(!served(&old) && served(&new), "a bad file changes nothing");
+    node.signal("TERM");
+    assert!(node.child.wait().unwrap().success());
+    std::fs::remove_dir_all(&dir).unwrap();
+}

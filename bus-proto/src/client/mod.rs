@@ -534,6 +534,12 @@ impl Client {
         &self.config
     }
 
+    /// Replaces the client's keys for its next handshakes; an established
+    /// session keeps the keys it derived, and requests in flight continue.
+    pub fn set_keys(&mut self, keys: KeyRing) {
+        self.keys = keys;
+    }
+
     /// The numbers this client may still issue.
     pub fn lease(&self) -> Lease {
         self.lease

@@ -99,6 +99,24 @@ pub enum KeyError {
         /// What is wrong with its content.
         source: std::boxed::Box<KeyError>,
     },
+    /// A line of a key ring file is not a key.
+    #[cfg(feature = "std")]
+    #[error("line {line}: {source}")]
+    Line {
+        /// The line, from 1.
+        line: usize,
+        /// What is wrong with it.
+        source: std::boxed::Box<KeyError>,
+    },
+    /// A key ring file holds no key, or more than two.
+    #[cfg(feature = "std")]
+    #[error(
+        "expected one key (signs and verifies) and optionally a second (verify-only, during a rotation), one per line; found {found}"
+    )]
+    KeyCount {
+        /// Keys found.
+        found: usize,
+    },
 }
 
 impl Key {
@@ -185,6 +203,7 @@ impl core::fmt::Debug for Key {
 #[cfg(feature = "std")]
 mod load {
     use super::{Key, KeyError};
+    use crate::crypto::KeyRing;
     use std::boxed::Box;
     use std::path::Path;
     use std::string::String;
@@ -219,31 +238,94 @@ mod load {
         /// that other local users can read is not a secret, so this is an
         /// error rather than a warning.
         pub fn from_file(path: &Path) -> Result<Key, KeyError> {
-            use std::io::Read;
-            let io = |source| KeyError::Io {
-                path: path.into(),
-                source,
-            };
-            let file = std::fs::File::open(path).map_err(io)?;
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::PermissionsExt;
-                let mode = file.metadata().map_err(io)?.permissions().mode() & 0o777;
-                if mode & 0o077 != 0 {
-                    return Err(KeyError::Permissions {
-                        path: path.into(),
-                        mode,
-                    });
-                }
-            }
-            let mut text = Zeroizing::new(String::new());
-            file.take(MAX_KEY_FILE)
-                .read_to_string(&mut text)
-                .map_err(io)?;
+            let text = read_key_file(path)?;
             Key::from_hex(&text).map_err(|e| KeyError::File {
                 path: path.into(),
                 source: Box::new(e),
             })
         }
+    }
+
+    impl KeyRing {
+        /// The cluster keys from exactly one source: the environment
+        /// variable `env` (one key) or the key ring file `file`
+        /// ([`KeyRing::from_file`]).
+        pub fn load(env: Option<&str>, file: Option<&Path>) -> Result<KeyRing, KeyError> {
+            match (env, file) {
+                (Some(name), None) => Key::from_env(name).map(KeyRing::new),
+                (None, Some(path)) => KeyRing::from_file(path),
+                (None, None) => Err(KeyError::Source { given: 0 }),
+                (Some(_), Some(_)) => Err(KeyError::Source { given: 2 }),
+            }
+        }
+
+        /// Reads the cluster keys from a file, one hex key per line (blank
+        /// lines ignored): the key this node signs and verifies with, and
+        /// during a rotation a second one it only verifies
+        /// ([`KeyRing::with_previous`]). A file with one key is also a
+        /// valid [`Key::from_file`]. Same permission rule as there.
+        ///
+        /// ```no_run
+        /// use bus_proto::crypto::KeyRing;
+        /// // /etc/bus/cluster.key during phase 2 of a rotation:
+        /// //   <new key, hex>
+        /// //   <old key, hex>
+        /// let keys = KeyRing::from_file("/etc/bus/cluster.key".as_ref())?;
+        /// # Ok::<(), bus_proto::crypto::KeyError>(())
+        /// ```
+        pub fn from_file(path: &Path) -> Result<KeyRing, KeyError> {
+            let text = read_key_file(path)?;
+            let in_file = |source| KeyError::File {
+                path: path.into(),
+                source: Box::new(source),
+            };
+            let mut keys = text
+                .lines()
+                .enumerate()
+                .filter(|(_, line)| !line.trim().is_empty())
+                .map(|(index, line)| {
+                    Key::from_hex(line).map_err(|e| {
+                        in_file(KeyError::Line {
+                            line: index + 1,
+                            source: Box::new(e),
+                        })
+                    })
+                });
+            let (Some(current), previous, None) = (keys.next(), keys.next(), keys.next()) else {
+                let found = text.lines().filter(|l| !l.trim().is_empty()).count();
+                return Err(in_file(KeyError::KeyCount { found }));
+            };
+            let ring = KeyRing::new(current?);
+            match previous {
+                Some(previous) => Ok(ring.with_previous(previous?)),
+                None => Ok(ring),
+            }
+        }
+    }
+
+    /// The text of a key file no one else may read.
+    fn read_key_file(path: &Path) -> Result<Zeroizing<String>, KeyError> {
+        use std::io::Read;
+        let io = |source| KeyError::Io {
+            path: path.into(),
+            source,
+        };
+        let file = std::fs::File::open(path).map_err(io)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = file.metadata().map_err(io)?.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                return Err(KeyError::Permissions {
+                    path: path.into(),
+                    mode,
+                });
+            }
+        }
+        let mut text = Zeroizing::new(String::new());
+        file.take(MAX_KEY_FILE)
+            .read_to_string(&mut text)
+            .map_err(io)?;
+        Ok(text)
     }
 }

@@ -85,6 +85,11 @@ impl KeyRing {
         self
     }
 
+    /// The cluster key set: for every peer without keys of its own.
+    pub fn cluster(&self) -> &KeySet {
+        &self.cluster
+    }
+
     /// The key set that applies to `peer`.
     pub fn keys_for(&self, peer: PeerId) -> &KeySet {
         self.peers.get(&peer).unwrap_or(&self.cluster)

@@ -453,6 +453,11 @@ impl<R: Runtime> Shared<ClientFront, R> {
         self.read(|m| m.client.id())
     }
 
+    /// Replaces the client's keys for its next handshakes.
+    pub fn set_keys(&self, keys: crate::crypto::KeyRing) {
+        self.lock().machine.client.set_keys(keys);
+    }
+
     /// The client's counters.
     pub fn stats(&self) -> ClientStats {
         self.read(|m| m.client.stats())

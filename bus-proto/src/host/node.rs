@@ -373,6 +373,12 @@ impl<R: Runtime> Shared<NodeFront, R> {
         self.read(|m| m.node.connections())
     }
 
+    /// Replaces the node's keys for every handshake from now on.
+    pub fn set_keys(&self, keys: crate::crypto::KeyRing) {
+        self.lock().machine.node.set_keys(keys);
+        tracing::info!("keys replaced: new handshakes use them");
+    }
+
     /// Reads the core node.
     pub fn inspect<T>(&self, f: impl FnOnce(&node::Node) -> T) -> T {
         self.read(|m| f(&m.node))

@@ -333,6 +333,33 @@ impl Node {
         &self.config
     }
 
+    /// Replaces the node's keys for every handshake from now on, dialled
+    /// or accepted; established sessions keep the keys they derived. The
+    /// replay store stays, and so does every dedup window. See
+    /// [`KeyRing`] for the three phases of a rotation that refuses no
+    /// dial.
+    ///
+    /// ```
+    /// # use bus_proto::config::Config;
+    /// # use bus_proto::crypto::{Key, KeyRing};
+    /// # use bus_proto::entropy::SeededEntropy;
+    /// # use bus_proto::node::{Node, NodeParams};
+    /// # use bus_proto::time::Now;
+    /// # let config = Config::default().validate().unwrap();
+    /// let (old, new) = (Key::from_bytes([1; 32]), Key::from_bytes([2; 32]));
+    /// let params = NodeParams { cluster: 7, replica: 0, replica_count: 3, accept_clients: true };
+    /// let entropy = Box::new(SeededEntropy::new(1));
+    /// let mut node = Node::new(Now::default(), &config, params, KeyRing::new(old.clone()), entropy)?;
+    /// node.set_keys(KeyRing::new(old.clone()).with_previous(new.clone())); // phase 1, every node
+    /// node.set_keys(KeyRing::new(new.clone()).with_previous(old)); // phase 2, node by node
+    /// node.set_keys(KeyRing::new(new)); // phase 3
+    /// # Ok::<(), bus_proto::node::NodeError>(())
+    /// ```
+    pub fn set_keys(&mut self, keys: KeyRing) {
+        self.gate.set_keys(keys.clone());
+        self.keys = keys;
+    }
+
     /// Whether [`Node::shutdown`] started: accepts are refused from then on.
     pub fn is_shutting_down(&self) -> bool {
         self.shutting_down

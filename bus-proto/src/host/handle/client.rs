@@ -265,6 +265,14 @@ impl<R: Platform> Client<R> {
         self.shared.id()
     }
 
+    /// Replaces the client's keys for its next handshakes (a reconnect);
+    /// the connection it has carries on, and so do requests in flight.
+    /// Switch a client to a new cluster key once its replica accepts it
+    /// (phase 2 of [`Node::set_keys`](super::Node::set_keys)).
+    pub fn set_keys(&self, keys: crate::crypto::KeyRing) {
+        self.shared.set_keys(keys);
+    }
+
     /// Counters since the client started.
     pub fn stats(&self) -> ClientStats {
         self.shared.stats()

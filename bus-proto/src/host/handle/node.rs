@@ -227,6 +227,33 @@ impl<R: Platform> Node<R> {
         self.shared.connections()
     }
 
+    /// Replaces the node's keys for every handshake from now on, dialled
+    /// or accepted. Established connections carry on with the keys their
+    /// handshake derived; the replay store and the dedup windows stay. A
+    /// cluster rotates its key without refusing a dial in three phases:
+    ///
+    /// 1. every node: the new key verify-only,
+    ///    `KeyRing::new(old).with_previous(new)`;
+    /// 2. node by node: `KeyRing::new(new).with_previous(old)` (signs
+    ///    with the new key, still accepts the old one);
+    /// 3. once every node and client signs with the new key:
+    ///    `KeyRing::new(new)`.
+    ///
+    /// ```no_run
+    /// # use bus_proto::host::{Node, Platform};
+    /// # use bus_proto::crypto::{Key, KeyRing};
+    /// # fn rotate<R: Platform>(node: &Node<R>, old: Key, new: Key) {
+    /// node.set_keys(KeyRing::new(old.clone()).with_previous(new.clone())); // phase 1
+    /// // ... once every node is in phase 1:
+    /// node.set_keys(KeyRing::new(new.clone()).with_previous(old)); // phase 2
+    /// // ... once every node is in phase 2:
+    /// node.set_keys(KeyRing::new(new)); // phase 3
+    /// # }
+    /// ```
+    pub fn set_keys(&self, keys: crate::crypto::KeyRing) {
+        self.shared.set_keys(keys);
+    }
+
     /// Reads the core node, for diagnostics.
     pub fn inspect<T>(&self, f: impl FnOnce(&node::Node) -> T) -> T {
         self.shared.inspect(f)

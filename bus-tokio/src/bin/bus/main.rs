@@ -62,7 +62,9 @@ struct Common {
     /// The cluster id, in hex.
     #[arg(long, default_value = "b05", value_parser = parse_cluster)]
     cluster: u128,
-    /// Read the cluster key from this file (mode 600).
+    /// Read the cluster key from this file (mode 600): one hex key per
+    /// line, the signing key and, during a rotation, a verify-only one.
+    /// `bus node` reads it again on SIGHUP.
     #[arg(long, conflicts_with = "key_env")]
     key_file: Option<PathBuf>,
     /// Read the cluster key from this environment variable.
@@ -74,10 +76,11 @@ struct Common {
 }
 
 impl Common {
+    /// The cluster keys: the key file's (one key, or two during a
+    /// rotation: signing, then verify-only) or the variable's one key.
     fn keys(&self) -> Result<KeyRing, Failure> {
-        let key = Key::load(self.key_env.as_deref(), self.key_file.as_deref())
-            .map_err(|e| Failure(format!("key: {e}")))?;
-        Ok(KeyRing::new(key))
+        KeyRing::load(self.key_env.as_deref(), self.key_file.as_deref())
+            .map_err(|e| Failure(format!("key: {e}")))
     }
 
     fn config(&self) -> Result<ValidConfig, Failure> {

@@ -75,6 +75,7 @@ pub(crate) async fn node(args: NodeArgs) -> Result<(), Failure> {
     logging(args.verbose);
     let stop = crate::stop::stop_signal()?;
     let mut stop = std::pin::pin!(stop);
+    let mut reload = crate::stop::Reload::new()?;
     let config = args.common.config()?;
     let keys = args.common.keys()?;
     let params = NodeParams {
@@ -104,7 +105,7 @@ pub(crate) async fn node(args: NodeArgs) -> Result<(), Failure> {
             args.replica, args.replicas
         );
     }
-    eprintln!("SIGTERM or Ctrl-C stops it");
+    eprintln!("SIGTERM or Ctrl-C stops it; SIGHUP reads the key file again");
     loop {
         tokio::select! {
             event = events.recv() => match event {
@@ -119,6 +120,7 @@ pub(crate) async fn node(args: NodeArgs) -> Result<(), Failure> {
                 Some(_) => {}
                 None => break,
             },
+            () = reload.next() => reload_keys(&node, &args.common),
             signal = &mut stop => {
                 eprintln!("{signal}: shutting down");
                 let report = node.shutdown(Duration::from_secs(5)).await;
@@ -128,6 +130,27 @@ pub(crate) async fn node(args: NodeArgs) -> Result<(), Failure> {
         }
     }
     Ok(())
+}
+
+/// SIGHUP: the key file's keys for every handshake from now on;
+/// established connections keep theirs. A file that cannot be read keeps
+/// the keys in use, and says why.
+fn reload_keys(node: &Node, common: &crate::Common) {
+    match common.keys() {
+        Ok(keys) => {
+            let set = keys.cluster();
+            let verify_only = match &set.previous {
+                Some(key) => format!(", verify-only key {}", key.fingerprint()),
+                None => String::new(),
+            };
+            eprintln!(
+                "SIGHUP: keys reloaded: signing key {}{verify_only}; new handshakes use them",
+                set.current.fingerprint()
+            );
+            node.set_keys(keys);
+        }
+        Err(Failure(error)) => eprintln!("SIGHUP: keys kept: {error}"),
+    }
 }
 
 /// `bus client` flags.

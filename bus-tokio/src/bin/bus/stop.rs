@@ -28,3 +28,33 @@ pub(crate) fn stop_signal() -> Result<impl Future<Output = &'static str>, Failur
         })
     }
 }
+
+/// SIGHUP, each time it arrives: the operator asks a running node to read
+/// its key file again. Never resolves where there is no SIGHUP.
+pub(crate) struct Reload {
+    #[cfg(unix)]
+    hangup: tokio::signal::unix::Signal,
+}
+
+impl Reload {
+    /// Listens from now on, so a SIGHUP during start-up is not lost.
+    pub(crate) fn new() -> Result<Reload, Failure> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let hangup = signal(SignalKind::hangup())
+                .map_err(|e| Failure(format!("cannot listen for SIGHUP: {e}")))?;
+            Ok(Reload { hangup })
+        }
+        #[cfg(not(unix))]
+        Ok(Reload {})
+    }
+
+    /// The next SIGHUP.
+    pub(crate) async fn next(&mut self) {
+        #[cfg(unix)]
+        self.hangup.recv().await;
+        #[cfg(not(unix))]
+        std::future::pending::<()>().await;
+    }
+}
