@@ -695,7 +695,7 @@ async fn receive_varied<B: Bus>(events: &mut EventsOf<B>, count: u32) {
 }
 
 /// An accepting node's `PeerConnected` and `ClientConnected` name the
-/// remote address; the dialer's `PeerConnected` has none (it dialled).
+/// remote address, and so does the dialer's: the address it dialled.
 async fn connected_events_name_the_remote_address<B: Bus>() {
     let mut members = cluster::<B>(&config(), 2, |_| keys(1)).await;
     all_connected::<B>(&members).await;
@@ -720,7 +720,11 @@ async fn connected_events_name_the_remote_address<B: Bus>() {
     else {
         unreachable!()
     };
-    assert_eq!(remote, None, "a dialled connection");
+    assert_eq!(
+        remote.as_deref(),
+        Some(&members[1].address),
+        "a dialled connection"
+    );
     let client = B::start_client(
         &config(),
         client_params::<B>(1),

@@ -534,6 +534,18 @@ impl Client {
         &self.config
     }
 
+    /// The adapter's socket for dial `id` reached `remote` (before
+    /// [`Client::connected`](Self::connected)): its events and infos name it.
+    pub fn dialled_to(&mut self, id: ConnectionId, remote: core::net::SocketAddr) {
+        self.table.dialled_to(id, remote);
+    }
+
+    /// The current connection (connecting or open), as of `now`.
+    pub fn connection_info(&self, now: Instant) -> Option<crate::node::ConnectionInfo> {
+        let current = self.current?;
+        self.table.infos(now).find(|info| info.id == current)
+    }
+
     /// Replaces the client's keys for its next handshakes; an established
     /// session keeps the keys it derived, and requests in flight continue.
     pub fn set_keys(&mut self, keys: KeyRing) {

@@ -34,6 +34,7 @@ impl Connection {
                 Ok(Some(frame)) => {
                     self.last_received = now;
                     self.stats.frames_received += 1;
+                    self.stats.bytes_received += (HEADER_SIZE + frame.body.len()) as u64;
                     self.on_frame(now, frame);
                 }
                 Ok(None) => break,

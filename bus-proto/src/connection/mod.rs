@@ -120,6 +120,36 @@ pub struct Stats {
     pub frames_received: u64,
     /// Batches handed out by `poll_transmit`.
     pub transmits: u64,
+    /// Bytes of the valid frames received, headers included.
+    pub bytes_received: u64,
+    /// Times the host paused reading it ([`Connection::set_reading_paused`]).
+    pub pauses: u64,
+    /// Time spent paused, the pause under way excluded.
+    pub paused: Duration,
+}
+
+/// A connection's state at one moment ([`Connection::info`]).
+#[non_exhaustive]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Info {
+    /// Who is at the other end, once known: the replica we dialled, or
+    /// the replica or client whose `hello` verified.
+    pub peer: Option<PeerId>,
+    /// Whether we dialled or accepted.
+    pub side: Side,
+    /// The handshake is done and data flows.
+    pub established: bool,
+    /// The host is not reading it: the application has not taken what it
+    /// delivered.
+    pub reading_paused: bool,
+    /// Frames waiting in the send queue.
+    pub queued_frames: usize,
+    /// Bytes waiting in the send queue.
+    pub queued_bytes: usize,
+    /// The latest ping round trip.
+    pub rtt: Option<Duration>,
+    /// Counters since it started.
+    pub stats: Stats,
 }
 
 /// The configuration knobs a connection uses, copied out of [`ValidConfig`].
@@ -249,6 +279,8 @@ pub struct Connection {
     /// We stopped reading (the application's deliveries wait): the peer
     /// is not judged by the liveness deadline meanwhile.
     reading_paused: bool,
+    /// When the pause under way started.
+    paused_since: Option<Instant>,
     last_sent: Instant,
     last_received: Instant,
     closing: Option<Closing>,
@@ -305,6 +337,7 @@ impl Connection {
             handshake_deadline: now.saturating_add(limits.handshake),
             hello_deadline: now.saturating_add(limits.hello.min(limits.handshake)),
             reading_paused: false,
+            paused_since: None,
             last_sent: now,
             last_received: now,
             closing: None,
@@ -516,6 +549,15 @@ impl Connection {
     pub fn set_reading_paused(&mut self, now: Instant, paused: bool) {
         if self.reading_paused && !paused {
             self.last_received = self.last_received.max(now);
+            let since = self.paused_since.take().unwrap_or(now);
+            self.stats.paused = self
+                .stats
+                .paused
+                .saturating_add(now.saturating_duration_since(since));
+        }
+        if !self.reading_paused && paused {
+            self.stats.pauses += 1;
+            self.paused_since = Some(now);
         }
         self.reading_paused = paused;
     }
@@ -790,6 +832,28 @@ impl Connection {
     /// Counters.
     pub fn stats(&self) -> Stats {
         self.stats
+    }
+
+    /// The connection now, for stats pages and metrics: its counters with
+    /// the pause under way counted up to `now`, queue depths, round trip.
+    pub fn info(&self, now: Instant) -> Info {
+        let mut stats = self.stats;
+        if let Some(since) = self.paused_since {
+            stats.paused = stats
+                .paused
+                .saturating_add(now.saturating_duration_since(since));
+        }
+        let (queued_frames, queued_bytes) = self.queued();
+        Info {
+            peer: self.peer,
+            side: self.side,
+            established: self.is_established(),
+            reading_paused: self.reading_paused,
+            queued_frames,
+            queued_bytes,
+            rtt: self.rtt,
+            stats,
+        }
     }
 
     /// Encodes a handshake frame now (the handshake fixes its sequence and

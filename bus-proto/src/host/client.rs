@@ -453,6 +453,12 @@ impl<R: Runtime> Shared<ClientFront, R> {
         self.read(|m| m.client.id())
     }
 
+    /// The client's connection (connecting or open), now.
+    pub fn connection_info(&self) -> Option<crate::node::ConnectionInfo> {
+        let now = self.runtime().now().mono;
+        self.read(|m| m.client.connection_info(now))
+    }
+
     /// Replaces the client's keys for its next handshakes.
     pub fn set_keys(&self, keys: crate::crypto::KeyRing) {
         self.lock().machine.client.set_keys(keys);

@@ -531,11 +531,13 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
                 let transport = transport.unwrap_or_default();
                 let name = transport.name();
                 match transport.new_layer() {
-                    Ok(None) if self.with(|m, now| m.connected(now, id)) => {
+                    Ok(None) if self.with(|m, now| m.connected(now, id, address)) => {
                         let socket = Socket::new(id).traced("dialled", name, Some(address));
                         return Some((socket, stream));
                     }
-                    Ok(Some(layer)) if self.with(|m, now| m.connected_pending(now, id)) => {
+                    Ok(Some(layer))
+                        if self.with(|m, now| m.connected_pending(now, id, address)) =>
+                    {
                         let socket =
                             Socket::layered(id, layer).traced("dialled", name, Some(address));
                         return Some((socket, stream));

@@ -54,10 +54,17 @@ macro_rules! forward_socket_io {
         fn handle_timeout(&mut self, now: Now) {
             self.$core.handle_timeout(now);
         }
-        fn connected(&mut self, now: Now, id: ConnectionId) -> bool {
+        fn connected(&mut self, now: Now, id: ConnectionId, remote: core::net::SocketAddr) -> bool {
+            self.$core.dialled_to(id, remote);
             self.$core.connected(now, id, Binding::NONE).is_ok()
         }
-        fn connected_pending(&mut self, now: Now, id: ConnectionId) -> bool {
+        fn connected_pending(
+            &mut self,
+            now: Now,
+            id: ConnectionId,
+            remote: core::net::SocketAddr,
+        ) -> bool {
+            self.$core.dialled_to(id, remote);
             self.$core.connected_pending(now, id).is_ok()
         }
         fn transport_ready(&mut self, now: Now, id: ConnectionId, binding: Binding) -> bool {
@@ -127,6 +134,7 @@ use crate::handshake::Binding;
 use crate::node::{Action, ConnectionId};
 use crate::time::{Instant, Now};
 use bytes::BytesMut;
+use core::net::SocketAddr;
 
 /// A sans-IO state machine as the driver sees it: a node or a client plus
 /// what the application reads from it. Implemented by [`NodeFront`] and
@@ -145,11 +153,12 @@ pub trait Machine: Send + 'static {
     fn frame_too_large(&mut self, now: Now, id: ConnectionId, size: u32);
     /// Runs the core's timers.
     fn handle_timeout(&mut self, now: Now);
-    /// The socket for `Connect` is open; false if the id is stale.
-    fn connected(&mut self, now: Now, id: ConnectionId) -> bool;
+    /// The socket for `Connect` is open, to `remote`; false if the id is
+    /// stale.
+    fn connected(&mut self, now: Now, id: ConnectionId, remote: SocketAddr) -> bool;
     /// The socket for `Connect` is open and its transport layer starts
     /// handshaking; false if the id is stale.
-    fn connected_pending(&mut self, now: Now, id: ConnectionId) -> bool;
+    fn connected_pending(&mut self, now: Now, id: ConnectionId, remote: SocketAddr) -> bool;
     /// `id`'s transport layer finished its handshake with `binding`;
     /// false if the id is stale or was not waiting for it.
     fn transport_ready(&mut self, now: Now, id: ConnectionId, binding: Binding) -> bool;

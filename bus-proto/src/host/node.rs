@@ -339,10 +339,20 @@ impl<R: Runtime> Shared<NodeFront, R> {
 
     /// The node's counters.
     pub fn stats(&self) -> NodeStats {
-        self.read(|m| NodeStats {
+        let state = self.lock();
+        let m = &state.machine;
+        NodeStats {
             deliveries_discarded: m.events.discarded(),
+            events_waiting: m.events.len() as u64,
+            connections_paused: state.paused.len() as u64,
             ..m.node.stats()
-        })
+        }
+    }
+
+    /// Every connection the node holds, now.
+    pub fn connection_infos(&self) -> Vec<crate::node::ConnectionInfo> {
+        let now = self.runtime().now().mono;
+        self.read(|m| m.node.connection_infos(now).collect())
     }
 
     /// The application dropped its event stream: later deliveries are

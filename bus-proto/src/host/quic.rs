@@ -315,7 +315,7 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
         };
         match target {
             Some((Some(address), Some(tls))) => {
-                if !self.with(|m, now| m.connected_pending(now, id)) {
+                if !self.with(|m, now| m.connected_pending(now, id, address)) {
                     return self.closed(id);
                 }
                 let mut core = HostCore {

@@ -67,7 +67,7 @@ pub(crate) mod table;
 
 pub use backoff::Backoff;
 pub use error::{AcceptError, NodeError, ReplyError, RouteError, SocketError};
-pub use table::{Action, ConnectionId};
+pub use table::{Action, ConnectionId, ConnectionInfo};
 
 use crate::config::ValidConfig;
 use crate::connection::{CloseCause, Connection, Event};
@@ -108,8 +108,8 @@ pub enum NodeEvent {
         replica: u8,
         /// Its connection.
         connection: ConnectionId,
-        /// The remote address, where the adapter passed it (accepted
-        /// connections; `None` for our dials). Boxed as in
+        /// The remote address, where the adapter passed it (to
+        /// [`Node::accept_from`] or [`Node::dialled_to`]). Boxed as in
         /// `HandshakeFailed`.
         remote: Option<Box<SocketAddr>>,
     },
@@ -226,6 +226,12 @@ pub struct NodeStats {
     /// event stream. Counted by the adapters' event queue
     /// (`bus_proto::host`); a bare `Node` leaves it 0.
     pub deliveries_discarded: u64,
+    /// Events queued for the application, unread (the adapters' event
+    /// queue, a gauge); a bare `Node` leaves it 0.
+    pub events_waiting: u64,
+    /// Connections whose reading is paused because the application has
+    /// not taken what they delivered (a gauge; adapters only).
+    pub connections_paused: u64,
 }
 
 /// A replica's node. See the [module docs](self).
@@ -331,6 +337,18 @@ impl Node {
     /// The node's configuration.
     pub fn config(&self) -> &ValidConfig {
         &self.config
+    }
+
+    /// The adapter's socket for dial `id` reached `remote` (before
+    /// [`Node::connected`](Self::connected)): its events and infos name it.
+    pub fn dialled_to(&mut self, id: ConnectionId, remote: core::net::SocketAddr) {
+        self.table.dialled_to(id, remote);
+    }
+
+    /// Every connection the node holds, as of `now`: peer, side, remote
+    /// address, queue depths, round trip and counters.
+    pub fn connection_infos(&self, now: Instant) -> impl Iterator<Item = ConnectionInfo> + '_ {
+        self.table.infos(now)
     }
 
     /// Replaces the node's keys for every handshake from now on, dialled

@@ -5,11 +5,13 @@
 //! Shared by [`Node`](super::Node) and [`Client`](crate::client::Client).
 
 use super::SocketError;
-use crate::connection::Connection;
+use crate::connection::{Connection, Side, Stats};
+use crate::crypto::PeerId;
 use crate::time::Instant;
 use alloc::boxed::Box;
 use alloc::collections::{BTreeSet, VecDeque};
 use alloc::vec::Vec;
+use core::time::Duration;
 
 /// Names one connection of a node or client for its whole life.
 ///
@@ -75,6 +77,82 @@ pub(crate) enum Origin {
     Dialed(u8),
     /// The adapter accepted it.
     Accepted,
+}
+
+/// One connection of a node or client at one moment: for stats pages,
+/// logs and metrics ([`Node::connection_infos`](super::Node::connection_infos)).
+#[non_exhaustive]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnectionInfo {
+    /// Its id.
+    pub id: ConnectionId,
+    /// The replica dialled, or the replica or client whose `hello`
+    /// verified; `None` while an accepted one handshakes.
+    pub peer: Option<PeerId>,
+    /// Whether we dialled or accepted it.
+    pub side: Side,
+    /// The remote address, where the adapter reported it.
+    pub remote: Option<core::net::SocketAddr>,
+    /// The socket is still connecting, or its transport (TLS, WebSocket)
+    /// still handshaking: the fields below are zero.
+    pub connecting: bool,
+    /// The bus handshake is done and data flows.
+    pub established: bool,
+    /// How long since the handshake completed.
+    pub established_for: Option<Duration>,
+    /// The host is not reading it: the application has not taken what it
+    /// delivered.
+    pub reading_paused: bool,
+    /// Frames waiting in the send queue.
+    pub queued_frames: usize,
+    /// Bytes waiting in the send queue.
+    pub queued_bytes: usize,
+    /// The latest ping round trip.
+    pub rtt: Option<Duration>,
+    /// Counters since the connection started (bytes and frames each way,
+    /// batches, pauses and the time spent paused up to now).
+    pub stats: Stats,
+}
+
+impl ConnectionInfo {
+    fn of(id: ConnectionId, entry: &Entry, now: Instant) -> ConnectionInfo {
+        let dialled = match entry.origin {
+            Origin::Dialed(replica) => Some(PeerId::Replica(replica)),
+            Origin::Accepted => None,
+        };
+        let side = match entry.origin {
+            Origin::Dialed(_) => Side::Dialer,
+            Origin::Accepted => Side::Acceptor,
+        };
+        let mut info = ConnectionInfo {
+            id,
+            peer: dialled,
+            side,
+            remote: entry.remote,
+            connecting: true,
+            established: false,
+            established_for: entry
+                .established_at
+                .map(|at| now.saturating_duration_since(at)),
+            reading_paused: false,
+            queued_frames: 0,
+            queued_bytes: 0,
+            rtt: None,
+            stats: Stats::default(),
+        };
+        if let Socket::Open(conn) = &entry.socket {
+            let now_info = conn.info(now);
+            info.peer = now_info.peer.or(dialled);
+            info.connecting = false;
+            info.established = now_info.established;
+            info.reading_paused = now_info.reading_paused;
+            info.queued_frames = now_info.queued_frames;
+            info.queued_bytes = now_info.queued_bytes;
+            info.rtt = now_info.rtt;
+            info.stats = now_info.stats;
+        }
+        info
+    }
 }
 
 /// The state machine behind an id.
@@ -310,6 +388,21 @@ impl Table {
             }
         };
         Some((id, next))
+    }
+
+    /// The adapter connected dial `id` to `remote`.
+    pub(crate) fn dialled_to(&mut self, id: ConnectionId, remote: core::net::SocketAddr) {
+        if let Some(entry) = self.get_mut(id)
+            && matches!(entry.origin, Origin::Dialed(_))
+        {
+            entry.remote = Some(remote);
+        }
+    }
+
+    /// Every connection held, as of `now`, in slot order.
+    pub(crate) fn infos(&self, now: Instant) -> impl Iterator<Item = ConnectionInfo> + '_ {
+        self.ids()
+            .filter_map(move |id| Some(ConnectionInfo::of(id, self.get(id)?, now)))
     }
 
     /// Ids of every connection held, in slot order.

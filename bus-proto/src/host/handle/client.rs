@@ -273,6 +273,13 @@ impl<R: Platform> Client<R> {
         self.shared.set_keys(keys);
     }
 
+    /// The client's connection now (connecting or open), with the same
+    /// fields as [`Node::connection_infos`](super::Node::connection_infos);
+    /// `None` between connections.
+    pub fn connection_info(&self) -> Option<crate::node::ConnectionInfo> {
+        self.shared.connection_info()
+    }
+
     /// Counters since the client started.
     pub fn stats(&self) -> ClientStats {
         self.shared.stats()

@@ -5,7 +5,7 @@ use crate::config::ValidConfig;
 use crate::crypto::KeyRing;
 use crate::host::{ListenError, NodeFront, NodeOptions, Owner, Shared, SharedOptions};
 use crate::host::{ShutdownReport, StartError, Transport};
-use crate::node::{self, NodeEvent, NodeParams, NodeStats, ReplyError, RouteError};
+use crate::node::{self, ConnectionInfo, NodeEvent, NodeParams, NodeStats, ReplyError, RouteError};
 use crate::wire::RequestHeader;
 use bytes::Bytes;
 use core::marker::PhantomData;
@@ -215,6 +215,27 @@ impl<R: Platform> Node<R> {
     /// Counters since the node started.
     pub fn stats(&self) -> NodeStats {
         self.shared.stats()
+    }
+
+    /// Every connection the node holds, now: peer, side, remote address,
+    /// whether it is established and for how long, send-queue depth,
+    /// whether reading is paused and for how long in all, the latest ping
+    /// round trip, and bytes, frames and batches each way. A snapshot, for
+    /// stats pages and metrics.
+    ///
+    /// ```no_run
+    /// # use bus_proto::host::{Node, Platform};
+    /// # fn show<R: Platform>(node: &Node<R>) {
+    /// for c in node.connection_infos() {
+    ///     println!(
+    ///         "{:?} at {:?}: {} bytes in, {} out, rtt {:?}, {} frames queued",
+    ///         c.peer, c.remote, c.stats.bytes_received, c.stats.bytes_sent, c.rtt, c.queued_frames
+    ///     );
+    /// }
+    /// # }
+    /// ```
+    pub fn connection_infos(&self) -> Vec<ConnectionInfo> {
+        self.shared.connection_infos()
     }
 
     /// True while replica `replica` has a registered connection.
