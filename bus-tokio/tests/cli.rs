@@ -574,3 +574,153 @@ fn sighup_reloads_the_key_file_for_new_handshakes() {
     assert!(node.child.wait().unwrap().success());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `bus node --metrics ADDR` serves Prometheus text that real scrapers
+/// read: curl, and Python's standard HTTP client. The counters follow
+/// what the node did (three requests from a client) and each peer's
+/// connection shows up with its labels.
+#[test]
+#[cfg(unix)]
+fn metrics_are_scraped_by_curl_and_python() {
+    let dir = std::env::temp_dir().join(format!("bus-cli-metrics-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = dir.join("cluster.key").to_str().unwrap().to_owned();
+    assert!(bus(&["keygen", "--out", &key]).status.success());
+    let free_port = || {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().to_string()
+    };
+    let metrics = free_port();
+    let mut one = Running::start(&[
+        "node",
+        "--replica",
+        "1",
+        "--replicas",
+        "2",
+        "--listen",
+        "127.0.0.1:0",
+        "--key-file",
+        &key,
+    ]);
+    let line = one.wait_for("listening on ");
+    let address = line.split("listening on ").nth(1).unwrap();
+    let address = address.split_whitespace().next().unwrap().to_owned();
+    let mut zero = Running::start(&[
+        "node",
+        "--replica",
+        "0",
+        "--replicas",
+        "2",
+        "--listen",
+        "127.0.0.1:0",
+        "--key-file",
+        &key,
+        "--peer",
+        &format!("1={address}"),
+        "--metrics",
+        &metrics,
+    ]);
+    let line = zero.wait_for("listening on ");
+    let zero_address = line.split("listening on ").nth(1).unwrap();
+    let zero_address = zero_address.split_whitespace().next().unwrap().to_owned();
+    zero.wait_for(&format!("metrics on http://{metrics}/metrics"));
+    zero.wait_for("peer connected");
+    let out = bus(&[
+        "client",
+        "--connect",
+        &zero_address,
+        "--key-file",
+        &key,
+        "--count",
+        "3",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    let url = format!("http://{metrics}/metrics");
+    let curl = || {
+        let out = Command::new("curl")
+            .args(["--silent", "--show-error", "--fail", &url])
+            .output()
+            .expect("curl runs (CI installs it)");
+        assert!(out.status.success(), "curl: {}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    // Published every second: wait for the requests to show.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let page = loop {
+        let page = curl();
+        if page.contains("bus_requests_total{replica=\"0\"} 3") {
+            break page;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never 3 requests:\n{page}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    for expected in [
+        "# TYPE bus_requests_total counter",
+        "bus_peer_connected{replica=\"0\",peer=\"1\"} 1",
+        "bus_connections{replica=\"0\",state=\"established\"} 1",
+        "bus_dials_total{replica=\"0\"} 1",
+        "bus_handshakes_failed_total{replica=\"0\"} 0",
+        "bus_peer_rtt_seconds{replica=\"0\",peer=\"1\"}",
+        "bus_peer_sent_bytes{replica=\"0\",peer=\"1\"}",
+    ] {
+        assert!(page.contains(expected), "missing {expected:?} in:\n{page}");
+    }
+
+    // Python's standard library parses the same page line by line into
+    // samples: every sample line is NAME{LABELS} VALUE with a number.
+    let script = r##"
+import sys, urllib.request
+page = urllib.request.urlopen(sys.argv[1], timeout=10).read().decode()
+samples = {}
+for line in page.splitlines():
+    if not line or line.startswith("#"):
+        continue
+    name, value = line.rsplit(" ", 1)
+    samples[name] = float(value)
+print(len(samples), samples['bus_requests_total{replica="0"}'], samples['bus_peer_connected{replica="0",peer="1"}'])
+"##;
+    let out = Command::new("python3")
+        .args(["-c", script, &url])
+        .output()
+        .expect("python3 runs");
+    assert!(out.status.success(), "python: {}", text(&out.stderr));
+    let printed = text(&out.stdout);
+    let fields: Vec<&str> = printed.split_whitespace().collect();
+    assert!(fields[0].parse::<u32>().unwrap() >= 20, "{printed}");
+    assert_eq!(&fields[1..], ["3.0", "1.0"], "{printed}");
+
+    // A port already taken is a one-line error naming it.
+    let taken = Command::new(env!("CARGO_BIN_EXE_bus"))
+        .args([
+            "node",
+            "--replica",
+            "1",
+            "--replicas",
+            "2",
+            "--listen",
+            "127.0.0.1:0",
+            "--key-file",
+            &key,
+            "--metrics",
+            &metrics,
+        ])
+        .output()
+        .unwrap();
+    assert!(!taken.status.success());
+    assert!(
+        text(&taken.stderr).contains(&metrics),
+        "{}",
+        text(&taken.stderr)
+    );
+
+    zero.signal("TERM");
+    assert!(zero.child.wait().unwrap().success());
+    one.signal("TERM");
+    assert!(one.child.wait().unwrap().success());
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -13,6 +13,8 @@
 //! started them ([`Platform::Affinity`]).
 
 mod client;
+#[cfg(feature = "metrics")]
+mod metrics;
 mod node;
 
 pub use client::Client;

@@ -39,6 +39,11 @@ pub(crate) struct NodeArgs {
     /// Refuse client connections.
     #[arg(long)]
     no_clients: bool,
+    /// Serve metrics in the Prometheus text format over HTTP at this
+    /// address (any path, e.g. http://ADDR/metrics), refreshed every
+    /// second: the node's counters, gauges and per-peer connection state.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<std::net::SocketAddr>,
     /// Log connection-level detail too.
     #[arg(long, short)]
     verbose: bool,
@@ -105,6 +110,10 @@ pub(crate) async fn node(args: NodeArgs) -> Result<(), Failure> {
             args.replica, args.replicas
         );
     }
+    if let Some(address) = args.metrics {
+        serve_metrics(&node, address)?;
+        eprintln!("metrics on http://{address}/metrics");
+    }
     eprintln!("SIGTERM or Ctrl-C stops it; SIGHUP reads the key file again");
     loop {
         tokio::select! {
@@ -129,6 +138,24 @@ pub(crate) async fn node(args: NodeArgs) -> Result<(), Failure> {
             }
         }
     }
+    Ok(())
+}
+
+/// Installs the Prometheus recorder with its HTTP listener at `address`,
+/// and a task that publishes the node's state into it every second.
+fn serve_metrics(node: &Node, address: std::net::SocketAddr) -> Result<(), Failure> {
+    metrics_exporter_prometheus::PrometheusBuilder::new()
+        .with_http_listener(address)
+        .install()
+        .map_err(|e| Failure(format!("metrics on {address}: {e}")))?;
+    let node = node.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            node.publish_metrics();
+        }
+    });
     Ok(())
 }
 
