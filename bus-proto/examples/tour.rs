@@ -277,7 +277,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     {
         println!(
             "retry after completion -> cached reply {:?}, not executed again",
-            std::str::from_utf8(&reply)?
+            std::str::from_utf8(&reply.body)?
         );
     }
 

@@ -47,6 +47,7 @@
 //! forgotten (its reply may never come; its retries are `Stale`).
 
 use crate::time::Instant;
+use crate::wire::{APP_AREA_SIZE, AppHeader};
 use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
 use alloc::vec::Vec;
 use bytes::Bytes;
@@ -76,6 +77,39 @@ impl Default for DedupLimits {
     }
 }
 
+/// A completed request's reply as the window keeps it for retries: its
+/// body and the application's header fields, so a retry is answered with
+/// exactly what the first reply carried.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CachedReply {
+    /// The reply's body.
+    pub body: Bytes,
+    /// The reply's `view`, `release` and application area.
+    pub app: AppHeader,
+}
+
+impl CachedReply {
+    /// Bytes it counts against `dedup_max_cached_bytes`: the body, plus the
+    /// application area when one is set.
+    pub fn cost(&self) -> usize {
+        let area = if self.app.area.is_zero() {
+            0
+        } else {
+            APP_AREA_SIZE
+        };
+        self.body.len() + area
+    }
+}
+
+impl From<Bytes> for CachedReply {
+    fn from(body: Bytes) -> Self {
+        CachedReply {
+            body,
+            app: AppHeader::ZERO,
+        }
+    }
+}
+
 /// What the window knows about a request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Lookup {
@@ -84,7 +118,7 @@ pub enum Lookup {
     /// Being executed: drop the duplicate.
     InFlight,
     /// Completed: answer with this reply, do not execute.
-    Cached(Bytes),
+    Cached(CachedReply),
     /// Completed and forgotten: refuse it, do not execute.
     Stale,
 }
@@ -134,7 +168,7 @@ pub enum DedupError {
 #[derive(Clone, Debug)]
 enum State {
     InFlight,
-    Done(Bytes),
+    Done(CachedReply),
 }
 
 #[derive(Clone, Debug)]
@@ -161,7 +195,7 @@ impl Session {
     fn remove(&mut self, index: usize, cached_bytes: &mut usize) {
         if let Some(e) = self.entries.remove(index) {
             if let State::Done(b) = &e.state {
-                *cached_bytes -= b.len();
+                *cached_bytes -= b.cost();
             }
             self.floor = Some(self.floor.map_or(e.request, |f| f.max(e.request)));
         }
@@ -171,7 +205,7 @@ impl Session {
         self.entries
             .iter()
             .map(|e| match &e.state {
-                State::Done(b) => b.len(),
+                State::Done(b) => b.cost(),
                 State::InFlight => 0,
             })
             .sum()
@@ -343,9 +377,11 @@ impl DedupWindow {
         &mut self,
         client: u128,
         request: u64,
-        reply: Bytes,
+        reply: impl Into<CachedReply>,
         now: Instant,
     ) -> Result<Evicted, DedupError> {
+        let reply = reply.into();
+        let cost = reply.cost();
         let not_in_flight = DedupError::NotInFlight { client, request };
         let max = self.limits.max_cached_bytes;
         let Some(session) = self.touch(client, now) else {
@@ -358,17 +394,14 @@ impl DedupWindow {
         else {
             return Err(not_in_flight);
         };
-        if reply.len() > max {
+        if cost > max {
             if let Some(session) = self.sessions.get_mut(&client) {
                 session.remove(index, &mut self.cached_bytes);
             }
-            return Err(DedupError::ReplyTooLarge {
-                len: reply.len(),
-                max,
-            });
+            return Err(DedupError::ReplyTooLarge { len: cost, max });
         }
         let mut evicted = Vec::new();
-        while self.cached_bytes + reply.len() > max {
+        while self.cached_bytes + cost > max {
             match self.evict_lru(client) {
                 Some(c) => evicted.push(c),
                 None => break,
@@ -378,7 +411,7 @@ impl DedupWindow {
             return Err(not_in_flight);
         };
         // Still over: only this client's own older replies are left to drop.
-        while self.cached_bytes + reply.len() > max {
+        while self.cached_bytes + cost > max {
             let Some(front) = session
                 .entries
                 .iter()
@@ -396,7 +429,7 @@ impl DedupWindow {
         else {
             return Err(not_in_flight);
         };
-        self.cached_bytes += reply.len();
+        self.cached_bytes += cost;
         entry.state = State::Done(reply);
         entry.at = now;
         Ok(evicted)

@@ -44,7 +44,7 @@ fn a_completed_request_is_answered_from_the_cache() {
     w.complete(1, 10, Bytes::from_static(b"ok"), t(2)).unwrap();
     assert_eq!(
         w.lookup(1, 10, t(3)),
-        Lookup::Cached(Bytes::from_static(b"ok"))
+        Lookup::Cached(Bytes::from_static(b"ok").into())
     );
     assert_eq!(w.lookup(2, 10, t(3)), Lookup::Fresh, "per client");
 }
@@ -226,7 +226,7 @@ fn a_slow_request_in_flight_does_not_block_a_window_of_completed_ones() {
     assert_eq!(w.lookup(1, 2, t(3)), Lookup::Stale);
     assert_eq!(
         w.lookup(1, 3, t(3)),
-        Lookup::Cached(Bytes::from_static(b"three"))
+        Lookup::Cached(Bytes::from_static(b"three").into())
     );
 }
 
@@ -251,7 +251,7 @@ fn a_cached_reply_outlives_its_eviction() {
     };
     assert!(w.evict_client(1));
     assert_eq!(w.cached_bytes(), 0);
-    assert_eq!(&held[..], b"the reply");
+    assert_eq!(&held.body[..], b"the reply");
 }
 
 #[test]

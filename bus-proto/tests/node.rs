@@ -11,7 +11,10 @@ use bus_proto::connection::{CloseCause, Event};
 use bus_proto::crypto::{Key, KeyRing, PeerId};
 use bus_proto::handshake::Binding;
 use bus_proto::node::{AcceptError, Action, NodeEvent, ReplyError, RouteError, SocketError};
-use bus_proto::wire::{CloseReason, FrameDecoder, Integrity, Kind, RejectStatus, RequestHeader};
+use bus_proto::wire::{
+    APP_AREA_SIZE, AppArea, AppHeader, CloseReason, FrameDecoder, Integrity, Kind, RejectStatus,
+    RequestHeader,
+};
 use bytes::Bytes;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -545,6 +548,64 @@ fn a_retry_after_reconnect_is_answered_from_the_cache_not_run_twice() {
         replies(&net.take_client_events(c)),
         vec![(n, Bytes::from_static(b"paid"))]
     );
+}
+
+/// The application header (view, release, the 96-byte area) travels with a
+/// request and its reply, and a retry answered from the dedup cache gets
+/// the first reply's header byte for byte, not zeros.
+#[test]
+fn application_headers_travel_with_requests_and_cached_replies() {
+    let mut net = Net::new(valid(config()), 1);
+    let c = net.add_client(0xAC, 0);
+    net.run_for(Duration::from_millis(10));
+    let header = |view, fill| AppHeader {
+        view,
+        release: 9,
+        area: AppArea::new([fill; APP_AREA_SIZE]),
+    };
+    let at = net.at();
+    let n = net.clients[c]
+        .request_with(at, 3, header(4, 0x11), Bytes::new())
+        .unwrap();
+    net.run_for(Duration::from_millis(1));
+    let requests: Vec<_> = net
+        .take_node_events(0)
+        .into_iter()
+        .filter_map(|e| match e {
+            NodeEvent::Request { request, app, .. } => Some((request, app)),
+            _ => None,
+        })
+        .collect();
+    let [(request, app)] = &requests[..] else {
+        panic!("one request: {requests:?}")
+    };
+    assert_eq!(*app, header(4, 0x11), "the request's header arrived");
+    let request = *request;
+    // The reply is lost with the connection; the retry finds it cached.
+    let end = net.client_socket(c).unwrap();
+    net.reset(end);
+    let at = net.at();
+    let reply = net
+        .node(0)
+        .reply_with(at, request, header(5, 0x22), Bytes::new());
+    assert!(matches!(
+        reply,
+        Err(ReplyError::Disconnected { cached: true, .. })
+    ));
+    net.run_for(Duration::from_millis(200));
+    assert_eq!(net.node(0).stats().dedup_hits, 1);
+    let replies: Vec<_> = net
+        .take_client_events(c)
+        .into_iter()
+        .filter_map(|e| match e {
+            ClientEvent::Reply { request, app, .. } => Some((request, app)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(replies, vec![(n, header(5, 0x22))]);
+    // A control frame may not carry an application area.
+    let control = bus_proto::wire::Header::new(1, Kind::Ping { token: 1 }).with_app(header(0, 1));
+    assert!(control.check(0, 1 << 20).is_err());
 }
 
 /// Hazard 18: a retry that arrives while the original is still executing is

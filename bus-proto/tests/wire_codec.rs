@@ -89,25 +89,35 @@ fn arb_frame() -> impl Strategy<Value = Frame> {
         any::<u8>(),
         any::<u64>(),
         prop::collection::vec(any::<u8>(), 0..600),
+        prop::option::of(any::<[u8; 96]>()),
     )
-        .prop_map(|(kind, cluster, view, release, replica, sequence, body)| {
-            let body = if kind.command().allows_body() {
-                Bytes::from(body)
-            } else {
-                Bytes::new()
-            };
-            Frame {
-                header: Header {
-                    cluster,
-                    view,
-                    release,
-                    replica,
-                    sequence,
-                    kind,
-                },
-                body,
-            }
-        })
+        .prop_map(
+            |(kind, cluster, view, release, replica, sequence, body, area)| {
+                // Only data frames carry an application area.
+                let data = kind.command().allows_body();
+                let body = if data {
+                    Bytes::from(body)
+                } else {
+                    Bytes::new()
+                };
+                let app = match area {
+                    Some(bytes) if data => AppArea::new(bytes),
+                    _ => AppArea::ZERO,
+                };
+                Frame {
+                    header: Header {
+                        cluster,
+                        view,
+                        release,
+                        replica,
+                        sequence,
+                        kind,
+                        app,
+                    },
+                    body,
+                }
+            },
+        )
 }
 
 fn encode_all(frames: &[Frame], integrity: &Integrity) -> Vec<u8> {

@@ -97,6 +97,7 @@ fn the_demo_runs_every_step() {
     for expected in [
         "authenticated",
         "messages delivered, each sender's in order",
+        "prepare_oks received by replica 0, each naming its op",
         "correct replies",
         "answered from the cache (dedup hits 0 -> 1); executed once",
         "the process is killed (SIGKILL) before the reply",

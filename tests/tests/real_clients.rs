@@ -107,8 +107,11 @@ impl EchoNode {
             tokio::spawn(async move {
                 while let Some(event) = events.recv().await {
                     match event {
-                        NodeEvent::Request { request, body, .. } => {
-                            let _ = echo.reply(request, body);
+                        // The body and the application header come back.
+                        NodeEvent::Request {
+                            request, app, body, ..
+                        } => {
+                            let _ = echo.reply_with(request, app, body);
                         }
                         NodeEvent::HandshakeFailed { cause, .. } => {
                             failures.lock().expect("lock").push(cause);

@@ -47,7 +47,7 @@ use crate::handshake::Binding;
 use crate::node::table::{Entry, Next, Origin, Socket, Table};
 use crate::node::{Action, Backoff, ConnectionId, SocketError};
 use crate::time::{Instant, Now};
-use crate::wire::{CloseReason, EncodeError, Header, Kind, ReplyStatus, RequestHeader};
+use crate::wire::{AppHeader, CloseReason, EncodeError, Header, Kind, ReplyStatus, RequestHeader};
 use alloc::boxed::Box;
 use alloc::collections::VecDeque;
 use bytes::{Bytes, BytesMut};
@@ -95,6 +95,8 @@ pub enum ClientEvent {
         request: u64,
         /// The reply's operation tag.
         operation: u32,
+        /// The reply's header fields: `view`, `release`, application area.
+        app: AppHeader,
         /// The reply.
         body: Bytes,
     },
@@ -400,11 +402,24 @@ impl Client {
     /// connected, else once connected, and resent after a reconnect until
     /// answered or expired.
     pub fn request(&mut self, now: Now, operation: u32, body: Bytes) -> Result<u64, RequestError> {
+        self.request_with(now, operation, AppHeader::ZERO, body)
+    }
+
+    /// [`Client::request`] with the application's header fields (`view`,
+    /// `release`, application area), sent with every copy of the request.
+    pub fn request_with(
+        &mut self,
+        now: Now,
+        operation: u32,
+        app: AppHeader,
+        body: Bytes,
+    ) -> Result<u64, RequestError> {
         self.check_room()?;
         // Checked before a number is spent on it.
-        self.check_size(0, operation, &body)?;
+        self.check_size(0, operation, &app, &body)?;
         let reservation = self.reserve(now)?;
-        self.queue(now, reservation.request, operation, body, Duration::ZERO);
+        let request = (reservation.request, operation, app);
+        self.queue(now, request, body, Duration::ZERO);
         Ok(reservation.request)
     }
 
@@ -451,6 +466,19 @@ impl Client {
         operation: u32,
         body: Bytes,
     ) -> Result<(), RequestError> {
+        self.submit_with(now, reservation, operation, AppHeader::ZERO, body)
+    }
+
+    /// [`Client::submit`] with the application's header fields, which must
+    /// also be the ones first sent under this number.
+    pub fn submit_with(
+        &mut self,
+        now: Now,
+        reservation: Reservation,
+        operation: u32,
+        app: AppHeader,
+        body: Bytes,
+    ) -> Result<(), RequestError> {
         let request = reservation.request;
         self.check_room()?;
         if reservation.client != self.params.id {
@@ -486,8 +514,8 @@ impl Client {
                 timeout,
             });
         }
-        self.check_size(request, operation, &body)?;
-        self.queue(now, request, operation, body, age);
+        self.check_size(request, operation, &app, &body)?;
+        self.queue(now, (request, operation, app), body, age);
         Ok(())
     }
 
@@ -575,24 +603,34 @@ impl Client {
         Ok(())
     }
 
-    fn check_size(&self, request: u64, operation: u32, body: &Bytes) -> Result<(), RequestError> {
+    fn check_size(
+        &self,
+        request: u64,
+        operation: u32,
+        app: &AppHeader,
+        body: &Bytes,
+    ) -> Result<(), RequestError> {
         let header = RequestHeader {
             client: self.params.id,
             request,
             operation,
         };
         Header::new(self.params.cluster, Kind::Request(header))
+            .with_app(app.clone())
             .check(body.len(), self.config.max_message_size)?;
         Ok(())
     }
 
-    /// Makes `number` outstanding, `age` after it was first issued.
-    fn queue(&mut self, now: Now, number: u64, operation: u32, body: Bytes, age: Duration) {
+    /// Makes request `(number, operation, app)` outstanding, `age` after it
+    /// was first issued.
+    fn queue(&mut self, now: Now, request: (u64, u32, AppHeader), body: Bytes, age: Duration) {
+        let (number, operation, app) = request;
         let timeout = self.config.request_timeout.saturating_sub(age);
         self.outstanding.insert(
             number,
             Pending {
                 operation,
+                app,
                 body,
                 deadline: now.mono.saturating_add(timeout),
                 sent_on: None,
@@ -904,8 +942,9 @@ impl Client {
                     self.flush();
                 }
                 Event::Message(frame) => {
+                    let app = frame.header.app_header();
                     if let Kind::Reply { request, status } = frame.header.kind {
-                        self.on_reply(request, status, frame.body);
+                        self.on_reply(request, status, app, frame.body);
                     }
                 }
                 Event::Closed { reason } => {
@@ -971,7 +1010,13 @@ impl Client {
         self.due = Some(now.saturating_add(delay));
     }
 
-    fn on_reply(&mut self, request: RequestHeader, status: ReplyStatus, body: Bytes) {
+    fn on_reply(
+        &mut self,
+        request: RequestHeader,
+        status: ReplyStatus,
+        app: AppHeader,
+        body: Bytes,
+    ) {
         if self.outstanding.take(request.request).is_none() {
             self.stats.unmatched_replies += 1;
             return;
@@ -981,6 +1026,7 @@ impl Client {
             ReplyStatus::Ok => ClientEvent::Reply {
                 request: number,
                 operation: request.operation,
+                app,
                 body,
             },
             ReplyStatus::Stale => ClientEvent::Failed {
@@ -1014,7 +1060,11 @@ impl Client {
                 operation: pending.operation,
             };
             if conn
-                .send(Kind::Request(header), pending.body.clone())
+                .send_with(
+                    pending.app.clone(),
+                    Kind::Request(header),
+                    pending.body.clone(),
+                )
                 .is_err()
             {
                 all = false;

@@ -10,6 +10,8 @@ use bytes::Bytes;
 #[derive(Clone, Debug)]
 pub(crate) struct Pending {
     pub(crate) operation: u32,
+    /// The application's header fields, sent with every copy.
+    pub(crate) app: crate::wire::AppHeader,
     pub(crate) body: Bytes,
     pub(crate) deadline: Instant,
     /// The connection it was last queued on; resent on any other.

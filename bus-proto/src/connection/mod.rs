@@ -64,8 +64,8 @@ use crate::handshake::{
 };
 use crate::time::{Instant, UnixNanos};
 use crate::wire::{
-    CloseReason, Command, Frame, FrameDecoder, HEADER_SIZE, Header, Integrity, Kind,
-    PROTOCOL_VERSION, Plane, REPLICA_NONE, layout::HEADER_SIZE_U32,
+    AppArea, AppHeader, CloseReason, Command, Frame, FrameDecoder, HEADER_SIZE, Header, Integrity,
+    Kind, PROTOCOL_VERSION, Plane, REPLICA_NONE, layout::HEADER_SIZE_U32,
 };
 use alloc::boxed::Box;
 use alloc::collections::VecDeque;
@@ -213,7 +213,7 @@ impl Phase {
 /// A data frame waiting in the send queue; encoded when transmitted, so it
 /// gets the sequence number and integrity mode in force at that moment.
 struct Queued {
-    view: u32,
+    app: AppHeader,
     kind: Kind,
     body: Bytes,
 }
@@ -632,11 +632,12 @@ impl Connection {
     /// as [`SendError::Backpressure`] and nothing is queued. Frames queued
     /// during the handshake are sent once it completes.
     pub fn send(&mut self, kind: Kind, body: Bytes) -> Result<(), SendError> {
-        self.send_in_view(0, kind, body)
+        self.send_with(AppHeader::ZERO, kind, body)
     }
 
-    /// [`Connection::send`] with a `view` header value.
-    pub fn send_in_view(&mut self, view: u32, kind: Kind, body: Bytes) -> Result<(), SendError> {
+    /// [`Connection::send`] with the application's header fields: `view`,
+    /// `release` and the application area.
+    pub fn send_with(&mut self, app: AppHeader, kind: Kind, body: Bytes) -> Result<(), SendError> {
         if self.closed.is_some() || self.closing.is_some() {
             return Err(SendError::Closed);
         }
@@ -653,7 +654,7 @@ impl Connection {
                 plane: plane_name(self.plane),
             });
         }
-        let header = Header::new(self.cluster, kind);
+        let header = Header::new(self.cluster, kind).with_app(app);
         let size = header.check(body.len(), self.limits.max_message_size)? as usize;
         if self.data.len() >= self.limits.queue_frames
             || self.queued_bytes.saturating_add(size) > self.limits.queue_bytes
@@ -666,11 +667,19 @@ impl Connection {
             });
         }
         self.queued_bytes += size;
-        self.data.push_back(Queued {
+        let Header {
             view,
-            kind: header.kind,
-            body,
-        });
+            release,
+            app: area,
+            kind,
+            ..
+        } = header;
+        let app = AppHeader {
+            view,
+            release,
+            area,
+        };
+        self.data.push_back(Queued { app, kind, body });
         Ok(())
     }
 
@@ -735,7 +744,7 @@ impl Connection {
                 };
                 let size = HEADER_SIZE + queued.body.len();
                 self.queued_bytes = self.queued_bytes.saturating_sub(size);
-                let header = self.header(queued.view, queued.kind);
+                let header = self.header(queued.kind).with_app(queued.app);
                 self.push_encoded(&mut batch, &header, &queued.body);
             }
             self.maybe_send_close(&mut batch, max);
@@ -859,27 +868,28 @@ impl Connection {
     /// Encodes a handshake frame now (the handshake fixes its sequence and
     /// integrity mode) into the control lane's handshake slot.
     fn queue_handshake(&mut self, kind: Kind) {
-        let header = self.header(0, kind);
+        let header = self.header(kind);
         let encoded = header.encode(&[], &self.integrity_out, HEADER_SIZE_U32);
         debug_assert!(encoded.is_ok(), "handshake frames are header-only");
         self.handshake_out = encoded.ok();
     }
 
-    fn header(&mut self, view: u32, kind: Kind) -> Header {
+    fn header(&mut self, kind: Kind) -> Header {
         let sequence = self.send_seq;
         self.send_seq = self.send_seq.saturating_add(1);
         Header {
             cluster: self.cluster,
-            view,
+            view: 0,
             release: 0,
             replica: self.local_replica,
             sequence,
             kind,
+            app: AppArea::ZERO,
         }
     }
 
     fn push_control(&mut self, batch: &mut TransmitBuilder, kind: Kind) {
-        let header = self.header(0, kind);
+        let header = self.header(kind);
         self.push_encoded(batch, &header, &Bytes::new());
     }
 

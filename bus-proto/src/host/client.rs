@@ -15,6 +15,7 @@ use crate::entropy::Entropy;
 use crate::handshake::Binding;
 use crate::node::{Action, ConnectionId};
 use crate::time::{Instant, Now};
+use crate::wire::AppHeader;
 use bytes::{Bytes, BytesMut};
 use core::future::poll_fn;
 use core::task::{Poll, Waker};
@@ -31,6 +32,8 @@ pub struct Reply {
     pub request: u64,
     /// The reply's operation tag.
     pub operation: u32,
+    /// The reply's header fields: `view`, `release`, application area.
+    pub app: AppHeader,
     /// The body.
     pub body: Bytes,
 }
@@ -173,12 +176,14 @@ impl Machine for ClientFront {
                 ClientEvent::Reply {
                     request,
                     operation,
+                    app,
                     body,
                 } => self.answer(
                     request,
                     Ok(Reply {
                         request,
                         operation,
+                        app,
                         body,
                     }),
                 ),
@@ -283,10 +288,14 @@ impl<R: Runtime> Shared<ClientFront, R> {
     pub async fn request(
         self: &Arc<Self>,
         operation: u32,
+        app: AppHeader,
         body: Bytes,
     ) -> Result<Reply, ClientError> {
-        self.send_and_wait(|m, now| m.client.request(now, operation, body.clone()))
-            .await
+        self.send_and_wait(|m, now| {
+            m.client
+                .request_with(now, operation, app.clone(), body.clone())
+        })
+        .await
     }
 
     /// Issues the next request number; see `Client::reserve`. Unlike a
@@ -306,6 +315,7 @@ impl<R: Runtime> Shared<ClientFront, R> {
         self: &Arc<Self>,
         reservation: Reservation,
         operation: u32,
+        app: AppHeader,
         body: Bytes,
     ) -> Result<Reply, ClientError> {
         let request = reservation.request;
@@ -315,7 +325,7 @@ impl<R: Runtime> Shared<ClientFront, R> {
                 return Err(client::RequestError::AlreadyOutstanding { request });
             }
             m.client
-                .submit(now, reservation, operation, body.clone())
+                .submit_with(now, reservation, operation, app.clone(), body.clone())
                 .map(|()| request)
         })
         .await

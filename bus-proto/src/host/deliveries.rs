@@ -277,8 +277,8 @@ mod tests {
         NodeEvent::Message {
             from: 1,
             connection,
-            view: 0,
             operation,
+            app: crate::wire::AppHeader::ZERO,
             body: Bytes::new(),
         }
     }
@@ -375,6 +375,7 @@ mod tests {
                     operation: 0,
                 },
                 connection: a,
+                app: crate::wire::AppHeader::ZERO,
                 body: Bytes::new(),
             });
         }

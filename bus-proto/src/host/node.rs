@@ -16,6 +16,7 @@ use crate::node::{
     ReplyError, RouteError,
 };
 use crate::time::{Instant, Now};
+use crate::wire::AppHeader;
 use crate::wire::RequestHeader;
 use bytes::{Bytes, BytesMut};
 use core::net::SocketAddr;
@@ -321,20 +322,25 @@ impl<R: Runtime> Shared<NodeFront, R> {
         .await
     }
 
-    /// Queues a message with a `view` header value.
-    pub fn send_in_view(
+    /// Queues a message with the application's header fields.
+    pub fn send_with(
         self: &Arc<Self>,
         to: u8,
-        view: u32,
         operation: u32,
+        app: AppHeader,
         body: Bytes,
     ) -> Result<(), RouteError> {
-        self.with_untimed(|m| m.node.send_in_view(to, view, operation, body))
+        self.with_untimed(|m| m.node.send_with(to, operation, app, body))
     }
 
-    /// Answers a client request.
-    pub fn reply(self: &Arc<Self>, request: RequestHeader, body: Bytes) -> Result<(), ReplyError> {
-        self.with(|m, now| m.node.reply(now, request, body))
+    /// Answers a client request with the application's header fields.
+    pub fn reply(
+        self: &Arc<Self>,
+        request: RequestHeader,
+        app: AppHeader,
+        body: Bytes,
+    ) -> Result<(), ReplyError> {
+        self.with(|m, now| m.node.reply_with(now, request, app, body))
     }
 
     /// The node's counters.

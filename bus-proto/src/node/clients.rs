@@ -3,9 +3,9 @@
 
 use super::{Node, NodeEvent, ReplyError, table::ConnectionId};
 use crate::connection::SendError;
-use crate::dedup::{DedupError, Evicted, Lookup};
+use crate::dedup::{CachedReply, DedupError, Evicted, Lookup};
 use crate::time::{Instant, Now};
-use crate::wire::{CloseReason, Header, Kind, ReplyStatus, RequestHeader};
+use crate::wire::{AppHeader, CloseReason, Header, Kind, ReplyStatus, RequestHeader};
 use bytes::Bytes;
 
 impl Node {
@@ -39,6 +39,7 @@ impl Node {
         now: Instant,
         id: ConnectionId,
         request: RequestHeader,
+        app: AppHeader,
         body: Bytes,
     ) {
         let RequestHeader {
@@ -55,6 +56,7 @@ impl Node {
                 self.events.push_back(NodeEvent::Request {
                     request,
                     connection: id,
+                    app,
                     body,
                 });
             }
@@ -66,7 +68,7 @@ impl Node {
                 }
                 Lookup::Stale => {
                     self.stats.stale += 1;
-                    self.answer(id, request, ReplyStatus::Stale, Bytes::new());
+                    self.answer(id, request, ReplyStatus::Stale, CachedReply::default());
                 }
                 // `NotFresh` never carries `Fresh`.
                 Lookup::Fresh => {}
@@ -74,7 +76,7 @@ impl Node {
             // `WindowFull`; marking raises nothing else.
             Err(_) => {
                 self.stats.busy += 1;
-                self.answer(id, request, ReplyStatus::Busy, Bytes::new());
+                self.answer(id, request, ReplyStatus::Busy, CachedReply::default());
             }
         }
     }
@@ -92,6 +94,19 @@ impl Node {
         request: RequestHeader,
         body: Bytes,
     ) -> Result<(), ReplyError> {
+        self.reply_with(now, request, AppHeader::ZERO, body)
+    }
+
+    /// [`Node::reply`] with the application's header fields (`view`,
+    /// `release`, application area), which the dedup window keeps with
+    /// the body: a retry is answered with both.
+    pub fn reply_with(
+        &mut self,
+        now: Now,
+        request: RequestHeader,
+        app: AppHeader,
+        body: Bytes,
+    ) -> Result<(), ReplyError> {
         let RequestHeader {
             client,
             request: number,
@@ -102,6 +117,7 @@ impl Node {
             status: ReplyStatus::Ok,
         };
         Header::new(self.params.cluster, kind.clone())
+            .with_app(app.clone())
             .check(body.len(), self.config.max_message_size)
             .map_err(|error| ReplyError::Encode { client, error })?;
         if let Lookup::Cached(_) = self.dedup.lookup(client, number, now.mono) {
@@ -112,7 +128,7 @@ impl Node {
         }
         let route = self.clients.get(&client).copied();
         let sent = match route.and_then(|id| Some((id, self.table.conn_mut(id)?))) {
-            Some((id, conn)) => match conn.send(kind, body.clone()) {
+            Some((id, conn)) => match conn.send_with(app.clone(), kind, body.clone()) {
                 Ok(()) => {
                     self.table.touch(id);
                     true
@@ -133,7 +149,8 @@ impl Node {
             },
             None => false,
         };
-        let cached = match self.dedup.complete(client, number, body, now.mono) {
+        let reply = CachedReply { body, app };
+        let cached = match self.dedup.complete(client, number, reply, now.mono) {
             Ok(evicted) => {
                 self.evict_sessions(now.mono, evicted);
                 true
@@ -157,10 +174,11 @@ impl Node {
         id: ConnectionId,
         request: RequestHeader,
         status: ReplyStatus,
-        body: Bytes,
+        reply: CachedReply,
     ) {
+        let kind = Kind::Reply { request, status };
         if let Some(conn) = self.table.conn_mut(id)
-            && conn.send(Kind::Reply { request, status }, body).is_ok()
+            && conn.send_with(reply.app, kind, reply.body).is_ok()
         {
             self.table.touch(id);
         }

@@ -76,7 +76,7 @@ use crate::dedup::DedupWindow;
 use crate::entropy::Entropy;
 use crate::handshake::{AdmissionOutcome, Binding, Gate, GateParams};
 use crate::time::{Instant, Now};
-use crate::wire::{CloseReason, Kind, RejectStatus, RequestHeader};
+use crate::wire::{AppHeader, CloseReason, Kind, RejectStatus, RequestHeader};
 use admission::Pool;
 use alloc::boxed::Box;
 use alloc::collections::{BTreeMap, VecDeque};
@@ -147,10 +147,10 @@ pub enum NodeEvent {
         from: u8,
         /// The connection it arrived on.
         connection: ConnectionId,
-        /// The header's `view`.
-        view: u32,
         /// The application's operation tag.
         operation: u32,
+        /// The sender's header fields: `view`, `release`, application area.
+        app: AppHeader,
         /// The body.
         body: Bytes,
     },
@@ -180,6 +180,8 @@ pub enum NodeEvent {
         request: RequestHeader,
         /// The connection it arrived on.
         connection: ConnectionId,
+        /// The client's header fields: `view`, `release`, application area.
+        app: AppHeader,
         /// The body.
         body: Bytes,
     },
@@ -766,15 +768,17 @@ impl Node {
     /// Sends a message to replica `to`. Never blocks: a full queue is
     /// [`RouteError::Backpressure`].
     pub fn send(&mut self, to: u8, operation: u32, body: Bytes) -> Result<(), RouteError> {
-        self.send_in_view(to, 0, operation, body)
+        self.send_with(to, operation, AppHeader::ZERO, body)
     }
 
-    /// [`Node::send`] with a `view` header value.
-    pub fn send_in_view(
+    /// [`Node::send`] with the application's header fields: `view`,
+    /// `release` and the application area (consensus metadata; a message
+    /// may be header-only).
+    pub fn send_with(
         &mut self,
         to: u8,
-        view: u32,
         operation: u32,
+        app: AppHeader,
         body: Bytes,
     ) -> Result<(), RouteError> {
         if to >= self.params.replica_count {
@@ -794,7 +798,7 @@ impl Node {
             .table
             .conn_mut(id)
             .ok_or(RouteError::Disconnected(to))?;
-        conn.send_in_view(view, Kind::Message { operation }, body)
+        conn.send_with(app, Kind::Message { operation }, body)
             .map_err(|e| route_error(to, e))?;
         self.table.touch(id);
         Ok(())
@@ -958,15 +962,21 @@ impl Node {
             self.stats.frames_unregistered += 1;
             return;
         }
-        match frame.header.kind {
+        let crate::wire::Frame { header, body } = frame;
+        let app = AppHeader {
+            view: header.view,
+            release: header.release,
+            area: header.app,
+        };
+        match header.kind {
             Kind::Message { operation } => self.events.push_back(NodeEvent::Message {
-                from: frame.header.replica,
+                from: header.replica,
                 connection: id,
-                view: frame.header.view,
                 operation,
-                body: frame.body,
+                app,
+                body,
             }),
-            Kind::Request(request) => self.on_request(now, id, request, frame.body),
+            Kind::Request(request) => self.on_request(now, id, request, app, body),
             // The connection only delivers the data commands its plane and
             // side allow, so nothing else reaches here.
             _ => {}

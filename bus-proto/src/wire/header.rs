@@ -5,6 +5,7 @@ use super::error::{DecodeError, EncodeError};
 use super::integrity::Integrity;
 use super::layout::*;
 use super::{PROTOCOL_VERSION, REPLICA_NONE};
+use alloc::boxed::Box;
 
 /// A decoded, validated header (everything but the integrity fields and size,
 /// which are derived from the body when encoding).
@@ -22,6 +23,120 @@ pub struct Header {
     pub sequence: u64,
     /// Command and command-specific fields.
     pub kind: Kind,
+    /// The application's area; data commands only, zero for the others.
+    pub app: AppArea,
+}
+
+/// Size of the application's area in a data frame's header.
+pub const APP_AREA_SIZE: usize = 96;
+
+/// The application's own bytes in a data frame's header (`message`,
+/// `request`, `reply`: offsets 160..256), carried unchanged by the bus and
+/// covered by the header's checksum or tag. Consensus metadata (an op
+/// number, a commit point, the previous message's checksum...) goes here,
+/// so a small consensus message is a header-only frame.
+///
+/// All zeros unless set, and all zeros cost no allocation.
+///
+/// ```
+/// use bus_proto::wire::AppArea;
+/// let mut bytes = [0u8; 96];
+/// bytes[..8].copy_from_slice(&42u64.to_le_bytes()); // an op number
+/// let area = AppArea::new(bytes);
+/// assert_eq!(area.bytes()[..8], 42u64.to_le_bytes());
+/// assert!(AppArea::default().is_zero());
+/// ```
+#[derive(Clone, Default, PartialEq, Eq, Hash)]
+pub struct AppArea(Option<Box<[u8; APP_AREA_SIZE]>>);
+
+/// What all-zero areas read as.
+const ZERO_AREA: [u8; APP_AREA_SIZE] = [0; APP_AREA_SIZE];
+
+impl AppArea {
+    /// The all-zero area.
+    pub const ZERO: AppArea = AppArea(None);
+
+    /// An area holding `bytes`.
+    pub fn new(bytes: [u8; APP_AREA_SIZE]) -> Self {
+        if bytes == ZERO_AREA {
+            AppArea::ZERO
+        } else {
+            AppArea(Some(Box::new(bytes)))
+        }
+    }
+
+    /// Its bytes.
+    pub fn bytes(&self) -> &[u8; APP_AREA_SIZE] {
+        self.0.as_deref().unwrap_or(&ZERO_AREA)
+    }
+
+    /// True if every byte is zero.
+    pub fn is_zero(&self) -> bool {
+        self.0.is_none()
+    }
+
+    /// Reads the area out of a data frame's header; allocates only when a
+    /// byte is set.
+    fn read(h: &[u8; HEADER_SIZE]) -> AppArea {
+        match h[area::APP] == ZERO_AREA {
+            true => AppArea::ZERO,
+            false => AppArea(Some(Box::new(array(h, area::APP)))),
+        }
+    }
+}
+
+impl core::fmt::Debug for AppArea {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match &self.0 {
+            None => f.write_str("AppArea(zero)"),
+            Some(bytes) => {
+                f.write_str("AppArea(")?;
+                for byte in bytes.iter() {
+                    write!(f, "{byte:02x}")?;
+                }
+                f.write_str(")")
+            }
+        }
+    }
+}
+
+/// The header fields an application sets on a data frame it sends and
+/// reads on one it receives: `view` and `release` (common header fields,
+/// opaque to the bus) and the [`AppArea`].
+///
+/// ```
+/// use bus_proto::wire::{AppArea, AppHeader};
+/// let header = AppHeader { view: 7, release: 3, area: AppArea::new([1; 96]) };
+/// assert_eq!(AppHeader::default().view, 0);
+/// # let _ = header;
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AppHeader {
+    /// View number (a consensus view, an epoch), opaque to the bus.
+    pub view: u32,
+    /// Application release (the sender's software version), opaque to the
+    /// bus.
+    pub release: u32,
+    /// The application's area.
+    pub area: AppArea,
+}
+
+impl AppHeader {
+    /// All fields zero.
+    pub const ZERO: AppHeader = AppHeader {
+        view: 0,
+        release: 0,
+        area: AppArea::ZERO,
+    };
+
+    /// Only `view` set.
+    pub const fn in_view(view: u32) -> Self {
+        AppHeader {
+            view,
+            release: 0,
+            area: AppArea::ZERO,
+        }
+    }
 }
 
 /// What [`Header::parse`] learns beyond the typed header.
@@ -43,6 +158,24 @@ impl Header {
             replica: REPLICA_NONE,
             sequence: 0,
             kind,
+            app: AppArea::ZERO,
+        }
+    }
+
+    /// A data frame's header carrying the application's fields.
+    pub fn with_app(mut self, app: AppHeader) -> Self {
+        self.view = app.view;
+        self.release = app.release;
+        self.app = app.area;
+        self
+    }
+
+    /// The application's fields of this header.
+    pub fn app_header(&self) -> AppHeader {
+        AppHeader {
+            view: self.view,
+            release: self.release,
+            area: self.app.clone(),
         }
     }
 
@@ -58,6 +191,13 @@ impl Header {
             return Err(EncodeError::BodyNotAllowed {
                 command,
                 body: body_len,
+            });
+        }
+        if !self.app.is_zero() && !command.allows_body() {
+            return Err(EncodeError::InvalidField {
+                command,
+                field: "app",
+                value: 1,
             });
         }
         if let Kind::Request(r) | Kind::Reply { request: r, .. } = &self.kind
@@ -97,6 +237,9 @@ impl Header {
         h[REPLICA][0] = self.replica;
         h[SEQUENCE].copy_from_slice(&self.sequence.to_le_bytes());
         self.kind.write_area(&mut h);
+        if let Some(area) = &self.app.0 {
+            h[area::APP].copy_from_slice(&area[..]);
+        }
         let body_sum = integrity.body_sum(body);
         h[CHECKSUM_BODY].copy_from_slice(&body_sum.to_le_bytes());
         let sum = integrity.header_sum(&h[CHECKSUMMED]);
@@ -155,6 +298,10 @@ impl Header {
             replica: h[REPLICA][0],
             sequence: u64::from_le_bytes(array(h, SEQUENCE)),
             kind: Kind::read_area(command, h)?,
+            app: match command.allows_body() {
+                true => AppArea::read(h),
+                false => AppArea::ZERO,
+            },
         };
         let body_sum = u128::from_le_bytes(array(h, CHECKSUM_BODY));
         Ok((header, Parsed { size, body_sum }))

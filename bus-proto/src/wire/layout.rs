@@ -127,13 +127,17 @@ pub mod area {
         pub const RESERVED: Range<usize> = field(130, 126);
     }
 
+    /// The application's area of every data frame (`message`, `request`,
+    /// `reply`): carried unchanged, never read by the bus.
+    pub const APP: Range<usize> = field(160, 96);
+
     /// `message` (replica plane application data).
     pub mod message {
         use super::*;
         /// Application-chosen operation tag (u32).
         pub const OPERATION: Range<usize> = field(AREA_START, 4);
         /// Reserved, zero.
-        pub const RESERVED: Range<usize> = field(132, 124);
+        pub const RESERVED: Range<usize> = field(132, 28);
     }
 
     /// `request` and `reply` (client plane).
@@ -148,7 +152,7 @@ pub mod area {
         /// `reply` status (u16); zero in a `request`.
         pub const STATUS: Range<usize> = field(156, 2);
         /// Reserved, zero.
-        pub const RESERVED: Range<usize> = field(158, 98);
+        pub const RESERVED: Range<usize> = field(158, 2);
     }
 }
 
@@ -238,7 +242,7 @@ const _: () = {
         HEADER_SIZE
     ));
     assert!(tiles(
-        &[message::OPERATION, message::RESERVED],
+        &[message::OPERATION, message::RESERVED, APP],
         AREA_START,
         HEADER_SIZE
     ));
@@ -248,7 +252,8 @@ const _: () = {
             request::REQUEST,
             request::OPERATION,
             request::STATUS,
-            request::RESERVED
+            request::RESERVED,
+            APP
         ],
         AREA_START,
         HEADER_SIZE

@@ -19,7 +19,7 @@ pub use command::{
 pub use decoder::FrameDecoder;
 pub use error::{DecodeError, EncodeError, ErrorClass};
 pub use frame::{EncodedFrame, Frame};
-pub use header::Header;
+pub use header::{APP_AREA_SIZE, AppArea, AppHeader, Header};
 pub use integrity::{FrameKeys, Integrity};
 pub use layout::HEADER_SIZE;
 

@@ -29,9 +29,11 @@ HELLO, WELCOME, CONFIRM, REJECT, PING, PONG, CLOSE, MESSAGE, REQUEST, REPLY = ra
 NAMES = dict(enumerate("hello welcome confirm reject ping pong close message request reply".split(), 1))
 CONTROL = {HELLO, WELCOME, CONFIRM, REJECT, PING, PONG, CLOSE}  # header-only commands (§3)
 # Bytes of the command area (128..256) each command uses; the rest is reserved (§3.1).
+# Data commands end with the application's area, 160..256, which the bus never reads.
+APP = (160, 256)
 AREA = {HELLO: [(128, 202), (208, 240)], WELCOME: [(128, 193)], CONFIRM: [(128, 160)], REJECT: [(128, 134)],
-        PING: [(128, 136)], PONG: [(128, 136)], CLOSE: [(128, 130)], MESSAGE: [(128, 132)],
-        REQUEST: [(128, 158)], REPLY: [(128, 158)]}
+        PING: [(128, 136)], PONG: [(128, 136)], CLOSE: [(128, 130)], MESSAGE: [(128, 132), APP],
+        REQUEST: [(128, 158), APP], REPLY: [(128, 158), APP]}
 REJECT_STATUS = {1: "ClusterMismatch", 2: "DirectionalRule", 3: "UnknownPeer", 4: "BadMac", 5: "StaleTimestamp",
                  6: "UnsupportedVersion", 7: "Busy", 8: "WrongAcceptor"}
 REPLY_STATUS = {0: "Ok", 1: "Stale", 2: "Busy"}
@@ -442,7 +444,7 @@ class Client:
         self.handshake_timeout, self.close_grace = handshake_timeout, close_grace
         self.send_mode = self.recv_mode = Checksums()
         self.send_seq = self.recv_seq = 0
-        self.next_request, self.outstanding = first_request, {}
+        self.next_request, self.outstanding, self.last_app = first_request, {}, None
         self.closed = False
         self.last_sent = self.last_recv = time.monotonic()
         # Stream transports verify a header before trusting its size (§7), in the current mode.
@@ -450,9 +452,9 @@ class Client:
         transport.max_size = max_message_size
 
     # -- frames ---------------------------------------------------------------------------------
-    def _send(self, command, area, body=b""):
+    def _send(self, command, area, body=b"", view=0, release=0):
         self.t.send_frame(encode(command, area, body, cluster=self.cluster, sequence=self.send_seq,
-                                 integrity=self.send_mode))
+                                 integrity=self.send_mode, view=view, release=release))
         self.send_seq += 1
         self.last_sent = time.monotonic()
 
@@ -508,15 +510,19 @@ class Client:
         return self
 
     # -- requests (§3.1, §9) --------------------------------------------------------------------
-    def send_request(self, operation, body):
+    def send_request(self, operation, body, app=None):
+        """`app`: the application header (view, release, 96-byte area, §3.1), or none (zeros)."""
+        view, release, area = app or (0, 0, bytes(96))
         number, self.next_request = self.next_request, self.next_request + 1
-        self._send(REQUEST, le(self.client_id, 16) + le(number, 8) + le(operation, 4), body)
+        fields = le(self.client_id, 16) + le(number, 8) + le(operation, 4) + bytes(4) + area
+        self._send(REQUEST, fields, body, view=view, release=release)
         self.outstanding[number] = (operation, body)
         return number
 
     def recv_reply(self, timeout=30.0):
         """(request number, status, operation, body) of the next reply; answers pings, sends
-        heartbeats, and gives up after `liveness` seconds of silence (close Timeout)."""
+        heartbeats, and gives up after `liveness` seconds of silence (close Timeout). The reply's
+        application header (view, release, area) is left in `last_app`."""
         deadline = time.monotonic() + timeout
         heard = max(self.last_recv, time.monotonic())  # time not spent reading does not count (§8.5)
         while True:
@@ -547,6 +553,7 @@ class Client:
                 if u(h[128:144]) != self.client_id or number not in self.outstanding:
                     self._finish(ProtocolError(f"reply to a request we did not send ({number})"))
                 del self.outstanding[number]
+                self.last_app = (u(h[52:56]), u(h[56:60]), h[160:256])
                 return number, u(h[156:158]), u(h[152:156]), body
             else:
                 self._finish(ProtocolError(f"{NAMES[command]} on the client plane after the handshake"))
@@ -647,13 +654,19 @@ def main():
                 pass
         while ok + failed < a.requests:
             while sent < a.requests and len(c.outstanding) < a.window:
-                body = (f"request {a.first_request + sent} ".encode() * (a.body_size // 8 + 1))[:a.body_size]
-                started[c.send_request(a.operation, body)] = (time.monotonic(), body)
+                number = a.first_request + sent
+                body = (f"request {number} ".encode() * (a.body_size // 8 + 1))[:a.body_size]
+                # Every request carries an application header; the echo returns it (§3.1).
+                app = (number & 0xFFFFFFFF, 7, bytes((number + i) % 256 for i in range(96)))
+                started[c.send_request(a.operation, body, app)] = (time.monotonic(), body, app)
                 sent += 1
             number, status, operation, body = c.recv_reply()
-            t0, expected = started.pop(number)
+            t0, expected, app = started.pop(number)
             ms = (time.monotonic() - t0) * 1e3
-            if status == 0 and body == expected and operation == a.operation:
+            if status == 0 and c.last_app != app:
+                failed += 1
+                print(f"request {number}: FAIL application header not echoed: {c.last_app}")
+            elif status == 0 and body == expected and operation == a.operation:
                 ok += 1
                 print(f"request {number}: ok, {len(body)} bytes echoed, {ms:.2f} ms")
             else:

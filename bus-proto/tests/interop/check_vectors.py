@@ -21,11 +21,20 @@ def check(cond, what):
         sys.exit(f"vector mismatch: {what}")
 
 
-for name in ("ping-checksum", "request-checksum"):
+for name in ("ping-checksum", "request-checksum", "message-app-area"):
     f = vec[name]
     check(int.from_bytes(f[48:52], "little") == len(f), f"{name} size")
     check(f[16:32] == xxh(f[256:]), f"{name} body checksum")
     check(f[0:16] == xxh(f[16:256]), f"{name} header checksum")
+
+# The application's area (§3.1): bytes 160..256 of a data frame, carried as
+# set and covered by the header checksum; view and release at 52 and 56.
+f = vec["message-app-area"]
+check(f[62] == 8 and len(f) == 256, "message-app-area is a header-only message")
+check(f[160:256] == bytes(range(96)), "message-app-area application area")
+check(int.from_bytes(f[52:56], "little") == 3, "message-app-area view")
+check(int.from_bytes(f[56:60], "little") == 2, "message-app-area release")
+check(f[132:160] == bytes(28), "message-app-area reserved bytes")
 
 secret = bytes([0x42]) * 32
 k_header = blake3.blake3(secret, derive_key_context="bus-proto v1 frame header tag").digest()

@@ -404,6 +404,7 @@ impl Pair {
                 replica,
                 sequence: self.pipes[direction].frames_seen,
                 kind: Kind::Message { operation: 1 },
+                app: bus_proto::wire::AppArea::ZERO,
             },
             body: Bytes::from_static(FORGED),
         };

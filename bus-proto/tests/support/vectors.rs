@@ -3,7 +3,9 @@
 
 use bus_proto::crypto::mac::context;
 use bus_proto::crypto::{Key, MacKey};
-use bus_proto::wire::{Frame, FrameKeys, Header, Integrity, Kind, RequestHeader};
+use bus_proto::wire::{
+    APP_AREA_SIZE, AppArea, Frame, FrameKeys, Header, Integrity, Kind, RequestHeader,
+};
 use bytes::Bytes;
 
 /// One vector: a name and the bytes it must produce.
@@ -42,6 +44,7 @@ pub fn all() -> Vec<Vector> {
         kind: Kind::Ping {
             token: 0x1122_3344_5566_7788,
         },
+        app: AppArea::ZERO,
     });
     let request = Frame {
         header: Header {
@@ -55,6 +58,7 @@ pub fn all() -> Vec<Vector> {
                 request: 42,
                 operation: 3,
             }),
+            app: AppArea::ZERO,
         },
         body: Bytes::from_static(b"transfer 10 from a to b"),
     };
@@ -68,8 +72,27 @@ pub fn all() -> Vec<Vector> {
             kind: Kind::Message {
                 operation: 0xdead_beef,
             },
+            app: AppArea::ZERO,
         },
         body: Bytes::from_static(b"authenticated body"),
+    };
+    // A consensus-style header-only message: its metadata in the
+    // application area (bytes 0x00..0x5f), no body.
+    let mut area = [0u8; APP_AREA_SIZE];
+    for (byte, value) in area.iter_mut().zip(0u8..) {
+        *byte = value;
+    }
+    let app_message = Frame {
+        header: Header {
+            cluster: CLUSTER,
+            view: 3,
+            release: 2,
+            replica: 1,
+            sequence: 4,
+            kind: Kind::Message { operation: 5 },
+            app: AppArea::new(area),
+        },
+        body: Bytes::new(),
     };
     let handshake_key = MacKey::derive(&key, context::HANDSHAKE);
     let mut tag = [0u8; 32];
@@ -79,6 +102,7 @@ pub fn all() -> Vec<Vector> {
     vec![
         frame_vector("ping-checksum", ping, Integrity::Checksum),
         frame_vector("request-checksum", request, Integrity::Checksum),
+        frame_vector("message-app-area", app_message, Integrity::Checksum),
         frame_vector(
             "message-authenticated",
             message,

@@ -109,7 +109,7 @@ impl DedupModel {
         let s = &self.sessions[i];
         match s.entries.iter().find(|e| e.request == request) {
             Some(Entry { reply: None, .. }) => Lookup::InFlight,
-            Some(Entry { reply: Some(r), .. }) => Lookup::Cached(r.clone()),
+            Some(Entry { reply: Some(r), .. }) => Lookup::Cached(r.clone().into()),
             None if s.floor.is_some_and(|f| request <= f) => Lookup::Stale,
             None => Lookup::Fresh,
         }

@@ -7,6 +7,7 @@ use crate::config::ValidConfig;
 use crate::crypto::KeyRing;
 use crate::host::{ClientError, ClientFront, ConnectError, Link, Owner, Reply, Shared};
 use crate::host::{SharedOptions, ShutdownReport, StartError, Transport};
+use crate::wire::AppHeader;
 use bytes::Bytes;
 use core::marker::PhantomData;
 use core::net::SocketAddr;
@@ -214,7 +215,19 @@ impl<R: Platform> Client<R> {
     /// runs it at most once. Dropping the future does not cancel the
     /// request.
     pub async fn request(&self, operation: u32, body: Bytes) -> Result<Reply, ClientError> {
-        self.shared.request(operation, body).await
+        self.shared.request(operation, AppHeader::ZERO, body).await
+    }
+
+    /// [`Client::request`] with the application's header fields (`view`,
+    /// `release`, the 96-byte application area), sent with every copy of
+    /// the request; the reply's come back in [`Reply::app`].
+    pub async fn request_with(
+        &self,
+        operation: u32,
+        app: AppHeader,
+        body: Bytes,
+    ) -> Result<Reply, ClientError> {
+        self.shared.request(operation, app, body).await
     }
 
     /// Issues the next request number without sending anything: store the
@@ -239,7 +252,21 @@ impl<R: Platform> Client<R> {
         operation: u32,
         body: Bytes,
     ) -> Result<Reply, ClientError> {
-        self.shared.submit(reservation, operation, body).await
+        self.shared
+            .submit(reservation, operation, AppHeader::ZERO, body)
+            .await
+    }
+
+    /// [`Client::submit`] with the application's header fields: the ones
+    /// first sent under this number.
+    pub async fn submit_with(
+        &self,
+        reservation: Reservation,
+        operation: u32,
+        app: AppHeader,
+        body: Bytes,
+    ) -> Result<Reply, ClientError> {
+        self.shared.submit(reservation, operation, app, body).await
     }
 
     /// The connection's state now.

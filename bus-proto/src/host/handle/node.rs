@@ -6,7 +6,7 @@ use crate::crypto::KeyRing;
 use crate::host::{ListenError, NodeFront, NodeOptions, Owner, Shared, SharedOptions};
 use crate::host::{ShutdownReport, StartError, Transport};
 use crate::node::{self, ConnectionInfo, NodeEvent, NodeParams, NodeStats, ReplyError, RouteError};
-use crate::wire::RequestHeader;
+use crate::wire::{AppHeader, RequestHeader};
 use bytes::Bytes;
 use core::marker::PhantomData;
 use core::net::SocketAddr;
@@ -195,24 +195,53 @@ impl<R: Platform> Node<R> {
         self.shared.send_batch_wait(to, batch).await
     }
 
-    /// [`Node::send`] with a `view` header value.
-    pub fn send_in_view(
+    /// [`Node::send`] with the application's header fields: `view`,
+    /// `release` and the 96-byte application area, covered by the header's
+    /// checksum or tag and delivered in [`NodeEvent::Message`]'s `app`.
+    /// Consensus metadata goes there, and a small consensus message is a
+    /// header-only frame (an empty body).
+    ///
+    /// ```no_run
+    /// # use bus_proto::host::{Node, Platform};
+    /// use bus_proto::wire::{AppArea, AppHeader};
+    /// # fn run<R: Platform>(node: &Node<R>) -> Result<(), Box<dyn std::error::Error>> {
+    /// // A prepare_ok: view 3, op 42, commit 40, and no body.
+    /// let mut area = [0u8; 96];
+    /// area[..8].copy_from_slice(&42u64.to_le_bytes());
+    /// area[8..16].copy_from_slice(&40u64.to_le_bytes());
+    /// let app = AppHeader { view: 3, release: 1, area: AppArea::new(area) };
+    /// node.send_with(1, 5, app, bytes::Bytes::new())?;
+    /// # Ok(()) }
+    /// ```
+    pub fn send_with(
         &self,
         to: u8,
-        view: u32,
         operation: u32,
+        app: AppHeader,
         body: Bytes,
     ) -> Result<(), RouteError> {
-        self.shared.send_in_view(to, view, operation, body)
+        self.shared.send_with(to, operation, app, body)
     }
 
     /// Answers a client request (from [`NodeEvent::Request`]). Retries of
     /// it are then answered from the dedup window.
     pub fn reply(&self, request: RequestHeader, body: Bytes) -> Result<(), ReplyError> {
-        self.shared.reply(request, body)
+        self.shared.reply(request, AppHeader::ZERO, body)
     }
 
-    /// Counters since the node started.
+    /// [`Node::reply`] with the application's header fields; the dedup
+    /// window keeps them with the body, so a retry gets both.
+    pub fn reply_with(
+        &self,
+        request: RequestHeader,
+        app: AppHeader,
+        body: Bytes,
+    ) -> Result<(), ReplyError> {
+        self.shared.reply(request, app, body)
+    }
+
+    /// Counters and gauges: requests, dedup hits, refusals, evictions,
+    /// dials, events waiting, connections paused.
     pub fn stats(&self) -> NodeStats {
         self.shared.stats()
     }

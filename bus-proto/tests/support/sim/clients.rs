@@ -178,6 +178,7 @@ impl Sim {
                 request,
                 operation,
                 body,
+                ..
             } => {
                 if !slot.waiting.remove(&request) {
                     return Err(format!(

@@ -5,7 +5,7 @@ use bus_tokio::bus_proto::client::ClientParams;
 use bus_tokio::bus_proto::config::{Config, ValidConfig};
 use bus_tokio::bus_proto::crypto::{Key, KeyRing};
 use bus_tokio::bus_proto::node::{NodeEvent, NodeParams, ReplyError};
-use bus_tokio::bus_proto::wire::RequestHeader;
+use bus_tokio::bus_proto::wire::{APP_AREA_SIZE, AppArea, AppHeader, RequestHeader};
 use bus_tokio::{Client, Events, Node, NodeOptions, OsEntropy};
 use bytes::Bytes;
 use clap::Args;
@@ -21,6 +21,12 @@ const CLUSTER: u128 = 0xb05;
 /// Requests with this operation are held by the application until the demo
 /// releases them (to break the link first).
 const OP_HELD: u32 = 99;
+/// Consensus-style header-only messages: a prepare and its acknowledgement,
+/// their metadata in the application area (op number, then commit number).
+const OP_PREPARE: u32 = 1 << 31;
+const OP_PREPARE_OK: u32 = OP_PREPARE + 1;
+/// Prepares replica 0 sends to each other replica.
+const PREPARES: u64 = 100;
 
 /// `bus demo` flags.
 #[derive(Args)]
@@ -46,6 +52,28 @@ struct Tally {
     /// Messages whose operation did not follow the sender's previous one.
     out_of_order: AtomicU64,
     requests: AtomicU64,
+    /// `prepare_ok`s whose op number matched a prepare this replica sent.
+    prepare_oks: AtomicU64,
+}
+
+/// A consensus header: `view`, and the op and commit numbers in the first
+/// 16 bytes of the application area.
+fn consensus_header(view: u32, op: u64, commit: u64) -> AppHeader {
+    let mut area = [0u8; APP_AREA_SIZE];
+    area[..8].copy_from_slice(&op.to_le_bytes());
+    area[8..16].copy_from_slice(&commit.to_le_bytes());
+    AppHeader {
+        view,
+        release: 1,
+        area: AppArea::new(area),
+    }
+}
+
+/// The op number of a consensus header.
+fn op_number(app: &AppHeader) -> u64 {
+    let mut op = [0u8; 8];
+    op.copy_from_slice(&app.area.bytes()[..8]);
+    u64::from_le_bytes(op)
 }
 
 struct Replica {
@@ -79,6 +107,27 @@ fn application(
         while events.recv_many(&mut batch, 1024).await > 0 {
             for event in batch.drain(..) {
                 match event {
+                    // Header-only consensus traffic: a prepare is answered
+                    // with a prepare_ok naming the same op.
+                    NodeEvent::Message {
+                        from,
+                        operation: OP_PREPARE,
+                        app,
+                        ..
+                    } => {
+                        let ok = consensus_header(app.view, op_number(&app), op_number(&app));
+                        if let Err(error) = node.send_with(from, OP_PREPARE_OK, ok, Bytes::new()) {
+                            println!("  ! prepare_ok not sent: {error}");
+                        }
+                    }
+                    NodeEvent::Message {
+                        operation: OP_PREPARE_OK,
+                        app,
+                        body,
+                        ..
+                    } if body.is_empty() && app.view == 1 && op_number(&app) < PREPARES => {
+                        tally.prepare_oks.fetch_add(1, Ordering::Relaxed);
+                    }
                     NodeEvent::Message {
                         from, operation, ..
                     } => {
@@ -257,6 +306,26 @@ pub(crate) async fn run(args: DemoArgs) -> Result<(), Failure> {
     println!(
         "  {expected} messages delivered, each sender's in order, in {seconds:.2}s ({:.0} per second)",
         expected as f64 / seconds
+    );
+
+    step("Consensus-style header-only messages: op and commit in the 96-byte application area");
+    let leader = &replicas[0];
+    for op in 0..PREPARES {
+        for to in 1..args.replicas {
+            let header = consensus_header(1, op, op.saturating_sub(1));
+            leader
+                .node
+                .send_with(to, OP_PREPARE, header, Bytes::new())
+                .map_err(|e| Failure(format!("prepare: {e}")))?;
+        }
+    }
+    let acks = PREPARES * u64::from(args.replicas - 1);
+    progress("prepare_oks received", acks, || {
+        leader.tally.prepare_oks.load(Ordering::Relaxed)
+    })
+    .await?;
+    println!(
+        "  {acks} prepare_oks received by replica 0, each naming its op: 256-byte frames, no body"
     );
 
     step("Clients: each sends requests to a replica and waits for every reply");

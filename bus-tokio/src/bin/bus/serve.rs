@@ -118,8 +118,9 @@ pub(crate) async fn node(args: NodeArgs) -> Result<(), Failure> {
     loop {
         tokio::select! {
             event = events.recv() => match event {
-                Some(NodeEvent::Request { request, body, .. }) => {
-                    if let Err(error) = node.reply(request, body) {
+                // An echo: the body and the application header come back.
+                Some(NodeEvent::Request { request, app, body, .. }) => {
+                    if let Err(error) = node.reply_with(request, app, body) {
                         tracing::warn!(%error, "reply not sent");
                     }
                 }
