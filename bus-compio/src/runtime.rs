@@ -63,6 +63,13 @@ impl Platform for Compio {
     }
 
     fn launch<M: Machine>(shared: &Arc<Shared<M, Self>>) -> Result<(), StartError> {
+        // The tasks go to the calling thread's runtime, whichever thread
+        // the `Compio` value came from.
+        if compio::runtime::Runtime::try_current().is_none() {
+            return Err(StartError::NoRuntime {
+                runtime: Self::NAME,
+            });
+        }
         #[cfg(feature = "quic")]
         crate::quic::start_quic_dialer(shared)?;
         Compio::spawn(Shared::run_timers(Arc::clone(shared)));

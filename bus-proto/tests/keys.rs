@@ -240,6 +240,21 @@ mod loading {
     }
 
     #[test]
+    fn oversized_files_and_non_files_are_refused_not_truncated() {
+        let big = key_file("big.key", &format!("{HEX}\n{}", " ".repeat(5000)), 0o600);
+        let err = KeyRing::from_file(&big).unwrap_err().to_string();
+        assert!(
+            err.contains("big.key") && err.contains("larger than 4096"),
+            "{err}"
+        );
+        let dir = big.parent().unwrap().join("a-directory.key");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let err = Key::from_file(&dir).unwrap_err().to_string();
+        assert!(err.contains("not a regular file"), "{err}");
+    }
+
+    #[test]
     fn exactly_one_key_source_is_required() {
         let path = key_file("one.key", HEX, 0o600);
         assert!(matches!(

@@ -69,6 +69,9 @@ impl Platform for Tokio {
     }
 
     fn launch<M: Machine>(shared: &Arc<Shared<M, Self>>) -> Result<(), StartError> {
+        // Registering a UDP socket needs the runtime's context, which a
+        // caller of `start_in(Tokio::on(handle), ..)` may be outside of.
+        let _context = shared.runtime().handle.enter();
         #[cfg(feature = "quic")]
         crate::quic::start_quic_dialer(shared)?;
         shared

@@ -56,3 +56,52 @@ async fn thread_agnostic_handles_and_futures_are_send(
     send(smol_client.request(1, bytes::Bytes::new()));
     send(smol_client.connected());
 }
+
+/// `start_in` names the runtime, so a node may be started from a thread
+/// outside it: on tokio the QUIC dial port registers in the named runtime
+/// (it used to need the caller's context); on compio, whose tasks stay on
+/// the starting thread, a thread without a compio runtime is refused with
+/// `NoRuntime` instead of panicking.
+#[test]
+fn start_in_works_from_outside_the_runtime() {
+    use bus_proto::host::{NodeOptions, Platform, StartError};
+    use bus_proto::transport::BindingPolicy;
+    use bus_tests::tls::Identity;
+    use bus_tests::{cluster::params, config, keys};
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let identity = Identity::new(&["localhost"]);
+    let mut options = NodeOptions::default();
+    let dial = identity
+        .client("localhost", BindingPolicy::TlsExporter)
+        .quic();
+    options.peer_transports.insert(1, dial);
+    let tokio = bus_tokio::Tokio::on(runtime.handle().clone());
+    let (node, _events) = Node::start_in(tokio, &config(), params(0, 2), keys(1), options)
+        .expect("a QUIC dial port opens in the named runtime");
+    let connections = runtime.block_on(async { node.connections() });
+    assert_eq!(connections, 0, "nothing dialled without an address");
+    drop(node);
+
+    let compio = std::thread::spawn(|| {
+        let compio = compio::runtime::Runtime::new().unwrap();
+        compio.block_on(async { bus_compio::Compio::current() })
+    })
+    .join()
+    .unwrap()
+    .expect("a compio runtime on that thread");
+    let refused = Node::start_in(
+        compio,
+        &config(),
+        params(0, 1),
+        keys(1),
+        NodeOptions::default(),
+    );
+    assert!(
+        matches!(refused, Err(StartError::NoRuntime { runtime: "compio" })),
+        "{refused:?}"
+    );
+}

@@ -207,10 +207,11 @@ mod load {
     use std::boxed::Box;
     use std::path::Path;
     use std::string::String;
+    use std::vec::Vec;
     use zeroize::Zeroizing;
 
     /// Longest key file read; a key is 64 characters plus whitespace.
-    const MAX_KEY_FILE: u64 = 4096;
+    const MAX_KEY_FILE: usize = 4096;
 
     impl Key {
         /// Loads the key from exactly one source: the environment variable
@@ -303,18 +304,26 @@ mod load {
         }
     }
 
-    /// The text of a key file no one else may read.
+    /// The text of a key file no one else may read: a regular file (not a
+    /// FIFO a reader would block on) of at most `MAX_KEY_FILE` bytes, read
+    /// into one buffer that is wiped when dropped (no reallocation leaves
+    /// copies behind).
     fn read_key_file(path: &Path) -> Result<Zeroizing<String>, KeyError> {
         use std::io::Read;
         let io = |source| KeyError::Io {
             path: path.into(),
             source,
         };
+        let invalid = |why: String| io(std::io::Error::new(std::io::ErrorKind::InvalidData, why));
         let file = std::fs::File::open(path).map_err(io)?;
+        let metadata = file.metadata().map_err(io)?;
+        if !metadata.is_file() {
+            return Err(invalid("not a regular file".into()));
+        }
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = file.metadata().map_err(io)?.permissions().mode() & 0o777;
+            let mode = metadata.permissions().mode() & 0o777;
             if mode & 0o077 != 0 {
                 return Err(KeyError::Permissions {
                     path: path.into(),
@@ -322,10 +331,22 @@ mod load {
                 });
             }
         }
-        let mut text = Zeroizing::new(String::new());
-        file.take(MAX_KEY_FILE)
-            .read_to_string(&mut text)
+        let mut bytes = Zeroizing::new(Vec::with_capacity(MAX_KEY_FILE + 1));
+        file.take(MAX_KEY_FILE as u64 + 1)
+            .read_to_end(&mut bytes)
             .map_err(io)?;
-        Ok(text)
+        if bytes.len() > MAX_KEY_FILE {
+            return Err(invalid(std::format!(
+                "larger than {MAX_KEY_FILE} bytes: not a key file"
+            )));
+        }
+        match String::from_utf8(core::mem::take(&mut *bytes)) {
+            Ok(text) => Ok(Zeroizing::new(text)),
+            Err(error) => {
+                // Wipe the bytes the error carries back.
+                drop(Zeroizing::new(error.into_bytes()));
+                Err(invalid("not UTF-8 text".into()))
+            }
+        }
     }
 }

@@ -294,8 +294,10 @@ impl<R: Platform> Client<R> {
 
     /// Replaces the client's keys for its next handshakes (a reconnect);
     /// the connection it has carries on, and so do requests in flight.
-    /// Switch a client to a new cluster key once its replica accepts it
-    /// (phase 2 of [`Node::set_keys`](super::Node::set_keys)).
+    /// Switch a client to a new cluster key once every replica it may
+    /// connect to accepts that key (all of them in phase 1 or later of
+    /// [`Node::set_keys`](super::Node::set_keys)); until then a reconnect
+    /// to a replica still without it is refused (`BadMac`).
     pub fn set_keys(&self, keys: crate::crypto::KeyRing) {
         self.shared.set_keys(keys);
     }

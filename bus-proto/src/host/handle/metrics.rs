@@ -4,7 +4,7 @@
 
 use super::{Node, Platform};
 use crate::crypto::PeerId;
-use crate::node::NodeStats;
+use crate::node::{ConnectionInfo, NodeStats};
 use metrics::{counter, describe_counter, describe_gauge, gauge};
 use std::string::ToString;
 
@@ -127,7 +127,7 @@ impl<R: Platform> Node<R> {
     /// again from zero on a new connection, so they are gauges.
     ///
     /// Call it periodically, or before each scrape; it takes the node's
-    /// lock twice and allocates one snapshot.
+    /// lock a few times and allocates one snapshot.
     ///
     /// ```no_run
     /// # use bus_proto::host::{Node, Platform};
@@ -174,14 +174,25 @@ impl<R: Platform> Node<R> {
             let labels = [("replica", replica.clone()), ("peer", peer.to_string())];
             let set = |name: &'static str, value: f64| gauge!(name, &labels).set(value);
             set("bus_peer_connected", f64::from(u8::from(info.is_some())));
-            let Some(info) = info else { continue };
-            let rtt = info.rtt.map_or(f64::NAN, |rtt| rtt.as_secs_f64());
-            set("bus_peer_rtt_seconds", rtt);
-            set("bus_peer_queued_frames", info.queued_frames as f64);
-            set("bus_peer_queued_bytes", info.queued_bytes as f64);
-            set("bus_peer_sent_bytes", info.stats.bytes_sent as f64);
-            set("bus_peer_received_bytes", info.stats.bytes_received as f64);
-            set("bus_peer_paused_seconds", info.stats.paused.as_secs_f64());
+            // A peer without a connection shows zeros (and no round trip),
+            // not its last connection's values.
+            let rtt = info.and_then(|c| c.rtt);
+            set(
+                "bus_peer_rtt_seconds",
+                rtt.map_or(f64::NAN, |rtt| rtt.as_secs_f64()),
+            );
+            let value = |f: fn(&ConnectionInfo) -> f64| info.map_or(0.0, f);
+            set("bus_peer_queued_frames", value(|c| c.queued_frames as f64));
+            set("bus_peer_queued_bytes", value(|c| c.queued_bytes as f64));
+            set("bus_peer_sent_bytes", value(|c| c.stats.bytes_sent as f64));
+            set(
+                "bus_peer_received_bytes",
+                value(|c| c.stats.bytes_received as f64),
+            );
+            set(
+                "bus_peer_paused_seconds",
+                value(|c| c.stats.paused.as_secs_f64()),
+            );
         }
     }
 }

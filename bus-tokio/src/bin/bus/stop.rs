@@ -53,8 +53,10 @@ impl Reload {
     /// The next SIGHUP.
     pub(crate) async fn next(&mut self) {
         #[cfg(unix)]
-        self.hangup.recv().await;
-        #[cfg(not(unix))]
+        if self.hangup.recv().await.is_some() {
+            return;
+        }
+        // No SIGHUP can come any more (the signal driver is gone): never.
         std::future::pending::<()>().await;
     }
 }
