@@ -4,9 +4,9 @@
 
 use bus_proto::client::ClientParams;
 use bus_proto::connection::CloseCause;
-use bus_proto::host::{ConnectError, Link, NodeOptions};
+use bus_proto::host::{ConnectError, Link, NodeOptions, Transport};
 use bus_proto::node::{NodeEvent, ReplyError, RouteError};
-use bus_proto::wire::{Frame, Header, Integrity, Kind, RejectStatus};
+use bus_proto::wire::{Frame, Header, Integrity, Kind, Plane, RejectStatus};
 use bus_tests::bus::{Bus, EventsOf, NodeOf};
 use bus_tests::cluster::{all_connected, cluster, member, params, until, wait_for, within};
 use bus_tests::proxy::Proxy;
@@ -36,6 +36,7 @@ bus_tests::scenarios!(
     a_blocked_send_wait_returns_when_the_node_shuts_down,
     reads_in_flight_survive_constant_wake_ups,
     connected_events_name_the_remote_address,
+    a_listener_of_one_plane_refuses_the_other,
 );
 
 /// A raw loopback socket, for bytes no adapter would send. async-io's
@@ -746,4 +747,54 @@ async fn connected_events_name_the_remote_address<B: Bus>() {
     for m in &members {
         m.node.shutdown(Duration::from_secs(1)).await;
     }
+}
+
+/// Per-plane listeners: a port for the replicas' own network and one for
+/// applications. A client on the replica port and a replica on the client
+/// port are refused with `UnknownPeer` before any MAC work; each is
+/// served on its own port.
+async fn a_listener_of_one_plane_refuses_the_other<B: Bus>() {
+    let config = config();
+    let (one, mut events) =
+        B::start_node(&config, params(1, 2), keys(1), NodeOptions::default()).expect("starts");
+    let any = || {
+        "127.0.0.1:0"
+            .parse::<std::net::SocketAddr>()
+            .expect("an address")
+    };
+    let replica_port = one
+        .listen_via(any(), Transport::tcp().only(Plane::Replica))
+        .await
+        .expect("listen");
+    let client_port = one
+        .listen_via(any(), Transport::tcp().only(Plane::Client))
+        .await
+        .expect("listen");
+
+    let wrong = B::start_client(&config, client_params::<B>(1), keys(1), replica_port).unwrap();
+    match wrong.connected().await {
+        Err(ConnectError::Handshake(CloseCause::Rejected(r))) => {
+            assert_eq!(r.status, RejectStatus::UnknownPeer, "{}", B::NAME);
+        }
+        other => panic!("{}: a client on the replica port: {other:?}", B::NAME),
+    }
+    drop(wrong);
+    let client = B::start_client(&config, client_params::<B>(1), keys(1), client_port).unwrap();
+    assert_eq!(client.connected().await, Ok(1), "{}", B::NAME);
+
+    // Replica 0 first dials the client port, is refused, then finds the
+    // replica port.
+    let zero = member::<B>(&config, 0, 2, keys(1), NodeOptions::default()).await;
+    zero.node.set_address(1, client_port);
+    let refused_before = one.stats().accepts_refused;
+    until::<B>("the client port refusing replica 0", || {
+        one.stats().accepts_refused > refused_before
+    })
+    .await;
+    assert!(!one.is_connected(0), "{}", B::NAME);
+    zero.node.set_address(1, replica_port);
+    wait_for::<B>(&mut events, "replica 0 on the replica port", |e| {
+        matches!(e, NodeEvent::PeerConnected { replica: 0, .. })
+    })
+    .await;
 }

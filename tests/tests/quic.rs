@@ -3,9 +3,11 @@
 //! flood of garbage datagrams beside them, and shutdown.
 
 use bus_proto::client::ClientParams;
-use bus_proto::host::{Link, NodeOptions, Transport};
+use bus_proto::connection::CloseCause;
+use bus_proto::host::{ConnectError, Link, NodeOptions, Transport};
 use bus_proto::node::NodeEvent;
 use bus_proto::transport::BindingPolicy;
+use bus_proto::wire::{Plane, RejectStatus};
 use bus_tests::bus::{Bus, ClientOf, EventsOf, NodeOf};
 use bus_tests::cluster::{Member, member, params, until, wait_for};
 use bus_tests::tls::Identity;
@@ -20,6 +22,7 @@ bus_tests::scenarios!(
     replicas_connect_over_quic,
     many_quic_clients_share_one_endpoint,
     a_quic_listener_serves_through_a_flood_of_garbage_datagrams,
+    a_replicas_only_quic_listener_refuses_clients,
 );
 
 fn client_params<B: Bus>(target: u8) -> ClientParams {
@@ -280,4 +283,40 @@ async fn a_quic_listener_serves_through_a_flood_of_garbage_datagrams<B: Bus>() {
     );
     client.shutdown(Duration::from_secs(5)).await;
     member.node.shutdown(Duration::from_secs(5)).await;
+}
+
+/// A QUIC listener for the replica plane only refuses a client with
+/// `UnknownPeer` (the port passes its plane to the core), and a listener
+/// for clients on the same node serves it.
+async fn a_replicas_only_quic_listener_refuses_clients<B: Bus>() {
+    let identity = Identity::new(&["localhost"]);
+    let (listen, dial) = quic(&identity);
+    let (node, _events) =
+        B::start_node(&config(), params(0, 1), keys(1), NodeOptions::default()).expect("starts");
+    let any = || "127.0.0.1:0".parse::<SocketAddr>().expect("an address");
+    let replicas = node
+        .listen_via(any(), listen.clone().only(Plane::Replica))
+        .await
+        .expect("listen");
+    let clients = node
+        .listen_via(any(), listen.only(Plane::Client))
+        .await
+        .expect("listen");
+    let refused = B::start_client_via(
+        &config(),
+        client_params::<B>(0),
+        keys(1),
+        replicas,
+        dial.clone(),
+    )
+    .expect("client starts");
+    match refused.connected().await {
+        Err(ConnectError::Handshake(CloseCause::Rejected(r))) => {
+            assert_eq!(r.status, RejectStatus::UnknownPeer, "{}", B::NAME);
+        }
+        other => panic!("{}: a client on the replica port: {other:?}", B::NAME),
+    }
+    let served = B::start_client_via(&config(), client_params::<B>(0), keys(1), clients, dial)
+        .expect("client starts");
+    assert_eq!(served.connected().await, Ok(0), "{}", B::NAME);
 }

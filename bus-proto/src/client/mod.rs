@@ -887,6 +887,7 @@ impl Client {
             counted: false,
             remote: None,
             established_at: None,
+            plane: None,
         }) {
             Some(id) => {
                 self.stats.dials += 1;

@@ -121,6 +121,8 @@ pub trait LayerFactory: Send + Sync + 'static {
 #[derive(Clone, Default)]
 pub struct Transport {
     kind: Kind,
+    /// A listener's plane, if it takes only one.
+    only: Option<crate::wire::Plane>,
 }
 
 #[derive(Clone, Default)]
@@ -142,6 +144,7 @@ impl Transport {
     pub fn layered(factory: Arc<dyn LayerFactory>) -> Self {
         Transport {
             kind: Kind::Layered(factory),
+            only: None,
         }
     }
 
@@ -150,7 +153,31 @@ impl Transport {
     pub(crate) fn quic(setup: crate::transport::quic::QuicSetup) -> Self {
         Transport {
             kind: Kind::Quic(Arc::new(setup)),
+            only: None,
         }
+    }
+
+    /// A listener of this transport that accepts only `plane`: replicas
+    /// (a port for the cluster's own network) or clients (a port facing
+    /// applications). A `hello` for the other plane is refused
+    /// (`reject UnknownPeer`) before any MAC is computed. Dials ignore it:
+    /// a dial's plane is the dialer's own.
+    ///
+    /// ```
+    /// use bus_proto::host::Transport;
+    /// use bus_proto::wire::Plane;
+    /// let replicas_only = Transport::tcp().only(Plane::Replica);
+    /// assert_eq!(replicas_only.plane(), Some(Plane::Replica));
+    /// assert_eq!(Transport::tcp().plane(), None);
+    /// ```
+    pub fn only(mut self, plane: crate::wire::Plane) -> Self {
+        self.only = Some(plane);
+        self
+    }
+
+    /// The one plane a listener of this transport accepts (`None`: both).
+    pub fn plane(&self) -> Option<crate::wire::Plane> {
+        self.only
     }
 
     /// The transport's name: `tcp`, the layer's, or `quic`.

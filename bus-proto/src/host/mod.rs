@@ -192,10 +192,12 @@ pub trait Machine: Send + 'static {
     /// A connection from `remote` on a transport that handshakes first
     /// (QUIC): its id in the unauthenticated pool, or `None` to refuse it.
     /// A client accepts nothing.
+    /// `plane`: the listener's one plane, if it takes only one.
     fn accept_pending(
         &mut self,
         _now: Now,
         _remote: core::net::SocketAddr,
+        _plane: Option<crate::wire::Plane>,
     ) -> Option<ConnectionId> {
         None
     }

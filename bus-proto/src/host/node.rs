@@ -16,8 +16,8 @@ use crate::node::{
     ReplyError, RouteError,
 };
 use crate::time::{Instant, Now};
-use crate::wire::AppHeader;
 use crate::wire::RequestHeader;
+use crate::wire::{AppHeader, Plane};
 use bytes::{Bytes, BytesMut};
 use core::net::SocketAddr;
 use core::task::{Context, Poll, Waker};
@@ -115,6 +115,13 @@ pub struct NodeFront {
 }
 
 impl NodeFront {
+    /// Restricts an accepted connection to a listener's one plane.
+    fn only_plane(&mut self, id: ConnectionId, plane: Option<Plane>) {
+        if let Some(plane) = plane {
+            self.node.only_plane(id, plane);
+        }
+    }
+
     /// A node started at `now`, with its event queue sized by `options`.
     pub fn new(
         now: Now,
@@ -173,9 +180,17 @@ impl Machine for NodeFront {
     fn set_reading_paused(&mut self, now: Now, id: ConnectionId, paused: bool) {
         self.node.set_reading_paused(now, id, paused);
     }
-    fn accept_pending(&mut self, now: Now, remote: SocketAddr) -> Option<ConnectionId> {
+    fn accept_pending(
+        &mut self,
+        now: Now,
+        remote: SocketAddr,
+        plane: Option<Plane>,
+    ) -> Option<ConnectionId> {
         match self.node.accept_pending(now, Some(remote)) {
-            Ok(id) => Some(id),
+            Ok(id) => {
+                self.only_plane(id, plane);
+                Some(id)
+            }
             Err(error) => {
                 tracing::debug!(%remote, %error, "QUIC connection refused");
                 None
@@ -257,12 +272,16 @@ impl<R: Runtime> Shared<NodeFront, R> {
         match layer {
             None => self
                 .accept(None, (transport.name(), remote), |m, now| {
-                    m.node.accept_from(now, remote, Binding::NONE)
+                    let id = m.node.accept_from(now, remote, Binding::NONE)?;
+                    m.only_plane(id, transport.plane());
+                    Ok(id)
                 })
                 .map_err(|error| refused(Refused::Node(error))),
             Some(layer) => self
                 .accept(Some(layer), (transport.name(), remote), |m, now| {
-                    m.node.accept_pending(now, remote)
+                    let id = m.node.accept_pending(now, remote)?;
+                    m.only_plane(id, transport.plane());
+                    Ok(id)
                 })
                 .map_err(|error| {
                     refused(Refused::Layered {

@@ -38,6 +38,8 @@ use std::vec::Vec;
 #[derive(Debug)]
 pub struct QuicPort {
     index: usize,
+    /// A listener's one plane, if it takes only one.
+    plane: Option<crate::wire::Plane>,
     endpoint: QuicEndpoint,
     ready: Vec<ConnectionId>,
     dials: Vec<(ConnectionId, u8)>,
@@ -86,6 +88,7 @@ pub enum QuicStep {
 struct HostCore<'a, M: Machine, R: Runtime> {
     shared: &'a Arc<Shared<M, R>>,
     port: usize,
+    plane: Option<crate::wire::Plane>,
 }
 
 impl<M: Machine, R: Runtime> HostCore<'_, M, R> {
@@ -103,7 +106,7 @@ impl<M: Machine, R: Runtime> QuicCore for HostCore<'_, M, R> {
         if state.stopped || state.forced {
             return None;
         }
-        let id = state.machine.accept_pending(now, remote)?;
+        let id = state.machine.accept_pending(now, remote, self.plane)?;
         state.sockets.insert(id, Entry::on_port(self.port));
         self.shared.after(&mut state, Some(id));
         Some(id)
@@ -170,11 +173,12 @@ impl<M: Machine, R: Runtime> QuicCore for HostCore<'_, M, R> {
 }
 
 impl<M: Machine, R: Runtime> Shared<M, R> {
-    fn open_port(&self, endpoint: QuicEndpoint) -> QuicPort {
+    fn open_port(&self, endpoint: QuicEndpoint, plane: Option<crate::wire::Plane>) -> QuicPort {
         let mut state = self.lock();
         state.ports.push(super::driver::Port::default());
         QuicPort {
             index: state.ports.len() - 1,
+            plane,
             endpoint,
             ready: Vec::new(),
             dials: Vec::new(),
@@ -205,7 +209,7 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
         let endpoint = QuicEndpoint::new(epoch, &config, Some(server), None, seed)
             .map_err(|e| invalid(std::format!("{e}")))?;
         self.listener_opened();
-        Ok(self.open_port(endpoint))
+        Ok(self.open_port(endpoint, transport.plane()))
     }
 
     /// The port that dials the replicas whose transport is QUIC, with the
@@ -235,7 +239,7 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
                 error: std::format!("{e}"),
             }
         })?;
-        let port = self.open_port(endpoint);
+        let port = self.open_port(endpoint, None);
         let mut state = self.lock();
         state.dial_port = Some(port.index);
         drop(state);
@@ -268,6 +272,7 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
         let mut core = HostCore {
             shared: self,
             port: port.index,
+            plane: port.plane,
         };
         if forced {
             port.endpoint.close_all(now, &mut core);
@@ -321,6 +326,7 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
                 let mut core = HostCore {
                     shared: self,
                     port: port.index,
+                    plane: port.plane,
                 };
                 if !port.endpoint.connect_with(now, id, address, &tls) {
                     core.handle_eof(now, id);
@@ -348,6 +354,7 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
         let mut core = HostCore {
             shared: self,
             port: port.index,
+            plane: port.plane,
         };
         port.endpoint.handle_datagram(now, from, data, &mut core);
     }

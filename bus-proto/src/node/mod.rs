@@ -517,6 +517,7 @@ impl Node {
             counted: false,
             remote,
             established_at: None,
+            plane: None,
         }) else {
             self.stats.accepts_refused += 1;
             return Err(AcceptError::TableFull {
@@ -583,6 +584,17 @@ impl Node {
             && core::mem::take(&mut entry.counted)
         {
             self.counted -= 1;
+        }
+    }
+
+    /// Accepted connection `id` came in on a listener of `plane` only: a
+    /// `hello` for the other plane is refused (`reject UnknownPeer`) before
+    /// any MAC is computed. Call it right after accepting, before input.
+    pub fn only_plane(&mut self, id: ConnectionId, plane: crate::wire::Plane) {
+        if let Some(entry) = self.table.get_mut(id)
+            && matches!(entry.origin, Origin::Accepted)
+        {
+            entry.plane = Some(plane);
         }
     }
 
@@ -899,9 +911,17 @@ impl Node {
 
     /// After bytes arrived: admits a parked `hello`, then settles.
     fn after_input(&mut self, now: Now, id: ConnectionId) {
+        let only = self.table.get(id).and_then(|e| e.plane);
         if let Some(conn) = self.table.conn_mut(id)
             && let Some(hello) = conn.take_hello()
         {
+            if only.is_some_and(|plane| plane != hello.plane()) {
+                // A listener of the other plane: refused before any MAC
+                // work, as a node that accepts no clients refuses them.
+                self.stats.accepts_refused += 1;
+                conn.refuse(self.params.cluster, RejectStatus::UnknownPeer);
+                return self.settle(now.mono, id);
+            }
             let admission = self.gate.admit(now.wall, hello, &mut *self.entropy);
             let client = match admission.outcome() {
                 AdmissionOutcome::Accepted { peer } => Some(matches!(peer, PeerId::Client(_))),
@@ -1083,6 +1103,7 @@ impl Node {
             counted: false,
             remote: None,
             established_at: None,
+            plane: None,
         }) {
             Some(id) => {
                 self.stats.dials += 1;

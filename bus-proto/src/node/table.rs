@@ -186,6 +186,9 @@ pub(crate) struct Entry {
     pub(crate) remote: Option<core::net::SocketAddr>,
     /// When the handshake completed.
     pub(crate) established_at: Option<Instant>,
+    /// Accepted on a listener of one plane only: a `hello` of the other is
+    /// refused.
+    pub(crate) plane: Option<crate::wire::Plane>,
 }
 
 struct Slot {

@@ -7,6 +7,7 @@ use bus_tokio::Transport;
 use bus_tokio::bus_proto::transport::BindingPolicy;
 use bus_tokio::bus_proto::transport::tls::{TlsClient, TlsServer, load_roots};
 use bus_tokio::bus_proto::transport::ws::{WsClient, WsServer};
+use bus_tokio::bus_proto::wire::Plane;
 use clap::Args;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
@@ -22,7 +23,8 @@ pub(crate) enum Scheme {
     Quic,
 }
 
-/// `SCHEME://HOST:PORT[/PATH][?unbound]`, or a bare `HOST:PORT` for TCP.
+/// `SCHEME://HOST:PORT[/PATH][?OPTIONS]`, or a bare `HOST:PORT` for TCP;
+/// options, joined by `&`: `unbound`, and `replicas` or `clients`.
 #[derive(Clone, Debug)]
 pub(crate) struct Endpoint {
     pub(crate) scheme: Scheme,
@@ -34,6 +36,8 @@ pub(crate) struct Endpoint {
     /// `?unbound`: the bus handshake is not bound to the TLS session, for
     /// clients that cannot export keying material (browsers).
     unbound: bool,
+    /// `?replicas` or `?clients`: a listener for that plane only.
+    only: Option<Plane>,
 }
 
 impl FromStr for Endpoint {
@@ -54,15 +58,29 @@ impl FromStr for Endpoint {
             None => (Scheme::Tcp, text),
         };
         let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
-        let unbound = match query {
-            "" => false,
-            "unbound" if matches!(scheme, Scheme::Tls | Scheme::Wss | Scheme::Quic) => true,
-            other => {
-                return Err(format!(
-                    "`{text}`: unknown option `{other}` (only tls://, wss:// and quic:// take `?unbound`)"
-                ));
+        let (mut unbound, mut only) = (false, None);
+        for option in query.split('&').filter(|o| !o.is_empty()) {
+            match option {
+                "unbound" if matches!(scheme, Scheme::Tls | Scheme::Wss | Scheme::Quic) => {
+                    unbound = true;
+                }
+                "unbound" => {
+                    return Err(format!(
+                        "`{text}`: only tls://, wss:// and quic:// take `?unbound`"
+                    ));
+                }
+                "replicas" | "clients" if only.is_some() => {
+                    return Err(format!("`{text}`: `?replicas` or `?clients`, not both"));
+                }
+                "replicas" => only = Some(Plane::Replica),
+                "clients" => only = Some(Plane::Client),
+                other => {
+                    return Err(format!(
+                        "`{text}`: unknown option `{other}` (unbound, replicas, clients)"
+                    ));
+                }
             }
-        };
+        }
         let (authority, path) = match rest.find('/') {
             Some(at) => rest.split_at(at),
             None => (rest, "/"),
@@ -89,6 +107,7 @@ impl FromStr for Endpoint {
             port,
             path: path.to_string(),
             unbound,
+            only,
         })
     }
 }
@@ -106,8 +125,16 @@ impl std::fmt::Display for Endpoint {
         if matches!(self.scheme, Scheme::Ws | Scheme::Wss) {
             f.write_str(&self.path)?;
         }
-        if self.unbound {
-            f.write_str("?unbound")?;
+        let plane = self.only.map(|plane| match plane {
+            Plane::Replica => "replicas",
+            Plane::Client => "clients",
+        });
+        let options: Vec<&str> = [self.unbound.then_some("unbound"), plane]
+            .into_iter()
+            .flatten()
+            .collect();
+        if !options.is_empty() {
+            write!(f, "?{}", options.join("&"))?;
         }
         Ok(())
     }
@@ -164,17 +191,26 @@ impl TlsArgs {
 impl Endpoint {
     /// The transport a listener on this endpoint uses.
     pub(crate) fn listener(&self, tls: &TlsArgs) -> Result<Transport, Failure> {
-        Ok(match self.scheme {
+        let transport = match self.scheme {
             Scheme::Tcp => Transport::tcp(),
             Scheme::Tls => tls.server(self)?.transport(),
             Scheme::Ws => WsServer::new().transport(),
             Scheme::Wss => WsServer::over_tls(&tls.server(self)?).transport(),
             Scheme::Quic => tls.server(self)?.quic(),
+        };
+        Ok(match self.only {
+            Some(plane) => transport.only(plane),
+            None => transport,
         })
     }
 
     /// The transport a dial to this endpoint uses.
     pub(crate) fn dialer(&self, tls: &TlsArgs) -> Result<Transport, Failure> {
+        if self.only.is_some() {
+            return Err(Failure(format!(
+                "{self}: `?replicas` and `?clients` are for --listen, not a dial target"
+            )));
+        }
         let url = |scheme: &str| format!("{scheme}://{}:{}{}", self.host, self.port, self.path);
         Ok(match self.scheme {
             Scheme::Tcp => Transport::tcp(),
@@ -257,11 +293,17 @@ mod tests {
         let e: Endpoint = "quic://127.0.0.1:7443?unbound".parse().unwrap();
         assert_eq!(e.scheme, Scheme::Quic);
         assert_eq!(e.to_string(), "quic://127.0.0.1:7443?unbound");
+        let e: Endpoint = "tls://127.0.0.1:7443?clients&unbound".parse().unwrap();
+        assert_eq!(e.to_string(), "tls://127.0.0.1:7443?unbound&clients");
+        let e: Endpoint = "127.0.0.1:7000?replicas".parse().unwrap();
+        assert_eq!(e.to_string(), "tcp://127.0.0.1:7000?replicas");
         for bad in [
             "udp://127.0.0.1:1",
             "quic://127.0.0.1:1/path",
             "tls://127.0.0.1",
             "tcp://127.0.0.1:1?unbound",
+            "tcp://127.0.0.1:1?replicas&clients",
+            "tcp://127.0.0.1:1?everyone",
             "tls://127.0.0.1:1/path",
             "ws://127.0.0.1:99999/",
         ] {
