@@ -133,10 +133,11 @@ fn drain(conn: &mut Connection, now: Instant, out: &mut Vec<u8>) {
 }
 
 fn config(authenticated_frames: bool) -> ValidConfig {
-    Config {
-        authenticated_frames,
-        send_queue_frames: 4096,
-        ..Config::default()
+    {
+        let mut tuned = Config::default();
+        tuned.authenticated_frames = authenticated_frames;
+        tuned.send_queue_frames = 4096;
+        tuned
     }
     .validate()
     .unwrap()

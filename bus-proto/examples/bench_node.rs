@@ -30,10 +30,11 @@ fn now() -> Now {
 }
 
 fn config() -> ValidConfig {
-    Config {
-        send_queue_frames: 4096,
-        max_batch: 64,
-        ..Config::default()
+    {
+        let mut tuned = Config::default();
+        tuned.send_queue_frames = 4096;
+        tuned.max_batch = 64;
+        tuned
     }
     .validate()
     .expect("valid")

@@ -76,9 +76,10 @@ fn dial_through(
 
 fn handshake_tour(config: &ValidConfig) -> Result<(), Box<dyn std::error::Error>> {
     step("8. a mutual handshake: hello -> welcome -> confirm, then authenticated frames");
-    let strict = Config {
-        authenticated_frames: true,
-        ..(**config).clone()
+    let strict = {
+        let mut tuned = (**config).clone();
+        tuned.authenticated_frames = true;
+        tuned
     }
     .validate()?;
     let keys = KeyRing::new(Key::from_bytes([0x5A; 32]));

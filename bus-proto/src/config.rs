@@ -19,6 +19,20 @@ use core::time::Duration;
 pub const MAX_BATCH_LIMIT: usize = 512;
 
 /// Bus configuration. Field docs give the default and the accepted range.
+/// Start from the defaults and set what differs (new settings will be
+/// added, so it cannot be built with a struct literal), or read it from
+/// TOML ([`Config::from_toml`]); then [`Config::validate`] it.
+///
+/// ```
+/// use bus_proto::config::Config;
+/// use std::time::Duration;
+/// let mut config = Config::default();
+/// config.heartbeat_interval = Duration::from_millis(250);
+/// config.liveness_timeout = Duration::from_secs(2);
+/// let config = config.validate()?;
+/// # Ok::<(), bus_proto::config::ConfigError>(())
+/// ```
+#[non_exhaustive]
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "toml", derive(serde::Deserialize))]
 #[cfg_attr(feature = "toml", serde(default, deny_unknown_fields))]

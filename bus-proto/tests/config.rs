@@ -25,207 +25,236 @@ fn each_rule_names_its_field() {
     let d = Config::default;
     let cases: Vec<(Config, &str)> = vec![
         (
-            Config {
-                max_message_size: 255,
-                ..d()
+            {
+                let mut tuned = d();
+                tuned.max_message_size = 255;
+                tuned
             },
             "max_message_size",
         ),
         (
-            Config {
-                max_message_size: (64 << 20) + 1,
-                ..d()
+            {
+                let mut tuned = d();
+                tuned.max_message_size = (64 << 20) + 1;
+                tuned
             },
             "max_message_size",
         ),
         (
-            Config {
-                max_batch: 0,
-                ..d()
+            {
+                let mut tuned = d();
+                tuned.max_batch = 0;
+                tuned
             },
             "max_batch",
         ),
         (
-            Config {
-                max_batch: 513,
-                ..d()
+            {
+                let mut tuned = d();
+                tuned.max_batch = 513;
+                tuned
             },
             "max_batch",
         ),
         (
-            Config {
-                max_batch: 64,
-                send_queue_frames: 63,
-                ..d()
+            {
+                let mut tuned = d();
+                tuned.max_batch = 64;
+                tuned.send_queue_frames = 63;
+                tuned
             },
             "send_queue_frames",
         ),
         (
-            Config {
-                send_queue_bytes: 1000,
-                ..d()
+            {
+                let mut tuned = d();
+                tuned.send_queue_bytes = 1000;
+                tuned
             },
             "send_queue_bytes",
         ),
         (
-            Config {
-                heartbeat_interval: Duration::ZERO,
-                ..d()
+            {
+                let mut tuned = d();
+                tuned.heartbeat_interval = Duration::ZERO;
+                tuned
             },
             "heartbeat_interval_ms",
         ),
         (
-            Config {
-                liveness_timeout: Duration::from_millis(1999),
-                heartbeat_interval: Duration::from_secs(1),
-                ..d()
+            {
+                let mut tuned = d();
+                tuned.liveness_timeout = Duration::from_millis(1999);
+                tuned.heartbeat_interval = Duration::from_secs(1);
+                tuned
             },
             "liveness_timeout_ms",
         ),
         (
-            Config {
-                handshake_timeout: Duration::ZERO,
-                ..d()
+            {
+                let mut tuned = d();
+                tuned.handshake_timeout = Duration::ZERO;
+                tuned
             },
             "handshake_timeout_ms",
         ),
         (
-            Config {
-                freshness_window: Duration::ZERO,
-                ..d()
+            {
+                let mut tuned = d();
+                tuned.freshness_window = Duration::ZERO;
+                tuned
             },
             "freshness_window_ms",
         ),
         (
-            Config {
-                freshness_window: Duration::from_secs(3601),
-                ..d()
+            {
+                let mut tuned = d();
+                tuned.freshness_window = Duration::from_secs(3601);
+                tuned
             },
             "freshness_window_ms",
         ),
         (
-            Config {
-                close_grace: Duration::ZERO,
-                ..d()
+            {
+                let mut tuned = d();
+                tuned.close_grace = Duration::ZERO;
+                tuned
             },
             "close_grace_ms",
         ),
         (
-            Config {
-                reconnect_min: Duration::ZERO,
-                ..d()
+            {
+                let mut tuned = d();
+                tuned.reconnect_min = Duration::ZERO;
+                tuned
             },
             "reconnect_min_ms",
         ),
         (
-            Config {
-                reconnect_max: Duration::from_millis(50),
-                ..d()
+            {
+                let mut tuned = d();
+                tuned.reconnect_max = Duration::from_millis(50);
+                tuned
             },
             "reconnect_max_ms",
         ),
         (
-            Config {
-                max_handshakes_in_flight: 0,
-                ..d()
+            {
+                let mut tuned = d();
+                tuned.max_handshakes_in_flight = 0;
+                tuned
             },
             "max_handshakes_in_flight",
         ),
         (
-            Config {
-                max_replay_peers: 0,
-                ..d()
+            {
+                let mut tuned = d();
+                tuned.max_replay_peers = 0;
+                tuned
             },
             "max_replay_peers",
         ),
         (
-            Config {
-                hello_timeout: Duration::from_millis(5),
-                ..d()
+            {
+                let mut tuned = d();
+                tuned.hello_timeout = Duration::from_millis(5);
+                tuned
             },
             "hello_timeout_ms",
         ),
         (
-            Config {
-                max_unauthenticated_per_address: 0,
-                ..d()
+            {
+                let mut tuned = d();
+                tuned.max_unauthenticated_per_address = 0;
+                tuned
             },
             "max_unauthenticated_per_address",
         ),
         (
-            Config {
-                client_max_outstanding: 65,
-                ..d()
+            {
+                let mut tuned = d();
+                tuned.client_max_outstanding = 65;
+                tuned
             },
             "client_max_outstanding",
         ),
         (
-            Config {
-                dedup_entries_per_client: 0,
-                ..d()
+            {
+                let mut tuned = d();
+                tuned.dedup_entries_per_client = 0;
+                tuned
             },
             "dedup_entries_per_client",
         ),
         (
-            Config {
-                dedup_entries_per_client: 65537,
-                ..d()
+            {
+                let mut tuned = d();
+                tuned.dedup_entries_per_client = 65537;
+                tuned
             },
             "dedup_entries_per_client",
         ),
         (
-            Config {
-                dedup_max_clients: 0,
-                ..d()
+            {
+                let mut tuned = d();
+                tuned.dedup_max_clients = 0;
+                tuned
             },
             "dedup_max_clients",
         ),
         (
-            Config {
-                dedup_max_cached_bytes: 1000,
-                ..d()
+            {
+                let mut tuned = d();
+                tuned.dedup_max_cached_bytes = 1000;
+                tuned
             },
             "dedup_max_cached_bytes",
         ),
         (
-            Config {
-                dedup_ttl: Duration::ZERO,
-                ..d()
+            {
+                let mut tuned = d();
+                tuned.dedup_ttl = Duration::ZERO;
+                tuned
             },
             "dedup_ttl_ms",
         ),
         (
-            Config {
-                max_connections: 10,
-                ..d()
+            {
+                let mut tuned = d();
+                tuned.max_connections = 10;
+                tuned
             },
             "max_connections",
         ),
         (
-            Config {
-                client_max_outstanding: 0,
-                ..d()
+            {
+                let mut tuned = d();
+                tuned.client_max_outstanding = 0;
+                tuned
             },
             "client_max_outstanding",
         ),
         (
-            Config {
-                client_max_outstanding: 2000,
-                ..d()
+            {
+                let mut tuned = d();
+                tuned.client_max_outstanding = 2000;
+                tuned
             },
             "client_max_outstanding",
         ),
         (
-            Config {
-                request_timeout: Duration::ZERO,
-                ..d()
+            {
+                let mut tuned = d();
+                tuned.request_timeout = Duration::ZERO;
+                tuned
             },
             "request_timeout_ms",
         ),
         (
-            Config {
-                request_timeout: Duration::from_secs(300),
-                ..d()
+            {
+                let mut tuned = d();
+                tuned.request_timeout = Duration::from_secs(300);
+                tuned
             },
             "request_timeout_ms",
         ),
@@ -239,9 +268,10 @@ fn each_rule_names_its_field() {
 
 #[test]
 fn the_error_shows_the_value_and_the_rule() {
-    let err = Config {
-        max_batch: 1000,
-        ..Config::default()
+    let err = {
+        let mut tuned = Config::default();
+        tuned.max_batch = 1000;
+        tuned
     }
     .validate()
     .unwrap_err();
@@ -281,31 +311,32 @@ fn toml_refuses_unknown_fields_wrong_types_and_invalid_values() {
 /// key.
 #[test]
 fn every_key_round_trips_through_toml_and_is_documented() {
-    let changed = Config {
-        max_message_size: 2 << 20,
-        max_batch: 32,
-        send_queue_frames: 2048,
-        send_queue_bytes: 128 << 20,
-        heartbeat_interval: Duration::from_millis(500),
-        liveness_timeout: Duration::from_secs(3),
-        handshake_timeout: Duration::from_secs(8),
-        freshness_window: Duration::from_secs(60),
-        close_grace: Duration::from_millis(1500),
-        reconnect_min: Duration::from_millis(50),
-        reconnect_max: Duration::from_secs(5),
-        hello_timeout: Duration::from_millis(1500),
-        max_handshakes_in_flight: 32,
-        max_unauthenticated_per_address: 8,
-        max_connections: 512,
-        max_replay_peers: 1000,
-        authenticated_frames: true,
-        dedup_entries_per_client: 128,
-        dedup_max_clients: 1000,
-        dedup_max_cached_bytes: 128 << 20,
-        dedup_ttl: Duration::from_secs(600),
-        client_max_outstanding: 100,
-        request_timeout: Duration::from_secs(60),
-    };
+    // Every key, each away from its default (the printed lines are
+    // checked to differ below).
+    let mut changed = Config::default();
+    changed.max_message_size = 2 << 20;
+    changed.max_batch = 32;
+    changed.send_queue_frames = 2048;
+    changed.send_queue_bytes = 128 << 20;
+    changed.heartbeat_interval = Duration::from_millis(500);
+    changed.liveness_timeout = Duration::from_secs(3);
+    changed.handshake_timeout = Duration::from_secs(8);
+    changed.freshness_window = Duration::from_secs(60);
+    changed.close_grace = Duration::from_millis(1500);
+    changed.reconnect_min = Duration::from_millis(50);
+    changed.reconnect_max = Duration::from_secs(5);
+    changed.hello_timeout = Duration::from_millis(1500);
+    changed.max_handshakes_in_flight = 32;
+    changed.max_unauthenticated_per_address = 8;
+    changed.max_connections = 512;
+    changed.max_replay_peers = 1000;
+    changed.authenticated_frames = true;
+    changed.dedup_entries_per_client = 128;
+    changed.dedup_max_clients = 1000;
+    changed.dedup_max_cached_bytes = 128 << 20;
+    changed.dedup_ttl = Duration::from_secs(600);
+    changed.client_max_outstanding = 100;
+    changed.request_timeout = Duration::from_secs(60);
     let valid = changed.clone().validate().expect("a valid configuration");
     let text = changed.to_toml();
     assert_eq!(

@@ -179,10 +179,11 @@ fn sequence_gap_jump_replay_or_max_closes_the_connection() {
 
 #[test]
 fn send_queue_is_bounded_by_frames_and_bytes_and_reports_backpressure() {
-    let config = Config {
-        send_queue_frames: 64,
-        send_queue_bytes: 1 << 20,
-        ..Config::default()
+    let config = {
+        let mut tuned = Config::default();
+        tuned.send_queue_frames = 64;
+        tuned.send_queue_bytes = 1 << 20;
+        tuned
     }
     .validate()
     .unwrap();
@@ -349,10 +350,11 @@ fn closed_is_reported_exactly_once_on_every_path() {
 
 #[test]
 fn batches_respect_max_batch_and_the_iovec_limit() {
-    let config = Config {
-        max_batch: 512,
-        send_queue_frames: 4096,
-        ..Config::default()
+    let config = {
+        let mut tuned = Config::default();
+        tuned.max_batch = 512;
+        tuned.send_queue_frames = 4096;
+        tuned
     }
     .validate()
     .unwrap();
@@ -561,9 +563,10 @@ fn client_plane_carries_requests_and_replies_for_that_client_only() {
 #[test]
 fn authenticated_frames_follow_when_either_side_requires_them() {
     let plain = config();
-    let strict = Config {
-        authenticated_frames: true,
-        ..Config::default()
+    let strict = {
+        let mut tuned = Config::default();
+        tuned.authenticated_frames = true;
+        tuned
     }
     .validate()
     .unwrap();

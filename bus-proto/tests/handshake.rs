@@ -692,9 +692,10 @@ fn fix_checksum(bytes: &mut [u8]) {
 #[test]
 fn clients_filling_the_replay_store_cannot_lock_out_replicas() {
     let ring = KeyRing::new(key(1));
-    let small = Config {
-        max_replay_peers: 4,
-        ..Config::default()
+    let small = {
+        let mut tuned = Config::default();
+        tuned.max_replay_peers = 4;
+        tuned
     }
     .validate()
     .unwrap();

@@ -13,7 +13,6 @@ use bus_proto::client::identity::file::{
 };
 use bus_proto::client::identity::{FormatError, IdentityRecord, Lease};
 use bus_proto::client::{ClientEvent, RequestError, Reservation};
-use bus_proto::config::Config;
 use bus_proto::entropy::{Entropy, SeededEntropy};
 use bus_proto::node::NodeEvent;
 use bus_proto::time::{Now, UnixNanos};
@@ -1057,9 +1056,10 @@ fn deadlines_follow_issue_time_not_request_number() {
 /// restart is answered `Stale` from the session's marker, not run again.
 #[test]
 fn after_an_eviction_earlier_requests_are_never_run_again() {
-    let c = Config {
-        dedup_max_clients: 1,
-        ..config()
+    let c = {
+        let mut tuned = config();
+        tuned.dedup_max_clients = 1;
+        tuned
     };
     let mut net = Net::new(c.validate().unwrap(), 1);
     let a = net.add_client_with_lease(0xA, 0, lease(0, 100, 100));

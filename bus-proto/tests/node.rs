@@ -328,10 +328,11 @@ fn a_peer_that_is_connected_or_mid_dial_is_never_dialled_again() {
 /// being refused, and silent sockets close at the `hello` deadline.
 #[test]
 fn a_full_unauthenticated_pool_evicts_its_oldest_and_silent_sockets_expire() {
-    let c = Config {
-        max_handshakes_in_flight: 4,
-        hello_timeout: Duration::from_millis(200),
-        ..config()
+    let c = {
+        let mut tuned = config();
+        tuned.max_handshakes_in_flight = 4;
+        tuned.hello_timeout = Duration::from_millis(200);
+        tuned
     };
     let mut net = Net::new(valid(c), 1);
     let at = net.at();
@@ -385,10 +386,11 @@ fn a_full_unauthenticated_pool_evicts_its_oldest_and_silent_sockets_expire() {
 /// one address's share: only the node-wide cap applies to them.
 #[test]
 fn sockets_without_an_address_share_only_the_node_wide_cap() {
-    let c = Config {
-        max_handshakes_in_flight: 8,
-        max_unauthenticated_per_address: 2,
-        ..config()
+    let c = {
+        let mut tuned = config();
+        tuned.max_handshakes_in_flight = 8;
+        tuned.max_unauthenticated_per_address = 2;
+        tuned
     };
     let mut net = Net::new(valid(c), 1);
     let at = net.at();
@@ -403,10 +405,11 @@ fn sockets_without_an_address_share_only_the_node_wide_cap() {
 /// whose `hello` verifies is told `Busy`, while a replica still gets in.
 #[test]
 fn clients_beyond_max_connections_are_told_busy_and_replicas_still_get_in() {
-    let c = Config {
-        max_handshakes_in_flight: 1,
-        max_connections: 1,
-        ..config()
+    let c = {
+        let mut tuned = config();
+        tuned.max_handshakes_in_flight = 1;
+        tuned.max_connections = 1;
+        tuned
     };
     let mut net = Net::new(valid(c), 2);
     let first = net.add_client(0xc1, 1);
@@ -434,10 +437,11 @@ fn clients_beyond_max_connections_are_told_busy_and_replicas_still_get_in() {
 /// holding the most.
 #[test]
 fn eviction_takes_from_the_address_that_holds_the_most() {
-    let c = Config {
-        max_handshakes_in_flight: 6,
-        max_unauthenticated_per_address: 4,
-        ..config()
+    let c = {
+        let mut tuned = config();
+        tuned.max_handshakes_in_flight = 6;
+        tuned.max_unauthenticated_per_address = 4;
+        tuned
     };
     let mut net = Net::new(valid(c), 1);
     let at = net.at();
@@ -650,11 +654,12 @@ fn a_retry_of_a_request_in_flight_is_dropped_and_answered_once() {
 /// number counts as new.
 #[test]
 fn at_most_once_covers_the_last_n_requests_and_says_stale_beyond_them() {
-    let c = Config {
-        dedup_entries_per_client: 4,
-        dedup_ttl: Duration::from_secs(5),
-        client_max_outstanding: 4,
-        ..config()
+    let c = {
+        let mut tuned = config();
+        tuned.dedup_entries_per_client = 4;
+        tuned.dedup_ttl = Duration::from_secs(5);
+        tuned.client_max_outstanding = 4;
+        tuned
     };
     let mut net = Net::new(valid(c), 1);
     let client = net.add_client(0xEF, 0);
@@ -721,9 +726,10 @@ fn at_most_once_covers_the_last_n_requests_and_says_stale_beyond_them() {
 /// active session is evicted and its client told (`close Evicted`).
 #[test]
 fn client_sessions_are_capped_and_the_evicted_client_is_told() {
-    let c = Config {
-        dedup_max_clients: 2,
-        ..config()
+    let c = {
+        let mut tuned = config();
+        tuned.dedup_max_clients = 2;
+        tuned
     };
     let mut net = Net::new(valid(c), 1);
     for id in 1..=3u128 {
@@ -756,9 +762,10 @@ fn client_sessions_are_capped_and_the_evicted_client_is_told() {
 /// recorded, byte for byte, even after the session holding it is evicted.
 #[test]
 fn a_cached_reply_is_served_intact_after_the_store_changes() {
-    let c = Config {
-        dedup_max_clients: 1,
-        ..config()
+    let c = {
+        let mut tuned = config();
+        tuned.dedup_max_clients = 1;
+        tuned
     };
     let mut net = Net::new(valid(c), 1);
     let a = net.add_client(0xA, 0);
@@ -803,9 +810,10 @@ fn a_cached_reply_is_served_intact_after_the_store_changes() {
 /// matches nothing outstanding (late, duplicated, forged) is dropped.
 #[test]
 fn outstanding_requests_are_bounded_and_expire_and_unmatched_replies_are_dropped() {
-    let c = Config {
-        client_max_outstanding: 2,
-        ..config()
+    let c = {
+        let mut tuned = config();
+        tuned.client_max_outstanding = 2;
+        tuned
     };
     let timeout = c.request_timeout;
     let mut net = Net::new(valid(c), 1);

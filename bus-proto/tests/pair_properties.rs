@@ -23,11 +23,12 @@ const MESSAGES: usize = 120;
 
 /// Runs one pair; returns whether every message arrived both ways.
 fn run(seed: u64, faults: Faults, authenticated: bool) -> bool {
-    let config = Config {
-        authenticated_frames: authenticated,
-        send_queue_frames: 64,
-        max_batch: 16,
-        ..Config::default()
+    let config = {
+        let mut tuned = Config::default();
+        tuned.authenticated_frames = authenticated;
+        tuned.send_queue_frames = 64;
+        tuned.max_batch = 16;
+        tuned
     }
     .validate()
     .unwrap();

@@ -462,9 +462,10 @@ fn retry_case(config: &ValidConfig, preload: SocketAddr, stall: bool) -> World {
 /// (a spoofed source) costs no place in the pool and no handshake.
 #[test]
 fn under_load_a_new_quic_peer_proves_its_address_with_a_retry_first() {
-    let config = Config {
-        max_handshakes_in_flight: 2,
-        ..Config::default()
+    let config = {
+        let mut tuned = Config::default();
+        tuned.max_handshakes_in_flight = 2;
+        tuned
     }
     .validate()
     .expect("valid");

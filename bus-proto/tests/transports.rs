@@ -135,9 +135,10 @@ fn layers(transport: &str) -> (Box<dyn StreamLayer>, Box<dyn StreamLayer>) {
 }
 
 fn config(max_message_size: u32) -> ValidConfig {
-    Config {
-        max_message_size,
-        ..Config::default()
+    {
+        let mut tuned = Config::default();
+        tuned.max_message_size = max_message_size;
+        tuned
     }
     .validate()
     .expect("valid config")

@@ -14,9 +14,10 @@ use std::time::Duration;
 #[test]
 fn a_cluster_and_a_client_run_under_async_std_block_on() {
     async_std::task::block_on(async {
-        let config = Config {
-            reconnect_min: Duration::from_millis(10),
-            ..Config::default()
+        let config = {
+            let mut tuned = Config::default();
+            tuned.reconnect_min = Duration::from_millis(10);
+            tuned
         }
         .validate()
         .unwrap();

@@ -50,9 +50,9 @@ pub use runtime::{OsEntropy, Tokio};
 /// let config = Config::default().validate()?;
 /// let keys = KeyRing::new(Key::from_hex(&std::env::var("BUS_KEY")?)?);
 /// let params = NodeParams { cluster: 7, replica: 0, replica_count: 3, accept_clients: true };
-/// let mut options = NodeOptions::default();
-/// options.peers.insert(1, "127.0.0.1:7001".parse()?);
-/// options.peers.insert(2, "127.0.0.1:7002".parse()?);
+/// let options = NodeOptions::default()
+///     .peer(1, "127.0.0.1:7001".parse()?)
+///     .peer(2, "127.0.0.1:7002".parse()?);
 /// let (node, mut events) = Node::start(&config, params, keys, options)?;
 /// node.listen("127.0.0.1:7000").await?;
 /// while let Some(event) = events.recv().await {

@@ -168,6 +168,15 @@ impl Running {
         }
     }
 
+    /// A line containing `needle`, printed already or from now on (for
+    /// lines whose order against others is not fixed).
+    fn saw_or_wait_for(&mut self, needle: &str) -> String {
+        match self.seen.iter().find(|line| line.contains(needle)) {
+            Some(line) => line.clone(),
+            None => self.wait_for(needle),
+        }
+    }
+
     fn signal(&self, name: &str) {
         let status = Command::new("kill")
             .args([&format!("-{name}"), &self.child.id().to_string()])
@@ -626,7 +635,7 @@ fn metrics_are_scraped_by_curl_and_python() {
     let zero_address = line.split("listening on ").nth(1).unwrap();
     let zero_address = zero_address.split_whitespace().next().unwrap().to_owned();
     zero.wait_for(&format!("metrics on http://{metrics}/metrics"));
-    zero.wait_for("peer connected");
+    zero.saw_or_wait_for("peer connected");
     let out = bus(&[
         "client",
         "--connect",

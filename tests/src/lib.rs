@@ -32,16 +32,15 @@ pub fn config() -> ValidConfig {
 
 /// [`config`] before validation, to adjust.
 pub fn quick() -> Config {
-    Config {
-        heartbeat_interval: Duration::from_millis(100),
-        liveness_timeout: Duration::from_millis(1000),
-        handshake_timeout: Duration::from_millis(1500),
-        close_grace: Duration::from_millis(500),
-        reconnect_min: Duration::from_millis(10),
-        reconnect_max: Duration::from_millis(200),
-        request_timeout: Duration::from_secs(10),
-        ..Config::default()
-    }
+    let mut config = Config::default();
+    config.heartbeat_interval = Duration::from_millis(100);
+    config.liveness_timeout = Duration::from_millis(1000);
+    config.handshake_timeout = Duration::from_millis(1500);
+    config.close_grace = Duration::from_millis(500);
+    config.reconnect_min = Duration::from_millis(10);
+    config.reconnect_max = Duration::from_millis(200);
+    config.request_timeout = Duration::from_secs(10);
+    config
 }
 
 /// A key ring from a seed: equal seeds give equal keys.

@@ -270,9 +270,10 @@ async fn an_oversized_or_corrupt_frame_closes_only_its_connection<B: Bus>() {
 async fn backpressure_reaches_the_sender_when_the_peer_stops_reading<B: Bus>() {
     let config = config();
     let sender = member::<B>(&config, 0, 2, keys(5), NodeOptions::default()).await;
-    let options = NodeOptions {
-        message_capacity: 8,
-        ..NodeOptions::default()
+    let options = {
+        let mut tuned = NodeOptions::default();
+        tuned.message_capacity = 8;
+        tuned
     };
     let mut receiver = member::<B>(&config, 1, 2, keys(5), options).await;
     sender.node.set_address(1, receiver.address);
@@ -319,9 +320,10 @@ async fn backpressure_reaches_the_sender_when_the_peer_stops_reading<B: Bus>() {
 async fn a_batch_is_queued_in_order_and_backpressure_leaves_the_rest_in_it<B: Bus>() {
     let config = config();
     let sender = member::<B>(&config, 0, 2, keys(15), NodeOptions::default()).await;
-    let options = NodeOptions {
-        message_capacity: 8,
-        ..NodeOptions::default()
+    let options = {
+        let mut tuned = NodeOptions::default();
+        tuned.message_capacity = 8;
+        tuned
     };
     let mut receiver = member::<B>(&config, 1, 2, keys(15), options).await;
     sender.node.set_address(1, receiver.address);
@@ -605,9 +607,10 @@ async fn a_client_learns_that_nothing_listens_and_that_it_shut_down<B: Bus>() {
 async fn a_blocked_send_wait_returns_when_the_node_shuts_down<B: Bus>() {
     let config = config();
     let sender = member::<B>(&config, 0, 2, keys(12), NodeOptions::default()).await;
-    let options = NodeOptions {
-        message_capacity: 8,
-        ..NodeOptions::default()
+    let options = {
+        let mut tuned = NodeOptions::default();
+        tuned.message_capacity = 8;
+        tuned
     };
     let receiver = member::<B>(&config, 1, 2, keys(12), options).await;
     sender.node.set_address(1, receiver.address);

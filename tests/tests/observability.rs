@@ -27,9 +27,10 @@ async fn connection_snapshots_show_peers_traffic_pauses_and_round_trips<B: Bus>(
     let config = config();
     let zero = member::<B>(&config, 0, 2, keys(3), NodeOptions::default()).await;
     // Replica 1 holds at most 4 unread messages: then it stops reading.
-    let options = NodeOptions {
-        message_capacity: 4,
-        ..NodeOptions::default()
+    let options = {
+        let mut tuned = NodeOptions::default();
+        tuned.message_capacity = 4;
+        tuned
     };
     let mut one = member::<B>(&config, 1, 2, keys(3), options).await;
     zero.node.set_address(1, one.address);

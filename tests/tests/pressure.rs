@@ -99,9 +99,10 @@ async fn read_in_order<B: Bus>(events: &mut EventsOf<B>, count: u32) {
 /// connection closes, nobody redials, and every message arrives in order.
 async fn a_stalled_application_keeps_its_connections_and_loses_nothing<B: Bus>() {
     let config = config();
-    let options = NodeOptions {
-        message_capacity: 16,
-        ..NodeOptions::default()
+    let options = {
+        let mut tuned = NodeOptions::default();
+        tuned.message_capacity = 16;
+        tuned
     };
     let (mut zero, mut one) = pair::<B>(&config, 31, options).await;
     let (to_one, to_zero) = (
@@ -122,9 +123,10 @@ async fn a_stalled_application_keeps_its_connections_and_loses_nothing<B: Bus>()
 /// messages are still read off the socket. Then everything is delivered.
 async fn a_client_flood_never_pauses_replica_traffic<B: Bus>() {
     let config = config();
-    let options = NodeOptions {
-        request_capacity: 8,
-        ..NodeOptions::default()
+    let options = {
+        let mut tuned = NodeOptions::default();
+        tuned.request_capacity = 8;
+        tuned
     };
     let (zero, mut one) = pair::<B>(&config, 32, options).await;
     let ids: Vec<u128> = (0..16).map(|_| B::random_id()).collect();
@@ -214,9 +216,10 @@ async fn a_client_flood_never_pauses_replica_traffic<B: Bus>() {
 /// and counts what it discarded.
 async fn a_dropped_event_stream_keeps_the_node_connected<B: Bus>() {
     let config = config();
-    let options = NodeOptions {
-        message_capacity: 4,
-        ..NodeOptions::default()
+    let options = {
+        let mut tuned = NodeOptions::default();
+        tuned.message_capacity = 4;
+        tuned
     };
     let (mut zero, one) = pair::<B>(&config, 36, options).await;
     let Member {

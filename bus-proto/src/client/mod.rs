@@ -856,9 +856,22 @@ impl Client {
     }
 
     /// The next application event.
+    ///
+    /// The queue is not capped here: it holds what the inputs since the
+    /// last drain produced, and each input adds at most one event per
+    /// frame it completes (at most its bytes / 256) plus one per
+    /// connection that changed state. So a host that drains it after every
+    /// input holds it to one input's worth, and a host that must stop
+    /// draining stops feeding that connection's input too (the adapters resolve each reply to its waiting request as it is polled).
+    /// [`Client::pending_events`] tells how many wait.
     #[must_use]
     pub fn poll_event(&mut self) -> Option<ClientEvent> {
         self.events.pop_front()
+    }
+
+    /// Events waiting for [`Client::poll_event`].
+    pub fn pending_events(&self) -> usize {
+        self.events.len()
     }
 
     /// When to call [`Client::handle_timeout`] next.

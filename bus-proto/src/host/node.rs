@@ -29,6 +29,22 @@ use std::sync::Arc;
 use std::vec::Vec;
 
 /// Adapter settings that are not part of the protocol configuration.
+/// Start from the defaults and set what differs, field by field or with
+/// the builder methods (new settings will be added: it cannot be built
+/// with a struct literal).
+///
+/// ```
+/// use bus_proto::host::{NodeOptions, Transport};
+/// let options = NodeOptions::default()
+///     .peer(1, "10.0.0.2:7000".parse().unwrap())
+///     .peer_via(2, "10.0.0.3:7443".parse().unwrap(), Transport::tcp())
+///     .message_capacity(1024);
+/// assert_eq!(options.peers.len(), 2);
+/// let mut same = NodeOptions::default();
+/// same.message_capacity = 1024;
+/// assert_eq!(same.message_capacity, options.message_capacity);
+/// ```
+#[non_exhaustive]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NodeOptions {
     /// Where the peers listen, by replica id. Only peers this node dials
@@ -51,6 +67,40 @@ pub struct NodeOptions {
     /// How each peer is dialled, by replica id; plain TCP where absent.
     /// The dialled replica must listen on the same transport.
     pub peer_transports: BTreeMap<u8, Transport>,
+}
+
+impl NodeOptions {
+    /// Replica `replica` listens at `address` (plain TCP).
+    pub fn peer(mut self, replica: u8, address: SocketAddr) -> Self {
+        self.peers.insert(replica, address);
+        self
+    }
+
+    /// Replica `replica` listens at `address` and is dialled over
+    /// `transport`.
+    pub fn peer_via(mut self, replica: u8, address: SocketAddr, transport: Transport) -> Self {
+        self.peers.insert(replica, address);
+        self.peer_transports.insert(replica, transport);
+        self
+    }
+
+    /// Sets [`NodeOptions::message_capacity`](#structfield.message_capacity).
+    pub fn message_capacity(mut self, messages: usize) -> Self {
+        self.message_capacity = messages;
+        self
+    }
+
+    /// Sets [`NodeOptions::request_capacity`](#structfield.request_capacity).
+    pub fn request_capacity(mut self, requests: usize) -> Self {
+        self.request_capacity = requests;
+        self
+    }
+
+    /// Sets [`NodeOptions::read_chunk`](#structfield.read_chunk).
+    pub fn read_chunk(mut self, bytes: usize) -> Self {
+        self.read_chunk = bytes;
+        self
+    }
 }
 
 impl Default for NodeOptions {

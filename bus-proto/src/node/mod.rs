@@ -883,9 +883,22 @@ impl Node {
     }
 
     /// The next application event.
+    ///
+    /// The queue is not capped here: it holds what the inputs since the
+    /// last drain produced, and each input adds at most one event per
+    /// frame it completes (at most its bytes / 256) plus one per
+    /// connection that changed state. So a host that drains it after every
+    /// input holds it to one input's worth, and a host that must stop
+    /// draining stops feeding that connection's input too (the adapters pause reading a connection while its deliveries wait unread ([`crate::host`])).
+    /// [`Node::pending_events`] tells how many wait.
     #[must_use]
     pub fn poll_event(&mut self) -> Option<NodeEvent> {
         self.events.pop_front()
+    }
+
+    /// Events waiting for [`Node::poll_event`].
+    pub fn pending_events(&self) -> usize {
+        self.events.len()
     }
 
     /// When to call [`Node::handle_timeout`] next.

@@ -403,15 +403,16 @@ impl Net {
 
 /// Short timers, for the node and client hazard tests.
 pub fn config() -> Config {
-    Config {
-        heartbeat_interval: Duration::from_millis(100),
-        liveness_timeout: Duration::from_millis(500),
-        handshake_timeout: Duration::from_millis(300),
-        close_grace: Duration::from_millis(100),
-        reconnect_min: Duration::from_millis(50),
-        reconnect_max: Duration::from_millis(800),
-        request_timeout: Duration::from_secs(2),
-        ..Config::default()
+    {
+        let mut tuned = Config::default();
+        tuned.heartbeat_interval = Duration::from_millis(100);
+        tuned.liveness_timeout = Duration::from_millis(500);
+        tuned.handshake_timeout = Duration::from_millis(300);
+        tuned.close_grace = Duration::from_millis(100);
+        tuned.reconnect_min = Duration::from_millis(50);
+        tuned.reconnect_max = Duration::from_millis(800);
+        tuned.request_timeout = Duration::from_secs(2);
+        tuned
     }
 }
 

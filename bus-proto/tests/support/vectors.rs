@@ -193,9 +193,10 @@ fn handshake(key: &Key) -> Vec<Vector> {
     use bus_proto::handshake::{Binding, Gate, GateParams};
     use bus_proto::time::{Instant, UnixNanos};
 
-    let config = Config {
-        authenticated_frames: true,
-        ..Config::default()
+    let config = {
+        let mut tuned = Config::default();
+        tuned.authenticated_frames = true;
+        tuned
     }
     .validate()
     .expect("valid config");

@@ -81,13 +81,14 @@ struct Duplex {
 }
 
 fn config(authenticated_frames: bool) -> ValidConfig {
-    Config {
-        max_message_size: 4096,
-        send_queue_frames: 64,
-        send_queue_bytes: 64 * 4096,
-        max_batch: 8,
-        authenticated_frames,
-        ..Config::default()
+    {
+        let mut tuned = Config::default();
+        tuned.max_message_size = 4096;
+        tuned.send_queue_frames = 64;
+        tuned.send_queue_bytes = 64 * 4096;
+        tuned.max_batch = 8;
+        tuned.authenticated_frames = authenticated_frames;
+        tuned
     }
     .validate()
     .expect("a valid fuzzing config")

@@ -121,10 +121,11 @@ fn poll_once<F: Future>(future: Pin<&mut F>) -> bool {
 /// Drives the adapters' shared driver; panics if an invariant breaks.
 pub fn host(data: &[u8]) {
     let mut u = Unstructured::new(data);
-    let config = Config {
-        max_connections: 8,
-        max_handshakes_in_flight: 4,
-        ..Config::default()
+    let config = {
+        let mut tuned = Config::default();
+        tuned.max_connections = 8;
+        tuned.max_handshakes_in_flight = 4;
+        tuned
     };
     let Ok(config) = config.validate() else {
         return;
@@ -136,10 +137,11 @@ pub fn host(data: &[u8]) {
         accept_clients: true,
     };
     let keys = KeyRing::new(Key::from_bytes([9; 32]));
-    let options = NodeOptions {
-        message_capacity: 4,
-        request_capacity: 4,
-        ..NodeOptions::default()
+    let options = {
+        let mut tuned = NodeOptions::default();
+        tuned.message_capacity = 4;
+        tuned.request_capacity = 4;
+        tuned
     };
     let runtime = Harness::default();
     let front = NodeFront::new(

@@ -63,10 +63,11 @@ fn lease_machine(data: &[u8]) {
         until: start + block,
         block,
     };
-    let config = Config {
-        client_max_outstanding: 8,
-        dedup_entries_per_client: 8,
-        ..Config::default()
+    let config = {
+        let mut tuned = Config::default();
+        tuned.client_max_outstanding = 8;
+        tuned.dedup_entries_per_client = 8;
+        tuned
     }
     .validate()
     .expect("a valid config");

@@ -99,19 +99,20 @@ struct Harness {
 
 impl Harness {
     fn new() -> Self {
-        let config = Config {
-            max_message_size: 4096,
-            send_queue_frames: 32,
-            send_queue_bytes: 32 * 4096,
-            client_max_outstanding: 4,
-            max_batch: 8,
-            max_handshakes_in_flight: 4,
-            max_connections: 8,
-            dedup_entries_per_client: 4,
-            dedup_max_clients: 3,
-            dedup_max_cached_bytes: 8192,
-            max_replay_peers: 8,
-            ..Config::default()
+        let config = {
+            let mut tuned = Config::default();
+            tuned.max_message_size = 4096;
+            tuned.send_queue_frames = 32;
+            tuned.send_queue_bytes = 32 * 4096;
+            tuned.client_max_outstanding = 4;
+            tuned.max_batch = 8;
+            tuned.max_handshakes_in_flight = 4;
+            tuned.max_connections = 8;
+            tuned.dedup_entries_per_client = 4;
+            tuned.dedup_max_clients = 3;
+            tuned.dedup_max_cached_bytes = 8192;
+            tuned.max_replay_peers = 8;
+            tuned
         }
         .validate()
         .expect("a valid fuzzing config");

@@ -150,22 +150,23 @@ impl Sim {
     pub fn new(seed: u64, shape: Shape) -> Sim {
         let mut rng = SeededEntropy::new(seed);
         let authenticated = rng.next_u64().is_multiple_of(2);
-        let config = Config {
-            heartbeat_interval: Duration::from_millis(100),
-            liveness_timeout: Duration::from_millis(600),
-            handshake_timeout: Duration::from_millis(500),
-            close_grace: Duration::from_millis(200),
-            reconnect_min: Duration::from_millis(20),
-            reconnect_max: Duration::from_millis(1000),
-            request_timeout: Duration::from_secs(5),
-            hello_timeout: Duration::from_millis(500),
-            max_handshakes_in_flight: 8,
-            max_unauthenticated_per_address: 4,
-            max_connections: 64,
-            send_queue_frames: 256,
-            max_batch: 16,
-            client_max_outstanding: 8,
-            dedup_entries_per_client: 16,
+        let config = {
+            let mut tuned = Config::default();
+            tuned.heartbeat_interval = Duration::from_millis(100);
+            tuned.liveness_timeout = Duration::from_millis(600);
+            tuned.handshake_timeout = Duration::from_millis(500);
+            tuned.close_grace = Duration::from_millis(200);
+            tuned.reconnect_min = Duration::from_millis(20);
+            tuned.reconnect_max = Duration::from_millis(1000);
+            tuned.request_timeout = Duration::from_secs(5);
+            tuned.hello_timeout = Duration::from_millis(500);
+            tuned.max_handshakes_in_flight = 8;
+            tuned.max_unauthenticated_per_address = 4;
+            tuned.max_connections = 64;
+            tuned.send_queue_frames = 256;
+            tuned.max_batch = 16;
+            tuned.client_max_outstanding = 8;
+            tuned.dedup_entries_per_client = 16;
             // The dedup window never ends a session during a run, so a
             // node incarnation runs each request number at most once and
             // the per-operation check below holds without exceptions:
@@ -174,11 +175,11 @@ impl Sim {
             // `RequestFailure::Unknown`), and the TTL is far longer than a
             // run (40 s of virtual time). `request_timeout` (5 s) is below
             // it, as `validate` requires.
-            dedup_max_clients: 64,
-            dedup_max_cached_bytes: 64 << 20,
-            dedup_ttl: Duration::from_secs(300),
-            authenticated_frames: authenticated,
-            ..Config::default()
+            tuned.dedup_max_clients = 64;
+            tuned.dedup_max_cached_bytes = 64 << 20;
+            tuned.dedup_ttl = Duration::from_secs(300);
+            tuned.authenticated_frames = authenticated;
+            tuned
         }
         .validate()
         .expect("simulation config is valid");

@@ -84,10 +84,11 @@ struct Replica {
 }
 
 fn config() -> Result<ValidConfig, Failure> {
-    Ok(Config {
-        reconnect_min: Duration::from_millis(20),
-        reconnect_max: Duration::from_millis(500),
-        ..Config::default()
+    Ok({
+        let mut tuned = Config::default();
+        tuned.reconnect_min = Duration::from_millis(20);
+        tuned.reconnect_max = Duration::from_millis(500);
+        tuned
     }
     .validate()?)
 }
