@@ -1,6 +1,8 @@
-//! Every socket task runs in a tracing span naming its connection: id,
-//! side (accepted or dialled), transport and remote address, so whatever
-//! is logged for a connection says which one it is.
+//! Every connection has a tracing span naming it: id, side (accepted or
+//! dialled), transport and remote address, and once the handshake names
+//! the peer, its plane and id. A socket task runs inside its span; a QUIC
+//! port enters a connection's span while it works on that connection. So
+//! whatever is logged for a connection says which one it is.
 
 use bus_tokio::bus_proto::client::ClientParams;
 use bus_tokio::bus_proto::config::Config;
@@ -31,6 +33,9 @@ struct Collect {
 struct Fields<'a>(&'a mut BTreeMap<String, String>);
 
 impl Visit for Fields<'_> {
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.0.insert(field.name().to_owned(), value.to_string());
+    }
     fn record_str(&mut self, field: &Field, value: &str) {
         self.0.insert(field.name().to_owned(), value.to_owned());
     }
@@ -53,7 +58,13 @@ impl Subscriber for Collect {
         }
         Id::from_u64(id)
     }
-    fn record(&self, _: &Id, _: &Record<'_>) {}
+    fn record(&self, id: &Id, values: &Record<'_>) {
+        let ids = self.connection_ids.lock().expect("lock");
+        if let Some(index) = ids.iter().position(|&c| c == id.into_u64()) {
+            let mut spans = self.spans.lock().expect("lock");
+            values.record(&mut Fields(&mut spans[index]));
+        }
+    }
     fn record_follows_from(&self, _: &Id, _: &Id) {}
     fn event(&self, _: &Event<'_>) {}
     fn enter(&self, id: &Id) {
@@ -102,22 +113,46 @@ fn every_socket_task_runs_in_a_span_naming_its_connection() {
                 id: Client::random_id(),
                 target: 0,
             };
-            let client = Client::start(&config, params, keys, address).expect("client starts");
+            let client =
+                Client::start(&config, params, keys.clone(), address).expect("client starts");
+            let (server, dialer) = quic_pair();
+            let quic_address = node
+                .listen_via("127.0.0.1:0", server)
+                .await
+                .expect("listen");
+            let quic_params = ClientParams {
+                cluster: 9,
+                id: Client::random_id(),
+                target: 0,
+            };
+            let quic_client = Client::start_via(&config, quic_params, keys, quic_address, dialer)
+                .expect("client starts");
             let serve = async {
+                let mut served = 0;
                 while let Some(event) = events.recv().await {
                     if let NodeEvent::Request { request, body, .. } = event {
                         node.reply(request, body).expect("reply");
-                        break;
+                        served += 1;
+                        if served == 2 {
+                            break;
+                        }
                     }
                 }
             };
-            let (reply, ()) = tokio::join!(client.request(1, "traced".into()), serve);
+            let (reply, quic_reply, ()) = tokio::join!(
+                client.request(1, "traced".into()),
+                quic_client.request(1, "over quic".into()),
+                serve
+            );
             assert_eq!(&reply.expect("a reply").body[..], b"traced");
+            assert_eq!(&quic_reply.expect("a reply").body[..], b"over quic");
             client.shutdown(Duration::from_secs(1)).await;
+            quic_client.shutdown(Duration::from_secs(1)).await;
             node.shutdown(Duration::from_secs(1)).await;
-            address
+            (address, quic_address, params.id, quic_params.id)
         })
     });
+    let (node_address, quic_address, client_id, quic_client_id) = node_address;
     // The socket tasks were polled inside their spans.
     assert!(
         entered.load(Ordering::Relaxed) > 0,
@@ -138,13 +173,80 @@ fn every_socket_task_runs_in_a_span_naming_its_connection() {
         field(accepted, "id").is_some_and(|id| id.starts_with("connection ")),
         "{accepted:?}"
     );
+    // Once the handshake named it: the client's plane and id.
+    assert_eq!(
+        field(accepted, "plane").as_deref(),
+        Some("client"),
+        "{accepted:?}"
+    );
+    assert_eq!(
+        field(accepted, "peer"),
+        Some(format!("{client_id:#x}")),
+        "{accepted:?}"
+    );
     let dialled = spans
         .iter()
-        .find(|s| field(s, "side").as_deref() == Some("dialled"))
+        .find(|s| {
+            field(s, "side").as_deref() == Some("dialled")
+                && field(s, "transport").as_deref() == Some("tcp")
+        })
         .unwrap_or_else(|| panic!("no dialled connection's span in {spans:?}"));
     assert_eq!(
         field(dialled, "remote"),
         Some(format!("Some({node_address})")),
         "{dialled:?}"
     );
+    assert_eq!(
+        field(dialled, "plane").as_deref(),
+        Some("replica"),
+        "{dialled:?}"
+    );
+    assert_eq!(field(dialled, "peer").as_deref(), Some("0"), "{dialled:?}");
+    // QUIC connections share their port's task but have spans of their own.
+    let quic = |side: &str| {
+        spans
+            .iter()
+            .find(|s| {
+                field(s, "side").as_deref() == Some(side)
+                    && field(s, "transport").as_deref() == Some("quic")
+            })
+            .unwrap_or_else(|| panic!("no {side} QUIC connection's span in {spans:?}"))
+    };
+    let accepted = quic("accepted");
+    assert!(
+        field(accepted, "remote").is_some_and(|r| r.starts_with("Some(127.0.0.1:")),
+        "{accepted:?}"
+    );
+    assert_eq!(
+        field(accepted, "peer"),
+        Some(format!("{quic_client_id:#x}")),
+        "{accepted:?}"
+    );
+    let dialled = quic("dialled");
+    assert_eq!(
+        field(dialled, "remote"),
+        Some(format!("Some({quic_address})")),
+        "{dialled:?}"
+    );
+    assert_eq!(
+        field(dialled, "plane").as_deref(),
+        Some("replica"),
+        "{dialled:?}"
+    );
+}
+
+/// A QUIC listener's and dialler's transports, with a fresh certificate.
+fn quic_pair() -> (bus_tokio::Transport, bus_tokio::Transport) {
+    use bus_tokio::bus_proto::transport::tls::{
+        CertificateDer, PrivateKeyDer, RootCertStore, TlsClient, TlsServer,
+    };
+    let certified =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("a certificate");
+    let cert = CertificateDer::from(certified.cert.der().to_vec());
+    let key = PrivateKeyDer::try_from(certified.signing_key.serialize_der()).expect("a key");
+    let server = TlsServer::new(vec![cert.clone()], key).expect("a TLS server");
+    let mut roots = RootCertStore::empty();
+    roots.add(cert).expect("a root");
+    let client = TlsClient::new(roots, "localhost").expect("a TLS client");
+    (server.quic(), client.quic())
 }

@@ -83,6 +83,11 @@ pub(super) struct Entry {
     pub(super) draining: bool,
     /// The QUIC port carrying this connection; it has no socket task.
     pub(super) port: Option<usize>,
+    /// A QUIC connection's span (a socket task holds its own): entered
+    /// while its port works on it.
+    pub(super) span: Option<tracing::Span>,
+    /// The span records the peer already.
+    pub(super) named: bool,
     /// Queued in its port's `ready` list.
     pub(super) port_ready: bool,
 }
@@ -90,9 +95,10 @@ pub(super) struct Entry {
 #[cfg(feature = "quic")]
 impl Entry {
     /// A connection carried by QUIC port `port`.
-    pub(super) fn on_port(port: usize) -> Self {
+    pub(super) fn on_port(port: usize, span: tracing::Span) -> Self {
         Entry {
             port: Some(port),
+            span: Some(span),
             ..Entry::default()
         }
     }
@@ -329,9 +335,14 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
                     let port = state
                         .dial_port
                         .filter(|_| state.transports.get(&replica).is_some_and(|t| t.is_quic()));
+                    // A QUIC dial's span; a TCP dial's task makes its own.
+                    let span = port.map(|_| {
+                        super::socket::connection_span(connection, "dialled", "quic", None)
+                    });
                     let entry = Entry {
                         dialing: Some(replica),
                         port,
+                        span,
                         ..Entry::default()
                     };
                     state.sockets.insert(connection, entry);

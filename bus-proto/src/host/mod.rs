@@ -70,6 +70,9 @@ macro_rules! forward_socket_io {
         fn transport_ready(&mut self, now: Now, id: ConnectionId, binding: Binding) -> bool {
             self.$core.transport_ready(now, id, binding).is_ok()
         }
+        fn peer(&self, id: ConnectionId) -> Option<crate::crypto::PeerId> {
+            self.$core.connection(id)?.peer()
+        }
         fn frame_limit(&self, id: ConnectionId) -> Option<u32> {
             let conn = self.$core.connection(id)?;
             (!conn.is_closed()).then(|| conn.frame_limit())
@@ -164,6 +167,8 @@ pub trait Machine: Send + 'static {
     fn transport_ready(&mut self, now: Now, id: ConnectionId, binding: Binding) -> bool;
     /// The largest frame `id` accepts now; `None` once it is closed.
     fn frame_limit(&self, id: ConnectionId) -> Option<u32>;
+    /// Who `id` is connected to, once its handshake named them.
+    fn peer(&self, id: ConnectionId) -> Option<crate::crypto::PeerId>;
     /// The socket for `Connect` could not be opened.
     fn connect_failed(&mut self, now: Now, id: ConnectionId);
     /// `id`'s next batch of bytes to write.

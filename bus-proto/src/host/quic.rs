@@ -92,10 +92,24 @@ struct HostCore<'a, M: Machine, R: Runtime> {
 }
 
 impl<M: Machine, R: Runtime> HostCore<'_, M, R> {
+    /// Runs `f` on the core for connection `id`, inside that connection's
+    /// span (naming its peer there once the handshake has).
     fn call<T>(&self, id: ConnectionId, f: impl FnOnce(&mut M) -> T) -> T {
         let mut state = self.shared.lock();
+        let span = state.sockets.get(&id).and_then(|e| e.span.clone());
+        let _entered = span.as_ref().map(tracing::Span::enter);
         let result = f(&mut state.machine);
         self.shared.after(&mut state, Some(id));
+        let state = &mut *state;
+        if let Some(entry) = state.sockets.get_mut(&id)
+            && let Some(span) = &entry.span
+            && !entry.named
+            && !span.is_disabled()
+            && let Some(peer) = state.machine.peer(id)
+        {
+            super::socket::name_peer(span, peer);
+            entry.named = true;
+        }
         result
     }
 }
@@ -107,7 +121,8 @@ impl<M: Machine, R: Runtime> QuicCore for HostCore<'_, M, R> {
             return None;
         }
         let id = state.machine.accept_pending(now, remote, self.plane)?;
-        state.sockets.insert(id, Entry::on_port(self.port));
+        let span = super::socket::connection_span(id, "accepted", "quic", Some(remote));
+        state.sockets.insert(id, Entry::on_port(self.port, span));
         self.shared.after(&mut state, Some(id));
         Some(id)
     }
@@ -322,6 +337,9 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
             Some((Some(address), Some(tls))) => {
                 if !self.with(|m, now| m.connected_pending(now, id, address)) {
                     return self.closed(id);
+                }
+                if let Some(span) = self.lock().sockets.get(&id).and_then(|e| e.span.as_ref()) {
+                    span.record("remote", tracing::field::debug(Some(address)));
                 }
                 let mut core = HostCore {
                     shared: self,

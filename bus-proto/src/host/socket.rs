@@ -84,6 +84,8 @@ pub struct Socket {
     /// it, so everything logged for the connection carries its id, side,
     /// transport and remote address.
     span: tracing::Span,
+    /// The span records the peer already.
+    named: bool,
 }
 
 /// A socket under a transport layer: the socket reads wire bytes into its
@@ -126,6 +128,7 @@ impl Socket {
             draining: false,
             layer: None,
             span: tracing::Span::none(),
+            named: false,
         }
     }
 
@@ -214,6 +217,14 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
                 self.after(&mut state, Some(id));
             }
             let closing = state.sockets.get(&id).is_none_or(|e| e.closing);
+            // Once per connection, and only while a subscriber listens.
+            if !socket.named
+                && !socket.span.is_disabled()
+                && let Some(peer) = state.machine.peer(id)
+            {
+                name_peer(&socket.span, peer);
+                socket.named = true;
+            }
             let read = self.decide_read(&mut state, socket, closing);
             if socket.layer.is_some() {
                 frame_limit = state.machine.frame_limit(id);
@@ -494,7 +505,30 @@ pub(super) fn connection_span(
     transport: &'static str,
     remote: Option<core::net::SocketAddr>,
 ) -> tracing::Span {
-    tracing::info_span!("connection", id = %id, side, transport, remote = ?remote)
+    tracing::info_span!(
+        "connection",
+        id = %id,
+        side,
+        transport,
+        remote = ?remote,
+        plane = tracing::field::Empty,
+        peer = tracing::field::Empty,
+    )
+}
+
+/// Records who is at the other end of `span`'s connection once the
+/// handshake names them: the plane, and the replica or client id.
+pub(super) fn name_peer(span: &tracing::Span, peer: crate::crypto::PeerId) {
+    match peer {
+        crate::crypto::PeerId::Replica(replica) => {
+            span.record("plane", "replica");
+            span.record("peer", replica);
+        }
+        crate::crypto::PeerId::Client(client) => {
+            span.record("plane", "client");
+            span.record("peer", tracing::field::display(format_args!("{client:#x}")));
+        }
+    }
 }
 
 #[cfg(test)]
