@@ -52,6 +52,7 @@ async fn listen_quic(
         .map_err(|source| ListenError { source })?;
     let port = node.quic_listener(
         transport,
+        local,
         std::time::Instant::now(),
         crate::quic::quic_seed(),
     )?;
@@ -75,7 +76,10 @@ async fn accept_loop(shared: &Arc<Driver>, listener: TcpListener, transport: &Tr
             First::Right(()) => return,
             First::Left(Ok((stream, remote))) => {
                 match shared.accept_socket(Some(remote), transport) {
-                    Ok(socket) => Compio::spawn(drive(Arc::clone(shared), socket, stream)),
+                    Ok(socket) => {
+                        shared.note_local(&socket, stream.local_addr().ok());
+                        Compio::spawn(drive(Arc::clone(shared), socket, stream));
+                    }
                     Err(refused) => {
                         Compio::spawn(refuse(stream, refused.reject(), shared.linger()))
                     }

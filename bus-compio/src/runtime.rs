@@ -138,6 +138,7 @@ async fn dial<M: Machine>(shared: Arc<Shared<M, Compio>>, id: ConnectionId, repl
         First::Right(()) => None,
     };
     if let Some((socket, stream)) = shared.dialled(id, address, outcome) {
+        shared.note_local(&socket, stream.local_addr().ok());
         drive(shared, socket, stream).await;
     }
 }

@@ -64,6 +64,7 @@ async fn listen_quic(
     let udp = crate::quic::Udp::new(socket).map_err(|source| ListenError { source })?;
     let port = node.quic_listener(
         transport,
+        local,
         std::time::Instant::now(),
         crate::quic::quic_seed(),
     )?;
@@ -88,6 +89,7 @@ async fn accept_loop(
             None => return,
             Some(Ok((stream, remote))) => match shared.accept_socket(Some(remote), transport) {
                 Ok(socket) => {
+                    shared.note_local(&socket, stream.get_ref().local_addr().ok());
                     let task = drive(Arc::clone(shared), socket, stream);
                     shared.runtime().spawn(task);
                 }

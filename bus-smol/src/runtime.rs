@@ -173,6 +173,7 @@ async fn dial<M: Machine>(shared: Arc<Shared<M, Smol>>, id: ConnectionId, replic
     };
     let outcome = connect.or(abandoned).await;
     if let Some((socket, stream)) = shared.dialled(id, address, outcome) {
+        shared.note_local(&socket, stream.get_ref().local_addr().ok());
         drive(shared, socket, stream).await;
     }
 }

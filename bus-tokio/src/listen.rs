@@ -53,6 +53,7 @@ async fn listen_quic(
     let udp = crate::quic::Udp::new(socket).map_err(|source| ListenError { source })?;
     let port = node.quic_listener(
         transport,
+        local,
         std::time::Instant::now(),
         crate::quic::quic_seed(),
     )?;
@@ -71,6 +72,7 @@ async fn accept_loop(shared: &Arc<Driver>, listener: TcpListener, transport: &Tr
         match accepted {
             Ok((stream, remote)) => match shared.accept_socket(Some(remote), transport) {
                 Ok(socket) => {
+                    shared.note_local(&socket, stream.local_addr().ok());
                     let task = drive(Arc::clone(shared), socket, stream);
                     shared.runtime().spawn(task);
                 }

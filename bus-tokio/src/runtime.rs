@@ -138,6 +138,7 @@ async fn dial<M: Machine>(shared: Arc<Shared<M, Tokio>>, id: ConnectionId, repli
         () = shared.abandoned(id) => None,
     };
     if let Some((socket, stream)) = shared.dialled(id, address, outcome) {
+        shared.note_local(&socket, stream.local_addr().ok());
         drive(shared, socket, stream).await;
     }
 }

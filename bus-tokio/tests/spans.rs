@@ -173,6 +173,11 @@ fn every_socket_task_runs_in_a_span_naming_its_connection() {
         field(accepted, "id").is_some_and(|id| id.starts_with("connection ")),
         "{accepted:?}"
     );
+    assert_eq!(
+        field(accepted, "local"),
+        Some(node_address.to_string()),
+        "{accepted:?}"
+    );
     // Once the handshake named it: the client's plane and id.
     assert_eq!(
         field(accepted, "plane").as_deref(),
@@ -220,6 +225,11 @@ fn every_socket_task_runs_in_a_span_naming_its_connection() {
     assert_eq!(
         field(accepted, "peer"),
         Some(format!("{quic_client_id:#x}")),
+        "{accepted:?}"
+    );
+    assert_eq!(
+        field(accepted, "local"),
+        Some(quic_address.to_string()),
         "{accepted:?}"
     );
     let dialled = quic("dialled");

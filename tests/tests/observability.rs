@@ -1,5 +1,5 @@
 //! What operators see, on every adapter and runtime: per-connection
-//! snapshots (peer, side, remote address, counters each way, queue depth,
+//! snapshots (peer, side, remote and local addresses, counters each way, queue depth,
 //! pauses, round trip) and the node's gauges, taken while traffic flows
 //! and the application falls behind.
 
@@ -40,6 +40,13 @@ async fn connection_snapshots_show_peers_traffic_pauses_and_round_trips<B: Bus>(
     let dialled = info_for::<B>(&zero.node, PeerId::Replica(1)).expect("a connection to 1");
     assert_eq!(dialled.side, Side::Dialer, "{}", B::NAME);
     assert_eq!(dialled.remote, Some(one.address), "{}", B::NAME);
+    assert!(
+        dialled
+            .local
+            .is_some_and(|l| l.ip().is_loopback() && l != one.address),
+        "{}: {dialled:?}",
+        B::NAME
+    );
     assert!(dialled.established && !dialled.connecting, "{}", B::NAME);
     // A ping answered within a few heartbeats gives a round trip.
     until::<B>("a ping round trip", || {
@@ -64,6 +71,12 @@ async fn connection_snapshots_show_peers_traffic_pauses_and_round_trips<B: Bus>(
     assert!(
         paused.remote.is_some_and(|r| r.ip().is_loopback()),
         "{}",
+        B::NAME
+    );
+    assert_eq!(
+        paused.local,
+        Some(one.address),
+        "{}: accepted on its listener",
         B::NAME
     );
     assert!(one.node.stats().events_waiting >= 4, "{}", B::NAME);
@@ -137,6 +150,7 @@ async fn connection_snapshots_show_peers_traffic_pauses_and_round_trips<B: Bus>(
     assert_eq!(mine.peer, Some(PeerId::Replica(1)), "{}", B::NAME);
     assert_eq!(mine.side, Side::Dialer, "{}", B::NAME);
     assert_eq!(mine.remote, Some(one.address), "{}", B::NAME);
+    assert!(mine.local.is_some(), "{}", B::NAME);
     assert!(mine.stats.frames_sent >= 2 && mine.stats.frames_received >= 2);
     let theirs = info_for::<B>(&one.node, PeerId::Client(params.id)).expect("the client");
     assert_eq!(theirs.side, Side::Acceptor, "{}", B::NAME);

@@ -562,6 +562,12 @@ impl Client {
         &self.config
     }
 
+    /// The adapter's socket for `id` has local address `local` (reported
+    /// in [`ConnectionInfo`](crate::node::ConnectionInfo)).
+    pub fn note_local(&mut self, id: ConnectionId, local: core::net::SocketAddr) {
+        self.table.note_local(id, local);
+    }
+
     /// The adapter's socket for dial `id` reached `remote` (before
     /// [`Client::connected`](Self::connected)): its events and infos name it.
     pub fn dialled_to(&mut self, id: ConnectionId, remote: core::net::SocketAddr) {
@@ -901,6 +907,7 @@ impl Client {
             remote: None,
             established_at: None,
             plane: None,
+            local: None,
         }) {
             Some(id) => {
                 self.stats.dials += 1;

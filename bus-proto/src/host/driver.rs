@@ -520,6 +520,14 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
         }
     }
 
+    /// Reports `socket`'s local address (from the OS socket after accept
+    /// or connect): it appears in the connection's snapshot and span.
+    pub fn note_local(&self, socket: &Socket, local: Option<SocketAddr>) {
+        let Some(local) = local else { return };
+        self.lock().machine.note_local(socket.id(), local);
+        socket.span().record("local", tracing::field::debug(local));
+    }
+
     /// How dial `id` to `address` ended: `None` if it was
     /// [`abandoned`](Shared::abandoned), else the connect's result. Returns
     /// the socket to run (under the replica's transport layer, if it has

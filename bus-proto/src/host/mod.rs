@@ -70,6 +70,9 @@ macro_rules! forward_socket_io {
         fn transport_ready(&mut self, now: Now, id: ConnectionId, binding: Binding) -> bool {
             self.$core.transport_ready(now, id, binding).is_ok()
         }
+        fn note_local(&mut self, id: ConnectionId, local: core::net::SocketAddr) {
+            self.$core.note_local(id, local);
+        }
         fn peer(&self, id: ConnectionId) -> Option<crate::crypto::PeerId> {
             self.$core.connection(id)?.peer()
         }
@@ -167,6 +170,8 @@ pub trait Machine: Send + 'static {
     fn transport_ready(&mut self, now: Now, id: ConnectionId, binding: Binding) -> bool;
     /// The largest frame `id` accepts now; `None` once it is closed.
     fn frame_limit(&self, id: ConnectionId) -> Option<u32>;
+    /// `id`'s socket has local address `local`.
+    fn note_local(&mut self, id: ConnectionId, local: core::net::SocketAddr);
     /// Who `id` is connected to, once its handshake named them.
     fn peer(&self, id: ConnectionId) -> Option<crate::crypto::PeerId>;
     /// The socket for `Connect` could not be opened.

@@ -40,6 +40,8 @@ pub struct QuicPort {
     index: usize,
     /// A listener's one plane, if it takes only one.
     plane: Option<crate::wire::Plane>,
+    /// The UDP socket's address, for a listener.
+    local: Option<SocketAddr>,
     endpoint: QuicEndpoint,
     ready: Vec<ConnectionId>,
     dials: Vec<(ConnectionId, u8)>,
@@ -89,6 +91,7 @@ struct HostCore<'a, M: Machine, R: Runtime> {
     shared: &'a Arc<Shared<M, R>>,
     port: usize,
     plane: Option<crate::wire::Plane>,
+    local: Option<SocketAddr>,
 }
 
 impl<M: Machine, R: Runtime> HostCore<'_, M, R> {
@@ -122,6 +125,10 @@ impl<M: Machine, R: Runtime> QuicCore for HostCore<'_, M, R> {
         }
         let id = state.machine.accept_pending(now, remote, self.plane)?;
         let span = super::socket::connection_span(id, "accepted", "quic", Some(remote));
+        if let Some(local) = self.local {
+            state.machine.note_local(id, local);
+            span.record("local", tracing::field::debug(local));
+        }
         state.sockets.insert(id, Entry::on_port(self.port, span));
         self.shared.after(&mut state, Some(id));
         Some(id)
@@ -194,6 +201,7 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
         QuicPort {
             index: state.ports.len() - 1,
             plane,
+            local: None,
             endpoint,
             ready: Vec::new(),
             dials: Vec::new(),
@@ -201,13 +209,14 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
     }
 
     /// A port accepting connections with `transport` (a QUIC transport
-    /// with a server configuration): bind the UDP socket first, then run
-    /// the port until [`QuicStep::Exit`]. `epoch` is any
+    /// with a server configuration): bind the UDP socket first (at `local`),
+    /// then run the port until [`QuicStep::Exit`]. `epoch` is any
     /// `std::time::Instant` (the endpoint's time counts from it); `seed`
     /// seeds QUIC's packet-number randomness.
     pub fn quic_listener(
         self: &Arc<Self>,
         transport: &Transport,
+        local: SocketAddr,
         epoch: std::time::Instant,
         seed: [u8; 32],
     ) -> Result<QuicPort, ListenError> {
@@ -224,7 +233,9 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
         let endpoint = QuicEndpoint::new(epoch, &config, Some(server), None, seed)
             .map_err(|e| invalid(std::format!("{e}")))?;
         self.listener_opened();
-        Ok(self.open_port(endpoint, transport.plane()))
+        let mut port = self.open_port(endpoint, transport.plane());
+        port.local = Some(local);
+        Ok(port)
     }
 
     /// The port that dials the replicas whose transport is QUIC, with the
@@ -288,6 +299,7 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
             shared: self,
             port: port.index,
             plane: port.plane,
+            local: port.local,
         };
         if forced {
             port.endpoint.close_all(now, &mut core);
@@ -345,6 +357,7 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
                     shared: self,
                     port: port.index,
                     plane: port.plane,
+                    local: port.local,
                 };
                 if !port.endpoint.connect_with(now, id, address, &tls) {
                     core.handle_eof(now, id);
@@ -373,6 +386,7 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
             shared: self,
             port: port.index,
             plane: port.plane,
+            local: port.local,
         };
         port.endpoint.handle_datagram(now, from, data, &mut core);
     }

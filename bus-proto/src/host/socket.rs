@@ -511,6 +511,7 @@ pub(super) fn connection_span(
         side,
         transport,
         remote = ?remote,
+        local = tracing::field::Empty,
         plane = tracing::field::Empty,
         peer = tracing::field::Empty,
     )

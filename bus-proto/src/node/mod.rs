@@ -341,6 +341,12 @@ impl Node {
         &self.config
     }
 
+    /// The adapter's socket for `id` has local address `local` (reported
+    /// in [`ConnectionInfo`](crate::node::ConnectionInfo)).
+    pub fn note_local(&mut self, id: ConnectionId, local: core::net::SocketAddr) {
+        self.table.note_local(id, local);
+    }
+
     /// The adapter's socket for dial `id` reached `remote` (before
     /// [`Node::connected`](Self::connected)): its events and infos name it.
     pub fn dialled_to(&mut self, id: ConnectionId, remote: core::net::SocketAddr) {
@@ -518,6 +524,7 @@ impl Node {
             remote,
             established_at: None,
             plane: None,
+            local: None,
         }) else {
             self.stats.accepts_refused += 1;
             return Err(AcceptError::TableFull {
@@ -1117,6 +1124,7 @@ impl Node {
             remote: None,
             established_at: None,
             plane: None,
+            local: None,
         }) {
             Some(id) => {
                 self.stats.dials += 1;

@@ -93,6 +93,8 @@ pub struct ConnectionInfo {
     pub side: Side,
     /// The remote address, where the adapter reported it.
     pub remote: Option<core::net::SocketAddr>,
+    /// The local address, where the adapter reported it.
+    pub local: Option<core::net::SocketAddr>,
     /// The socket is still connecting, or its transport (TLS, WebSocket)
     /// still handshaking: the fields below are zero.
     pub connecting: bool,
@@ -129,6 +131,7 @@ impl ConnectionInfo {
             peer: dialled,
             side,
             remote: entry.remote,
+            local: entry.local,
             connecting: true,
             established: false,
             established_for: entry
@@ -189,6 +192,8 @@ pub(crate) struct Entry {
     /// Accepted on a listener of one plane only: a `hello` of the other is
     /// refused.
     pub(crate) plane: Option<crate::wire::Plane>,
+    /// The local address, where the adapter reported it.
+    pub(crate) local: Option<core::net::SocketAddr>,
 }
 
 struct Slot {
@@ -399,6 +404,13 @@ impl Table {
             && matches!(entry.origin, Origin::Dialed(_))
         {
             entry.remote = Some(remote);
+        }
+    }
+
+    /// The adapter's socket for `id` has local address `local`.
+    pub(crate) fn note_local(&mut self, id: ConnectionId, local: core::net::SocketAddr) {
+        if let Some(entry) = self.get_mut(id) {
+            entry.local = Some(local);
         }
     }
 
