@@ -114,6 +114,14 @@ fn the_demo_runs_every_step() {
     }
 }
 
+/// A fresh, empty directory for one test.
+fn scratch(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("bus-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 /// A `bus node` whose stderr is read line by line on a thread.
 struct Running {
     child: std::process::Child,
@@ -166,6 +174,16 @@ impl Running {
                 ),
             }
         }
+    }
+
+    /// The address the node printed it listens on next.
+    fn listening_address(&mut self) -> String {
+        let line = self.wait_for("listening on ");
+        let rest = line.split("listening on ").nth(1).unwrap_or_default();
+        rest.split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_owned()
     }
 
     /// A line containing `needle`, printed already or from now on (for
@@ -228,13 +246,7 @@ fn sigterm_and_sigint_stop_a_node_gracefully() {
     };
     for signal in ["TERM", "INT"] {
         let mut one = node("1", None);
-        let line = one.wait_for("listening on ");
-        let address = line
-            .split("listening on ")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .expect("an address")
-            .to_owned();
+        let address = one.listening_address();
         let mut zero = node("0", Some(&format!("1={address}")));
         one.wait_for("peer connected");
         zero.wait_for("peer connected");
@@ -391,9 +403,7 @@ fn a_client_killed_mid_request_and_restarted_under_its_identity_runs_it_once() {
 #[test]
 #[cfg(unix)]
 fn a_node_serves_clients_over_tcp_tls_ws_and_wss_with_a_development_certificate() {
-    let dir = std::env::temp_dir().join(format!("bus-cli-tls-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch("tls");
     let path = |name: &str| dir.join(name).to_str().unwrap().to_owned();
     let (cert, key_pem, key) = (path("cert.pem"), path("key.pem"), path("cluster.key"));
     let made = bus(&["cert", "--cert-out", &cert, "--key-out", &key_pem]);
@@ -523,9 +533,7 @@ fn config_prints_the_defaults_and_checks_a_file() {
 #[test]
 #[cfg(unix)]
 fn sighup_reloads_the_key_file_for_new_handshakes() {
-    let dir = std::env::temp_dir().join(format!("bus-cli-rotate-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch("rotate");
     let path = |name: &str| dir.join(name).to_str().unwrap().to_owned();
     let (ring, old, new) = (path("ring.key"), path("old.key"), path("new.key"));
     for file in [&ring, &old, &new] {
@@ -546,9 +554,7 @@ fn sighup_reloads_the_key_file_for_new_handshakes() {
         "--key-file",
         &ring,
     ]);
-    let line = node.wait_for("listening on ");
-    let address = line.split("listening on ").nth(1).unwrap();
-    let address = address.split_whitespace().next().unwrap().to_owned();
+    let address = node.listening_address();
     let served = |key: &str| {
         let out = bus(&["client", "--connect", &address, "--key-file", key]);
         out.status.success()
@@ -592,9 +598,7 @@ fn sighup_reloads_the_key_file_for_new_handshakes() {
 #[test]
 #[cfg(unix)]
 fn metrics_are_scraped_by_curl_and_python() {
-    let dir = std::env::temp_dir().join(format!("bus-cli-metrics-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch("metrics");
     let key = dir.join("cluster.key").to_str().unwrap().to_owned();
     assert!(bus(&["keygen", "--out", &key]).status.success());
     let free_port = || {
@@ -613,9 +617,7 @@ fn metrics_are_scraped_by_curl_and_python() {
         "--key-file",
         &key,
     ]);
-    let line = one.wait_for("listening on ");
-    let address = line.split("listening on ").nth(1).unwrap();
-    let address = address.split_whitespace().next().unwrap().to_owned();
+    let address = one.listening_address();
     let mut zero = Running::start(&[
         "node",
         "--replica",
@@ -631,9 +633,7 @@ fn metrics_are_scraped_by_curl_and_python() {
         "--metrics",
         &metrics,
     ]);
-    let line = zero.wait_for("listening on ");
-    let zero_address = line.split("listening on ").nth(1).unwrap();
-    let zero_address = zero_address.split_whitespace().next().unwrap().to_owned();
+    let zero_address = zero.listening_address();
     zero.wait_for(&format!("metrics on http://{metrics}/metrics"));
     zero.saw_or_wait_for("peer connected");
     let out = bus(&[
