@@ -699,15 +699,16 @@ async fn receive_varied<B: Bus>(events: &mut EventsOf<B>, count: u32) {
 }
 
 /// An accepting node's `PeerConnected` and `ClientConnected` name the
-/// remote address, and so does the dialer's: the address it dialled.
+/// remote address and the local one they came in on, and so does the
+/// dialer's: the address it dialled, and its own end.
 async fn connected_events_name_the_remote_address<B: Bus>() {
     let mut members = cluster::<B>(&config(), 2, |_| keys(1)).await;
     all_connected::<B>(&members).await;
     let loopback = |remote: &Option<Box<std::net::SocketAddr>>| {
         remote.as_ref().is_some_and(|r| r.ip().is_loopback())
     };
-    // Replica 0 dials replica 1: 1 accepted it.
-    let NodeEvent::PeerConnected { remote, .. } =
+    // Replica 0 dials replica 1: 1 accepted it, on its listener.
+    let NodeEvent::PeerConnected { remote, local, .. } =
         wait_for::<B>(&mut members[1].events, "replica 0's connection", |e| {
             matches!(e, NodeEvent::PeerConnected { replica: 0, .. })
         })
@@ -716,7 +717,8 @@ async fn connected_events_name_the_remote_address<B: Bus>() {
         unreachable!()
     };
     assert!(loopback(&remote), "{remote:?}");
-    let NodeEvent::PeerConnected { remote, .. } =
+    assert_eq!(local.as_deref(), Some(&members[1].address), "{}", B::NAME);
+    let NodeEvent::PeerConnected { remote, local, .. } =
         wait_for::<B>(&mut members[0].events, "replica 1's connection", |e| {
             matches!(e, NodeEvent::PeerConnected { replica: 1, .. })
         })
@@ -729,6 +731,7 @@ async fn connected_events_name_the_remote_address<B: Bus>() {
         Some(&members[1].address),
         "a dialled connection"
     );
+    assert!(loopback(&local), "{local:?}");
     let client = B::start_client(
         &config(),
         client_params::<B>(1),
@@ -737,7 +740,7 @@ async fn connected_events_name_the_remote_address<B: Bus>() {
     )
     .expect("client starts");
     client.connected().await.expect("connected");
-    let NodeEvent::ClientConnected { remote, .. } =
+    let NodeEvent::ClientConnected { remote, local, .. } =
         wait_for::<B>(&mut members[1].events, "the client's connection", |e| {
             matches!(e, NodeEvent::ClientConnected { .. })
         })
@@ -746,6 +749,7 @@ async fn connected_events_name_the_remote_address<B: Bus>() {
         unreachable!()
     };
     assert!(loopback(&remote), "{remote:?}");
+    assert_eq!(local.as_deref(), Some(&members[1].address), "{}", B::NAME);
     client.shutdown(Duration::from_secs(1)).await;
     for m in &members {
         m.node.shutdown(Duration::from_secs(1)).await;

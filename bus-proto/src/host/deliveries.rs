@@ -395,6 +395,7 @@ mod tests {
             client: 9,
             connection: b,
             remote: None,
+            local: None,
         });
         let order: std::vec::Vec<_> = core::iter::from_fn(|| queue.pop())
             .map(|e| match e {

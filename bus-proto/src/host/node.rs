@@ -258,7 +258,8 @@ fn log_event(event: &NodeEvent) {
             replica,
             connection,
             remote,
-        } => tracing::info!(replica, %connection, ?remote, "peer connected"),
+            local,
+        } => tracing::info!(replica, %connection, ?remote, ?local, "peer connected"),
         NodeEvent::PeerDisconnected {
             replica,
             connection,
@@ -268,8 +269,9 @@ fn log_event(event: &NodeEvent) {
             client,
             connection,
             remote,
+            local,
         } => {
-            tracing::debug!(client = %format_args!("{client:032x}"), %connection, ?remote, "client connected");
+            tracing::debug!(client = %format_args!("{client:032x}"), %connection, ?remote, ?local, "client connected");
         }
         NodeEvent::ClientDisconnected {
             client,

@@ -28,6 +28,7 @@ impl Node {
                 client,
                 connection: id,
                 remote: self.remote(id).map(alloc::boxed::Box::new),
+                local: self.local(id).map(alloc::boxed::Box::new),
             },
         );
     }

@@ -112,6 +112,9 @@ pub enum NodeEvent {
         /// [`Node::accept_from`] or [`Node::dialled_to`]). Boxed as in
         /// `HandshakeFailed`.
         remote: Option<Box<SocketAddr>>,
+        /// The local address, where the adapter passed it
+        /// ([`Node::note_local`]).
+        local: Option<Box<SocketAddr>>,
     },
     /// A registered replica connection ended; exactly once per
     /// `PeerConnected`.
@@ -163,6 +166,9 @@ pub enum NodeEvent {
         /// The client's address, where the adapter passed it to
         /// [`Node::accept_from`]. Boxed as in `HandshakeFailed`.
         remote: Option<Box<SocketAddr>>,
+        /// The local address it came in on, where the adapter passed it
+        /// ([`Node::note_local`]).
+        local: Option<Box<SocketAddr>>,
     },
     /// A client connection ended; exactly once per `ClientConnected`.
     ClientDisconnected {
@@ -428,6 +434,11 @@ impl Node {
     /// The remote address `id` was accepted from, if the adapter said.
     pub fn remote(&self, id: ConnectionId) -> Option<SocketAddr> {
         self.table.get(id)?.remote
+    }
+
+    /// The local address of `id`'s socket, if the adapter said.
+    pub fn local(&self, id: ConnectionId) -> Option<SocketAddr> {
+        self.table.get(id)?.local
     }
 
     /// Whether replica `replica` has a registered connection.
@@ -1097,6 +1108,7 @@ impl Node {
                         replica,
                         connection: id,
                         remote: self.remote(id).map(Box::new),
+                        local: self.local(id).map(Box::new),
                     },
                 );
             }
