@@ -348,7 +348,7 @@ impl Node {
     }
 
     /// The adapter's socket for `id` has local address `local` (reported
-    /// in [`ConnectionInfo`](crate::node::ConnectionInfo)).
+    /// in [`ConnectionInfo`]).
     pub fn note_local(&mut self, id: ConnectionId, local: core::net::SocketAddr) {
         self.table.note_local(id, local);
     }
