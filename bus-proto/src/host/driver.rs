@@ -84,9 +84,11 @@ pub(super) struct Entry {
     /// The QUIC port carrying this connection; it has no socket task.
     pub(super) port: Option<usize>,
     /// A QUIC connection's span (a socket task holds its own): entered
-    /// while its port works on it.
+    /// while its port works on it. Only QUIC ports read these two.
+    #[cfg_attr(not(feature = "quic"), allow(dead_code))]
     pub(super) span: Option<tracing::Span>,
     /// The span records the peer already.
+    #[cfg_attr(not(feature = "quic"), allow(dead_code))]
     pub(super) named: bool,
     /// Queued in its port's `ready` list.
     pub(super) port_ready: bool,
