@@ -416,7 +416,7 @@ impl Client {
     ) -> Result<u64, RequestError> {
         self.check_room()?;
         // Checked before a number is spent on it.
-        self.check_size(0, operation, &app, &body)?;
+        self.check_size(0, operation, &body)?;
         let reservation = self.reserve(now)?;
         let request = (reservation.request, operation, app);
         self.queue(now, request, body, Duration::ZERO);
@@ -514,7 +514,7 @@ impl Client {
                 timeout,
             });
         }
-        self.check_size(request, operation, &app, &body)?;
+        self.check_size(request, operation, &body)?;
         self.queue(now, (request, operation, app), body, age);
         Ok(())
     }
@@ -576,8 +576,7 @@ impl Client {
 
     /// The current connection (connecting or open), as of `now`.
     pub fn connection_info(&self, now: Instant) -> Option<crate::node::ConnectionInfo> {
-        let current = self.current?;
-        self.table.infos(now).find(|info| info.id == current)
+        self.table.info(self.current?, now)
     }
 
     /// Replaces the client's keys for its next handshakes; an established
@@ -609,20 +608,15 @@ impl Client {
         Ok(())
     }
 
-    fn check_size(
-        &self,
-        request: u64,
-        operation: u32,
-        app: &AppHeader,
-        body: &Bytes,
-    ) -> Result<(), RequestError> {
+    /// The request's frame fits `max_message_size` (its application
+    /// header cannot make it invalid: a request may carry one).
+    fn check_size(&self, request: u64, operation: u32, body: &Bytes) -> Result<(), RequestError> {
         let header = RequestHeader {
             client: self.params.id,
             request,
             operation,
         };
         Header::new(self.params.cluster, Kind::Request(header))
-            .with_app(app.clone())
             .check(body.len(), self.config.max_message_size)?;
         Ok(())
     }
@@ -963,8 +957,9 @@ impl Client {
                     self.flush();
                 }
                 Event::Message(frame) => {
-                    let app = frame.header.app_header();
-                    if let Kind::Reply { request, status } = frame.header.kind {
+                    let mut header = frame.header;
+                    let app = header.take_app();
+                    if let Kind::Reply { request, status } = header.kind {
                         self.on_reply(request, status, app, frame.body);
                     }
                 }

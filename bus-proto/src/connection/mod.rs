@@ -128,30 +128,6 @@ pub struct Stats {
     pub paused: Duration,
 }
 
-/// A connection's state at one moment ([`Connection::info`]).
-#[non_exhaustive]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Info {
-    /// Who is at the other end, once known: the replica we dialled, or
-    /// the replica or client whose `hello` verified.
-    pub peer: Option<PeerId>,
-    /// Whether we dialled or accepted.
-    pub side: Side,
-    /// The handshake is done and data flows.
-    pub established: bool,
-    /// The host is not reading it: the application has not taken what it
-    /// delivered.
-    pub reading_paused: bool,
-    /// Frames waiting in the send queue.
-    pub queued_frames: usize,
-    /// Bytes waiting in the send queue.
-    pub queued_bytes: usize,
-    /// The latest ping round trip.
-    pub rtt: Option<Duration>,
-    /// Counters since it started.
-    pub stats: Stats,
-}
-
 /// The configuration knobs a connection uses, copied out of [`ValidConfig`].
 #[derive(Clone, Copy, Debug)]
 struct Limits {
@@ -843,26 +819,16 @@ impl Connection {
         self.stats
     }
 
-    /// The connection now, for stats pages and metrics: its counters with
-    /// the pause under way counted up to `now`, queue depths, round trip.
-    pub fn info(&self, now: Instant) -> Info {
+    /// Counters as of `now`: [`Connection::stats`] with the pause under way
+    /// counted up to `now`.
+    pub fn stats_at(&self, now: Instant) -> Stats {
         let mut stats = self.stats;
         if let Some(since) = self.paused_since {
             stats.paused = stats
                 .paused
                 .saturating_add(now.saturating_duration_since(since));
         }
-        let (queued_frames, queued_bytes) = self.queued();
-        Info {
-            peer: self.peer,
-            side: self.side,
-            established: self.is_established(),
-            reading_paused: self.reading_paused,
-            queued_frames,
-            queued_bytes,
-            rtt: self.rtt,
-            stats,
-        }
+        stats
     }
 
     /// Encodes a handshake frame now (the handshake fixes its sequence and

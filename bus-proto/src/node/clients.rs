@@ -117,8 +117,8 @@ impl Node {
             request,
             status: ReplyStatus::Ok,
         };
+        // A reply may carry an application header: only the size can fail.
         Header::new(self.params.cluster, kind.clone())
-            .with_app(app.clone())
             .check(body.len(), self.config.max_message_size)
             .map_err(|error| ReplyError::Encode { client, error })?;
         if let Lookup::Cached(_) = self.dedup.lookup(client, number, now.mono) {

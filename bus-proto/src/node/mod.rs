@@ -1013,15 +1013,24 @@ impl Node {
             self.stats.frames_unregistered += 1;
             return;
         }
+        // Moved field by field: the cheapest way through, per message.
         let crate::wire::Frame { header, body } = frame;
+        let crate::wire::Header {
+            view,
+            release,
+            app: area,
+            replica,
+            kind,
+            ..
+        } = header;
         let app = AppHeader {
-            view: header.view,
-            release: header.release,
-            area: header.app,
+            view,
+            release,
+            area,
         };
-        match header.kind {
+        match kind {
             Kind::Message { operation } => self.events.push_back(NodeEvent::Message {
-                from: header.replica,
+                from: replica,
                 connection: id,
                 operation,
                 app,

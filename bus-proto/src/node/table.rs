@@ -126,35 +126,28 @@ impl ConnectionInfo {
             Origin::Dialed(_) => Side::Dialer,
             Origin::Accepted => Side::Acceptor,
         };
-        let mut info = ConnectionInfo {
+        let conn = match &entry.socket {
+            Socket::Open(conn) => Some(conn),
+            Socket::Connecting { .. } => None,
+        };
+        let (queued_frames, queued_bytes) = conn.map_or((0, 0), |c| c.queued());
+        ConnectionInfo {
             id,
-            peer: dialled,
+            peer: conn.and_then(|c| c.peer()).or(dialled),
             side,
             remote: entry.remote,
             local: entry.local,
-            connecting: true,
-            established: false,
+            connecting: conn.is_none(),
+            established: conn.is_some_and(|c| c.is_established()),
             established_for: entry
                 .established_at
                 .map(|at| now.saturating_duration_since(at)),
-            reading_paused: false,
-            queued_frames: 0,
-            queued_bytes: 0,
-            rtt: None,
-            stats: Stats::default(),
-        };
-        if let Socket::Open(conn) = &entry.socket {
-            let now_info = conn.info(now);
-            info.peer = now_info.peer.or(dialled);
-            info.connecting = false;
-            info.established = now_info.established;
-            info.reading_paused = now_info.reading_paused;
-            info.queued_frames = now_info.queued_frames;
-            info.queued_bytes = now_info.queued_bytes;
-            info.rtt = now_info.rtt;
-            info.stats = now_info.stats;
+            reading_paused: conn.is_some_and(|c| c.reading_paused()),
+            queued_frames,
+            queued_bytes,
+            rtt: conn.and_then(|c| c.rtt()),
+            stats: conn.map_or_else(Stats::default, |c| c.stats_at(now)),
         }
-        info
     }
 }
 
@@ -415,9 +408,13 @@ impl Table {
     }
 
     /// Every connection held, as of `now`, in slot order.
+    /// Connection `id`, as of `now`.
+    pub(crate) fn info(&self, id: ConnectionId, now: Instant) -> Option<ConnectionInfo> {
+        Some(ConnectionInfo::of(id, self.get(id)?, now))
+    }
+
     pub(crate) fn infos(&self, now: Instant) -> impl Iterator<Item = ConnectionInfo> + '_ {
-        self.ids()
-            .filter_map(move |id| Some(ConnectionInfo::of(id, self.get(id)?, now)))
+        self.ids().filter_map(move |id| self.info(id, now))
     }
 
     /// Ids of every connection held, in slot order.

@@ -1,6 +1,6 @@
 //! The typed header and its validation.
 
-use super::command::{Command, Kind, array, zeroed};
+use super::command::{Command, Kind, all_zero, array, zeroed};
 use super::error::{DecodeError, EncodeError};
 use super::integrity::Integrity;
 use super::layout::*;
@@ -78,16 +78,9 @@ impl AppArea {
     /// Reads the area out of a data frame's header; allocates only when a
     /// byte is set.
     fn read(h: &[u8; HEADER_SIZE]) -> AppArea {
-        // OR of twelve words: cheaper inline than a `memcmp` call, and the
-        // all-zero area is the common case.
-        let any = h[area::APP].chunks_exact(8).fold(0u64, |acc, word| {
-            let mut w = [0u8; 8];
-            w.copy_from_slice(word);
-            acc | u64::from_ne_bytes(w)
-        });
-        match any {
-            0 => AppArea::ZERO,
-            _ => AppArea(Some(Box::new(array(h, area::APP)))),
+        match all_zero(&h[area::APP]) {
+            true => AppArea::ZERO,
+            false => AppArea(Some(Box::new(array(h, area::APP)))),
         }
     }
 }
@@ -135,15 +128,6 @@ impl AppHeader {
         release: 0,
         area: AppArea::ZERO,
     };
-
-    /// Only `view` set.
-    pub const fn in_view(view: u32) -> Self {
-        AppHeader {
-            view,
-            release: 0,
-            area: AppArea::ZERO,
-        }
-    }
 }
 
 /// What [`Header::parse`] learns beyond the typed header.
@@ -177,12 +161,13 @@ impl Header {
         self
     }
 
-    /// The application's fields of this header.
-    pub fn app_header(&self) -> AppHeader {
+    /// Moves the application's fields out of this header (its area is
+    /// left zero): what a received data frame delivers.
+    pub fn take_app(&mut self) -> AppHeader {
         AppHeader {
             view: self.view,
             release: self.release,
-            area: self.app.clone(),
+            area: core::mem::take(&mut self.app),
         }
     }
 

@@ -94,7 +94,7 @@ impl<R: Platform> Client<R> {
         address: SocketAddr,
         transport: Transport,
     ) -> Result<Client<R>, StartError> {
-        let runtime = R::current().ok_or(StartError::NoRuntime { runtime: R::NAME })?;
+        let runtime = super::current_runtime::<R>()?;
         Client::start_in(runtime, config, params, keys, address, transport)
     }
 
@@ -163,7 +163,7 @@ impl<R: Platform> Client<R> {
         address: SocketAddr,
         transport: Transport,
     ) -> Result<Client<R>, StartError> {
-        let runtime = R::current().ok_or(StartError::NoRuntime { runtime: R::NAME })?;
+        let runtime = super::current_runtime::<R>()?;
         Client::start_with_identity_in(
             runtime, config, cluster, target, identity, keys, address, transport,
         )

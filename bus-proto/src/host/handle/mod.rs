@@ -49,6 +49,11 @@ pub trait Platform: Runtime {
     fn launch<M: Machine>(shared: &Arc<Shared<M, Self>>) -> Result<(), StartError>;
 }
 
+/// The runtime the caller runs under, or why there is none.
+fn current_runtime<R: Platform>() -> Result<R, StartError> {
+    R::current().ok_or(StartError::NoRuntime { runtime: R::NAME })
+}
+
 /// Binding a listener to addresses of type `A` (each runtime takes the
 /// address forms its own sockets resolve: a `SocketAddr`, `"host:port"`
 /// text, a tuple).

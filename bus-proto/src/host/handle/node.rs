@@ -80,7 +80,7 @@ impl<R: Platform> Node<R> {
         keys: KeyRing,
         options: NodeOptions,
     ) -> Result<(Node<R>, Events<R>), StartError> {
-        let runtime = R::current().ok_or(StartError::NoRuntime { runtime: R::NAME })?;
+        let runtime = super::current_runtime::<R>()?;
         Node::start_in(runtime, config, params, keys, options)
     }
 
