@@ -1,20 +1,29 @@
 //! Fixed workloads for instruction counts, on one current-thread runtime
 //! over loopback:
 //!
-//! - `count N` (or `count messages N`): replica 0 sends `N` messages of
-//!   64 B to replica 1, which reads them all;
+//! - `count N` (or `count messages N`): replica 0 sends `N` messages to
+//!   replica 1, one `send_wait` each, and replica 1 reads them all;
 //! - `count batches N`: the same, sent 64 at a time with `send_batch_wait`;
-//! - `count requests N`: a client sends `N` requests of 64 B to replica 0
-//!   one after another, and the node's application answers each.
+//! - `count requests N`: a client sends `N` requests to replica 0 one after
+//!   another, and the node's application answers each;
+//! - baselines: `count ldc N` sends `N` payloads through tokio-util's
+//!   `LengthDelimitedCodec`, flushed every 64; `count raw N` writes `N`
+//!   frames of the bus's size (256-byte header + body) with plain
+//!   `write_all` in batches of 64 and reads them back; `count raw-requests N`
+//!   is a ping-pong of such frames, the floor of a request round trip.
 //!
-//! It prints the minor page faults the workload took (Linux). With
-//! `COUNT_THREADS=N` it runs on a multi-thread runtime of `N` workers;
-//! with `COUNT_TRANSPORT=tls|ws|wss|quic` the replicas' messages go over that
+//! Bodies are 64 bytes; `COUNT_BODY=B` sets another size (the `ldc`
+//! payload is the body). `COUNT_AUTH=1` turns on authenticated frames (a
+//! keyed BLAKE3 tag per frame instead of the checksum). It prints the minor
+//! page faults the workload took (Linux). With `COUNT_THREADS=N` it runs on
+//! a multi-thread runtime of `N` workers; with
+//! `COUNT_TRANSPORT=tls|ws|wss|quic` the replicas' messages go over that
 //! transport (a certificate made at start).
 //!
 //! Run it under callgrind at two sizes; the difference divided by the
 //! difference in `N` is the cost per message (or request round trip), free
-//! of start-up:
+//! of start-up. `.ci/instructions` does that for every workload and prints
+//! the table:
 //!
 //! ```sh
 //! cargo build --release -p bus-tokio --example count
@@ -34,7 +43,9 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let first = args.next();
     let (workload, n) = match first.as_deref() {
-        Some(name @ ("requests" | "messages" | "batches")) => (name.to_owned(), args.next()),
+        Some(name @ ("requests" | "messages" | "batches" | "ldc" | "raw" | "raw-requests")) => {
+            (name.to_owned(), args.next())
+        }
         _ => ("messages".to_owned(), first),
     };
     let n: u32 = n.and_then(|n| n.parse().ok()).unwrap_or(20_000);
@@ -52,17 +63,26 @@ fn main() {
             .build(),
     }
     .expect("a runtime");
-    let config = Config::default().validate().expect("defaults are valid");
+    let body: usize = std::env::var("COUNT_BODY")
+        .ok()
+        .and_then(|b| b.parse().ok())
+        .unwrap_or(64);
+    let mut config = Config::default();
+    config.authenticated_frames = std::env::var("COUNT_AUTH").is_ok_and(|a| a == "1");
+    let config = config.validate().expect("a valid configuration");
     let keys = KeyRing::new(Key::from_bytes([7; 32]));
     let faults = minor_faults();
     runtime.block_on(async {
         match workload.as_str() {
-            "requests" => round_trips(&config, keys, n).await,
-            "batches" => messages(&config, keys, n, 64).await,
-            _ => messages(&config, keys, n, 1).await,
+            "requests" => round_trips(&config, keys, n, body).await,
+            "batches" => messages(&config, keys, n, 64, body).await,
+            "ldc" => baseline::codec(n, 64, body).await,
+            "raw" => baseline::raw(n, 64, body).await,
+            "raw-requests" => baseline::raw_round_trips(n, body).await,
+            _ => messages(&config, keys, n, 1, body).await,
         }
     });
-    let what = if workload == "requests" {
+    let what = if workload.contains("requests") {
         "requests"
     } else {
         "messages"
@@ -132,7 +152,7 @@ fn transports() -> (Transport, Transport) {
 }
 
 /// `messages` from replica 0 to replica 1, `batch` at a time.
-async fn messages(config: &ValidConfig, keys: KeyRing, messages: u32, batch: u32) {
+async fn messages(config: &ValidConfig, keys: KeyRing, messages: u32, batch: u32, body: usize) {
     let (one, mut events) = Node::start(
         config,
         params(1, 2, false),
@@ -147,7 +167,7 @@ async fn messages(config: &ValidConfig, keys: KeyRing, messages: u32, batch: u32
     options.peer_transports.insert(1, dial);
     let (zero, _zero_events) =
         Node::start(config, params(0, 2, false), keys, options).expect("node 0");
-    let body = Bytes::from(vec![0u8; 64]);
+    let body = Bytes::from(vec![0u8; body]);
     let send = async {
         while !zero.is_connected(1) {
             tokio::task::yield_now().await;
@@ -175,7 +195,7 @@ async fn messages(config: &ValidConfig, keys: KeyRing, messages: u32, batch: u32
     tokio::join!(send, receive);
 }
 
-async fn round_trips(config: &ValidConfig, keys: KeyRing, requests: u32) {
+async fn round_trips(config: &ValidConfig, keys: KeyRing, requests: u32, body: usize) {
     let (node, mut events) = Node::start(
         config,
         params(0, 1, true),
@@ -190,7 +210,7 @@ async fn round_trips(config: &ValidConfig, keys: KeyRing, requests: u32) {
         target: 0,
     };
     let client = Client::start(config, client_params, keys, address).expect("client");
-    let body = Bytes::from(vec![0u8; 64]);
+    let body = Bytes::from(vec![0u8; body]);
     let ask = async {
         for _ in 0..requests {
             client.request(1, body.clone()).await.expect("answered");
@@ -206,4 +226,107 @@ async fn round_trips(config: &ValidConfig, keys: KeyRing, requests: u32) {
         }
     };
     tokio::join!(ask, answer);
+}
+
+/// The baselines: the same loopback and runtime, no bus.
+mod baseline {
+    use bytes::{Bytes, BytesMut};
+    use futures_util::{SinkExt, StreamExt};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
+
+    /// The size of a bus frame carrying `body` bytes.
+    fn frame_size(body: usize) -> usize {
+        bus_tokio::bus_proto::wire::layout::HEADER_SIZE + body
+    }
+
+    async fn loopback() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        let (dialled, accepted) = tokio::join!(TcpStream::connect(address), listener.accept());
+        let (dialled, accepted) = (dialled.expect("connect"), accepted.expect("accept").0);
+        dialled.set_nodelay(true).expect("nodelay");
+        accepted.set_nodelay(true).expect("nodelay");
+        (dialled, accepted)
+    }
+
+    /// `messages` payloads of `size` bytes through `LengthDelimitedCodec`,
+    /// flushed every `batch`.
+    pub(crate) async fn codec(messages: u32, batch: u32, size: usize) {
+        let (writer, reader) = loopback().await;
+        let payload = Bytes::from(vec![0u8; size]);
+        let send = async move {
+            let mut sink = FramedWrite::new(writer, LengthDelimitedCodec::new());
+            for i in 0..messages {
+                sink.feed(payload.clone()).await.expect("fed");
+                if (i + 1) % batch == 0 {
+                    SinkExt::<Bytes>::flush(&mut sink).await.expect("flushed");
+                }
+            }
+            SinkExt::<Bytes>::flush(&mut sink).await.expect("flushed");
+        };
+        let receive = async move {
+            let mut stream = FramedRead::new(reader, LengthDelimitedCodec::new());
+            for _ in 0..messages {
+                stream.next().await.expect("a frame").expect("read");
+            }
+        };
+        tokio::join!(send, receive);
+    }
+
+    /// `messages` bus-sized frames written `batch` at a time with
+    /// `write_all` and read back into one buffer, split by size.
+    pub(crate) async fn raw(messages: u32, batch: u32, body: usize) {
+        let (mut writer, mut reader) = loopback().await;
+        let size = frame_size(body);
+        let frames = vec![0u8; size * batch as usize];
+        let send = async move {
+            let mut left = messages as usize;
+            while left > 0 {
+                let n = left.min(batch as usize);
+                writer
+                    .write_all(&frames[..n * size])
+                    .await
+                    .expect("written");
+                left -= n;
+            }
+        };
+        let receive = async move {
+            let mut buffer = BytesMut::with_capacity(64 << 10);
+            let mut received = 0;
+            while received < messages {
+                if buffer.capacity() - buffer.len() < size {
+                    buffer.reserve(64 << 10);
+                }
+                assert!(reader.read_buf(&mut buffer).await.expect("read") > 0, "EOF");
+                while buffer.len() >= size {
+                    drop(buffer.split_to(size).freeze());
+                    received += 1;
+                }
+            }
+        };
+        tokio::join!(send, receive);
+    }
+
+    /// `requests` bus-sized frames sent one at a time and echoed back.
+    pub(crate) async fn raw_round_trips(requests: u32, body: usize) {
+        let (mut asker, mut answerer) = loopback().await;
+        let size = frame_size(body);
+        let ask = async move {
+            let mut frame = vec![0u8; size];
+            for _ in 0..requests {
+                asker.write_all(&frame).await.expect("written");
+                asker.read_exact(&mut frame).await.expect("answered");
+            }
+        };
+        let answer = async move {
+            let mut frame = vec![0u8; size];
+            for _ in 0..requests {
+                answerer.read_exact(&mut frame).await.expect("read");
+                answerer.write_all(&frame).await.expect("answered");
+            }
+        };
+        tokio::join!(ask, answer);
+    }
 }
