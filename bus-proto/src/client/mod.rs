@@ -1093,6 +1093,6 @@ impl Client {
         }
         self.unsent = !all;
         self.stats.resent += resent;
-        self.table.touch(id);
+        self.table.mark_ready(id);
     }
 }

@@ -131,7 +131,7 @@ impl Node {
         let sent = match route.and_then(|id| Some((id, self.table.conn_mut(id)?))) {
             Some((id, conn)) => match conn.send_with(app.clone(), kind, body.clone()) {
                 Ok(()) => {
-                    self.table.touch(id);
+                    self.table.mark_ready(id);
                     true
                 }
                 Err(SendError::Backpressure {
@@ -181,7 +181,7 @@ impl Node {
         if let Some(conn) = self.table.conn_mut(id)
             && conn.send_with(reply.app, kind, reply.body).is_ok()
         {
-            self.table.touch(id);
+            self.table.mark_ready(id);
         }
     }
 

@@ -830,7 +830,7 @@ impl Node {
             .ok_or(RouteError::Disconnected(to))?;
         conn.send_with(app, Kind::Message { operation }, body)
             .map_err(|e| route_error(to, e))?;
-        self.table.touch(id);
+        self.table.mark_ready(id);
         Ok(())
     }
 

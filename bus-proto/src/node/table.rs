@@ -461,6 +461,20 @@ impl Table {
         }
     }
 
+    /// Queues `id` for output without revisiting its deadline: for input
+    /// that only adds output, such as a queued frame, which never moves a
+    /// connection's deadline earlier.
+    pub(crate) fn mark_ready(&mut self, id: ConnectionId) {
+        if let Some(slot) = self.slots.get_mut(id.index as usize)
+            && slot.generation == id.generation
+            && slot.entry.is_some()
+            && !slot.ready
+        {
+            slot.ready = true;
+            self.ready.push_back(id.index);
+        }
+    }
+
     /// The first connection that may have output, left in the list.
     pub(crate) fn first_ready(&mut self) -> Option<ConnectionId> {
         loop {
