@@ -182,16 +182,9 @@ async fn write_batch(stream: TcpStream, mut segments: Vec<Bytes>) -> io::Result<
     Ok(())
 }
 
-/// Appends one read to the buffer and gives it back.
-async fn read_into(
-    stream: TcpStream,
-    mut buffer: BytesMut,
-    chunk: usize,
-) -> (io::Result<usize>, BytesMut) {
-    if buffer.capacity() - buffer.len() < chunk {
-        // With no spare room a read returns 0, which would look like EOF.
-        buffer.reserve(chunk);
-    }
+/// Appends one read to the buffer and gives it back. `Socket::lend_inbox`
+/// left room in it: with none, a read would return 0 and look like EOF.
+async fn read_into(stream: TcpStream, buffer: BytesMut) -> (io::Result<usize>, BytesMut) {
     let mut reader = &stream;
     let BufResult(result, buffer) = reader.append(buffer).await;
     (result, buffer)
@@ -201,7 +194,6 @@ type Op<T> = Pin<Box<dyn Future<Output = T>>>;
 
 async fn run<M: Machine>(shared: &Arc<Shared<M, Compio>>, socket: &mut Socket, stream: &TcpStream) {
     let id = socket.id();
-    let chunk = shared.read_chunk();
     // In flight across wake-ups; dropped (cancelled) only when the
     // connection is over.
     let mut writing: Option<Op<io::Result<()>>> = None;
@@ -229,7 +221,7 @@ async fn run<M: Machine>(shared: &Arc<Shared<M, Compio>>, socket: &mut Socket, s
             && reading.is_none()
             && let Some(buffer) = socket.lend_inbox()
         {
-            reading = Some(Box::pin(read_into(stream.clone(), buffer, chunk)));
+            reading = Some(Box::pin(read_into(stream.clone(), buffer)));
         }
         let done = {
             let mut woken = std::pin::pin!(shared.woken(id));

@@ -187,14 +187,10 @@ async fn write_some<W: AsyncWrite + Unpin>(out: &mut Outgoing, writer: &mut W) -
 async fn read_some<R: AsyncRead + Unpin>(
     inbox: Option<&mut BytesMut>,
     reader: &mut R,
-    chunk: usize,
 ) -> io::Result<usize> {
     let Some(buffer) = inbox else {
         return Ok(0);
     };
-    if buffer.capacity() - buffer.len() < chunk {
-        buffer.reserve(chunk);
-    }
     reader.read_buf(buffer).await
 }
 
@@ -209,7 +205,6 @@ async fn run<M, R, W>(
     W: AsyncWrite + Unpin,
 {
     let id = socket.id();
-    let chunk = shared.read_chunk();
     let mut shut = false;
     loop {
         let Step::Run {
@@ -231,7 +226,7 @@ async fn run<M, R, W>(
             biased;
             result = write_some(out, writer), if write => Completion::Wrote(result),
             () = shared.runtime().sleep_until(linger.unwrap_or(Instant::from_nanos(0))), if linger.is_some() => Completion::Lingered,
-            result = read_some(inbox, reader, chunk), if read => Completion::Read(result, None),
+            result = read_some(inbox, reader), if read => Completion::Read(result, None),
             () = shared.woken(id) => Completion::Woken,
         };
         if shared.complete(socket, done).is_break() {

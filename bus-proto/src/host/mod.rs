@@ -133,7 +133,7 @@ pub use outgoing::{MAX_IOVECS, Outgoing};
 #[cfg(feature = "quic")]
 pub use quic::{QuicPort, QuicStep};
 pub use shutdown::ShutdownReport;
-pub use socket::{Completion, Socket, Step};
+pub use socket::{Completion, MIN_READ_ROOM, Socket, Step};
 
 use crate::connection::Transmit;
 use crate::handshake::Binding;

@@ -57,6 +57,11 @@ pub enum Completion {
     Woken,
 }
 
+/// The least room a socket reserves for a read. Room grows from here while
+/// reads fill it, so an idle connection holds a small receive buffer
+/// instead of a whole read chunk.
+pub const MIN_READ_ROOM: usize = 1024;
+
 /// A socket task's own state: the batch it writes, the receive buffer it
 /// has borrowed from the core, and the transport layer, if any.
 #[derive(Debug)]
@@ -86,6 +91,10 @@ pub struct Socket {
     span: tracing::Span,
     /// The span records the peer already.
     named: bool,
+    /// Room to reserve for the next read: [`MIN_READ_ROOM`] at first,
+    /// doubled after each read that filled it, up to the node's read
+    /// chunk.
+    read_room: usize,
 }
 
 /// A socket under a transport layer: the socket reads wire bytes into its
@@ -129,6 +138,35 @@ impl Socket {
             layer: None,
             span: tracing::Span::none(),
             named: false,
+            read_room: MIN_READ_ROOM,
+        }
+    }
+
+    /// Gives the receive buffer at least the room for the next read. An
+    /// empty buffer gets a fresh allocation of exactly that room, rather
+    /// than growing one that delivered frames may still pin.
+    fn make_read_room(&mut self) {
+        let room = self.read_room;
+        let Some(buffer) = &mut self.inbox else {
+            return;
+        };
+        if buffer.capacity() - buffer.len() >= room {
+            return;
+        }
+        if buffer.is_empty() {
+            *buffer = BytesMut::with_capacity(room);
+        } else {
+            buffer.reserve(room);
+        }
+    }
+
+    /// Adapts the room for the next read to this one's `n` bytes: a read
+    /// that filled its room doubles it, up to `max`. It never shrinks: a
+    /// busy connection keeps reusing one large buffer's spare room (fewer
+    /// fresh pages), and only connections that never read much stay small.
+    fn note_read(&mut self, n: usize, max: usize) {
+        if n >= self.read_room {
+            self.read_room = self.read_room.saturating_mul(2).min(max.max(MIN_READ_ROOM));
         }
     }
 
@@ -170,9 +208,11 @@ impl Socket {
 
     /// The batch being written ([`Outgoing::slices`], then
     /// [`Outgoing::advance`] by what was written) and the lent receive
-    /// buffer (append what is read, then report [`Completion::Read`]), for an
-    /// adapter that writes and reads in place, both at once.
+    /// buffer, with room for the next read (append what is read, then
+    /// report [`Completion::Read`]), for an adapter that writes and reads
+    /// in place, both at once.
     pub fn io(&mut self) -> (&mut Outgoing, Option<&mut BytesMut>) {
+        self.make_read_room();
         (&mut self.out, self.inbox.as_mut())
     }
 
@@ -186,6 +226,7 @@ impl Socket {
     /// Hands the receive buffer to an owned-buffer read; the read gives
     /// it back in [`Completion::Read`].
     pub fn lend_inbox(&mut self) -> Option<BytesMut> {
+        self.make_read_room();
         let buffer = self.inbox.take()?;
         self.reading = true;
         Some(buffer)
@@ -361,6 +402,9 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
             }
             Completion::Read(result, buffer) => {
                 socket.reading = false;
+                if let Ok(n) = result {
+                    socket.note_read(n, self.read_chunk());
+                }
                 match result {
                     Ok(0) => self.handle_eof(socket, buffer),
                     Ok(_) if socket.layer.is_some() => self.handle_wire(socket, buffer),
@@ -646,6 +690,40 @@ mod tests {
     /// A peer that sends pings and never reads makes a WebSocket layer
     /// queue pongs: past `MAX_PENDING_WIRE` of them the socket stops
     /// reading until they are written, so they cannot pile up.
+    /// An idle connection holds a small receive buffer; one whose reads
+    /// fill their room reads in chunks up to the node's read chunk.
+    #[test]
+    fn read_room_starts_small_and_grows_with_full_reads() {
+        let shared = node_driver();
+        let mut socket = shared
+            .accept_socket(None, &Transport::tcp())
+            .expect("accepted");
+        // The core lends its receive buffer when the socket may read.
+        assert!(matches!(
+            shared.step(&mut socket),
+            Step::Run { read: true, .. }
+        ));
+        let (_, inbox) = socket.io();
+        let inbox = inbox.expect("a TCP socket reads into the core's buffer");
+        assert!(inbox.capacity() - inbox.len() >= super::MIN_READ_ROOM);
+        assert!(
+            inbox.capacity() < 4 * super::MIN_READ_ROOM,
+            "{}",
+            inbox.capacity()
+        );
+        // A short read leaves the room as it is.
+        socket.note_read(100, 16 << 10);
+        assert_eq!(socket.read_room, super::MIN_READ_ROOM);
+        // Full reads double it, up to the read chunk.
+        for expected in [2048, 4096, 8192, 16384, 16384] {
+            socket.note_read(socket.read_room, 16 << 10);
+            assert_eq!(socket.read_room, expected);
+        }
+        let (_, inbox) = socket.io();
+        let inbox = inbox.expect("still reading");
+        assert!(inbox.capacity() - inbox.len() >= 16 << 10);
+    }
+
     #[test]
     fn a_layer_holding_too_much_output_stops_its_socket_reading() {
         let shared = node_driver();
