@@ -43,8 +43,82 @@ struct Throughput {
     codec_per_sec: f64,
     bus_vs_raw: f64,
     bus_vs_codec: f64,
+    /// `LengthDelimitedCodec` carrying payloads of the bus frame's size:
+    /// the same bytes on the wire.
+    codec_same_bytes_per_sec: f64,
+    bus_vs_codec_same_bytes: f64,
+    /// CPU time (every thread of the process) and minor page faults per
+    /// message, from the best run of each; `None` where Linux's
+    /// `/proc/self` is not there to read them.
+    bus_cost: Option<Cost>,
+    raw_cost: Option<Cost>,
+    codec_cost: Option<Cost>,
+    codec_same_bytes_cost: Option<Cost>,
     /// Frames per vectored write on the bus's sending socket (best run).
     bus_frames_per_write: f64,
+}
+
+/// What one message cost the process: CPU time summed over its threads,
+/// and minor page faults.
+#[derive(Serialize, Clone, Copy)]
+struct Cost {
+    cpu_ns: f64,
+    minor_faults: f64,
+}
+
+/// The process's CPU time (nanoseconds, every thread: `/proc/self/task/*/schedstat`)
+/// and minor page faults (`/proc/self/stat`), on Linux.
+fn usage() -> Option<(u64, u64)> {
+    let mut cpu = 0u64;
+    for task in std::fs::read_dir("/proc/self/task").ok()? {
+        let stat = std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok()?;
+        cpu += stat.split(' ').next()?.parse::<u64>().ok()?;
+    }
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The fields after the command name, which ends at the last ')'.
+    let faults = stat[stat.rfind(')')? + 2..]
+        .split(' ')
+        .nth(7)?
+        .parse()
+        .ok()?;
+    Some((cpu, faults))
+}
+
+/// Runs `work` (which returns messages per second for `messages`
+/// messages) and what each message cost the process.
+async fn costed(
+    messages: u64,
+    work: impl std::future::Future<Output = Result<f64, Failure>>,
+) -> Result<(f64, Option<Cost>), Failure> {
+    let before = usage();
+    let rate = work.await?;
+    let cost = before
+        .zip(usage())
+        .map(|((cpu0, faults0), (cpu1, faults1))| {
+            let per = |a: u64, b: u64| b.saturating_sub(a) as f64 / messages.max(1) as f64;
+            Cost {
+                cpu_ns: per(cpu0, cpu1),
+                minor_faults: per(faults0, faults1),
+            }
+        });
+    Ok((rate, cost))
+}
+
+/// The best of several runs: the highest rate, and that run's cost.
+#[derive(Default, Clone, Copy)]
+struct Best {
+    rate: f64,
+    cost: Option<Cost>,
+}
+
+impl Best {
+    fn keep(&mut self, (rate, cost): (f64, Option<Cost>)) -> bool {
+        let better = rate > self.rate;
+        if better {
+            *self = Best { rate, cost };
+        }
+        better
+    }
 }
 
 #[derive(Serialize)]
@@ -73,6 +147,8 @@ struct Report {
     throughput: Vec<Throughput>,
     round_trip: Vec<RoundTrip>,
     handshakes: Handshakes,
+    concurrent_handshakes: crate::bench_scale::ConcurrentHandshakes,
+    idle_clients: crate::bench_scale::IdleClients,
     transports: Vec<crate::bench_transports::Row>,
     transport_round_trip: Vec<crate::bench_transports::Latency>,
     transport_handshakes: Vec<crate::bench_transports::Handshakes>,
@@ -106,7 +182,7 @@ async fn measure(args: &BenchArgs) -> Result<Report, Failure> {
     let mut throughput = Vec::new();
     for (body, messages) in [(64usize, 2_000_000u64), (4096, 200_000)] {
         let messages = messages / scale;
-        let mut best = (0f64, 0f64, 0f64);
+        let [mut bus, mut raw, mut codec, mut same_bytes] = [Best::default(); 4];
         let mut frames_per_write = 0f64;
         for run in 0..args.runs {
             if !args.json {
@@ -116,23 +192,37 @@ async fn measure(args: &BenchArgs) -> Result<Report, Failure> {
                     args.runs
                 );
             }
-            let (bus, per_write) = bus_throughput(&config, body, messages).await?;
-            if bus > best.0 {
+            let mut per_write = 0.0;
+            let measured = costed(messages, async {
+                let (rate, frames) = bus_throughput(&config, body, messages).await?;
+                per_write = frames;
+                Ok(rate)
+            })
+            .await?;
+            if bus.keep(measured) {
                 frames_per_write = per_write;
             }
-            let raw = raw_throughput(body, messages, config.max_batch).await?;
-            let codec = codec_throughput(body, messages, config.max_batch).await?;
-            best = (best.0.max(bus), best.1.max(raw), best.2.max(codec));
+            let batch = config.max_batch;
+            let frame = layout::HEADER_SIZE + body;
+            raw.keep(costed(messages, raw_throughput(body, messages, batch)).await?);
+            codec.keep(costed(messages, codec_throughput(body, messages, batch)).await?);
+            same_bytes.keep(costed(messages, codec_throughput(frame, messages, batch)).await?);
         }
         throughput.push(Throughput {
             body_bytes: body,
             frame_bytes: layout::HEADER_SIZE + body,
             messages,
-            bus_per_sec: best.0,
-            raw_per_sec: best.1,
-            codec_per_sec: best.2,
-            bus_vs_raw: best.0 / best.1,
-            bus_vs_codec: best.0 / best.2,
+            bus_per_sec: bus.rate,
+            raw_per_sec: raw.rate,
+            codec_per_sec: codec.rate,
+            bus_vs_raw: bus.rate / raw.rate,
+            bus_vs_codec: bus.rate / codec.rate,
+            codec_same_bytes_per_sec: same_bytes.rate,
+            bus_vs_codec_same_bytes: bus.rate / same_bytes.rate,
+            bus_cost: bus.cost,
+            raw_cost: raw.cost,
+            codec_cost: codec.cost,
+            codec_same_bytes_cost: same_bytes.cost,
             bus_frames_per_write: frames_per_write,
         });
     }
@@ -160,6 +250,17 @@ async fn measure(args: &BenchArgs) -> Result<Report, Failure> {
         eprintln!("handshakes, {connections} connections ...");
     }
     let handshakes = handshake_rate(&config, connections).await?;
+    let concurrent = 20_000 / scale;
+    if !args.json {
+        eprintln!("concurrent handshakes, {concurrent} connections ...");
+    }
+    let concurrent_handshakes =
+        crate::bench_scale::concurrent_handshakes(&config, concurrent).await?;
+    let idle = if args.quick { 2_000 } else { 10_000 };
+    if !args.json {
+        eprintln!("idle clients, {idle} connections to a bus node process ...");
+    }
+    let idle_clients = crate::bench_scale::idle_clients(&config, idle).await?;
     let transports = crate::bench_transports::measure(&config, scale, args.runs, args.json).await?;
     let under_attack = crate::under_attack::measure(&config, scale).await?;
     Ok(Report {
@@ -168,6 +269,8 @@ async fn measure(args: &BenchArgs) -> Result<Report, Failure> {
         throughput,
         round_trip,
         handshakes,
+        concurrent_handshakes,
+        idle_clients,
         transports: transports.throughput,
         transport_round_trip: transports.round_trip,
         transport_handshakes: transports.handshakes,
@@ -201,27 +304,61 @@ fn print_table(report: &Report) {
         report.runtime, report.batch_frames
     );
     println!(
-        "\n{:<26} {:>11} {:>11} {:>11} {:>7} {:>7} {:>12}",
+        "\n{:<26} {:>11} {:>11} {:>11} {:>11} {:>7} {:>7} {:>8} {:>8}",
         "throughput (msg/s)",
         "bus-tokio",
         "raw tokio",
         "LDC codec",
+        "LDC bytes",
         "vs raw",
         "vs LDC",
-        "bus frames/w"
+        "vs bytes",
+        "frames/w"
     );
     for t in &report.throughput {
         println!(
-            "{:<26} {:>11.0} {:>11.0} {:>11.0} {:>6.2}x {:>6.2}x {:>12.1}",
+            "{:<26} {:>11.0} {:>11.0} {:>11.0} {:>11.0} {:>6.2}x {:>6.2}x {:>7.2}x {:>8.1}",
             format!("{} B body ({} B frame)", t.body_bytes, t.frame_bytes),
             t.bus_per_sec,
             t.raw_per_sec,
             t.codec_per_sec,
+            t.codec_same_bytes_per_sec,
             t.bus_vs_raw,
             t.bus_vs_codec,
+            t.bus_vs_codec_same_bytes,
             t.bus_frames_per_write
         );
     }
+    println!(
+        "(LDC codec: the same bodies; LDC bytes: payloads of the bus frame's size; frames/w: bus frames per vectored write)"
+    );
+    println!(
+        "\n{:<26} {:>11} {:>11} {:>11} {:>11}",
+        "per message: CPU, faults", "bus-tokio", "raw tokio", "LDC codec", "LDC bytes"
+    );
+    for t in &report.throughput {
+        let costs = [
+            t.bus_cost,
+            t.raw_cost,
+            t.codec_cost,
+            t.codec_same_bytes_cost,
+        ];
+        let show =
+            |f: fn(&Cost) -> String| costs.map(|c| c.as_ref().map_or_else(|| "-".to_owned(), f));
+        let cpu = show(|c| format!("{:.0} ns", c.cpu_ns));
+        let faults = show(|c| format!("{:.4}", c.minor_faults));
+        for (what, row) in [("CPU time", cpu), ("minor faults", faults)] {
+            println!(
+                "{:<26} {:>11} {:>11} {:>11} {:>11}",
+                format!("{} B body, {what}", t.body_bytes),
+                row[0],
+                row[1],
+                row[2],
+                row[3]
+            );
+        }
+    }
+    println!("(CPU time summed over every thread of the process: sender, receiver and runtime)");
     println!(
         "\n{:<34} {:>11} {:>11} {:>7}",
         "round trip (64 B), p50 / p99", "bus-tokio", "raw tokio", "vs raw"
@@ -244,6 +381,7 @@ fn print_table(report: &Report) {
         "\nhandshakes: {:.0} per second ({} sequential client connections, each dialled, authenticated both ways and dropped)",
         report.handshakes.per_sec, report.handshakes.connections
     );
+    crate::bench_scale::print(&report.concurrent_handshakes, &report.idle_clients);
     crate::bench_transports::print(
         &report.transports,
         &report.transport_round_trip,

@@ -4,6 +4,7 @@
 
 mod bench;
 mod bench_quic;
+mod bench_scale;
 mod bench_transports;
 mod demo;
 mod endpoint;

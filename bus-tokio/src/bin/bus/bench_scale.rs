@@ -1,0 +1,317 @@
+//! `bus bench` at scale: handshakes dialled concurrently, and many idle
+//! authenticated clients held by one node, whose memory is measured in a
+//! process of its own (`bus node`, started by the bench).
+
+use crate::Failure;
+use crate::bench::{CLUSTER, lone_node_over};
+use bus_tokio::bus_proto::client::ClientParams;
+use bus_tokio::bus_proto::config::{Config, ValidConfig};
+use bus_tokio::bus_proto::crypto::{Key, KeyRing};
+use bus_tokio::{Client, OsEntropy, Transport};
+use bytes::Bytes;
+use serde::Serialize;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tokio::task::JoinSet;
+
+/// Handshakes in flight at once: the node's default cap on handshakes.
+const CONCURRENCY: usize = 64;
+
+#[derive(Serialize)]
+pub(crate) struct ConcurrentHandshakes {
+    pub(crate) connections: u64,
+    pub(crate) in_flight: usize,
+    pub(crate) per_sec: f64,
+}
+
+#[derive(Serialize)]
+pub(crate) struct IdleClients {
+    /// Authenticated client connections held at once.
+    pub(crate) connections: usize,
+    /// Why fewer than asked for (the open-file limit), if so.
+    pub(crate) limited_by: Option<String>,
+    /// The node process's resident memory before any client, in KiB.
+    pub(crate) node_rss_before_kib: u64,
+    /// Its resident memory with every client connected and idle.
+    pub(crate) node_rss_idle_kib: u64,
+    /// Its resident memory after each client's one request was answered.
+    pub(crate) node_rss_after_requests_kib: u64,
+    /// Growth per connection: idle, and after the requests.
+    pub(crate) bytes_per_idle_connection: f64,
+    pub(crate) bytes_per_connection_after_requests: f64,
+    /// Requests sent (one per client) and answered.
+    pub(crate) requests: usize,
+    pub(crate) answered: usize,
+    pub(crate) connect_seconds: f64,
+}
+
+/// Client connections dialled `CONCURRENCY` at a time to a lone node,
+/// each authenticated both ways and dropped: handshakes per second.
+pub(crate) async fn concurrent_handshakes(
+    config: &ValidConfig,
+    connections: u64,
+) -> Result<ConcurrentHandshakes, Failure> {
+    // Every client dials from 127.0.0.1: let one address hold every
+    // handshake place, as many addresses would.
+    let mut tuned = Config::clone(config);
+    tuned.max_unauthenticated_per_address = tuned.max_handshakes_in_flight;
+    let config = tuned.validate()?;
+    let (node, _events, address, key) = lone_node_over(&config, CLUSTER, Transport::tcp()).await?;
+    let started = Instant::now();
+    let mut tasks = JoinSet::new();
+    for worker in 0..CONCURRENCY as u64 {
+        let (config, key) = (config.clone(), key.clone());
+        let share =
+            connections / CONCURRENCY as u64 + u64::from(worker < connections % CONCURRENCY as u64);
+        tasks.spawn(async move {
+            for _ in 0..share {
+                let client = start_client(&config, &key, address)?;
+                client
+                    .connected()
+                    .await
+                    .map_err(|cause| Failure(format!("handshake failed: {cause}")))?;
+            }
+            Ok::<_, Failure>(())
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.map_err(|e| Failure(e.to_string()))??;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    node.shutdown(Duration::from_secs(1)).await;
+    Ok(ConcurrentHandshakes {
+        connections,
+        in_flight: CONCURRENCY,
+        per_sec: connections as f64 / elapsed,
+    })
+}
+
+fn start_client(config: &ValidConfig, key: &Key, address: SocketAddr) -> Result<Client, Failure> {
+    let params = ClientParams {
+        cluster: CLUSTER,
+        id: Client::random_id(),
+        target: 0,
+    };
+    Ok(Client::start(
+        config,
+        params,
+        KeyRing::new(key.clone()),
+        address,
+    )?)
+}
+
+/// `bus node` in a child process (killed when dropped), and where it
+/// listens.
+struct NodeProcess {
+    child: Child,
+    address: SocketAddr,
+    _scratch: Scratch,
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl NodeProcess {
+    fn start(config: &Config, key: &Key) -> Result<Self, Failure> {
+        let scratch = Scratch::new()?;
+        let config_path = scratch.0.join("node.toml");
+        std::fs::write(&config_path, config.to_toml())?;
+        let mut child = Command::new(std::env::current_exe()?)
+            .args([
+                "node",
+                "--replica",
+                "0",
+                "--replicas",
+                "1",
+                "--listen",
+                "127.0.0.1:0",
+            ])
+            .arg("--cluster")
+            .arg(format!("{CLUSTER:x}"))
+            .arg("--config")
+            .arg(&config_path)
+            .args(["--key-env", "BUS_BENCH_KEY"])
+            .env("BUS_BENCH_KEY", &*key.to_hex())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let stderr = child
+            .stderr
+            .take()
+            .ok_or_else(|| Failure("no stderr".into()))?;
+        let mut lines = BufReader::new(stderr).lines();
+        let address = loop {
+            let Some(line) = lines.next().transpose()? else {
+                let _ = child.kill();
+                return Err(Failure("bus node exited before it listened".into()));
+            };
+            // "replica 0 of 1 listening on ADDR (ENDPOINT)"
+            if let Some(rest) = line.split(" listening on ").nth(1) {
+                let address = rest.split(' ').next().unwrap_or_default();
+                break address
+                    .parse()
+                    .map_err(|e| Failure(format!("bus node's address {address:?}: {e}")))?;
+            }
+        };
+        // Keep draining its log so it never blocks on a full pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        Ok(NodeProcess {
+            child,
+            address,
+            _scratch: scratch,
+        })
+    }
+
+    /// Resident memory in KiB (`VmRSS` in `/proc/PID/status`).
+    fn rss_kib(&self) -> Result<u64, Failure> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .ok_or_else(|| Failure("no VmRSS in /proc/PID/status".into()))
+    }
+}
+
+/// A scratch directory, removed when dropped.
+struct Scratch(std::path::PathBuf);
+
+impl Scratch {
+    fn new() -> Result<Self, Failure> {
+        let path = std::env::temp_dir().join(format!("bus-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&path)?;
+        Ok(Scratch(path))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The soft limit on open files (`/proc/self/limits`), if known.
+fn open_file_limit() -> Option<usize> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}
+
+/// `connections` authenticated clients connected to one `bus node` and
+/// left idle; then one 64-byte request from each, answered. The node's
+/// resident memory is read before, while idle and after the requests.
+pub(crate) async fn idle_clients(
+    config: &ValidConfig,
+    connections: usize,
+) -> Result<IdleClients, Failure> {
+    // Both processes hold one descriptor per connection, plus some spare.
+    let (connections, limited_by) = match open_file_limit() {
+        Some(limit) if limit < connections + 256 => (
+            limit.saturating_sub(256),
+            Some(format!("open-file limit {limit} (ulimit -n)")),
+        ),
+        _ => (connections, None),
+    };
+    let mut tuned = Config::clone(config);
+    tuned.max_connections = connections + 64;
+    tuned.dedup_max_clients = connections + 64;
+    tuned.max_unauthenticated_per_address = tuned.max_handshakes_in_flight;
+    // Idle means idle: no heartbeat during the measurement.
+    tuned.heartbeat_interval = Duration::from_secs(60);
+    tuned.liveness_timeout = Duration::from_secs(180);
+    let client_config = tuned.clone().validate()?;
+    let key = Key::generate(&mut OsEntropy);
+    let node = NodeProcess::start(&tuned, &key)?;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = node.rss_kib()?;
+    let started = Instant::now();
+    let mut clients = Vec::with_capacity(connections);
+    let mut connecting = JoinSet::new();
+    for _ in 0..connections {
+        if connecting.len() >= CONCURRENCY
+            && let Some(done) = connecting.join_next().await
+        {
+            clients.push(done.map_err(|e| Failure(e.to_string()))??);
+        }
+        let client = start_client(&client_config, &key, node.address)?;
+        connecting.spawn(async move {
+            client
+                .connected()
+                .await
+                .map_err(|cause| Failure(format!("client handshake failed: {cause}")))?;
+            Ok::<_, Failure>(client)
+        });
+    }
+    while let Some(done) = connecting.join_next().await {
+        clients.push(done.map_err(|e| Failure(e.to_string()))??);
+    }
+    let connect_seconds = started.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let idle = node.rss_kib()?;
+    let mut asking = JoinSet::new();
+    let body = Bytes::from(vec![0x5a; 64]);
+    for (i, client) in clients.iter().enumerate() {
+        let (client, body) = (client.clone(), body.clone());
+        asking.spawn(async move {
+            client
+                .request(u32::try_from(i).unwrap_or(0), body)
+                .await
+                .is_ok()
+        });
+    }
+    let mut answered = 0;
+    while let Some(done) = asking.join_next().await {
+        answered += usize::from(done.map_err(|e| Failure(e.to_string()))?);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let after = node.rss_kib()?;
+    drop(clients);
+    let per = |kib: u64| kib.saturating_sub(before) as f64 * 1024.0 / connections.max(1) as f64;
+    Ok(IdleClients {
+        connections,
+        limited_by,
+        node_rss_before_kib: before,
+        node_rss_idle_kib: idle,
+        node_rss_after_requests_kib: after,
+        bytes_per_idle_connection: per(idle),
+        bytes_per_connection_after_requests: per(after),
+        requests: connections,
+        answered,
+        connect_seconds,
+    })
+}
+
+pub(crate) fn print(handshakes: &ConcurrentHandshakes, idle: &IdleClients) {
+    println!(
+        "concurrent handshakes: {:.0} per second ({} client connections, {} in flight at once, each authenticated both ways and dropped)",
+        handshakes.per_sec, handshakes.connections, handshakes.in_flight
+    );
+    println!(
+        "\nidle clients held by one `bus node` process: {} authenticated connections ({} s to connect{})",
+        idle.connections,
+        format_args!("{:.1}", idle.connect_seconds),
+        idle.limited_by
+            .as_deref()
+            .map_or(String::new(), |why| format!(
+                "; fewer than asked for: {why}"
+            ))
+    );
+    println!(
+        "  node memory (RSS): {} KiB before, {} KiB idle, {} KiB after one request each",
+        idle.node_rss_before_kib, idle.node_rss_idle_kib, idle.node_rss_after_requests_kib
+    );
+    println!(
+        "  per connection: {:.0} B idle, {:.0} B after the requests; requests answered: {} of {}",
+        idle.bytes_per_idle_connection,
+        idle.bytes_per_connection_after_requests,
+        idle.answered,
+        idle.requests
+    );
+}
