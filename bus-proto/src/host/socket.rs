@@ -95,6 +95,8 @@ pub struct Socket {
     /// doubled after each read that filled it, up to the node's read
     /// chunk.
     read_room: usize,
+    /// The room grew since the buffer last got room.
+    read_room_grew: bool,
 }
 
 /// A socket under a transport layer: the socket reads wire bytes into its
@@ -139,22 +141,28 @@ impl Socket {
             span: tracing::Span::none(),
             named: false,
             read_room: MIN_READ_ROOM,
+            read_room_grew: false,
         }
     }
 
-    /// Gives the receive buffer at least the room for the next read. An
-    /// empty buffer gets a fresh allocation of exactly that room, rather
-    /// than growing one that delivered frames may still pin.
+    /// Gives the receive buffer at least the room for the next read. Right
+    /// after the room grew, the buffer is moved to a fresh allocation of
+    /// the new size: `BytesMut` sizes later allocations by a buffer's
+    /// first one, so this keeps a busy connection's buffers uniform (reused
+    /// by the allocator, no fresh pages) once the room is at its largest.
     fn make_read_room(&mut self) {
         let room = self.read_room;
+        let grew = core::mem::take(&mut self.read_room_grew);
         let Some(buffer) = &mut self.inbox else {
             return;
         };
         if buffer.capacity() - buffer.len() >= room {
             return;
         }
-        if buffer.is_empty() {
-            *buffer = BytesMut::with_capacity(room);
+        if grew || buffer.capacity() == 0 {
+            let mut fresh = BytesMut::with_capacity(buffer.len() + room);
+            fresh.extend_from_slice(buffer);
+            *buffer = fresh;
         } else {
             buffer.reserve(room);
         }
@@ -162,11 +170,13 @@ impl Socket {
 
     /// Adapts the room for the next read to this one's `n` bytes: a read
     /// that filled its room doubles it, up to `max`. It never shrinks: a
-    /// busy connection keeps reusing one large buffer's spare room (fewer
-    /// fresh pages), and only connections that never read much stay small.
+    /// busy connection keeps reading into large buffers of one size, and
+    /// only connections that never read much stay small.
     fn note_read(&mut self, n: usize, max: usize) {
-        if n >= self.read_room {
-            self.read_room = self.read_room.saturating_mul(2).min(max.max(MIN_READ_ROOM));
+        let max = max.max(MIN_READ_ROOM);
+        if n >= self.read_room && self.read_room < max {
+            self.read_room = self.read_room.saturating_mul(2).min(max);
+            self.read_room_grew = true;
         }
     }
 
@@ -687,9 +697,6 @@ mod tests {
         }
     }
 
-    /// A peer that sends pings and never reads makes a WebSocket layer
-    /// queue pongs: past `MAX_PENDING_WIRE` of them the socket stops
-    /// reading until they are written, so they cannot pile up.
     /// An idle connection holds a small receive buffer; one whose reads
     /// fill their room reads in chunks up to the node's read chunk.
     #[test]
@@ -719,11 +726,21 @@ mod tests {
             socket.note_read(socket.read_room, 16 << 10);
             assert_eq!(socket.read_room, expected);
         }
+        // A partial frame moves with the buffer to its larger allocation.
+        socket
+            .inbox
+            .as_mut()
+            .expect("lent")
+            .extend_from_slice(b"partial");
         let (_, inbox) = socket.io();
         let inbox = inbox.expect("still reading");
+        assert_eq!(&inbox[..], b"partial");
         assert!(inbox.capacity() - inbox.len() >= 16 << 10);
     }
 
+    /// A peer that sends pings and never reads makes a WebSocket layer
+    /// queue pongs: past `MAX_PENDING_WIRE` of them the socket stops
+    /// reading until they are written, so they cannot pile up.
     #[test]
     fn a_layer_holding_too_much_output_stops_its_socket_reading() {
         let shared = node_driver();
