@@ -117,22 +117,19 @@ impl Drop for NodeProcess {
     }
 }
 
+/// How long `bus node` may take to say where it listens.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+
 impl NodeProcess {
-    fn start(config: &Config, key: &Key) -> Result<Self, Failure> {
+    async fn start(config: &Config, key: &Key) -> Result<Self, Failure> {
         let scratch = Scratch::new()?;
         let config_path = scratch.0.join("node.toml");
-        std::fs::write(&config_path, config.to_toml())?;
-        let mut child = Command::new(std::env::current_exe()?)
-            .args([
-                "node",
-                "--replica",
-                "0",
-                "--replicas",
-                "1",
-                "--listen",
-                "127.0.0.1:0",
-            ])
-            .arg("--cluster")
+        std::fs::write(&config_path, config.to_toml())
+            .map_err(|e| Failure(format!("{}: {e}", config_path.display())))?;
+        let program = std::env::current_exe()?;
+        let child = Command::new(&program)
+            .args(["node", "--replica", "0", "--replicas", "1"])
+            .args(["--listen", "127.0.0.1:0", "--cluster"])
             .arg(format!("{CLUSTER:x}"))
             .arg("--config")
             .arg(&config_path)
@@ -141,52 +138,82 @@ impl NodeProcess {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
-            .spawn()?;
-        let stderr = child
+            .spawn()
+            .map_err(|e| Failure(format!("{} node: {e}", program.display())))?;
+        // From here on, every way out kills and reaps it.
+        let mut node = NodeProcess {
+            child,
+            address: SocketAddr::from(([0, 0, 0, 0], 0)),
+            _scratch: scratch,
+        };
+        let stderr = node
+            .child
             .stderr
             .take()
-            .ok_or_else(|| Failure("no stderr".into()))?;
-        let mut lines = BufReader::new(stderr).lines();
-        let address = loop {
-            let Some(line) = lines.next().transpose()? else {
-                let _ = child.kill();
-                return Err(Failure("bus node exited before it listened".into()));
-            };
-            // "replica 0 of 1 listening on ADDR (ENDPOINT)"
-            if let Some(rest) = line.split(" listening on ").nth(1) {
-                let address = rest.split(' ').next().unwrap_or_default();
-                break address
-                    .parse()
-                    .map_err(|e| Failure(format!("bus node's address {address:?}: {e}")))?;
+            .ok_or_else(|| Failure("bus node: no stderr".into()))?;
+        // A thread reads its log: the listening line, then the rest (so
+        // it never blocks on a full pipe).
+        let (found, address) = tokio::sync::oneshot::channel();
+        std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            let mut lines = BufReader::new(stderr).lines().map_while(Result::ok);
+            for line in lines.by_ref() {
+                // "replica 0 of 1 listening on ADDR (ENDPOINT)"
+                if let Some(rest) = line.split(" listening on ").nth(1) {
+                    let address = rest.split(' ').next().unwrap_or_default().to_owned();
+                    let _ = found.send(Ok(address));
+                    lines.for_each(drop);
+                    return;
+                }
+                seen.push(line);
+            }
+            let _ = found.send(Err(seen.join(" | ")));
+        });
+        let address = match tokio::time::timeout(START_TIMEOUT, address).await {
+            Ok(Ok(Ok(address))) => address,
+            Ok(Ok(Err(log))) => {
+                return Err(Failure(format!(
+                    "bus node exited before it listened: {log}"
+                )));
+            }
+            Ok(Err(_)) => return Err(Failure("bus node: its log reader stopped".into())),
+            Err(_) => {
+                return Err(Failure(format!(
+                    "bus node did not listen within {} s",
+                    START_TIMEOUT.as_secs()
+                )));
             }
         };
-        // Keep draining its log so it never blocks on a full pipe.
-        std::thread::spawn(move || lines.for_each(drop));
-        Ok(NodeProcess {
-            child,
-            address,
-            _scratch: scratch,
-        })
+        node.address = address
+            .parse()
+            .map_err(|e| Failure(format!("bus node's address {address:?}: {e}")))?;
+        Ok(node)
     }
 
     /// Resident memory in KiB (`VmRSS` in `/proc/PID/status`).
     fn rss_kib(&self) -> Result<u64, Failure> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
+        let path = format!("/proc/{}/status", self.child.id());
+        let status = std::fs::read_to_string(&path).map_err(|e| Failure(format!("{path}: {e}")))?;
         status
             .lines()
             .find_map(|l| l.strip_prefix("VmRSS:"))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .ok_or_else(|| Failure("no VmRSS in /proc/PID/status".into()))
+            .ok_or_else(|| Failure(format!("{path}: no VmRSS line")))
     }
 }
 
-/// A scratch directory, removed when dropped.
+/// A new scratch directory of this process, removed when dropped.
 struct Scratch(std::path::PathBuf);
 
 impl Scratch {
     fn new() -> Result<Self, Failure> {
-        let path = std::env::temp_dir().join(format!("bus-bench-{}", std::process::id()));
-        std::fs::create_dir_all(&path)?;
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let name = format!("bus-bench-{}-{stamp}", std::process::id());
+        let path = std::env::temp_dir().join(name);
+        // Not `create_dir_all`: a directory already there is not ours.
+        std::fs::create_dir(&path).map_err(|e| Failure(format!("{}: {e}", path.display())))?;
         Ok(Scratch(path))
     }
 }
@@ -210,7 +237,11 @@ fn open_file_limit() -> Option<usize> {
 pub(crate) async fn idle_clients(
     config: &ValidConfig,
     connections: usize,
-) -> Result<IdleClients, Failure> {
+) -> Result<Option<IdleClients>, Failure> {
+    // Memory is read from /proc (Linux).
+    if !std::path::Path::new("/proc/self/status").exists() {
+        return Ok(None);
+    }
     // Both processes hold one descriptor per connection, plus some spare.
     let (connections, limited_by) = match open_file_limit() {
         Some(limit) if limit < connections + 256 => (
@@ -228,7 +259,7 @@ pub(crate) async fn idle_clients(
     tuned.liveness_timeout = Duration::from_secs(180);
     let client_config = tuned.clone().validate()?;
     let key = Key::generate(&mut OsEntropy);
-    let node = NodeProcess::start(&tuned, &key)?;
+    let node = NodeProcess::start(&tuned, &key).await?;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let before = node.rss_kib()?;
     let started = Instant::now();
@@ -274,7 +305,7 @@ pub(crate) async fn idle_clients(
     let after = node.rss_kib()?;
     drop(clients);
     let per = |kib: u64| kib.saturating_sub(before) as f64 * 1024.0 / connections.max(1) as f64;
-    Ok(IdleClients {
+    Ok(Some(IdleClients {
         connections,
         limited_by,
         node_rss_before_kib: before,
@@ -285,14 +316,18 @@ pub(crate) async fn idle_clients(
         requests: connections,
         answered,
         connect_seconds,
-    })
+    }))
 }
 
-pub(crate) fn print(handshakes: &ConcurrentHandshakes, idle: &IdleClients) {
+pub(crate) fn print(handshakes: &ConcurrentHandshakes, idle: Option<&IdleClients>) {
     println!(
         "concurrent handshakes: {:.0} per second ({} client connections, {} in flight at once, each authenticated both ways and dropped)",
         handshakes.per_sec, handshakes.connections, handshakes.in_flight
     );
+    let Some(idle) = idle else {
+        println!("\nidle clients: not measured (no /proc to read memory from)");
+        return;
+    };
     println!(
         "\nidle clients held by one `bus node` process: {} authenticated connections ({} s to connect{})",
         idle.connections,
