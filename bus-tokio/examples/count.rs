@@ -6,6 +6,8 @@
 //! - `count batches N`: the same, sent 64 at a time with `send_batch_wait`;
 //! - `count requests N`: a client sends `N` requests to replica 0 one after
 //!   another, and the node's application answers each;
+//! - `count handshakes N`: `N` clients connect to replica 0 one after
+//!   another, each through the handshake, and are dropped;
 //! - baselines: `count ldc N` sends `N` payloads through tokio-util's
 //!   `LengthDelimitedCodec`, flushed every 64 (it also writes whenever
 //!   8 KiB are buffered, its default); `count raw N` writes `N` frames of
@@ -44,9 +46,10 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let first = args.next();
     let (workload, n) = match first.as_deref() {
-        Some(name @ ("requests" | "messages" | "batches" | "ldc" | "raw" | "raw-requests")) => {
-            (name.to_owned(), args.next())
-        }
+        Some(
+            name @ ("requests" | "messages" | "batches" | "handshakes" | "ldc" | "raw"
+            | "raw-requests"),
+        ) => (name.to_owned(), args.next()),
         _ => ("messages".to_owned(), first),
     };
     let n: u32 = n.and_then(|n| n.parse().ok()).unwrap_or(20_000);
@@ -77,6 +80,7 @@ fn main() {
         match workload.as_str() {
             "requests" => round_trips(&config, keys, n, body).await,
             "batches" => messages(&config, keys, n, 64, body).await,
+            "handshakes" => handshakes(&config, keys, n).await,
             "ldc" => baseline::codec(n, 64, body).await,
             "raw" => baseline::raw(n, 64, body).await,
             "raw-requests" => baseline::raw_round_trips(n, body).await,
@@ -85,6 +89,8 @@ fn main() {
     });
     let what = if workload.contains("requests") {
         "requests"
+    } else if workload == "handshakes" {
+        "handshakes"
     } else {
         "messages"
     };
@@ -92,7 +98,10 @@ fn main() {
         (Some(before), Some(after)) => {
             let faults = after - before;
             let per = faults as f64 / f64::from(n.max(1));
-            println!("{n} {what}; {faults} minor page faults ({per:.3} per {what:.7})");
+            println!(
+                "{n} {what}; {faults} minor page faults ({per:.3} per {})",
+                what.trim_end_matches('s')
+            );
         }
         _ => println!("{n} {what}"),
     }
@@ -194,6 +203,33 @@ async fn messages(config: &ValidConfig, keys: KeyRing, messages: u32, batch: u32
         }
     };
     tokio::join!(send, receive);
+}
+
+/// `connections` clients connected one after another, each dropped once
+/// the handshake completed.
+async fn handshakes(config: &ValidConfig, keys: KeyRing, connections: u32) {
+    // Every client is new: the replay store must hold them all.
+    let mut tuned = Config::clone(config);
+    tuned.max_replay_peers = connections as usize + 64;
+    let config = &tuned.validate().expect("a valid configuration");
+    // Events dropped: unread, `ClientConnected` would fill the queue.
+    let (node, _) = Node::start(
+        config,
+        params(0, 1, true),
+        keys.clone(),
+        NodeOptions::default(),
+    )
+    .expect("node");
+    let address = node.listen("127.0.0.1:0").await.expect("listen");
+    for i in 0..connections {
+        let client_params = ClientParams {
+            cluster: 1,
+            id: 0xC0DE_0000 + u128::from(i),
+            target: 0,
+        };
+        let client = Client::start(config, client_params, keys.clone(), address).expect("client");
+        client.connected().await.expect("connected");
+    }
 }
 
 async fn round_trips(config: &ValidConfig, keys: KeyRing, requests: u32, body: usize) {

@@ -57,8 +57,13 @@ pub(crate) async fn concurrent_handshakes(
     // handshake place, as many addresses would.
     let mut tuned = Config::clone(config);
     tuned.max_unauthenticated_per_address = tuned.max_handshakes_in_flight;
+    // Every client is new: the replay store keeps each one's nonces for
+    // the freshness window, and turns clients away (`Busy`) when full.
+    tuned.max_replay_peers = usize::try_from(connections).map_or(usize::MAX, |c| c + 64);
     let config = tuned.validate()?;
-    let (node, _events, address, key) = lone_node_over(&config, CLUSTER, Transport::tcp()).await?;
+    // Its events are dropped, not left unread: an unread queue of
+    // `ClientConnected` would fill and the node would turn clients away.
+    let (node, _, address, key) = lone_node_over(&config, CLUSTER, Transport::tcp()).await?;
     let started = Instant::now();
     let mut tasks = JoinSet::new();
     for worker in 0..CONCURRENCY as u64 {
@@ -253,6 +258,7 @@ pub(crate) async fn idle_clients(
     let mut tuned = Config::clone(config);
     tuned.max_connections = connections + 64;
     tuned.dedup_max_clients = connections + 64;
+    tuned.max_replay_peers = connections + 64;
     tuned.max_unauthenticated_per_address = tuned.max_handshakes_in_flight;
     // Idle means idle: no heartbeat during the measurement.
     tuned.heartbeat_interval = Duration::from_secs(60);
