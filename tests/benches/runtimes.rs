@@ -7,6 +7,9 @@
 //! cargo bench -p bus-tests --bench runtimes -- --quick # a tenth of the work, 1 run
 //! ```
 //!
+//! Beside each throughput it prints what a message cost the process: CPU
+//! time summed over its threads, and minor page faults (Linux `/proc`).
+//!
 //! The raw baseline writes the very frames the bus would send, pre-encoded,
 //! in batches of the bus's `max_batch`, and counts them on arrival by size;
 //! its round trip echoes one frame. Bus and baseline each run sender and
@@ -37,6 +40,8 @@ struct Row {
     runtime: &'static str,
     /// (body bytes, bus msg/s, raw msg/s) per body size.
     throughput: Vec<(usize, f64, f64)>,
+    /// (bus, raw) cost per message of the best run of each, per body size.
+    costs: Vec<(Option<Cost>, Option<Cost>)>,
     /// (bus p50, bus p99, raw p50, raw p99) in microseconds.
     round_trip: (f64, f64, f64, f64),
 }
@@ -56,23 +61,68 @@ fn main() {
     print(&rows, config.max_batch, runs);
 }
 
+/// CPU time (ns, every thread) and minor page faults, per message.
+#[derive(Clone, Copy)]
+struct Cost {
+    cpu_ns: f64,
+    faults: f64,
+}
+
+/// The process's CPU time in nanoseconds (every thread:
+/// `/proc/self/task/*/schedstat`) and minor page faults (`/proc/self/stat`).
+fn usage() -> Option<(u64, u64)> {
+    let mut cpu = 0u64;
+    for task in std::fs::read_dir("/proc/self/task").ok()? {
+        let stat = std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok()?;
+        cpu += stat.split(' ').next()?.parse::<u64>().ok()?;
+    }
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let faults = stat[stat.rfind(')')? + 2..]
+        .split(' ')
+        .nth(7)?
+        .parse()
+        .ok()?;
+    Some((cpu, faults))
+}
+
+/// What `messages` messages cost since `before` ([`usage`]).
+fn cost_since(before: Option<(u64, u64)>, messages: u64) -> Option<Cost> {
+    let ((cpu0, faults0), (cpu1, faults1)) = before.zip(usage())?;
+    let per = |a: u64, b: u64| b.saturating_sub(a) as f64 / messages.max(1) as f64;
+    Some(Cost {
+        cpu_ns: per(cpu0, cpu1),
+        faults: per(faults0, faults1),
+    })
+}
+
 fn measure<B: Raw>(config: &ValidConfig, scale: u64, runs: u32) -> Row {
     eprintln!("{} ...", B::NAME);
     B::run(async {
         let mut throughput = Vec::new();
+        let mut costs = Vec::new();
         for (body, messages) in BODIES {
             let messages = messages / scale;
             let frame = encoded_frame(body);
             let (mut bus, mut raw) = (0f64, 0f64);
+            let (mut bus_cost, mut raw_cost) = (None, None);
             for _ in 0..runs {
-                bus = bus.max(bus_throughput::<B>(config, body, messages).await);
+                let before = usage();
+                let rate = bus_throughput::<B>(config, body, messages).await;
+                if rate > bus {
+                    (bus, bus_cost) = (rate, cost_since(before, messages));
+                }
+                let before = usage();
                 let started = Instant::now();
                 B::raw_throughput(&frame, config.max_batch, messages)
                     .await
                     .expect("raw throughput");
-                raw = raw.max(messages as f64 / started.elapsed().as_secs_f64());
+                let rate = messages as f64 / started.elapsed().as_secs_f64();
+                if rate > raw {
+                    (raw, raw_cost) = (rate, cost_since(before, messages));
+                }
             }
             throughput.push((body, bus, raw));
+            costs.push((bus_cost, raw_cost));
         }
         let iterations = ROUND_TRIPS / scale;
         let (bus_p50, bus_p99) = bus_round_trip::<B>(config, iterations).await;
@@ -83,6 +133,7 @@ fn measure<B: Raw>(config: &ValidConfig, scale: u64, runs: u32) -> Row {
         Row {
             runtime: B::NAME,
             throughput,
+            costs,
             round_trip: (bus_p50, bus_p99, raw_p50, raw_p99),
         }
     })
@@ -111,6 +162,38 @@ fn print(rows: &[Row], batch: usize, runs: u32) {
             b4k / r4k
         );
     }
+    println!(
+        "\n{:<24} {:>12} {:>12} {:>12} {:>12}   {:>9} {:>9}",
+        "per message",
+        "CPU bus 64B",
+        "CPU raw 64B",
+        "CPU bus 4KiB",
+        "CPU raw 4KiB",
+        "flt bus64",
+        "flt bus4K"
+    );
+    for row in rows {
+        let [(bus64, raw64), (bus4k, raw4k)] = row.costs[..] else {
+            continue;
+        };
+        let cpu =
+            |c: Option<Cost>| c.map_or_else(|| "-".to_owned(), |c| format!("{:.0} ns", c.cpu_ns));
+        let faults =
+            |c: Option<Cost>| c.map_or_else(|| "-".to_owned(), |c| format!("{:.4}", c.faults));
+        println!(
+            "{:<24} {:>12} {:>12} {:>12} {:>12}   {:>9} {:>9}",
+            row.runtime,
+            cpu(bus64),
+            cpu(raw64),
+            cpu(bus4k),
+            cpu(raw4k),
+            faults(bus64),
+            faults(bus4k)
+        );
+    }
+    println!(
+        "(CPU time of every thread of the process; flt: minor page faults per message of the bus)"
+    );
     println!(
         "\n{:<24} {:>10} {:>10} {:>7}   {:>10} {:>10} {:>7}",
         "round trip (64 B)", "bus p50", "raw p50", "vs raw", "bus p99", "raw p99", "vs raw"
