@@ -772,6 +772,20 @@ impl Connection {
         matches!(self.phase, Phase::Established)
     }
 
+    /// Whether [`Connection::poll_transmit`] may have a batch: false only
+    /// for an established connection, neither closing nor closed, with
+    /// nothing queued, whose `poll_transmit` would return `None` at once.
+    pub fn has_output(&self) -> bool {
+        !self.is_established()
+            || self.closing.is_some()
+            || self.closed.is_some()
+            || self.handshake_out.is_some()
+            || self.fatal_close.is_some()
+            || self.pong.is_some()
+            || self.ping.is_some()
+            || !self.data.is_empty()
+    }
+
     /// Whether the connection has closed (its `Closed` event is queued or
     /// delivered).
     pub fn is_closed(&self) -> bool {

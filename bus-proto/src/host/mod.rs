@@ -76,6 +76,11 @@ macro_rules! forward_socket_io {
         fn peer(&self, id: ConnectionId) -> Option<crate::crypto::PeerId> {
             self.$core.connection(id)?.peer()
         }
+        fn has_output(&self, id: ConnectionId) -> bool {
+            self.$core
+                .connection(id)
+                .is_none_or(crate::connection::Connection::has_output)
+        }
         fn frame_limit(&self, id: ConnectionId) -> Option<u32> {
             let conn = self.$core.connection(id)?;
             (!conn.is_closed()).then(|| conn.frame_limit())
@@ -174,6 +179,12 @@ pub trait Machine: Send + 'static {
     fn note_local(&mut self, id: ConnectionId, local: core::net::SocketAddr);
     /// Who `id` is connected to, once its handshake named them.
     fn peer(&self, id: ConnectionId) -> Option<crate::crypto::PeerId>;
+    /// Whether [`Machine::poll_transmit_for`] may return a batch for `id`
+    /// (true when unsure): a socket with nothing to write skips it, and
+    /// the clock read it needs.
+    fn has_output(&self, _id: ConnectionId) -> bool {
+        true
+    }
     /// The socket for `Connect` could not be opened.
     fn connect_failed(&mut self, now: Now, id: ConnectionId);
     /// `id`'s next batch of bytes to write.

@@ -256,7 +256,7 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
             if state.forced {
                 return Step::Exit;
             }
-            if !socket.writing && socket.out.is_done() {
+            if !socket.writing && socket.out.is_done() && state.machine.has_output(id) {
                 let now = self.runtime.now();
                 if let Some(batch) = state.machine.poll_transmit_for(now, id) {
                     match socket.layer {
