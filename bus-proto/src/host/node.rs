@@ -525,8 +525,14 @@ impl<R: Runtime> Shared<NodeFront, R> {
         let machine = &mut state.machine;
         let taken = take(&mut machine.events);
         if !taken.is_empty() {
-            if state.machine.events.take_resumable() && !state.paused.is_empty() {
-                self.resume_readers(&mut state);
+            if state.machine.events.take_resumable() {
+                // The client plane may have room again: admit clients now,
+                // not at the next input.
+                let full = state.machine.events.client_plane_full();
+                state.machine.node.refuse_clients(full);
+                if !state.paused.is_empty() {
+                    self.resume_readers(&mut state);
+                }
             }
             return Poll::Ready(Some(taken));
         }
