@@ -685,7 +685,7 @@ fn old_or_foreign_frames_land_in_the_unauthenticated_bucket() {
 }
 
 fn fix_checksum(bytes: &mut [u8]) {
-    let sum = xxhash_rust::xxh3::xxh3_128(&bytes[16..HEADER_SIZE]);
+    let sum = twox_hash::XxHash3_128::oneshot(&bytes[16..HEADER_SIZE]);
     bytes[..16].copy_from_slice(&sum.to_le_bytes());
 }
 

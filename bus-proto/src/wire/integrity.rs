@@ -59,7 +59,7 @@ impl Integrity {
     /// The value for the header field, over header bytes `16..256`.
     pub fn header_sum(&self, checksummed: &[u8]) -> u128 {
         match self {
-            Integrity::Checksum => xxhash_rust::xxh3::xxh3_128(checksummed),
+            Integrity::Checksum => twox_hash::XxHash3_128::oneshot(checksummed),
             Integrity::Authenticated(k) => truncate(blake3::keyed_hash(&k.header, checksummed)),
         }
     }
@@ -67,7 +67,7 @@ impl Integrity {
     /// The value for the body field.
     pub fn body_sum(&self, body: &[u8]) -> u128 {
         match self {
-            Integrity::Checksum => xxhash_rust::xxh3::xxh3_128(body),
+            Integrity::Checksum => twox_hash::XxHash3_128::oneshot(body),
             Integrity::Authenticated(k) => truncate(blake3::keyed_hash(&k.body, body)),
         }
     }

@@ -199,7 +199,7 @@ impl IdentityRecord {
         out[8..10].copy_from_slice(&Self::VERSION.to_le_bytes());
         out[16..32].copy_from_slice(&self.id.to_le_bytes());
         out[32..40].copy_from_slice(&self.reserved_until.to_le_bytes());
-        let checksum = xxhash_rust::xxh3::xxh3_64(&out[..40]);
+        let checksum = twox_hash::XxHash3_64::oneshot(&out[..40]);
         out[40..].copy_from_slice(&checksum.to_le_bytes());
         out
     }
@@ -230,7 +230,7 @@ impl IdentityRecord {
         let mut word = [0u8; 8];
         word.copy_from_slice(&bytes[40..]);
         let stored = u64::from_le_bytes(word);
-        let computed = xxhash_rust::xxh3::xxh3_64(&bytes[..40]);
+        let computed = twox_hash::XxHash3_64::oneshot(&bytes[..40]);
         if stored != computed {
             return Err(FormatError::Checksum { stored, computed });
         }
