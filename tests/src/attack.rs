@@ -4,7 +4,7 @@
 use crate::CLUSTER;
 use crate::bus::Bus;
 use bus_proto::config::ValidConfig;
-use bus_proto::connection::{Connection, DialParams};
+use bus_proto::connection::{CloseCause, Connection, DialParams};
 use bus_proto::crypto::{KeyRing, PeerId};
 use bus_proto::entropy::SeededEntropy;
 use bus_proto::handshake::Binding;
@@ -120,24 +120,40 @@ pub async fn established_then_silent(
     acceptor: u8,
     target: SocketAddr,
 ) -> Async<TcpStream> {
-    let mut stream = Async::<TcpStream>::connect(target).await.expect("connect");
+    let stream = Async::<TcpStream>::connect(target).await.expect("connect");
+    match handshake_on(stream, config, keys, client, acceptor).await {
+        Ok(stream) => stream,
+        Err(cause) => panic!("closed during the handshake: {cause:?}"),
+    }
+}
+
+/// Runs client `client`'s handshake on an open socket, which then says
+/// nothing: the socket once established, or why the node closed it.
+pub async fn handshake_on(
+    mut stream: Async<TcpStream>,
+    config: &ValidConfig,
+    keys: &KeyRing,
+    client: u128,
+    acceptor: u8,
+) -> Result<Async<TcpStream>, Option<CloseCause>> {
     let mut conn = dialer(config, keys, client, acceptor);
     stream.write_all(&outgoing(&mut conn)).await.expect("hello");
     let mut buf = [0u8; 4096];
     while !conn.is_established() {
-        let n = stream.read(&mut buf).await.expect("read");
-        assert!(
-            n > 0,
-            "closed during the handshake: {:?}",
-            conn.close_cause()
-        );
+        let n = stream.read(&mut buf).await.unwrap_or(0);
+        if n == 0 {
+            return Err(conn.close_cause().cloned());
+        }
         conn.handle_input(Instant::ZERO, &buf[..n]);
+        if conn.is_closed() {
+            return Err(conn.close_cause().cloned());
+        }
     }
     stream
         .write_all(&outgoing(&mut conn))
         .await
         .expect("confirm");
-    stream
+    Ok(stream)
 }
 
 /// Sends `bursts` bursts of `per_burst` forged `hello`s (signed with

@@ -7,7 +7,9 @@
 use bus_proto::client::ClientParams;
 use bus_proto::host::{ClientError, NodeOptions};
 use bus_proto::node::{NodeEvent, NodeStats};
-use bus_tests::attack::{established_then_silent, forged_hellos, join_all, silent_flood};
+use bus_tests::attack::{
+    established_then_silent, forged_hellos, handshake_on, join_all, silent_flood,
+};
 use bus_tests::bus::{Bus, EventsOf, NodeOf};
 use bus_tests::cluster::{Member, member, until, wait_for, within};
 use bus_tests::{CLUSTER, PATIENCE, config, keys, quick};
@@ -27,6 +29,7 @@ bus_tests::scenarios!(
     forged_hello_bursts_do_not_keep_a_client_out,
     abandoned_requests_free_their_slots,
     a_node_shutting_down_refuses_new_sockets_with_busy,
+    a_client_accepted_while_the_queue_was_full_gets_in_once_it_is_read,
 );
 
 fn client_params<B: Bus>(target: u8) -> ClientParams {
@@ -493,4 +496,48 @@ async fn a_node_shutting_down_refuses_new_sockets_with_busy<B: Bus>() {
     .expect("the drain ends at close_grace");
     assert_eq!(report.total, 1);
     assert!(acceptor.node.stats().accepts_refused >= 1);
+}
+
+/// A node turns clients away (`Busy`) while its client queue is full, and
+/// lets them in again as soon as the application reads that queue, not at
+/// its next input: a client whose socket was accepted while the queue was
+/// full, and whose `hello` arrives after the application read it, gets in.
+async fn a_client_accepted_while_the_queue_was_full_gets_in_once_it_is_read<B: Bus>() {
+    let config = config();
+    let options = NodeOptions::default().request_capacity(1);
+    let mut acceptor = member::<B>(&config, 0, 1, keys(41), options).await;
+    let address = acceptor.address;
+    // Two admitted clients fill the client plane: twice its budget of 1.
+    let _first = established_then_silent(&config, &keys(41), 0xa1, 0, address).await;
+    let _second = established_then_silent(&config, &keys(41), 0xa2, 0, address).await;
+    until::<B>("both clients are admitted", || {
+        acceptor.node.inspect(|n| n.admitted_clients()) == 2
+    })
+    .await;
+    // A third socket is accepted while the queue is full; it waits.
+    let third = smol::Async::<std::net::TcpStream>::connect(address)
+        .await
+        .expect("connect");
+    until::<B>("the third socket is accepted", || {
+        acceptor.node.connections() == 3
+    })
+    .await;
+    // The application reads its queue.
+    for _ in 0..2 {
+        let event = within::<B, _>(PATIENCE, acceptor.events.recv())
+            .await
+            .expect("an event");
+        assert!(
+            matches!(event, Some(NodeEvent::ClientConnected { .. })),
+            "{event:?}"
+        );
+    }
+    // Now the third client says hello, and is let in.
+    let admitted = handshake_on(third, &config, &keys(41), 0xa3, 0).await;
+    assert!(
+        admitted.is_ok(),
+        "refused after the application read its queue: {:?}",
+        admitted.err()
+    );
+    assert_eq!(acceptor.node.inspect(|n| n.admitted_clients()), 3);
 }
