@@ -38,9 +38,10 @@ use bus_tokio::bus_proto::client::ClientParams;
 use bus_tokio::bus_proto::config::{Config, ValidConfig};
 use bus_tokio::bus_proto::crypto::{Key, KeyRing};
 use bus_tokio::bus_proto::node::{NodeEvent, NodeParams};
-use bus_tokio::{Client, Node, NodeOptions, Transport};
+use bus_tokio::{Client, Events, Node, NodeOptions, Transport};
 use bytes::Bytes;
 use std::collections::VecDeque;
+use std::net::SocketAddr;
 
 fn main() {
     let mut args = std::env::args().skip(1);
@@ -213,14 +214,7 @@ async fn handshakes(config: &ValidConfig, keys: KeyRing, connections: u32) {
     tuned.max_replay_peers = connections as usize + 64;
     let config = &tuned.validate().expect("a valid configuration");
     // Events dropped: unread, `ClientConnected` would fill the queue.
-    let (node, _) = Node::start(
-        config,
-        params(0, 1, true),
-        keys.clone(),
-        NodeOptions::default(),
-    )
-    .expect("node");
-    let address = node.listen("127.0.0.1:0").await.expect("listen");
+    let (_node, _, address) = lone_node(config, &keys).await;
     for i in 0..connections {
         let client_params = ClientParams {
             cluster: 1,
@@ -232,8 +226,9 @@ async fn handshakes(config: &ValidConfig, keys: KeyRing, connections: u32) {
     }
 }
 
-async fn round_trips(config: &ValidConfig, keys: KeyRing, requests: u32, body: usize) {
-    let (node, mut events) = Node::start(
+/// Replica 0 of 1, accepting clients, listening on loopback.
+async fn lone_node(config: &ValidConfig, keys: &KeyRing) -> (Node, Events, SocketAddr) {
+    let (node, events) = Node::start(
         config,
         params(0, 1, true),
         keys.clone(),
@@ -241,6 +236,11 @@ async fn round_trips(config: &ValidConfig, keys: KeyRing, requests: u32, body: u
     )
     .expect("node");
     let address = node.listen("127.0.0.1:0").await.expect("listen");
+    (node, events, address)
+}
+
+async fn round_trips(config: &ValidConfig, keys: KeyRing, requests: u32, body: usize) {
+    let (node, mut events, address) = lone_node(config, &keys).await;
     let client_params = ClientParams {
         cluster: 1,
         id: 0xC0DE,

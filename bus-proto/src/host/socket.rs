@@ -697,19 +697,25 @@ mod tests {
         }
     }
 
+    /// An accepted plain TCP socket, stepped once: the core has lent it
+    /// its receive buffer.
+    fn reading_socket(shared: &Arc<Shared<NodeFront, Frozen>>) -> super::Socket {
+        let mut socket = shared
+            .accept_socket(None, &Transport::tcp())
+            .expect("accepted");
+        assert!(matches!(
+            shared.step(&mut socket),
+            Step::Run { read: true, .. }
+        ));
+        socket
+    }
+
     /// An idle connection holds a small receive buffer; one whose reads
     /// fill their room reads in chunks up to the node's read chunk.
     #[test]
     fn read_room_starts_small_and_grows_with_full_reads() {
         let shared = node_driver();
-        let mut socket = shared
-            .accept_socket(None, &Transport::tcp())
-            .expect("accepted");
-        // The core lends its receive buffer when the socket may read.
-        assert!(matches!(
-            shared.step(&mut socket),
-            Step::Run { read: true, .. }
-        ));
+        let mut socket = reading_socket(&shared);
         let (_, inbox) = socket.io();
         let inbox = inbox.expect("a TCP socket reads into the core's buffer");
         assert!(inbox.capacity() - inbox.len() >= super::MIN_READ_ROOM);
@@ -798,13 +804,7 @@ mod tests {
     #[test]
     fn a_socket_lingers_after_its_last_bytes_until_the_peer_ends() {
         let shared = node_driver();
-        let mut socket = shared
-            .accept_socket(None, &Transport::tcp())
-            .expect("accepted");
-        assert!(matches!(
-            shared.step(&mut socket),
-            Step::Run { read: true, .. }
-        ));
+        let mut socket = reading_socket(&shared);
         let lent = socket.lend_inbox().expect("the read buffer");
         let mut hello = impostor_hello();
         let n = hello.len();

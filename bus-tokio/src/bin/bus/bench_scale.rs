@@ -170,6 +170,10 @@ impl NodeProcess {
                     lines.for_each(drop);
                     return;
                 }
+                // Its last lines only: enough to say why it stopped.
+                if seen.len() == 20 {
+                    seen.remove(0);
+                }
                 seen.push(line);
             }
             let _ = found.send(Err(seen.join(" | ")));
