@@ -876,9 +876,10 @@ impl Connection {
     fn push_encoded(&mut self, batch: &mut TransmitBuilder, header: &Header, body: &Bytes) {
         // Queued frames passed `Header::check` in `send`, and control frames
         // are header-only, so encoding cannot fail.
-        match header.encode(body, &self.integrity_out, self.limits.max_message_size) {
-            Ok(bytes) => batch.push(&bytes, body),
-            Err(e) => debug_assert!(false, "checked frame failed to encode: {e}"),
+        let (integrity, max) = (&self.integrity_out, self.limits.max_message_size);
+        let encoded = batch.push_encoded(body, |h| header.encode_into(h, body, integrity, max));
+        if let Err(e) = encoded {
+            debug_assert!(false, "checked frame failed to encode: {e}");
         }
     }
 

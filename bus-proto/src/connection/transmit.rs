@@ -95,6 +95,27 @@ impl TransmitBuilder {
         self.push_body(body);
     }
 
+    /// Pushes a frame whose header `encode` writes in place, into zeroed
+    /// bytes at the end of the buffer. On error nothing is pushed.
+    pub(crate) fn push_encoded<E>(
+        &mut self,
+        body: &Bytes,
+        encode: impl FnOnce(&mut [u8; HEADER_SIZE]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let start = self.buf.len();
+        // Copied from zeros: cheaper than `resize` and its fill.
+        self.buf.extend_from_slice(&[0; HEADER_SIZE]);
+        let header = self.buf[start..].first_chunk_mut::<HEADER_SIZE>();
+        if let Some(header) = header
+            && let Err(e) = encode(header)
+        {
+            self.buf.truncate(start);
+            return Err(e);
+        }
+        self.push_body(body);
+        Ok(())
+    }
+
     fn push_body(&mut self, body: &Bytes) {
         if body.len() <= COPY_BODY_MAX {
             self.buf.extend_from_slice(body);
@@ -111,5 +132,54 @@ impl TransmitBuilder {
             self.out.segments.push(self.buf.freeze());
         }
         (self.out.frames > 0).then_some(self.out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{EncodeError, Frame, FrameDecoder, Header, Integrity, Kind};
+
+    /// Headers encoded in place decode as the frames they describe; a
+    /// header that fails to encode leaves the batch as it was.
+    #[test]
+    fn headers_encoded_in_place_decode_and_failures_push_nothing() {
+        let integrity = Integrity::Checksum;
+        let mut batch = TransmitBuilder::with_capacity(3, 64);
+        let frames: Vec<Frame> = (0..2u8)
+            .map(|i| Frame {
+                header: Header::new(
+                    9,
+                    Kind::Message {
+                        operation: u32::from(i),
+                    },
+                ),
+                body: Bytes::from(alloc::vec![i; 10 + usize::from(i)]),
+            })
+            .collect();
+        for frame in &frames {
+            let encoded = batch.push_encoded(&frame.body, |h| {
+                frame
+                    .header
+                    .encode_into(h, &frame.body, &integrity, 1 << 20)
+            });
+            assert_eq!(encoded, Ok(()));
+        }
+        let too_large = Bytes::from_static(&[1; 100]);
+        let refused = batch.push_encoded(&too_large, |h| {
+            frames[0].header.encode_into(h, &too_large, &integrity, 300)
+        });
+        assert!(matches!(refused, Err(EncodeError::TooLarge { .. })));
+        let transmit = batch.finish().expect("two frames");
+        assert_eq!(transmit.frames(), 2);
+        let mut wire = Vec::new();
+        transmit.write_to(&mut wire);
+        assert_eq!(wire.len(), transmit.len());
+        let mut decoder = FrameDecoder::new(integrity, 1 << 20);
+        decoder.feed(&wire);
+        for frame in frames {
+            assert_eq!(decoder.next_frame(), Ok(Some(frame)));
+        }
+        assert_eq!(decoder.next_frame(), Ok(None));
     }
 }

@@ -218,8 +218,22 @@ impl Header {
         integrity: &Integrity,
         max_message_size: u32,
     ) -> Result<[u8; HEADER_SIZE], EncodeError> {
-        let size = self.check(body.len(), max_message_size)?;
         let mut h = [0u8; HEADER_SIZE];
+        self.encode_into(&mut h, body, integrity, max_message_size)?;
+        Ok(h)
+    }
+
+    /// [`Header::encode`] into `h`, which must be all zeros: the bytes no
+    /// field covers stay as they are. Lets a batch encode headers in place.
+    pub(crate) fn encode_into(
+        &self,
+        h: &mut [u8; HEADER_SIZE],
+        body: &[u8],
+        integrity: &Integrity,
+        max_message_size: u32,
+    ) -> Result<(), EncodeError> {
+        debug_assert!(h.iter().all(|&b| b == 0), "encoding over a used header");
+        let size = self.check(body.len(), max_message_size)?;
         h[CLUSTER].copy_from_slice(&self.cluster.to_le_bytes());
         h[SIZE].copy_from_slice(&size.to_le_bytes());
         h[VIEW].copy_from_slice(&self.view.to_le_bytes());
@@ -228,7 +242,7 @@ impl Header {
         h[COMMAND][0] = self.command().to_wire();
         h[REPLICA][0] = self.replica;
         h[SEQUENCE].copy_from_slice(&self.sequence.to_le_bytes());
-        self.kind.write_area(&mut h);
+        self.kind.write_area(h);
         if let Some(area) = &self.app.0 {
             h[area::APP].copy_from_slice(&area[..]);
         }
@@ -236,7 +250,7 @@ impl Header {
         h[CHECKSUM_BODY].copy_from_slice(&body_sum.to_le_bytes());
         let sum = integrity.header_sum(&h[CHECKSUMMED]);
         h[CHECKSUM].copy_from_slice(&sum.to_le_bytes());
-        Ok(h)
+        Ok(())
     }
 
     /// Verifies and parses a header. Checks run in this order, so nothing the
