@@ -144,17 +144,25 @@ impl Deliveries {
     /// The queue read next (a plane's, or 2 for diagnostics), its front
     /// event already uncounted; `None` when every queue is empty.
     fn take_turn(&mut self) -> Option<usize> {
-        let lens = [self.planes[0].len(), self.planes[1].len(), self.other.len()];
-        let turn = (0..3)
-            .map(|k| (self.turn + k) % 3)
-            .find(|&turn| lens[turn] > 0)?;
-        self.turn = (turn + 1) % 3;
-        if let Some(front) = self.planes.get(turn).and_then(VecDeque::front)
-            && let (Some(plane), connection) = classify(front)
-        {
-            self.uncount(connection, plane);
+        let next = |turn: usize| if turn == 2 { 0 } else { turn + 1 };
+        let mut turn = self.turn;
+        for _ in 0..3 {
+            if self.len_of(turn) > 0 {
+                self.turn = next(turn);
+                if let Some(front) = self.planes.get(turn).and_then(VecDeque::front)
+                    && let (Some(plane), connection) = classify(front)
+                {
+                    self.uncount(connection, plane);
+                }
+                return Some(turn);
+            }
+            turn = next(turn);
         }
-        Some(turn)
+        None
+    }
+
+    fn len_of(&self, turn: usize) -> usize {
+        self.planes.get(turn).unwrap_or(&self.other).len()
     }
 
     fn queue(&mut self, turn: usize) -> &mut VecDeque<NodeEvent> {
