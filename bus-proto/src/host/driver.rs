@@ -57,11 +57,11 @@ pub struct SharedOptions {
 }
 
 impl SharedOptions {
-    /// A client's settings: 64 KiB reads, and `close_grace` to write the
+    /// A client's settings: reads of up to 128 KiB, and `close_grace` to write the
     /// last batch.
     pub fn client(config: &crate::config::ValidConfig) -> Self {
         SharedOptions {
-            read_chunk: 64 << 10,
+            read_chunk: 128 << 10,
             linger: config.close_grace,
         }
     }

@@ -120,6 +120,7 @@ mod node;
 mod outgoing;
 #[cfg(feature = "quic")]
 mod quic;
+mod recycle;
 mod shutdown;
 mod signal;
 mod slots;

@@ -7,6 +7,7 @@ use super::Machine;
 use super::driver::{MAX_DRAINING, Runtime, Shared, State};
 use super::layer::{FrameTooLarge, MAX_PENDING_WIRE, StreamLayer};
 use super::outgoing::Outgoing;
+use super::recycle::Spares;
 use crate::node::ConnectionId;
 use crate::time::Instant;
 use bytes::BytesMut;
@@ -97,6 +98,8 @@ pub struct Socket {
     read_room: usize,
     /// The room grew since the buffer last got room.
     read_room_grew: bool,
+    /// Earlier receive buffers, reused once their bodies are dropped.
+    spares: Spares,
 }
 
 /// A socket under a transport layer: the socket reads wire bytes into its
@@ -142,14 +145,18 @@ impl Socket {
             named: false,
             read_room: MIN_READ_ROOM,
             read_room_grew: false,
+            spares: Spares::default(),
         }
     }
 
     /// Gives the receive buffer at least the room for the next read. Right
     /// after the room grew, the buffer is moved to a fresh allocation of
     /// the new size: `BytesMut` sizes later allocations by a buffer's
-    /// first one, so this keeps a busy connection's buffers uniform (reused
-    /// by the allocator, no fresh pages) once the room is at its largest.
+    /// first one, so this keeps a busy connection's buffers uniform once
+    /// the room is at its largest. A buffer still pinned by delivered
+    /// bodies is set aside ([`Spares`]) and an earlier one the application
+    /// has released takes its place, so a busy connection cycles through a
+    /// few allocations instead of faulting in fresh pages.
     fn make_read_room(&mut self) {
         let room = self.read_room;
         let grew = core::mem::take(&mut self.read_room_grew);
@@ -159,12 +166,22 @@ impl Socket {
         if buffer.capacity() - buffer.len() >= room {
             return;
         }
-        if grew || buffer.capacity() == 0 {
-            let mut fresh = BytesMut::with_capacity(buffer.len() + room);
-            fresh.extend_from_slice(buffer);
-            *buffer = fresh;
-        } else {
-            buffer.reserve(room);
+        // No longer pinned by delivered bodies: the partial frame moves to
+        // the front. (`reserve` would instead reallocate, copying the
+        // consumed bytes too.)
+        if !grew && buffer.try_reclaim(room) {
+            return;
+        }
+        let need = buffer.len() + room;
+        let reused = match grew {
+            true => None,
+            false => self.spares.take_free(need),
+        };
+        let mut fresh = reused.unwrap_or_else(|| BytesMut::with_capacity(need));
+        fresh.extend_from_slice(buffer);
+        let old = core::mem::replace(buffer, fresh);
+        if !grew {
+            self.spares.keep(old, room);
         }
     }
 
@@ -742,6 +759,49 @@ mod tests {
         let inbox = inbox.expect("still reading");
         assert_eq!(&inbox[..], b"partial");
         assert!(inbox.capacity() - inbox.len() >= 16 << 10);
+    }
+
+    /// A full buffer still pinned by a delivered body is set aside; once
+    /// the body is dropped, a later read goes into that same allocation
+    /// again, with the partial frame carried over.
+    #[test]
+    fn a_released_receive_buffer_is_read_into_again() {
+        let shared = node_driver();
+        let mut socket = reading_socket(&shared);
+        socket.read_room = 32 << 10;
+        socket.io();
+        // Fills the buffer, leaving a 7-byte partial frame, and delivers a
+        // body that pins it; then makes room for the next read.
+        let cycle = |socket: &mut super::Socket| {
+            let inbox = socket.inbox.as_mut().expect("lent");
+            let room = inbox.capacity() - inbox.len();
+            inbox.extend_from_slice(&std::vec![1; room]);
+            let body = inbox.len() - 7;
+            let body = inbox.split_to(body).freeze();
+            socket.io();
+            body
+        };
+        // Every buffer from here on is sized for the room and a partial
+        // frame.
+        let _warm_up = cycle(&mut socket);
+        let first = cycle(&mut socket);
+        let second = cycle(&mut socket);
+        assert_ne!(
+            first.as_ptr(),
+            second.as_ptr(),
+            "a pinned buffer is set aside"
+        );
+        let first_address = first.as_ptr() as usize;
+        drop(first);
+        let _third = cycle(&mut socket);
+        let inbox = socket.inbox.as_ref().expect("lent");
+        assert_eq!(
+            inbox.as_ptr() as usize,
+            first_address,
+            "the released one is reused"
+        );
+        assert_eq!(&inbox[..], &[1; 7], "with the partial frame");
+        assert!(inbox.capacity() - inbox.len() >= 32 << 10);
     }
 
     /// A peer that sends pings and never reads makes a WebSocket layer
