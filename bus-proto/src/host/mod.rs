@@ -135,7 +135,7 @@ pub use layer::{
     FrameTooLarge, LayerError, LayerFactory, MAX_PENDING_WIRE, StreamLayer, Transport,
 };
 pub use node::{NodeFront, NodeOptions, Refused};
-pub use outgoing::{MAX_IOVECS, Outgoing};
+pub use outgoing::{MAX_IOVECS, Outgoing, Slices};
 #[cfg(feature = "quic")]
 pub use quic::{QuicPort, QuicStep};
 pub use shutdown::ShutdownReport;

@@ -8,6 +8,30 @@ use std::vec::Vec;
 /// Most segments passed to one vectored write (Linux's `IOV_MAX` is 1024).
 pub const MAX_IOVECS: usize = 1024;
 
+/// Segments [`Slices`] holds without allocating.
+const INLINE_SLICES: usize = 4;
+
+/// The unwritten segments of a batch as `IoSlice`s, for one vectored
+/// write: dereferences to `[IoSlice]`.
+#[derive(Debug)]
+pub struct Slices<'a> {
+    inline: [IoSlice<'a>; INLINE_SLICES],
+    len: usize,
+    /// Used instead of `inline` when there are more segments.
+    spilled: Vec<IoSlice<'a>>,
+}
+
+impl<'a> core::ops::Deref for Slices<'a> {
+    type Target = [IoSlice<'a>];
+
+    fn deref(&self) -> &Self::Target {
+        match self.inline.get(..self.len) {
+            Some(inline) => inline,
+            None => &self.spilled,
+        }
+    }
+}
+
 /// The segments of one [`Transmit`] and how far they have been written. A
 /// readiness-based adapter writes [`Outgoing::slices`] and reports
 /// [`Outgoing::advance`]; a completion-based one takes the segments whole
@@ -43,12 +67,25 @@ impl Outgoing {
     }
 
     /// Up to [`MAX_IOVECS`] unwritten segments, for one vectored write.
-    pub fn slices(&self) -> Vec<IoSlice<'_>> {
+    /// A few segments (the usual batch of small frames is one) take no
+    /// allocation.
+    pub fn slices(&self) -> Slices<'_> {
         let end = self.segments.len().min(self.next + MAX_IOVECS);
-        self.segments[self.next..end]
-            .iter()
-            .map(|s| IoSlice::new(s))
-            .collect()
+        let unwritten = &self.segments[self.next..end];
+        let mut slices = Slices {
+            inline: [IoSlice::new(&[]); INLINE_SLICES],
+            len: unwritten.len(),
+            spilled: Vec::new(),
+        };
+        match slices.inline.get_mut(..unwritten.len()) {
+            Some(inline) => {
+                for (slice, segment) in inline.iter_mut().zip(unwritten) {
+                    *slice = IoSlice::new(segment);
+                }
+            }
+            None => slices.spilled = unwritten.iter().map(|s| IoSlice::new(s)).collect(),
+        }
+        slices
     }
 
     /// Marks `written` bytes as written. Bytes beyond what is loaded are
@@ -113,6 +150,19 @@ mod tests {
             vec![Bytes::from_static(b"de"), Bytes::from_static(b"f")]
         );
         assert!(out.is_done());
+    }
+
+    #[test]
+    fn few_and_many_segments_give_the_same_slices() {
+        for n in [0, 1, super::INLINE_SLICES, super::INLINE_SLICES + 1, 40] {
+            let parts: Vec<&'static [u8]> = (0..n).map(|i| &b"abcdefghij"[..=i % 10]).collect();
+            let out = loaded(&parts);
+            let slices = out.slices();
+            assert_eq!(slices.len(), n);
+            for (slice, part) in slices.iter().zip(&parts) {
+                assert_eq!(&slice[..], *part);
+            }
+        }
     }
 
     #[test]
