@@ -1,7 +1,7 @@
 //! The acceptor's admission check: node-wide state (keys, replay store)
 //! applied to each incoming `hello`.
 
-use super::transcript::{HandshakeKeys, HelloFields, WelcomeFields};
+use super::transcript::{HelloFields, WelcomeFields};
 use super::{AcceptorHandshake, Binding, NONCE_RING_SLOTS};
 use crate::config::ValidConfig;
 use crate::crypto::{KeyRing, Nonce, PeerId};
@@ -203,8 +203,9 @@ impl Gate {
         let fields = HelloFields::new(p.cluster, hello, &incoming.binding);
         let keys = self
             .keys
-            .verifying_keys(peer)
-            .find_map(|key| HandshakeKeys::verify_hello(key, &fields, &hello.mac))
+            .verifying_handshake_keys(peer)
+            .find(|keys| keys.verifies_hello(&fields, &hello.mac))
+            .cloned()
             .ok_or(Verdict::Reject(RejectStatus::BadMac))?;
         let recorded = match peer {
             PeerId::Replica(id) => {

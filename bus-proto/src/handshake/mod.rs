@@ -25,7 +25,8 @@ use crate::crypto::{KeyRing, Nonce, PeerId, Tag};
 use crate::entropy::Entropy;
 use crate::time::UnixNanos;
 use crate::wire::{FrameKeys, Hello, Plane, Welcome};
-use transcript::{HandshakeKeys, HelloFields, WelcomeFields};
+use transcript::WelcomeFields;
+pub(crate) use transcript::{HandshakeKeys, HelloFields};
 use zeroize::Zeroizing;
 
 /// Nonces remembered per dialer by a [`Gate`]: a peer that completes more
@@ -118,7 +119,7 @@ impl DialerHandshake {
             PeerId::Replica(id) => (Plane::Replica, u128::from(id), PeerId::Replica(p.acceptor)),
             PeerId::Client(id) => (Plane::Client, id, p.local),
         };
-        let keys = HandshakeKeys::derive(p.keys.signing_key(owner));
+        let keys = p.keys.signing_handshake_keys(owner).clone();
         let mut nonce = [0u8; 32];
         entropy.fill_bytes(&mut nonce);
         let mut hello = Hello {

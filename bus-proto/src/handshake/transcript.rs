@@ -62,15 +62,9 @@ impl HandshakeKeys {
         }
     }
 
-    /// The keys of `psk` if `mac` is its `hello` MAC over `fields`. Derives
-    /// the session key only after the MAC verified, so a forged `hello`
-    /// costs one derivation and one MAC per candidate key.
-    pub(crate) fn verify_hello(psk: &Key, fields: &HelloFields, mac: &Tag) -> Option<Self> {
-        let mac_key = MacKey::derive(psk, context::HANDSHAKE);
-        (mac_key.sign(&[LABEL_HELLO, &fields.0]) == *mac).then(|| HandshakeKeys {
-            mac: mac_key,
-            session: MacKey::derive(psk, context::SESSION),
-        })
+    /// True if `mac` is the `hello` MAC under these keys over `fields`.
+    pub(crate) fn verifies_hello(&self, fields: &HelloFields, mac: &Tag) -> bool {
+        self.hello_mac(fields) == *mac
     }
 
     /// `hello.mac`.
