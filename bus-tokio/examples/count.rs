@@ -7,7 +7,8 @@
 //! - `count requests N`: a client sends `N` requests to replica 0 one after
 //!   another, and the node's application answers each;
 //! - `count handshakes N`: `N` clients connect to replica 0 one after
-//!   another, each through the handshake, and are dropped;
+//!   another, each through the handshake, and are dropped
+//!   (`COUNT_IN_FLIGHT=K`: K at a time);
 //! - baselines: `count ldc N` sends `N` payloads through tokio-util's
 //!   `LengthDelimitedCodec`, flushed every 64 (it also writes whenever
 //!   8 KiB are buffered, its default); `count raw N` writes `N` frames of
@@ -212,17 +213,34 @@ async fn handshakes(config: &ValidConfig, keys: KeyRing, connections: u32) {
     // Every client is new: the replay store must hold them all.
     let mut tuned = Config::clone(config);
     tuned.max_replay_peers = connections as usize + 64;
-    let config = &tuned.validate().expect("a valid configuration");
+    // `COUNT_IN_FLIGHT=K`: K dialling tasks at once, all from 127.0.0.1.
+    let in_flight: u32 = std::env::var("COUNT_IN_FLIGHT")
+        .ok()
+        .and_then(|k| k.parse().ok())
+        .unwrap_or(1)
+        .max(1);
+    tuned.max_unauthenticated_per_address = tuned.max_handshakes_in_flight;
+    let config = tuned.validate().expect("a valid configuration");
     // Events dropped: unread, `ClientConnected` would fill the queue.
-    let (_node, _, address) = lone_node(config, &keys).await;
-    for i in 0..connections {
-        let client_params = ClientParams {
-            cluster: 1,
-            id: 0xC0DE_0000 + u128::from(i),
-            target: 0,
-        };
-        let client = Client::start(config, client_params, keys.clone(), address).expect("client");
-        client.connected().await.expect("connected");
+    let (_node, _, address) = lone_node(&config, &keys).await;
+    let mut tasks = tokio::task::JoinSet::new();
+    for task in 0..in_flight {
+        let (config, keys) = (config.clone(), keys.clone());
+        tasks.spawn(async move {
+            for i in (task..connections).step_by(in_flight as usize) {
+                let client_params = ClientParams {
+                    cluster: 1,
+                    id: 0xC0DE_0000 + u128::from(i),
+                    target: 0,
+                };
+                let client =
+                    Client::start(&config, client_params, keys.clone(), address).expect("client");
+                client.connected().await.expect("connected");
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.expect("a dialling task");
     }
 }
 
