@@ -36,6 +36,9 @@ impl Spares {
     /// A buffer with room for `capacity` bytes whose earlier contents are
     /// no longer referenced, if one is free.
     pub(super) fn take_free(&mut self, capacity: usize) -> Option<BytesMut> {
+        if self.buffers.is_empty() {
+            return None;
+        }
         let at = self
             .buffers
             .iter_mut()
