@@ -890,3 +890,75 @@ fn a_shut_down_client_never_dials_again() {
         .count();
     assert_eq!(dials, 1);
 }
+
+/// Messages that arrive in the same input as the `confirm` that completes
+/// the handshake wait behind the peer's `PeerConnected`; once the peer is
+/// registered, its messages go straight to the application's queue. Either
+/// way none is lost and their order holds.
+#[test]
+fn messages_behind_the_confirm_follow_peer_connected_in_order() {
+    let mut net = Net::new(valid(config()), 2);
+    // Replica 0 is played by hand: a bare connection that dials node 1.
+    net.nodes[0] = None;
+    let keys = support::net::keys();
+    let r = net.raw_dial(PeerId::Replica(0), 1, &keys);
+    let node_id = net.raws[r].id;
+    let pump_raw = |net: &mut Net| {
+        let at = net.at();
+        let transmit = net.raws[r].conn.poll_transmit(at.mono).expect("a batch");
+        let bytes = transmit.segments().concat();
+        net.node(1).handle_input(at, node_id, &bytes).expect("open");
+    };
+    pump_raw(&mut net); // hello
+    let at = net.at();
+    let (_, welcome) = net.node(1).poll_transmit(at).expect("welcome");
+    net.raws[r]
+        .conn
+        .handle_input(at.mono, &welcome.segments().concat());
+    assert!(matches!(
+        net.raws[r].conn.poll_event(),
+        Some(Event::Established { .. })
+    ));
+    let send = |net: &mut Net, operations: std::ops::Range<u32>| {
+        for operation in operations {
+            let body = Bytes::from(operation.to_le_bytes().to_vec());
+            net.raws[r]
+                .conn
+                .send_with(AppHeader::ZERO, Kind::Message { operation }, body)
+                .expect("queued");
+        }
+    };
+    // The confirm and three messages in one input, then three more.
+    send(&mut net, 0..3);
+    pump_raw(&mut net);
+    send(&mut net, 3..6);
+    pump_raw(&mut net);
+    let mut events = Vec::new();
+    while let Some(event) = net.node(1).poll_event() {
+        events.push(event);
+    }
+    assert!(
+        matches!(
+            events.first(),
+            Some(NodeEvent::PeerConnected { replica: 0, .. })
+        ),
+        "{events:?}"
+    );
+    let operations: Vec<u32> = events[1..]
+        .iter()
+        .map(|e| match e {
+            NodeEvent::Message {
+                from: 0,
+                operation,
+                body,
+                ..
+            } => {
+                assert_eq!(body[..], operation.to_le_bytes());
+                *operation
+            }
+            other => panic!("not a message from replica 0: {other:?}"),
+        })
+        .collect();
+    assert_eq!(operations, (0..6).collect::<Vec<_>>());
+    assert_eq!(net.node(1).stats().frames_unregistered, 0);
+}

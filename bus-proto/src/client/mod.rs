@@ -744,7 +744,7 @@ impl Client {
         id: ConnectionId,
         bytes: &[u8],
     ) -> Result<(), SocketError> {
-        self.table.input(now.mono, id, Some(bytes))?;
+        self.table.input(now.mono, id, Some(bytes), None)?;
         self.settle(now.mono, id);
         Ok(())
     }
@@ -756,7 +756,7 @@ impl Client {
 
     /// Processes bytes appended to [`Client::read_buffer`].
     pub fn handle_read(&mut self, now: Now, id: ConnectionId) -> Result<(), SocketError> {
-        self.table.input(now.mono, id, None)?;
+        self.table.input(now.mono, id, None, None)?;
         self.settle(now.mono, id);
         Ok(())
     }

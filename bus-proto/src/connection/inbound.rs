@@ -10,10 +10,14 @@ use crate::wire::{
 };
 use alloc::boxed::Box;
 
+/// Where a connection puts the replica-plane messages it decodes: its event
+/// queue (`None`), or straight to its owner.
+pub(crate) type Messages<'a, 's> = Option<&'a mut (dyn FnMut(Frame) + 's)>;
+
 impl Connection {
     /// Decodes and handles every complete frame buffered, stopping at a
     /// parked `hello` or a close.
-    pub(super) fn process(&mut self, now: Instant) {
+    pub(super) fn process(&mut self, now: Instant, mut messages: Messages<'_, '_>) {
         if self.binding.is_none() {
             // The transport is still handshaking: its bytes wait, at most
             // a header's worth (a host feeds none before the binding).
@@ -35,7 +39,7 @@ impl Connection {
                     self.last_received = now;
                     self.stats.frames_received += 1;
                     self.stats.bytes_received += (HEADER_SIZE + frame.body.len()) as u64;
-                    self.on_frame(now, frame);
+                    self.on_frame(now, frame, messages.as_deref_mut());
                 }
                 Ok(None) => break,
                 Err(e) => self.on_decode_error(e),
@@ -94,7 +98,7 @@ impl Connection {
         self.violation(Violation::Unexpected { command, state });
     }
 
-    fn on_frame(&mut self, now: Instant, frame: Frame) {
+    fn on_frame(&mut self, now: Instant, frame: Frame, messages: Messages<'_, '_>) {
         let h = &frame.header;
         // `u64::MAX` is never valid, so the counter cannot pin at its maximum.
         if h.sequence != self.recv_seq || h.sequence == u64::MAX {
@@ -167,7 +171,7 @@ impl Connection {
             },
             Phase::Established => {
                 self.phase = Phase::Established;
-                self.on_established_frame(frame);
+                self.on_established_frame(frame, messages);
             }
             parked @ (Phase::HelloParked(_) | Phase::Closed) => self.phase = parked,
         }
@@ -192,7 +196,7 @@ impl Connection {
         });
     }
 
-    fn on_established_frame(&mut self, frame: Frame) {
+    fn on_established_frame(&mut self, frame: Frame, messages: Messages<'_, '_>) {
         let command = frame.header.command();
         if self.closing.is_some_and(|c| c.peer_reason.is_some()) {
             // The peer's `close` is its last frame.
@@ -209,9 +213,10 @@ impl Connection {
                 self.rtt = Some(self.last_received.saturating_duration_since(sent));
             }
             Kind::Close { reason } => self.on_peer_close(*reason),
-            Kind::Message { .. } if self.plane == Some(Plane::Replica) => {
-                self.events.push_back(Event::Message(frame));
-            }
+            Kind::Message { .. } if self.plane == Some(Plane::Replica) => match messages {
+                Some(deliver) => deliver(frame),
+                None => self.events.push_back(Event::Message(frame)),
+            },
             Kind::Request(r)
                 if self.plane == Some(Plane::Client) && self.side == Side::Acceptor =>
             {

@@ -51,6 +51,7 @@
 
 mod error;
 mod inbound;
+pub(crate) use inbound::Messages;
 mod transmit;
 
 pub use error::{CloseCause, Deadline, DialError, SendError, Violation};
@@ -402,7 +403,7 @@ impl Connection {
     pub fn bind(&mut self, now: Instant, binding: Binding) {
         if self.binding.is_none() {
             self.binding = Some(binding);
-            self.process(now);
+            self.process(now, None);
         }
     }
 
@@ -461,7 +462,7 @@ impl Connection {
                 let welcome = handshake.welcome();
                 self.phase = Phase::Welcomed(handshake);
                 self.queue_handshake(Kind::Welcome(Box::new(welcome)));
-                self.process(now);
+                self.process(now, None);
             }
             Verdict::Reject(status) => {
                 // Echo the dialer's cluster: a reject is unauthenticated
@@ -480,9 +481,20 @@ impl Connection {
 
     /// Feeds bytes received from the transport, in order.
     pub fn handle_input(&mut self, now: Instant, bytes: &[u8]) {
+        self.handle_input_with(now, bytes, None);
+    }
+
+    /// [`Connection::handle_input`] handing replica-plane messages to
+    /// `messages`; see [`Connection::handle_read_with`].
+    pub(crate) fn handle_input_with(
+        &mut self,
+        now: Instant,
+        bytes: &[u8],
+        messages: Messages<'_, '_>,
+    ) {
         if self.closed.is_none() {
             self.decoder.feed(bytes);
-            self.process(now);
+            self.process(now, messages);
         }
     }
 
@@ -497,8 +509,16 @@ impl Connection {
 
     /// Processes bytes appended to [`Connection::read_buffer`].
     pub fn handle_read(&mut self, now: Instant) {
+        self.handle_read_with(now, None);
+    }
+
+    /// [`Connection::handle_read`], handing replica-plane messages to
+    /// `messages` instead of queuing them as events: a node whose peer is
+    /// already registered takes them without a second queue. Other events
+    /// are queued as ever.
+    pub(crate) fn handle_read_with(&mut self, now: Instant, messages: Messages<'_, '_>) {
         if self.closed.is_none() {
-            self.process(now);
+            self.process(now, messages);
         } else {
             self.decoder.buffer_mut().clear();
         }

@@ -736,9 +736,7 @@ impl Node {
         id: ConnectionId,
         bytes: &[u8],
     ) -> Result<(), SocketError> {
-        self.table.input(now.mono, id, Some(bytes))?;
-        self.after_input(now, id);
-        Ok(())
+        self.input(now, id, Some(bytes))
     }
 
     /// `id`'s receive buffer, to read into without a copy; then call
@@ -749,7 +747,24 @@ impl Node {
 
     /// Processes bytes appended to [`Node::read_buffer`].
     pub fn handle_read(&mut self, now: Now, id: ConnectionId) -> Result<(), SocketError> {
-        self.table.input(now.mono, id, None)?;
+        self.input(now, id, None)
+    }
+
+    /// Input for `id`: a registered replica's messages go straight to the
+    /// application's queue, everything else through [`Node::settle`].
+    fn input(
+        &mut self,
+        now: Now,
+        id: ConnectionId,
+        bytes: Option<&[u8]>,
+    ) -> Result<(), SocketError> {
+        let events = &mut self.events;
+        let mut deliver = |frame| {
+            if let Some(event) = message_event(id, frame) {
+                events.push_back(event);
+            }
+        };
+        self.table.input(now.mono, id, bytes, Some(&mut deliver))?;
         self.after_input(now, id);
         Ok(())
     }
@@ -1013,33 +1028,14 @@ impl Node {
             self.stats.frames_unregistered += 1;
             return;
         }
-        // Moved field by field: the cheapest way through, per message.
-        let crate::wire::Frame { header, body } = frame;
-        let crate::wire::Header {
-            view,
-            release,
-            app: area,
-            replica,
-            kind,
-            ..
-        } = header;
-        let app = AppHeader {
-            view,
-            release,
-            area,
-        };
-        match kind {
-            Kind::Message { operation } => self.events.push_back(NodeEvent::Message {
-                from: replica,
-                connection: id,
-                operation,
-                app,
-                body,
-            }),
-            Kind::Request(request) => self.on_request(now, id, request, app, body),
-            // The connection only delivers the data commands its plane and
-            // side allow, so nothing else reaches here.
-            _ => {}
+        if let Kind::Request(request) = frame.header.kind {
+            let (app, body) = app_and_body(frame);
+            return self.on_request(now, id, request, app, body);
+        }
+        // The connection only delivers the data commands its plane and
+        // side allow, so nothing else reaches here.
+        if let Some(event) = message_event(id, frame) {
+            self.events.push_back(event);
         }
     }
 
@@ -1199,4 +1195,39 @@ fn route_error(replica: u8, error: crate::connection::SendError) -> RouteError {
         SendError::Closed | SendError::NotAllowed { .. } => RouteError::Disconnected(replica),
         SendError::Encode(error) => RouteError::Encode { replica, error },
     }
+}
+
+/// A replica's `message` frame as the application's event; `None` for
+/// another command.
+fn message_event(connection: ConnectionId, frame: crate::wire::Frame) -> Option<NodeEvent> {
+    let (Kind::Message { operation }, from) = (&frame.header.kind, frame.header.replica) else {
+        return None;
+    };
+    let operation = *operation;
+    let (app, body) = app_and_body(frame);
+    Some(NodeEvent::Message {
+        from,
+        connection,
+        operation,
+        app,
+        body,
+    })
+}
+
+/// A data frame's application fields and body, moved field by field: the
+/// cheapest way through, per message.
+fn app_and_body(frame: crate::wire::Frame) -> (AppHeader, Bytes) {
+    let crate::wire::Frame { header, body } = frame;
+    let crate::wire::Header {
+        view,
+        release,
+        app: area,
+        ..
+    } = header;
+    let app = AppHeader {
+        view,
+        release,
+        area,
+    };
+    (app, body)
 }

@@ -5,7 +5,7 @@
 //! Shared by [`Node`](super::Node) and [`Client`](crate::client::Client).
 
 use super::SocketError;
-use crate::connection::{Connection, Side, Stats};
+use crate::connection::{Connection, Messages, Side, Stats};
 use crate::crypto::PeerId;
 use crate::time::Instant;
 use alloc::boxed::Box;
@@ -345,18 +345,24 @@ impl Table {
     }
 
     /// Bytes read from `id`'s socket (`None`: appended to its read buffer).
+    /// Once the application knows the peer, its messages go to `messages`
+    /// rather than the connection's event queue; before, they wait behind
+    /// its `Established` event there.
     pub(crate) fn input(
         &mut self,
         now: Instant,
         id: ConnectionId,
         bytes: Option<&[u8]>,
+        messages: Messages<'_, '_>,
     ) -> Result<(), SocketError> {
-        let conn = self
-            .conn_mut(id)
-            .ok_or(SocketError::UnknownConnection(id))?;
+        let entry = self.get_mut(id).ok_or(SocketError::UnknownConnection(id))?;
+        let messages = messages.filter(|_| entry.announced);
+        let Socket::Open(conn) = &mut entry.socket else {
+            return Err(SocketError::UnknownConnection(id));
+        };
         match bytes {
-            Some(bytes) => conn.handle_input(now, bytes),
-            None => conn.handle_read(now),
+            Some(bytes) => conn.handle_input_with(now, bytes, messages),
+            None => conn.handle_read_with(now, messages),
         }
         Ok(())
     }
