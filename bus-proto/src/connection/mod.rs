@@ -66,7 +66,7 @@ use crate::handshake::{
 use crate::time::{Instant, UnixNanos};
 use crate::wire::{
     AppArea, AppHeader, CloseReason, Command, Frame, FrameDecoder, HEADER_SIZE, Header, Integrity,
-    Kind, PROTOCOL_VERSION, Plane, REPLICA_NONE, layout::HEADER_SIZE_U32,
+    Kind, PROTOCOL_VERSION, Plane, REPLICA_NONE, check_frame, layout::HEADER_SIZE_U32,
 };
 use alloc::boxed::Box;
 use alloc::collections::VecDeque;
@@ -650,8 +650,8 @@ impl Connection {
                 plane: plane_name(self.plane),
             });
         }
-        let header = Header::new(self.cluster, kind).with_app(app);
-        let size = header.check(body.len(), self.limits.max_message_size)? as usize;
+        let max = self.limits.max_message_size;
+        let size = check_frame(&kind, &app.area, body.len(), max)? as usize;
         if self.data.len() >= self.limits.queue_frames
             || self.queued_bytes.saturating_add(size) > self.limits.queue_bytes
         {
@@ -663,18 +663,6 @@ impl Connection {
             });
         }
         self.queued_bytes += size;
-        let Header {
-            view,
-            release,
-            app: area,
-            kind,
-            ..
-        } = header;
-        let app = AppHeader {
-            view,
-            release,
-            area,
-        };
         self.data.push_back(Queued { app, kind, body });
         Ok(())
     }

@@ -178,37 +178,7 @@ impl Header {
 
     /// Checks that a frame with this header and `body_len` body bytes is valid.
     pub fn check(&self, body_len: usize, max_message_size: u32) -> Result<u32, EncodeError> {
-        let command = self.command();
-        if body_len > 0 && !command.allows_body() {
-            return Err(EncodeError::BodyNotAllowed {
-                command,
-                body: body_len,
-            });
-        }
-        if !self.app.is_zero() && !command.allows_body() {
-            return Err(EncodeError::InvalidField {
-                command,
-                field: "app",
-                value: 1,
-            });
-        }
-        if let Kind::Request(r) | Kind::Reply { request: r, .. } = &self.kind
-            && r.request == u64::MAX
-        {
-            return Err(EncodeError::InvalidField {
-                command,
-                field: "request",
-                value: u128::from(r.request),
-            });
-        }
-        u32::try_from(body_len)
-            .ok()
-            .and_then(|b| b.checked_add(HEADER_SIZE_U32))
-            .filter(|&size| size <= max_message_size)
-            .ok_or(EncodeError::TooLarge {
-                body: body_len,
-                max: max_message_size,
-            })
+        check_frame(&self.kind, &self.app, body_len, max_message_size)
     }
 
     /// Encodes this header for `body`, computing size and integrity fields.
@@ -322,4 +292,45 @@ impl Header {
     ) -> Result<(Header, u32), DecodeError> {
         Header::parse(h, integrity, max_message_size).map(|(header, p)| (header, p.size))
     }
+}
+
+/// [`Header::check`] on a header's parts: a frame of `kind` with `app` and
+/// `body_len` body bytes. Returns the frame's size.
+pub(crate) fn check_frame(
+    kind: &Kind,
+    app: &AppArea,
+    body_len: usize,
+    max_message_size: u32,
+) -> Result<u32, EncodeError> {
+    let command = kind.command();
+    if body_len > 0 && !command.allows_body() {
+        return Err(EncodeError::BodyNotAllowed {
+            command,
+            body: body_len,
+        });
+    }
+    if !app.is_zero() && !command.allows_body() {
+        return Err(EncodeError::InvalidField {
+            command,
+            field: "app",
+            value: 1,
+        });
+    }
+    if let Kind::Request(r) | Kind::Reply { request: r, .. } = kind
+        && r.request == u64::MAX
+    {
+        return Err(EncodeError::InvalidField {
+            command,
+            field: "request",
+            value: u128::from(r.request),
+        });
+    }
+    u32::try_from(body_len)
+        .ok()
+        .and_then(|b| b.checked_add(HEADER_SIZE_U32))
+        .filter(|&size| size <= max_message_size)
+        .ok_or(EncodeError::TooLarge {
+            body: body_len,
+            max: max_message_size,
+        })
 }

@@ -19,6 +19,7 @@ pub use command::{
 pub use decoder::FrameDecoder;
 pub use error::{DecodeError, EncodeError, ErrorClass};
 pub use frame::{EncodedFrame, Frame};
+pub(crate) use header::check_frame;
 pub use header::{APP_AREA_SIZE, AppArea, AppHeader, Header};
 pub use integrity::{FrameKeys, Integrity};
 pub use layout::HEADER_SIZE;
