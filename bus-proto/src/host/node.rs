@@ -64,11 +64,11 @@ pub struct NodeOptions {
     /// Bytes each socket task reads at once into its reused buffer.
     /// Default 128 KiB; a connection starts with 1 KiB reads and doubles
     /// them while they fill up, so only busy connections read whole
-    /// chunks. A connection reading whole chunks while the application
-    /// still holds bodies from earlier ones keeps up to 8 of those buffers
-    /// to read into again once released (fewer page faults than fresh
-    /// allocations): after a backlog it may hold up to 8 chunks that the
-    /// allocator would otherwise have taken back.
+    /// chunks. While a connection keeps reading whole chunks and the
+    /// application still holds bodies from earlier ones, it sets up to 8
+    /// of those buffers (a chunk and a partial frame each) aside to read
+    /// into again once released, which costs fewer page faults than fresh
+    /// allocations; a read of less than half a chunk lets them go.
     pub read_chunk: usize,
     /// How each peer is dialled, by replica id; plain TCP where absent.
     /// The dialled replica must listen on the same transport.

@@ -4,16 +4,17 @@
 //! buffer whose bodies the application still holds cannot take the next
 //! read in place. Allocating a fresh large buffer each time costs page
 //! faults: the allocator (glibc's, for one) hands large freed blocks back
-//! to the kernel and maps them again. A socket instead keeps the handles of its last few pinned
-//! buffers and reads into the first one whose bodies have all been
-//! dropped.
+//! to the kernel and maps them again. A busy socket instead sets its
+//! pinned buffers aside and reads into the first one whose bodies have all
+//! been dropped.
 //!
-//! Bounded: at most [`SPARES`] buffers per socket, each the read chunk
-//! plus at most one partial frame. When the pool is full the oldest handle is dropped, and its
-//! memory goes back to the allocator once the application drops its last
-//! body from it. So recycling holds at most `SPARES` such buffers per
-//! connection beyond what the application itself holds, and only on
-//! connections busy enough to read large chunks.
+//! Bounded: at most [`SPARES`] buffers per socket, and only buffers the
+//! pool allocated itself for a read chunk and a partial frame (never one
+//! the decoder grew for a large frame). With the pool full the oldest is
+//! dropped, and its memory goes back to the allocator once the
+//! application drops its last body from it. A read that fills less than
+//! half its room empties the pool, so only a connection that keeps reading
+//! whole chunks keeps spares.
 
 use bytes::BytesMut;
 use std::collections::VecDeque;
@@ -25,40 +26,88 @@ pub(super) const SPARES: usize = 8;
 /// serves them from its free lists without faulting in pages.
 pub(super) const KEEP_MIN: usize = 16 << 10;
 
-/// A socket's pinned receive buffers, oldest first. See the
+/// An allocation the pool made: where it starts and its size, so that the
+/// buffer reading into it is recognised when it is replaced.
+#[derive(Clone, Copy, Debug)]
+struct Allocation {
+    start: usize,
+    capacity: usize,
+}
+
+impl Allocation {
+    fn of(buffer: &BytesMut) -> Self {
+        Allocation {
+            start: buffer.as_ptr() as usize,
+            capacity: buffer.capacity(),
+        }
+    }
+
+    /// `buffer` lies within this allocation: not moved nor grown since.
+    fn holds(&self, buffer: &BytesMut) -> bool {
+        let at = buffer.as_ptr() as usize;
+        self.start <= at && at + buffer.capacity() <= self.start + self.capacity
+    }
+}
+
+/// A socket's receive buffers set aside, oldest first. See the
 /// [module docs](self).
 #[derive(Debug, Default)]
 pub(super) struct Spares {
-    buffers: VecDeque<BytesMut>,
+    buffers: VecDeque<(BytesMut, Allocation)>,
+    /// The allocation the socket reads into, if the pool made it.
+    current: Option<Allocation>,
 }
 
 impl Spares {
-    /// A buffer with room for `capacity` bytes whose earlier contents are
-    /// no longer referenced, if one is free.
-    pub(super) fn take_free(&mut self, capacity: usize) -> Option<BytesMut> {
+    /// Moves `buffer`'s bytes (a partial frame) to a buffer with `room`
+    /// to spare: a released spare when `recycle` and one fits, else a
+    /// fresh allocation. With `recycle`, the old buffer is set aside if
+    /// the pool made it for reads of at least `room` bytes (and
+    /// [`KEEP_MIN`]).
+    pub(super) fn replace(&mut self, buffer: &mut BytesMut, room: usize, recycle: bool) {
+        let need = buffer.len() + room;
+        let previous = self.current.take();
+        let (mut fresh, allocation) = match recycle.then(|| self.take_free(need)).flatten() {
+            Some(spare) => spare,
+            None => {
+                let fresh = BytesMut::with_capacity(need);
+                let allocation = Allocation::of(&fresh);
+                (fresh, allocation)
+            }
+        };
+        fresh.extend_from_slice(buffer);
+        self.current = Some(allocation);
+        let mut old = core::mem::replace(buffer, fresh);
+        let Some(previous) = previous else {
+            return;
+        };
+        if recycle && room >= KEEP_MIN && previous.capacity >= room && previous.holds(&old) {
+            old.clear();
+            if self.buffers.len() == SPARES {
+                self.buffers.pop_front();
+            }
+            self.buffers.push_back((old, previous));
+        }
+    }
+
+    /// Drops every spare (their memory returns to the allocator once the
+    /// application lets go of it): the connection went quiet.
+    pub(super) fn release(&mut self) {
+        self.buffers.clear();
+    }
+
+    /// A spare with room for `capacity` bytes, with its allocation.
+    fn take_free(&mut self, capacity: usize) -> Option<(BytesMut, Allocation)> {
         if self.buffers.is_empty() {
             return None;
         }
-        let at = self
-            .buffers
-            .iter_mut()
-            .position(|buffer| buffer.try_reclaim(capacity))?;
+        let at = self.buffers.iter_mut().position(|(buffer, allocation)| {
+            // Success means the allocation is ours again, or that the
+            // spare's own tail has the room (`try_reclaim` then moves
+            // nothing): bytes there are the spare's alone either way.
+            allocation.capacity >= capacity && buffer.try_reclaim(capacity)
+        })?;
         self.buffers.remove(at)
-    }
-
-    /// Keeps `buffer`, allocated for reads of `room` bytes (its bytes
-    /// already copied elsewhere), until the application drops what it
-    /// holds of it. Small buffers are dropped; with the pool full, the
-    /// oldest is.
-    pub(super) fn keep(&mut self, mut buffer: BytesMut, room: usize) {
-        if room < KEEP_MIN {
-            return;
-        }
-        buffer.clear();
-        if self.buffers.len() == SPARES {
-            self.buffers.pop_front();
-        }
-        self.buffers.push_back(buffer);
     }
 
     /// Buffers kept.
@@ -71,62 +120,72 @@ impl Spares {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
     use std::vec::Vec;
 
-    /// A buffer of `capacity` with a body split off and still held. Taking
-    /// `KEEP_MIN - 10` from it needs its whole allocation, not just its tail.
-    fn pinned(capacity: usize) -> (BytesMut, bytes::Bytes) {
-        let mut buffer = BytesMut::with_capacity(capacity);
-        buffer.extend_from_slice(&[7; 100]);
-        let body = buffer.split_to(60).freeze();
-        (buffer, body)
+    const ROOM: usize = KEEP_MIN;
+
+    /// Fills `buffer` and splits all but a 7-byte partial frame off as a
+    /// body the application holds.
+    fn fill(buffer: &mut BytesMut) -> Bytes {
+        let room = buffer.capacity() - buffer.len();
+        buffer.extend_from_slice(&std::vec![1; room]);
+        let body = buffer.len() - 7;
+        buffer.split_to(body).freeze()
     }
 
     #[test]
     fn a_buffer_is_reused_once_its_bodies_are_dropped() {
         let mut spares = Spares::default();
-        let (buffer, body) = pinned(KEEP_MIN);
-        let address = buffer.as_ptr() as usize - 60;
-        spares.keep(buffer, KEEP_MIN);
-        assert!(spares.take_free(KEEP_MIN - 10).is_none(), "still pinned");
-        assert_eq!(spares.len(), 1);
-        drop(body);
-        let reused = spares.take_free(KEEP_MIN - 10).expect("released");
-        assert!(reused.is_empty());
-        assert!(reused.capacity() >= KEEP_MIN - 10);
-        assert_eq!(reused.as_ptr() as usize, address, "the same allocation");
+        let mut buffer = BytesMut::new();
+        spares.replace(&mut buffer, ROOM, true);
+        let _warm_up = fill(&mut buffer);
+        spares.replace(&mut buffer, ROOM, true);
+        let first = fill(&mut buffer);
+        let first_address = first.as_ptr() as usize;
+        spares.replace(&mut buffer, ROOM, true);
+        assert_eq!(spares.len(), 2, "both pinned buffers set aside");
+        let _second = fill(&mut buffer);
+        drop(first);
+        spares.replace(&mut buffer, ROOM, true);
+        assert_eq!(buffer.as_ptr() as usize, first_address, "the released one");
+        assert_eq!(&buffer[..], &[1; 7], "with the partial frame");
+        assert!(buffer.capacity() - buffer.len() >= ROOM);
+    }
+
+    #[test]
+    fn only_the_pools_own_chunk_sized_buffers_are_kept() {
+        let mut spares = Spares::default();
+        let mut buffer = BytesMut::new();
+        spares.replace(&mut buffer, ROOM, true);
+        let _body = fill(&mut buffer);
+        // The decoder grows the buffer for a large frame: a new allocation
+        // the pool did not make.
+        buffer.reserve(4 * ROOM);
+        let _large = fill(&mut buffer);
+        spares.replace(&mut buffer, ROOM, true);
+        assert_eq!(spares.len(), 0, "a large frame's buffer is not kept");
+        // Small rooms, and buffers replaced without recycling, are not
+        // kept either.
+        let _body = fill(&mut buffer);
+        spares.replace(&mut buffer, KEEP_MIN / 2, true);
+        let _body = fill(&mut buffer);
+        spares.replace(&mut buffer, ROOM, false);
         assert_eq!(spares.len(), 0);
     }
 
     #[test]
-    fn a_free_buffer_too_small_for_the_room_is_not_taken() {
+    fn the_pool_is_bounded_and_released_when_quiet() {
         let mut spares = Spares::default();
-        let (buffer, body) = pinned(KEEP_MIN);
-        spares.keep(buffer, KEEP_MIN);
-        drop(body);
-        assert!(spares.take_free(KEEP_MIN * 2).is_none());
-        assert_eq!(spares.len(), 1);
-    }
-
-    #[test]
-    fn the_pool_is_bounded_and_skips_small_buffers() {
-        let mut spares = Spares::default();
+        let mut buffer = BytesMut::new();
+        spares.replace(&mut buffer, ROOM, true);
         let mut bodies = Vec::new();
         for _ in 0..SPARES + 3 {
-            let (buffer, body) = pinned(KEEP_MIN);
-            spares.keep(buffer, KEEP_MIN);
-            bodies.push(body);
+            bodies.push(fill(&mut buffer));
+            spares.replace(&mut buffer, ROOM, true);
         }
         assert_eq!(spares.len(), SPARES);
-        let (small, _body) = pinned(KEEP_MIN / 4);
-        spares.keep(small, KEEP_MIN / 4);
-        assert_eq!(spares.len(), SPARES);
-        // The oldest were dropped: releasing their bodies frees them, and
-        // the kept ones are found free in turn.
-        drop(bodies);
-        for _ in 0..SPARES {
-            assert!(spares.take_free(KEEP_MIN - 10).is_some());
-        }
-        assert!(spares.take_free(KEEP_MIN - 10).is_none());
+        spares.release();
+        assert_eq!(spares.len(), 0);
     }
 }

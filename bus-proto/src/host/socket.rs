@@ -172,17 +172,7 @@ impl Socket {
         if !grew && buffer.try_reclaim(room) {
             return;
         }
-        let need = buffer.len() + room;
-        let reused = match grew {
-            true => None,
-            false => self.spares.take_free(need),
-        };
-        let mut fresh = reused.unwrap_or_else(|| BytesMut::with_capacity(need));
-        fresh.extend_from_slice(buffer);
-        let old = core::mem::replace(buffer, fresh);
-        if !grew {
-            self.spares.keep(old, room);
-        }
+        self.spares.replace(buffer, room, !grew);
     }
 
     /// Adapts the room for the next read to this one's `n` bytes: a read
@@ -190,6 +180,9 @@ impl Socket {
     /// busy connection keeps reading into large buffers of one size, and
     /// only connections that never read much stay small.
     fn note_read(&mut self, n: usize, max: usize) {
+        if n < self.read_room / 2 {
+            self.spares.release();
+        }
         let max = max.max(MIN_READ_ROOM);
         if n >= self.read_room && self.read_room < max {
             self.read_room = self.read_room.saturating_mul(2).min(max);
