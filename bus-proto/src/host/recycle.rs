@@ -90,12 +90,6 @@ impl Spares {
         }
     }
 
-    /// Drops every spare (their memory returns to the allocator once the
-    /// application lets go of it): the connection went quiet.
-    pub(super) fn release(&mut self) {
-        self.buffers.clear();
-    }
-
     /// A spare with room for `capacity` bytes, with its allocation.
     fn take_free(&mut self, capacity: usize) -> Option<(BytesMut, Allocation)> {
         if self.buffers.is_empty() {
@@ -175,7 +169,7 @@ mod tests {
     }
 
     #[test]
-    fn the_pool_is_bounded_and_released_when_quiet() {
+    fn the_pool_is_bounded() {
         let mut spares = Spares::default();
         let mut buffer = BytesMut::new();
         spares.replace(&mut buffer, ROOM, true);
@@ -185,7 +179,5 @@ mod tests {
             spares.replace(&mut buffer, ROOM, true);
         }
         assert_eq!(spares.len(), SPARES);
-        spares.release();
-        assert_eq!(spares.len(), 0);
     }
 }

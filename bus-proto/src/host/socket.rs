@@ -7,7 +7,7 @@ use super::Machine;
 use super::driver::{MAX_DRAINING, Runtime, Shared, State};
 use super::layer::{FrameTooLarge, MAX_PENDING_WIRE, StreamLayer};
 use super::outgoing::Outgoing;
-use super::recycle::Spares;
+use super::recycle::{KEEP_MIN, Spares};
 use crate::node::ConnectionId;
 use crate::time::Instant;
 use bytes::BytesMut;
@@ -99,7 +99,7 @@ pub struct Socket {
     /// The room grew since the buffer last got room.
     read_room_grew: bool,
     /// Earlier receive buffers, reused once their bodies are dropped.
-    spares: Spares,
+    spares: Option<Box<Spares>>,
 }
 
 /// A socket under a transport layer: the socket reads wire bytes into its
@@ -145,7 +145,7 @@ impl Socket {
             named: false,
             read_room: MIN_READ_ROOM,
             read_room_grew: false,
-            spares: Spares::default(),
+            spares: None,
         }
     }
 
@@ -172,7 +172,15 @@ impl Socket {
         if !grew && buffer.try_reclaim(room) {
             return;
         }
-        self.spares.replace(buffer, room, !grew);
+        if room < KEEP_MIN {
+            let mut fresh = BytesMut::with_capacity(buffer.len() + room);
+            fresh.extend_from_slice(buffer);
+            *buffer = fresh;
+            return;
+        }
+        // Boxed, and only for busy connections: idle ones stay small.
+        let spares = self.spares.get_or_insert_with(Box::default);
+        spares.replace(buffer, room, !grew);
     }
 
     /// Adapts the room for the next read to this one's `n` bytes: a read
@@ -181,7 +189,7 @@ impl Socket {
     /// only connections that never read much stay small.
     fn note_read(&mut self, n: usize, max: usize) {
         if n < self.read_room / 2 {
-            self.spares.release();
+            self.spares = None;
         }
         let max = max.max(MIN_READ_ROOM);
         if n >= self.read_room && self.read_room < max {
@@ -795,6 +803,10 @@ mod tests {
         );
         assert_eq!(&inbox[..], &[1; 7], "with the partial frame");
         assert!(inbox.capacity() - inbox.len() >= 32 << 10);
+        // A read of less than half the room lets the spares go.
+        assert!(socket.spares.is_some());
+        socket.note_read(100, 128 << 10);
+        assert!(socket.spares.is_none());
     }
 
     /// A peer that sends pings and never reads makes a WebSocket layer
