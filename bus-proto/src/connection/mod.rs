@@ -882,7 +882,7 @@ impl Connection {
     }
 
     fn push_encoded(&mut self, batch: &mut TransmitBuilder, header: &Header, body: &Bytes) {
-        // Queued frames passed `Header::check` in `send`, and control frames
+        // Queued frames passed `check_frame` in `send`, and control frames
         // are header-only, so encoding cannot fail.
         let (integrity, max) = (&self.integrity_out, self.limits.max_message_size);
         let encoded = batch.push_encoded(body, |h| header.encode_into(h, body, integrity, max));

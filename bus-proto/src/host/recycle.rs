@@ -26,6 +26,14 @@ pub(super) const SPARES: usize = 8;
 /// serves them from its free lists without faulting in pages.
 pub(super) const KEEP_MIN: usize = 16 << 10;
 
+/// A fresh buffer holding `buffer`'s bytes (a partial frame) with `room`
+/// to spare after them.
+pub(super) fn moved(buffer: &BytesMut, room: usize) -> BytesMut {
+    let mut fresh = BytesMut::with_capacity(buffer.len() + room);
+    fresh.extend_from_slice(buffer);
+    fresh
+}
+
 /// An allocation the pool made: where it starts and its size, so that the
 /// buffer reading into it is recognised when it is replaced.
 #[derive(Clone, Copy, Debug)]
@@ -65,17 +73,15 @@ impl Spares {
     /// the pool made it for reads of at least `room` bytes (and
     /// [`KEEP_MIN`]).
     pub(super) fn replace(&mut self, buffer: &mut BytesMut, room: usize, recycle: bool) {
-        let need = buffer.len() + room;
         let previous = self.current.take();
-        let (mut fresh, allocation) = match recycle.then(|| self.take_free(need)).flatten() {
+        let (fresh, allocation) = match recycle.then(|| self.take_free(buffer, room)).flatten() {
             Some(spare) => spare,
             None => {
-                let fresh = BytesMut::with_capacity(need);
+                let fresh = moved(buffer, room);
                 let allocation = Allocation::of(&fresh);
                 (fresh, allocation)
             }
         };
-        fresh.extend_from_slice(buffer);
         self.current = Some(allocation);
         let mut old = core::mem::replace(buffer, fresh);
         let Some(previous) = previous else {
@@ -90,18 +96,22 @@ impl Spares {
         }
     }
 
-    /// A spare with room for `capacity` bytes, with its allocation.
-    fn take_free(&mut self, capacity: usize) -> Option<(BytesMut, Allocation)> {
+    /// A spare holding `buffer`'s bytes with `room` after them, with its
+    /// allocation.
+    fn take_free(&mut self, buffer: &BytesMut, room: usize) -> Option<(BytesMut, Allocation)> {
         if self.buffers.is_empty() {
             return None;
         }
-        let at = self.buffers.iter_mut().position(|(buffer, allocation)| {
+        let need = buffer.len() + room;
+        let at = self.buffers.iter_mut().position(|(spare, allocation)| {
             // Success means the allocation is ours again, or that the
             // spare's own tail has the room (`try_reclaim` then moves
             // nothing): bytes there are the spare's alone either way.
-            allocation.capacity >= capacity && buffer.try_reclaim(capacity)
+            allocation.capacity >= need && spare.try_reclaim(need)
         })?;
-        self.buffers.remove(at)
+        let (mut spare, allocation) = self.buffers.remove(at)?;
+        spare.extend_from_slice(buffer);
+        Some((spare, allocation))
     }
 
     /// Buffers kept.
@@ -128,11 +138,17 @@ mod tests {
         buffer.split_to(body).freeze()
     }
 
-    #[test]
-    fn a_buffer_is_reused_once_its_bodies_are_dropped() {
+    /// A pool and the first buffer it allocated for `ROOM`.
+    fn started() -> (Spares, BytesMut) {
         let mut spares = Spares::default();
         let mut buffer = BytesMut::new();
         spares.replace(&mut buffer, ROOM, true);
+        (spares, buffer)
+    }
+
+    #[test]
+    fn a_buffer_is_reused_once_its_bodies_are_dropped() {
+        let (mut spares, mut buffer) = started();
         let _warm_up = fill(&mut buffer);
         spares.replace(&mut buffer, ROOM, true);
         let first = fill(&mut buffer);
@@ -149,9 +165,7 @@ mod tests {
 
     #[test]
     fn only_the_pools_own_chunk_sized_buffers_are_kept() {
-        let mut spares = Spares::default();
-        let mut buffer = BytesMut::new();
-        spares.replace(&mut buffer, ROOM, true);
+        let (mut spares, mut buffer) = started();
         let _body = fill(&mut buffer);
         // The decoder grows the buffer for a large frame: a new allocation
         // the pool did not make.
@@ -170,9 +184,7 @@ mod tests {
 
     #[test]
     fn the_pool_is_bounded() {
-        let mut spares = Spares::default();
-        let mut buffer = BytesMut::new();
-        spares.replace(&mut buffer, ROOM, true);
+        let (mut spares, mut buffer) = started();
         let mut bodies = Vec::new();
         for _ in 0..SPARES + 3 {
             bodies.push(fill(&mut buffer));

@@ -7,7 +7,7 @@ use super::Machine;
 use super::driver::{MAX_DRAINING, Runtime, Shared, State};
 use super::layer::{FrameTooLarge, MAX_PENDING_WIRE, StreamLayer};
 use super::outgoing::Outgoing;
-use super::recycle::{KEEP_MIN, Spares};
+use super::recycle::{self, KEEP_MIN, Spares};
 use crate::node::ConnectionId;
 use crate::time::Instant;
 use bytes::BytesMut;
@@ -173,9 +173,7 @@ impl Socket {
             return;
         }
         if room < KEEP_MIN {
-            let mut fresh = BytesMut::with_capacity(buffer.len() + room);
-            fresh.extend_from_slice(buffer);
-            *buffer = fresh;
+            *buffer = recycle::moved(buffer, room);
             return;
         }
         // Boxed, and only for busy connections: idle ones stay small.
