@@ -14,7 +14,9 @@
 //!   8 KiB are buffered, its default); `count raw N` writes `N` frames of
 //!   the bus's size (256-byte header + body) with plain `write_all` in
 //!   batches of 64 and reads them back; `count raw-requests N` is a
-//!   ping-pong of such frames, the floor of a request round trip.
+//!   ping-pong of such frames, the floor of a request round trip; `count
+//!   raw-handshakes N` dials `N` TCP connections, each carrying three
+//!   header-sized messages, the floor of `count handshakes`.
 //!
 //! Bodies are 64 bytes; `COUNT_BODY=B` sets another size (the `ldc`
 //! payload is the body). `COUNT_AUTH=1` turns on authenticated frames (a
@@ -50,7 +52,7 @@ fn main() {
     let (workload, n) = match first.as_deref() {
         Some(
             name @ ("requests" | "messages" | "batches" | "handshakes" | "ldc" | "raw"
-            | "raw-requests"),
+            | "raw-requests" | "raw-handshakes"),
         ) => (name.to_owned(), args.next()),
         _ => ("messages".to_owned(), first),
     };
@@ -86,6 +88,7 @@ fn main() {
             "ldc" => baseline::codec(n, 64, body).await,
             "raw" => baseline::raw(n, 64, body).await,
             "raw-requests" => baseline::raw_round_trips(n, body).await,
+            "raw-handshakes" => baseline::raw_handshakes(n, in_flight()).await,
             _ => messages(&config, keys, n, 1, body).await,
         }
     });
@@ -213,12 +216,7 @@ async fn handshakes(config: &ValidConfig, keys: KeyRing, connections: u32) {
     // Every client is new: the replay store must hold them all.
     let mut tuned = Config::clone(config);
     tuned.max_replay_peers = connections as usize + 64;
-    // `COUNT_IN_FLIGHT=K`: K dialling tasks at once, all from 127.0.0.1.
-    let in_flight: u32 = std::env::var("COUNT_IN_FLIGHT")
-        .ok()
-        .and_then(|k| k.parse().ok())
-        .unwrap_or(1)
-        .max(1);
+    let in_flight = in_flight();
     tuned.max_unauthenticated_per_address = tuned.max_handshakes_in_flight;
     let config = tuned.validate().expect("a valid configuration");
     // Events dropped: unread, `ClientConnected` would fill the queue.
@@ -242,6 +240,15 @@ async fn handshakes(config: &ValidConfig, keys: KeyRing, connections: u32) {
     while let Some(done) = tasks.join_next().await {
         done.expect("a dialling task");
     }
+}
+
+/// `COUNT_IN_FLIGHT=K`: K dialling tasks at once, all from 127.0.0.1.
+fn in_flight() -> u32 {
+    std::env::var("COUNT_IN_FLIGHT")
+        .ok()
+        .and_then(|k| k.parse().ok())
+        .unwrap_or(1)
+        .max(1)
 }
 
 /// Replica 0 of 1, accepting clients, listening on loopback.
@@ -385,5 +392,44 @@ mod baseline {
             }
         };
         tokio::join!(ask, answer);
+    }
+
+    /// `connections` TCP connections to one listener, `in_flight` at a
+    /// time, each carrying a handshake's three header-sized messages
+    /// (the dialer's, the answer, the dialer's confirm) and dropped: the
+    /// floor of `count handshakes`.
+    pub(crate) async fn raw_handshakes(connections: u32, in_flight: u32) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        let size = frame_size(0);
+        tokio::spawn(async move {
+            while let Ok((mut accepted, _)) = listener.accept().await {
+                accepted.set_nodelay(true).expect("nodelay");
+                tokio::spawn(async move {
+                    let mut message = vec![0u8; size];
+                    accepted.read_exact(&mut message).await?;
+                    accepted.write_all(&message).await?;
+                    accepted.read_exact(&mut message).await?;
+                    // The dialer closes first, as a bus client does.
+                    accepted.read(&mut message).await
+                });
+            }
+        });
+        let mut tasks = tokio::task::JoinSet::new();
+        for task in 0..in_flight {
+            tasks.spawn(async move {
+                let mut message = vec![0u8; size];
+                for _ in (task..connections).step_by(in_flight as usize) {
+                    let mut dialled = TcpStream::connect(address).await.expect("connect");
+                    dialled.set_nodelay(true).expect("nodelay");
+                    dialled.write_all(&message).await.expect("hello");
+                    dialled.read_exact(&mut message).await.expect("answer");
+                    dialled.write_all(&message).await.expect("confirm");
+                }
+            });
+        }
+        while let Some(done) = tasks.join_next().await {
+            done.expect("a dialling task");
+        }
     }
 }
