@@ -161,6 +161,7 @@ pub mod handshake;
 pub mod host;
 pub mod node;
 pub mod replay;
+mod sorted_deque;
 pub mod time;
 #[cfg(feature = "tls")]
 pub mod transport;

@@ -47,11 +47,11 @@ impl Tokio {
         self.handle.spawn(task);
     }
 
-    fn deadline(&self, at: Instant) -> tokio::time::Instant {
+    fn deadline(origin: tokio::time::Instant, at: Instant) -> tokio::time::Instant {
         // A deadline beyond tokio's range is as good as never.
-        self.origin
+        origin
             .checked_add(Duration::from_nanos(at.as_nanos()))
-            .unwrap_or_else(|| self.origin + Duration::from_secs(86_400 * 365))
+            .unwrap_or_else(|| origin + Duration::from_secs(86_400 * 365))
     }
 }
 
@@ -90,9 +90,10 @@ impl Runtime for Tokio {
     }
 
     fn sleep_until(&self, at: Instant) -> impl Future<Output = ()> {
-        // Lazy: `select!` builds the futures of disabled branches too.
-        let deadline = self.deadline(at);
-        async move { tokio::time::sleep_until(deadline).await }
+        // Lazy, down to the deadline's arithmetic: `select!` builds the
+        // futures of disabled branches too (a socket's linger, every wait).
+        let origin = self.origin;
+        async move { tokio::time::sleep_until(Self::deadline(origin, at)).await }
     }
 
     fn dial<M: Machine>(shared: &Arc<Shared<M, Self>>, id: ConnectionId, replica: u8) {

@@ -2,8 +2,8 @@
 //! request number (hazard 27).
 
 use crate::node::ConnectionId;
+use crate::sorted_deque::SortedDeque;
 use crate::time::Instant;
-use alloc::collections::{BTreeMap, BTreeSet};
 use bytes::Bytes;
 
 /// A request sent (or waiting to be sent) and not yet answered.
@@ -20,19 +20,22 @@ pub(crate) struct Pending {
 
 /// At most `max` requests, keyed by request number, with their deadlines
 /// in order. (Numbers alone do not order deadlines: a request resent after
-/// a restart keeps the deadline it was first issued with.)
+/// a restart keeps the deadline it was first issued with.) Both orders
+/// are sorted deques: requests are numbered and timed upwards, and mostly
+/// answered oldest first, so each request is an append and a front
+/// removal.
 #[derive(Debug)]
 pub(crate) struct Outstanding {
-    requests: BTreeMap<u64, Pending>,
-    deadlines: BTreeSet<(Instant, u64)>,
+    requests: SortedDeque<u64, Pending>,
+    deadlines: SortedDeque<(Instant, u64), ()>,
     max: usize,
 }
 
 impl Outstanding {
     pub(crate) fn new(max: usize) -> Self {
         Outstanding {
-            requests: BTreeMap::new(),
-            deadlines: BTreeSet::new(),
+            requests: SortedDeque::default(),
+            deadlines: SortedDeque::default(),
             max,
         }
     }
@@ -46,32 +49,36 @@ impl Outstanding {
     }
 
     pub(crate) fn contains(&self, number: u64) -> bool {
-        self.requests.contains_key(&number)
+        self.requests.contains_key(number)
     }
 
     pub(crate) fn insert(&mut self, number: u64, pending: Pending) {
-        self.deadlines.insert((pending.deadline, number));
-        if let Some(old) = self.requests.insert(number, pending) {
-            self.deadlines.remove(&(old.deadline, number));
+        let deadline = pending.deadline;
+        self.deadlines.insert((deadline, number), ());
+        // A replaced request's deadline goes, unless it is the same one.
+        if let Some(old) = self.requests.insert(number, pending)
+            && old.deadline != deadline
+        {
+            self.deadlines.remove((old.deadline, number));
         }
     }
 
     /// Takes the request a reply answers; `None` means the reply matches
     /// nothing outstanding (stale, duplicated or forged) and is dropped.
     pub(crate) fn take(&mut self, number: u64) -> Option<Pending> {
-        let pending = self.requests.remove(&number)?;
-        self.deadlines.remove(&(pending.deadline, number));
+        let pending = self.requests.remove(number)?;
+        self.deadlines.remove((pending.deadline, number));
         Some(pending)
     }
 
     /// The earliest deadline.
     pub(crate) fn next_deadline(&self) -> Option<Instant> {
-        self.deadlines.first().map(|&(deadline, _)| deadline)
+        self.deadlines.first().map(|&((deadline, _), ())| deadline)
     }
 
     /// The request with the earliest deadline, removed if it expired at `now`.
     pub(crate) fn pop_expired(&mut self, now: Instant) -> Option<(u64, Pending)> {
-        let &(deadline, number) = self.deadlines.first()?;
+        let &((deadline, number), ()) = self.deadlines.first()?;
         if deadline > now {
             return None;
         }
@@ -81,7 +88,7 @@ impl Outstanding {
     /// The lowest-numbered request, removed.
     pub(crate) fn pop_first(&mut self) -> Option<(u64, Pending)> {
         let (number, pending) = self.requests.pop_first()?;
-        self.deadlines.remove(&(pending.deadline, number));
+        self.deadlines.remove((pending.deadline, number));
         Some((number, pending))
     }
 

@@ -14,6 +14,7 @@ use crate::crypto::KeyRing;
 use crate::entropy::Entropy;
 use crate::handshake::Binding;
 use crate::node::{Action, ConnectionId};
+use crate::sorted_deque::SortedDeque;
 use crate::time::{Instant, Now};
 use crate::wire::AppHeader;
 use bytes::{Bytes, BytesMut};
@@ -21,7 +22,6 @@ use core::future::poll_fn;
 use core::task::{Poll, Waker};
 use core::time::Duration;
 use std::boxed::Box;
-use std::collections::BTreeMap;
 use std::string::{String, ToString};
 use std::sync::{Arc, Mutex};
 
@@ -83,9 +83,9 @@ struct Waiting {
 pub struct ClientFront {
     client: client::Client,
     /// One per request whose caller still waits, so bounded by
-    /// `client_max_outstanding`. A B-tree: the keys are a few of our own
-    /// request numbers, found in fewer instructions than SipHash takes.
-    waiting: BTreeMap<u64, Waiting>,
+    /// `client_max_outstanding`. Sorted by request number, which mostly
+    /// rises: a request is an append and its answer a front removal.
+    waiting: SortedDeque<u64, Waiting>,
     link: Link,
     link_waiters: Waiters,
     tally: Option<Tally>,
@@ -143,7 +143,7 @@ impl ClientFront {
     fn front(client: client::Client, identity: Option<Arc<Mutex<ClientIdentity>>>) -> Self {
         ClientFront {
             client,
-            waiting: BTreeMap::new(),
+            waiting: SortedDeque::default(),
             link: Link::Connecting,
             link_waiters: Waiters::default(),
             tally: None,
@@ -159,7 +159,7 @@ impl ClientFront {
 
     fn answer(&mut self, request: u64, answer: Result<Reply, RequestFailure>) {
         // No entry: the caller stopped waiting.
-        if let Some(waiting) = self.waiting.get_mut(&request) {
+        if let Some(waiting) = self.waiting.get_mut(request) {
             waiting.answer = Some(answer);
             if let Some(waker) = waiting.waker.take() {
                 waker.wake();
@@ -275,7 +275,7 @@ struct Forget<'a, R: Runtime> {
 impl<R: Runtime> Drop for Forget<'_, R> {
     fn drop(&mut self) {
         let mut state = self.shared.lock();
-        let waiting = state.machine.waiting.remove(&self.request);
+        let waiting = state.machine.waiting.remove(self.request);
         // Answered requests already left the outstanding set.
         if waiting.is_some_and(|w| w.answer.is_none()) {
             state.machine.client.abandon(self.request);
@@ -322,7 +322,7 @@ impl<R: Runtime> Shared<ClientFront, R> {
         let request = reservation.request;
         self.send_and_wait(|m, now| {
             // A caller still waits for this number's reply.
-            if m.waiting.contains_key(&request) {
+            if m.waiting.contains_key(request) {
                 return Err(client::RequestError::AlreadyOutstanding { request });
             }
             m.client
@@ -388,7 +388,7 @@ impl<R: Runtime> Shared<ClientFront, R> {
         };
         poll_fn(|cx| {
             let mut state = self.lock();
-            let Some(waiting) = state.machine.waiting.get_mut(&request) else {
+            let Some(waiting) = state.machine.waiting.get_mut(request) else {
                 return Poll::Ready(Err(ClientError::ShutDown));
             };
             match waiting.answer.take() {
