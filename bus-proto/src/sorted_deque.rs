@@ -7,6 +7,13 @@
 //! shorter side. A `BTreeMap` would do two tree walks per request and, at
 //! these sizes (a client's outstanding requests), cost several times
 //! more. The caller bounds the length; nothing here does.
+//!
+//! The worst case is linear: removing from the middle moves up to half the
+//! entries. A node answering a client's requests middle-first, or an
+//! application numbering them out of order, costs O(n) per operation with
+//! n at most `client_max_outstanding` (64 by default), where a B-tree
+//! costs O(log n). Keys from the network (reply numbers) are only looked
+//! up, never inserted.
 
 use alloc::collections::VecDeque;
 

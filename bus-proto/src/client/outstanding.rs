@@ -102,3 +102,53 @@ impl Outstanding {
             .filter(move |(_, p)| p.sent_on != Some(on))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{Outstanding, Pending};
+    use crate::time::Instant;
+    use crate::wire::AppHeader;
+    use bytes::Bytes;
+
+    fn pending(deadline: u64) -> Pending {
+        Pending {
+            operation: 1,
+            app: AppHeader::ZERO,
+            body: Bytes::new(),
+            deadline: Instant::from_nanos(deadline),
+            sent_on: None,
+        }
+    }
+
+    #[test]
+    fn a_replaced_request_keeps_one_deadline_the_new_one() {
+        let mut outstanding = Outstanding::new(8);
+        outstanding.insert(7, pending(100));
+        // Same deadline: it must stay, once.
+        outstanding.insert(7, pending(100));
+        assert_eq!(outstanding.next_deadline(), Some(Instant::from_nanos(100)));
+        // Another deadline replaces it.
+        outstanding.insert(7, pending(50));
+        assert_eq!(outstanding.next_deadline(), Some(Instant::from_nanos(50)));
+        assert_eq!(outstanding.len(), 1);
+        let (number, expired) = outstanding
+            .pop_expired(Instant::from_nanos(60))
+            .expect("expired at its new deadline");
+        assert_eq!((number, expired.deadline), (7, Instant::from_nanos(50)));
+        assert_eq!(outstanding.next_deadline(), None);
+        assert_eq!(outstanding.len(), 0);
+    }
+
+    #[test]
+    fn deadlines_expire_in_order_whatever_the_numbers() {
+        let mut outstanding = Outstanding::new(8);
+        // A resent request keeps its earlier deadline under a higher number.
+        outstanding.insert(1, pending(300));
+        outstanding.insert(2, pending(100));
+        outstanding.insert(3, pending(200));
+        let now = Instant::from_nanos(1_000);
+        let order: alloc::vec::Vec<u64> =
+            core::iter::from_fn(|| outstanding.pop_expired(now).map(|(n, _)| n)).collect();
+        assert_eq!(order, [2, 3, 1]);
+    }
+}
