@@ -962,3 +962,90 @@ fn messages_behind_the_confirm_follow_peer_connected_in_order() {
     assert_eq!(operations, (0..6).collect::<Vec<_>>());
     assert_eq!(net.node(1).stats().frames_unregistered, 0);
 }
+
+/// `handle_read_into` hands a registered replica's messages to the
+/// caller's queue, in order, but only behind nothing: while an event
+/// still waits in the node's queue, messages queue behind it there.
+#[test]
+fn messages_read_into_the_callers_queue_never_overtake_a_waiting_event() {
+    let mut net = Net::new(valid(config()), 2);
+    net.nodes[0] = None;
+    let keys = support::net::keys();
+    let r = net.raw_dial(PeerId::Replica(0), 1, &keys);
+    let node_id = net.raws[r].id;
+    // The raw connection's next batch, read by node 1 through its buffer.
+    let pump_into = |net: &mut Net, direct: &mut Vec<NodeEvent>| {
+        let at = net.at();
+        let transmit = net.raws[r].conn.poll_transmit(at.mono).expect("a batch");
+        let node = net.node(1);
+        let buffer = node.read_buffer(node_id).expect("open");
+        buffer.extend_from_slice(&transmit.segments().concat());
+        node.handle_read_into(at, node_id, &mut |event| direct.push(event))
+            .expect("open");
+    };
+    let send = |net: &mut Net, operations: std::ops::Range<u32>| {
+        for operation in operations {
+            let body = Bytes::from(operation.to_le_bytes().to_vec());
+            net.raws[r]
+                .conn
+                .send_with(AppHeader::ZERO, Kind::Message { operation }, body)
+                .expect("queued");
+        }
+    };
+    let operations = |events: &[NodeEvent]| -> Vec<u32> {
+        events
+            .iter()
+            .map(|e| match e {
+                NodeEvent::Message {
+                    from: 0,
+                    operation,
+                    body,
+                    ..
+                } => {
+                    assert_eq!(body[..], operation.to_le_bytes());
+                    *operation
+                }
+                other => panic!("not a message from replica 0: {other:?}"),
+            })
+            .collect()
+    };
+    let mut direct = Vec::new();
+    pump_into(&mut net, &mut direct); // hello
+    let at = net.at();
+    let (_, welcome) = net.node(1).poll_transmit(at).expect("welcome");
+    net.raws[r]
+        .conn
+        .handle_input(at.mono, &welcome.segments().concat());
+    assert!(matches!(
+        net.raws[r].conn.poll_event(),
+        Some(Event::Established { .. })
+    ));
+    // The confirm and two messages: the peer is not announced yet, so
+    // the messages follow its `PeerConnected` in the node's queue.
+    send(&mut net, 0..2);
+    pump_into(&mut net, &mut direct);
+    assert!(direct.is_empty(), "{direct:?}");
+    // `PeerConnected` and messages 0 and 1 still wait, unpolled: messages
+    // 2 and 3 queue behind them, not in the caller's queue.
+    send(&mut net, 2..4);
+    pump_into(&mut net, &mut direct);
+    assert!(direct.is_empty(), "{direct:?}");
+    let mut waiting = Vec::new();
+    while let Some(event) = net.node(1).poll_event() {
+        waiting.push(event);
+    }
+    assert!(
+        matches!(
+            waiting.first(),
+            Some(NodeEvent::PeerConnected { replica: 0, .. })
+        ),
+        "{waiting:?}"
+    );
+    assert_eq!(operations(&waiting[1..]), vec![0, 1, 2, 3]);
+    // With the node's queue drained, the next messages go to the caller.
+    send(&mut net, 4..7);
+    pump_into(&mut net, &mut direct);
+    assert_eq!(operations(&direct), vec![4, 5, 6]);
+    assert!(net.node(1).poll_event().is_none());
+    assert_eq!(net.node(1).stats().frames_unregistered, 0);
+}

@@ -171,6 +171,15 @@ impl ClientFront {
 impl Machine for ClientFront {
     forward_socket_io!(client);
 
+    fn handle_read(&mut self, now: Now, id: ConnectionId, buffer: BytesMut) {
+        // A stale id means the connection is already gone; the socket
+        // task learns that from `Disconnect`.
+        if let Some(slot) = self.client.read_buffer(id) {
+            *slot = buffer;
+            let _ = self.client.handle_read(now, id);
+        }
+    }
+
     fn deliver(&mut self) {
         while let Some(event) = self.client.poll_event() {
             match event {

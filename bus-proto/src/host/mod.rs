@@ -37,14 +37,6 @@ macro_rules! forward_socket_io {
         fn take_read_buffer(&mut self, id: ConnectionId) -> Option<BytesMut> {
             self.$core.read_buffer(id).map(core::mem::take)
         }
-        fn handle_read(&mut self, now: Now, id: ConnectionId, buffer: BytesMut) {
-            // A stale id means the connection is already gone; the socket
-            // task learns that from `Disconnect`.
-            if let Some(slot) = self.$core.read_buffer(id) {
-                *slot = buffer;
-                let _ = self.$core.handle_read(now, id);
-            }
-        }
         fn handle_eof(&mut self, now: Now, id: ConnectionId) {
             self.$core.handle_eof(now, id);
         }

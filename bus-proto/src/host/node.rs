@@ -164,6 +164,8 @@ pub struct NodeFront {
     node: node::Node,
     events: Deliveries,
     waker: Option<Waker>,
+    /// Events went straight into `events` since the last `deliver`.
+    direct: bool,
     /// Set once shutdown started.
     tally: Option<Tally>,
     /// Shutdown finished: the event stream ends once drained.
@@ -191,6 +193,7 @@ impl NodeFront {
             node: node::Node::new(now, config, params, keys, entropy)?,
             events: Deliveries::new(options.message_capacity, options.request_capacity),
             waker: None,
+            direct: false,
             tally: None,
             finished: false,
         })
@@ -200,8 +203,22 @@ impl NodeFront {
 impl Machine for NodeFront {
     forward_socket_io!(node);
 
+    fn handle_read(&mut self, now: Now, id: ConnectionId, buffer: BytesMut) {
+        // A stale id means the connection is already gone; the socket
+        // task learns that from `Disconnect`.
+        let Some(slot) = self.node.read_buffer(id) else {
+            return;
+        };
+        *slot = buffer;
+        // A registered replica's messages skip the core's queue: one move
+        // into the application's instead of two. `deliver` wakes the
+        // application for them.
+        let (node, events, direct) = (&mut self.node, &mut self.events, &mut self.direct);
+        let _ = node.handle_read_into(now, id, &mut |event| *direct |= events.push(event));
+    }
+
     fn deliver(&mut self) {
-        let mut delivered = false;
+        let mut delivered = core::mem::take(&mut self.direct);
         while let Some(event) = self.node.poll_event() {
             if let Some(tally) = &mut self.tally
                 && let NodeEvent::PeerDisconnected { cause, .. }

@@ -736,7 +736,7 @@ impl Node {
         id: ConnectionId,
         bytes: &[u8],
     ) -> Result<(), SocketError> {
-        self.input(now, id, Some(bytes))
+        self.input(now, id, Some(bytes), None)
     }
 
     /// `id`'s receive buffer, to read into without a copy; then call
@@ -747,21 +747,42 @@ impl Node {
 
     /// Processes bytes appended to [`Node::read_buffer`].
     pub fn handle_read(&mut self, now: Now, id: ConnectionId) -> Result<(), SocketError> {
-        self.input(now, id, None)
+        self.input(now, id, None, None)
+    }
+
+    /// [`Node::handle_read`] for a caller with its own event queue: a
+    /// registered replica's messages go to `deliver` instead of
+    /// [`Node::poll_event`]'s queue, saving a move per message. Only while
+    /// that queue is empty: nothing waiting there (such as the peer's
+    /// `PeerConnected`) is overtaken. The caller still polls the other
+    /// events after the call, and before its next one.
+    pub fn handle_read_into(
+        &mut self,
+        now: Now,
+        id: ConnectionId,
+        deliver: &mut dyn FnMut(NodeEvent),
+    ) -> Result<(), SocketError> {
+        self.input(now, id, None, Some(deliver))
     }
 
     /// Input for `id`: a registered replica's messages go straight to the
-    /// application's queue, everything else through [`Node::settle`].
+    /// application's queue (`direct`, or ours), everything else through
+    /// [`Node::settle`].
     fn input(
         &mut self,
         now: Now,
         id: ConnectionId,
         bytes: Option<&[u8]>,
+        direct: Option<&mut dyn FnMut(NodeEvent)>,
     ) -> Result<(), SocketError> {
         let events = &mut self.events;
+        let mut direct = direct.filter(|_| events.is_empty());
         let mut deliver = |frame| {
             if let Some(event) = message_event(id, frame) {
-                events.push_back(event);
+                match &mut direct {
+                    Some(direct) => direct(event),
+                    None => events.push_back(event),
+                }
             }
         };
         self.table.input(now.mono, id, bytes, Some(&mut deliver))?;
