@@ -9,6 +9,7 @@ use bus_proto::node::ConnectionId;
 use bus_proto::time::{Instant, Now};
 use bytes::BytesMut;
 use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -175,7 +176,11 @@ async fn run_socket<M: Machine>(
 /// One vectored write of the loaded batch. Cancel-safe: a write that did
 /// not complete wrote nothing.
 async fn write_some<W: AsyncWrite + Unpin>(out: &mut Outgoing, writer: &mut W) -> io::Result<()> {
-    let written = writer.write_vectored(&out.slices()).await?;
+    // The slices are made at each poll, so the socket's future (one per
+    // connection, idle ones included) does not hold them while it waits.
+    let written =
+        std::future::poll_fn(|cx| Pin::new(&mut *writer).poll_write_vectored(cx, &out.slices()))
+            .await?;
     if written == 0 {
         return Err(io::ErrorKind::WriteZero.into());
     }
@@ -226,7 +231,9 @@ async fn run<M, R, W>(
         let done = tokio::select! {
             biased;
             result = write_some(out, writer), if write => Completion::Wrote(result),
-            () = shared.runtime().sleep_until(linger.unwrap_or(Instant::from_nanos(0))), if linger.is_some() => Completion::Lingered,
+            // Boxed when first polled (only a lingering close is): the
+            // timer's state need not be in every connection's future.
+            () = async { Box::pin(shared.runtime().sleep_until(linger.unwrap_or(Instant::from_nanos(0)))).await }, if linger.is_some() => Completion::Lingered,
             result = read_some(inbox, reader), if read => Completion::Read(result, None),
             () = shared.woken(id) => Completion::Woken,
         };
