@@ -891,6 +891,57 @@ fn a_shut_down_client_never_dials_again() {
     assert_eq!(dials, 1);
 }
 
+/// Raw connection `r` (replica 0, dialling node 1) takes node 1's
+/// `welcome`: its side is established; its `confirm` is the next batch.
+fn welcome_raw_replica(net: &mut Net, r: usize) {
+    let at = net.at();
+    let (_, welcome) = net.node(1).poll_transmit(at).expect("welcome");
+    net.raws[r]
+        .conn
+        .handle_input(at.mono, &welcome.segments().concat());
+    assert!(matches!(
+        net.raws[r].conn.poll_event(),
+        Some(Event::Established { .. })
+    ));
+}
+
+/// Raw connection `r` queues one message per operation, its body the
+/// operation's bytes.
+fn send_numbered(net: &mut Net, r: usize, operations: std::ops::Range<u32>) {
+    for operation in operations {
+        let body = Bytes::from(operation.to_le_bytes().to_vec());
+        net.raws[r]
+            .conn
+            .send_with(AppHeader::ZERO, Kind::Message { operation }, body)
+            .expect("queued");
+    }
+}
+
+/// Every event node 1 has waiting.
+fn poll_all(net: &mut Net) -> Vec<NodeEvent> {
+    std::iter::from_fn(|| net.node(1).poll_event()).collect()
+}
+
+/// The operations of `events`, each a message from replica 0 whose body
+/// is [`send_numbered`]'s.
+fn numbered_operations(events: &[NodeEvent]) -> Vec<u32> {
+    events
+        .iter()
+        .map(|e| match e {
+            NodeEvent::Message {
+                from: 0,
+                operation,
+                body,
+                ..
+            } => {
+                assert_eq!(body[..], operation.to_le_bytes());
+                *operation
+            }
+            other => panic!("not a message from replica 0: {other:?}"),
+        })
+        .collect()
+}
+
 /// Messages that arrive in the same input as the `confirm` that completes
 /// the handshake wait behind the peer's `PeerConnected`; once the peer is
 /// registered, its messages go straight to the application's queue. Either
@@ -910,33 +961,13 @@ fn messages_behind_the_confirm_follow_peer_connected_in_order() {
         net.node(1).handle_input(at, node_id, &bytes).expect("open");
     };
     pump_raw(&mut net); // hello
-    let at = net.at();
-    let (_, welcome) = net.node(1).poll_transmit(at).expect("welcome");
-    net.raws[r]
-        .conn
-        .handle_input(at.mono, &welcome.segments().concat());
-    assert!(matches!(
-        net.raws[r].conn.poll_event(),
-        Some(Event::Established { .. })
-    ));
-    let send = |net: &mut Net, operations: std::ops::Range<u32>| {
-        for operation in operations {
-            let body = Bytes::from(operation.to_le_bytes().to_vec());
-            net.raws[r]
-                .conn
-                .send_with(AppHeader::ZERO, Kind::Message { operation }, body)
-                .expect("queued");
-        }
-    };
+    welcome_raw_replica(&mut net, r);
     // The confirm and three messages in one input, then three more.
-    send(&mut net, 0..3);
+    send_numbered(&mut net, r, 0..3);
     pump_raw(&mut net);
-    send(&mut net, 3..6);
+    send_numbered(&mut net, r, 3..6);
     pump_raw(&mut net);
-    let mut events = Vec::new();
-    while let Some(event) = net.node(1).poll_event() {
-        events.push(event);
-    }
+    let events = poll_all(&mut net);
     assert!(
         matches!(
             events.first(),
@@ -944,22 +975,10 @@ fn messages_behind_the_confirm_follow_peer_connected_in_order() {
         ),
         "{events:?}"
     );
-    let operations: Vec<u32> = events[1..]
-        .iter()
-        .map(|e| match e {
-            NodeEvent::Message {
-                from: 0,
-                operation,
-                body,
-                ..
-            } => {
-                assert_eq!(body[..], operation.to_le_bytes());
-                *operation
-            }
-            other => panic!("not a message from replica 0: {other:?}"),
-        })
-        .collect();
-    assert_eq!(operations, (0..6).collect::<Vec<_>>());
+    assert_eq!(
+        numbered_operations(&events[1..]),
+        (0..6).collect::<Vec<_>>()
+    );
     assert_eq!(net.node(1).stats().frames_unregistered, 0);
 }
 
@@ -983,57 +1002,20 @@ fn messages_read_into_the_callers_queue_never_overtake_a_waiting_event() {
         node.handle_read_into(at, node_id, &mut |event| direct.push(event))
             .expect("open");
     };
-    let send = |net: &mut Net, operations: std::ops::Range<u32>| {
-        for operation in operations {
-            let body = Bytes::from(operation.to_le_bytes().to_vec());
-            net.raws[r]
-                .conn
-                .send_with(AppHeader::ZERO, Kind::Message { operation }, body)
-                .expect("queued");
-        }
-    };
-    let operations = |events: &[NodeEvent]| -> Vec<u32> {
-        events
-            .iter()
-            .map(|e| match e {
-                NodeEvent::Message {
-                    from: 0,
-                    operation,
-                    body,
-                    ..
-                } => {
-                    assert_eq!(body[..], operation.to_le_bytes());
-                    *operation
-                }
-                other => panic!("not a message from replica 0: {other:?}"),
-            })
-            .collect()
-    };
     let mut direct = Vec::new();
     pump_into(&mut net, &mut direct); // hello
-    let at = net.at();
-    let (_, welcome) = net.node(1).poll_transmit(at).expect("welcome");
-    net.raws[r]
-        .conn
-        .handle_input(at.mono, &welcome.segments().concat());
-    assert!(matches!(
-        net.raws[r].conn.poll_event(),
-        Some(Event::Established { .. })
-    ));
+    welcome_raw_replica(&mut net, r);
     // The confirm and two messages: the peer is not announced yet, so
     // the messages follow its `PeerConnected` in the node's queue.
-    send(&mut net, 0..2);
+    send_numbered(&mut net, r, 0..2);
     pump_into(&mut net, &mut direct);
     assert!(direct.is_empty(), "{direct:?}");
     // `PeerConnected` and messages 0 and 1 still wait, unpolled: messages
     // 2 and 3 queue behind them, not in the caller's queue.
-    send(&mut net, 2..4);
+    send_numbered(&mut net, r, 2..4);
     pump_into(&mut net, &mut direct);
     assert!(direct.is_empty(), "{direct:?}");
-    let mut waiting = Vec::new();
-    while let Some(event) = net.node(1).poll_event() {
-        waiting.push(event);
-    }
+    let waiting = poll_all(&mut net);
     assert!(
         matches!(
             waiting.first(),
@@ -1041,11 +1023,11 @@ fn messages_read_into_the_callers_queue_never_overtake_a_waiting_event() {
         ),
         "{waiting:?}"
     );
-    assert_eq!(operations(&waiting[1..]), vec![0, 1, 2, 3]);
+    assert_eq!(numbered_operations(&waiting[1..]), vec![0, 1, 2, 3]);
     // With the node's queue drained, the next messages go to the caller.
-    send(&mut net, 4..7);
+    send_numbered(&mut net, r, 4..7);
     pump_into(&mut net, &mut direct);
-    assert_eq!(operations(&direct), vec![4, 5, 6]);
+    assert_eq!(numbered_operations(&direct), vec![4, 5, 6]);
     assert!(net.node(1).poll_event().is_none());
     assert_eq!(net.node(1).stats().frames_unregistered, 0);
 }

@@ -48,11 +48,11 @@ impl Tokio {
         self.handle.spawn(task);
     }
 
-    fn deadline(origin: tokio::time::Instant, at: Instant) -> tokio::time::Instant {
+    fn deadline(&self, at: Instant) -> tokio::time::Instant {
         // A deadline beyond tokio's range is as good as never.
-        origin
+        self.origin
             .checked_add(Duration::from_nanos(at.as_nanos()))
-            .unwrap_or_else(|| origin + Duration::from_secs(86_400 * 365))
+            .unwrap_or_else(|| self.origin + Duration::from_secs(86_400 * 365))
     }
 }
 
@@ -91,10 +91,8 @@ impl Runtime for Tokio {
     }
 
     fn sleep_until(&self, at: Instant) -> impl Future<Output = ()> {
-        // Lazy, down to the deadline's arithmetic: `select!` builds the
-        // futures of disabled branches too (a socket's linger, every wait).
-        let origin = self.origin;
-        async move { tokio::time::sleep_until(Self::deadline(origin, at)).await }
+        let deadline = self.deadline(at);
+        async move { tokio::time::sleep_until(deadline).await }
     }
 
     fn dial<M: Machine>(shared: &Arc<Shared<M, Self>>, id: ConnectionId, replica: u8) {
@@ -231,8 +229,10 @@ async fn run<M, R, W>(
         let done = tokio::select! {
             biased;
             result = write_some(out, writer), if write => Completion::Wrote(result),
-            // Boxed when first polled (only a lingering close is): the
-            // timer's state need not be in every connection's future.
+            // Made and boxed when first polled (only a lingering close
+            // is): `select!` builds disabled branches' futures on every
+            // wait, and the timer's state need not be in every
+            // connection's future.
             () = async { Box::pin(shared.runtime().sleep_until(linger.unwrap_or(Instant::from_nanos(0)))).await }, if linger.is_some() => Completion::Lingered,
             result = read_some(inbox, reader), if read => Completion::Read(result, None),
             () = shared.woken(id) => Completion::Woken,
