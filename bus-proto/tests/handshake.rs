@@ -570,11 +570,8 @@ fn unauthenticated_peer_cannot_make_us_reserve_a_body() {
         e.to_string().contains("exceeds max_message_size 256"),
         "{e}"
     );
-    assert!(
-        conn.read_buffer().capacity() < 4096,
-        "reserved {}",
-        conn.read_buffer().capacity()
-    );
+    let reserved = conn.read_buffer().map(|b| b.capacity());
+    assert!(reserved.is_some_and(|r| r < 4096), "reserved {reserved:?}");
     drop(legit);
 }
 
@@ -756,7 +753,8 @@ fn bytes_after_the_hello_before_the_answer_close_the_dial() {
             })
         })
     );
-    assert_eq!(conn.read_buffer().len(), 0, "the early bytes were dropped");
+    let buffered = conn.read_buffer().map(|b| b.len());
+    assert_eq!(buffered, Some(0), "the early bytes were dropped");
 }
 
 /// PROTOCOL.md §8.3: bytes that arrive in the same read as the `hello`

@@ -203,6 +203,55 @@ proptest! {
         prop_assert!(!matches!(decoder.next_frame(), Ok(Some(_))));
     }
 
+    /// Verifying frames ahead (as a socket task does outside its lock)
+    /// changes nothing the decoder returns: the same frames, then the same
+    /// error at the same place, whatever the chunking or the corruption.
+    #[test]
+    fn verifying_ahead_yields_the_same_frames_and_errors(
+        frames in prop::collection::vec(arb_frame(), 1..6),
+        chunks in prop::collection::vec(1usize..700, 1..20),
+        flip in prop::option::of((any::<prop::sample::Index>(), 0u8..8)),
+        auth in any::<bool>(),
+    ) {
+        let integrity = if auth { authenticated(3) } else { Integrity::Checksum };
+        let mut wire = encode_all(&frames, &integrity);
+        if let Some((at, bit)) = flip {
+            let i = at.index(wire.len());
+            wire[i] ^= 1 << bit;
+        }
+        let run = |ahead: bool| {
+            let mut decoder = FrameDecoder::new(integrity.clone(), MAX);
+            let mut out = Vec::new();
+            let mut rest = &wire[..];
+            let mut sizes = chunks.iter().cycle();
+            while !rest.is_empty() {
+                let n = (*sizes.next().unwrap()).clamp(1, rest.len());
+                decoder.buffer_mut().extend_from_slice(&rest[..n]);
+                rest = &rest[n..];
+                if ahead {
+                    decoder.verify_ahead();
+                }
+                loop {
+                    match decoder.next_frame() {
+                        Ok(Some(frame)) => out.push(Ok(frame)),
+                        Ok(None) => break,
+                        Err(e) => {
+                            out.push(Err(e));
+                            return out;
+                        }
+                    }
+                }
+            }
+            out
+        };
+        let plain = run(false);
+        prop_assert_eq!(&run(true), &plain);
+        if flip.is_none() {
+            let decoded: Vec<_> = plain.into_iter().map(Result::unwrap).collect();
+            prop_assert_eq!(decoded, frames);
+        }
+    }
+
     /// Nothing a peer sends can panic the decoder, in any chunking.
     #[test]
     fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..2048), chunk in 1usize..300) {
@@ -571,6 +620,51 @@ fn a_body_tag_never_verifies_as_a_header_tag() {
         Header::decode(&spliced, &integrity, MAX).unwrap_err(),
         DecodeError::HeaderTag
     );
+}
+
+/// Only bytes that verified are trusted: a change to the buffer, or to how
+/// frames verify, after `verify_ahead` makes the decoder check again.
+#[test]
+fn frames_verified_ahead_are_checked_again_after_a_change() {
+    let frames = [message(b"first"), message(b"second")];
+    let integrity = authenticated(4);
+    let wire = encode_all(&frames, &integrity);
+
+    // A body changed through `buffer_mut` after it verified.
+    let mut decoder = FrameDecoder::new(integrity.clone(), MAX);
+    decoder.feed(&wire);
+    decoder.verify_ahead();
+    let body_at = HEADER_SIZE + 1;
+    decoder.buffer_mut()[body_at] ^= 1;
+    assert_eq!(decoder.next_frame(), Err(DecodeError::BodyTag { size: 5 }));
+
+    // Other keys after the frames verified under the first ones.
+    let mut decoder = FrameDecoder::new(integrity.clone(), MAX);
+    decoder.feed(&wire);
+    decoder.verify_ahead();
+    decoder.set_integrity(authenticated(5));
+    assert_eq!(decoder.next_frame(), Err(DecodeError::HeaderTag));
+
+    // A smaller limit after they verified under a larger one.
+    let mut decoder = FrameDecoder::new(integrity.clone(), MAX);
+    decoder.feed(&wire);
+    decoder.verify_ahead();
+    decoder.set_max_message_size(layout::HEADER_SIZE_U32 + 2);
+    assert!(matches!(
+        decoder.next_frame(),
+        Err(DecodeError::SizeTooLarge { .. })
+    ));
+
+    // Unchanged, both come out, and a third, fed later, is checked.
+    let mut decoder = FrameDecoder::new(integrity.clone(), MAX);
+    decoder.feed(&wire);
+    decoder.verify_ahead();
+    let mut third = encode_all(&[message(b"third")], &integrity);
+    third[HEADER_SIZE] ^= 1;
+    decoder.feed(&third);
+    assert_eq!(decoder.next_frame(), Ok(Some(frames[0].clone())));
+    assert_eq!(decoder.next_frame(), Ok(Some(frames[1].clone())));
+    assert_eq!(decoder.next_frame(), Err(DecodeError::BodyTag { size: 5 }));
 }
 
 #[test]

@@ -130,12 +130,27 @@ pub async fn established_then_silent(
 /// Runs client `client`'s handshake on an open socket, which then says
 /// nothing: the socket once established, or why the node closed it.
 pub async fn handshake_on(
-    mut stream: Async<TcpStream>,
+    stream: Async<TcpStream>,
     config: &ValidConfig,
     keys: &KeyRing,
     client: u128,
     acceptor: u8,
 ) -> Result<Async<TcpStream>, Option<CloseCause>> {
+    established_client(stream, config, keys, client, acceptor)
+        .await
+        .map(|(stream, _)| stream)
+}
+
+/// Runs client `client`'s handshake on an open socket: the socket and the
+/// client's connection state once established, to send with by hand, or
+/// why the node closed it.
+pub async fn established_client(
+    mut stream: Async<TcpStream>,
+    config: &ValidConfig,
+    keys: &KeyRing,
+    client: u128,
+    acceptor: u8,
+) -> Result<(Async<TcpStream>, Connection), Option<CloseCause>> {
     let mut conn = dialer(config, keys, client, acceptor);
     stream.write_all(&outgoing(&mut conn)).await.expect("hello");
     let mut buf = [0u8; 4096];
@@ -153,7 +168,12 @@ pub async fn handshake_on(
         .write_all(&outgoing(&mut conn))
         .await
         .expect("confirm");
-    Ok(stream)
+    Ok((stream, conn))
+}
+
+/// Everything `conn` has to write, as one byte string.
+pub fn outgoing_bytes(conn: &mut Connection) -> Vec<u8> {
+    outgoing(conn)
 }
 
 /// Sends `bursts` bursts of `per_burst` forged `hello`s (signed with

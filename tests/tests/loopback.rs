@@ -6,7 +6,10 @@ use bus_proto::client::ClientParams;
 use bus_proto::connection::CloseCause;
 use bus_proto::host::{ConnectError, Link, NodeOptions, Transport};
 use bus_proto::node::{NodeEvent, ReplyError, RouteError};
-use bus_proto::wire::{Frame, Header, Integrity, Kind, Plane, RejectStatus};
+use bus_proto::wire::{
+    DecodeError, Frame, HEADER_SIZE, Header, Integrity, Kind, Plane, RejectStatus, RequestHeader,
+};
+use bus_tests::attack::{established_client, outgoing_bytes};
 use bus_tests::bus::{Bus, EventsOf, NodeOf};
 use bus_tests::cluster::{all_connected, cluster, member, params, until, wait_for, within};
 use bus_tests::proxy::Proxy;
@@ -25,6 +28,7 @@ bus_tests::scenarios!(
     a_wrong_key_is_rejected_on_both_sides_with_its_status,
     silent_connections_do_not_delay_a_peer_and_close_at_the_deadline,
     an_oversized_or_corrupt_frame_closes_only_its_connection,
+    a_tampered_frame_closes_its_connection_after_the_frames_before_it,
     backpressure_reaches_the_sender_when_the_peer_stops_reading,
     a_batch_is_queued_in_order_and_backpressure_leaves_the_rest_in_it,
     a_late_listener_is_picked_up_by_the_dial_schedule,
@@ -265,6 +269,67 @@ async fn an_oversized_or_corrupt_frame_closes_only_its_connection<B: Bus>() {
     }
     assert_eq!(members[1].node.stats().handshakes_failed, 2);
     assert_eq!(members[0].node.stats().dials, 1, "never reconnected");
+}
+
+/// Authenticated frames are verified by the socket task before the node
+/// sees them: in one write of three requests whose last body was changed
+/// in flight, the first two are delivered, and the third closes the
+/// connection with the body tag's error.
+async fn a_tampered_frame_closes_its_connection_after_the_frames_before_it<B: Bus>() {
+    let mut tuned = quick();
+    tuned.authenticated_frames = true;
+    let config = tuned.validate().expect("valid");
+    let mut members = cluster::<B>(&config, 1, |_| keys(6)).await;
+    let stream = raw(members[0].address).await;
+    let client = B::random_id();
+    let (mut stream, mut conn) = established_client(stream, &config, &keys(6), client, 0)
+        .await
+        .expect("the handshake completes");
+    assert!(conn.authenticated_frames());
+    // Once the node has the client's confirm, its socket task verifies
+    // what it reads next outside the lock.
+    wait_for::<B>(&mut members[0].events, "the client", |e| {
+        matches!(e, NodeEvent::ClientConnected { .. })
+    })
+    .await;
+    for request in 1..=3u64 {
+        let header = RequestHeader {
+            client,
+            request,
+            operation: 7,
+        };
+        let body = Bytes::from(vec![u8::try_from(request).unwrap(); 100]);
+        conn.send(Kind::Request(header), body).expect("queued");
+    }
+    let mut wire = outgoing_bytes(&mut conn);
+    assert_eq!(wire.len(), 3 * (HEADER_SIZE + 100), "one batch of three");
+    let last_body = 2 * (HEADER_SIZE + 100) + HEADER_SIZE;
+    wire[last_body + 50] ^= 1;
+    stream.write_all(&wire).await.expect("written");
+    for request in 1..=2u64 {
+        wait_for::<B>(
+            &mut members[0].events,
+            "a request before it",
+            |e| matches!(e, NodeEvent::Request { request: r, .. } if r.request == request),
+        )
+        .await;
+    }
+    let NodeEvent::ClientDisconnected { cause, .. } =
+        wait_for::<B>(&mut members[0].events, "the close", |e| {
+            matches!(
+                e,
+                NodeEvent::ClientDisconnected { .. } | NodeEvent::Request { .. }
+            )
+        })
+        .await
+    else {
+        panic!("the tampered request was delivered");
+    };
+    assert_eq!(
+        cause,
+        CloseCause::Decode(DecodeError::BodyTag { size: 100 }),
+        "closed for {cause}"
+    );
 }
 
 async fn backpressure_reaches_the_sender_when_the_peer_stops_reading<B: Bus>() {

@@ -40,11 +40,11 @@ pub mod identity;
 mod outstanding;
 
 use crate::config::ValidConfig;
-use crate::connection::{CloseCause, Connection, DialParams, Event, Transmit};
+use crate::connection::{CloseCause, Connection, DialParams, Event, LentDecoder, Transmit};
 use crate::crypto::{KeyRing, PeerId};
 use crate::entropy::Entropy;
 use crate::handshake::Binding;
-use crate::node::table::{Entry, Next, Origin, Socket, Table};
+use crate::node::table::{Entry, Input, Next, Origin, Socket, Table};
 use crate::node::{Action, Backoff, ConnectionId, SocketError};
 use crate::time::{Instant, Now};
 use crate::wire::{AppHeader, CloseReason, EncodeError, Header, Kind, ReplyStatus, RequestHeader};
@@ -744,21 +744,39 @@ impl Client {
         id: ConnectionId,
         bytes: &[u8],
     ) -> Result<(), SocketError> {
-        self.table.input(now.mono, id, Some(bytes), None)?;
+        self.table.input(now.mono, id, Input::Bytes(bytes), None)?;
         self.settle(now.mono, id);
         Ok(())
     }
 
     /// `id`'s receive buffer; see [`Connection::read_buffer`].
     pub fn read_buffer(&mut self, id: ConnectionId) -> Option<&mut BytesMut> {
-        self.table.conn_mut(id).map(|c| c.read_buffer())
+        self.table.conn_mut(id).and_then(|c| c.read_buffer())
     }
 
     /// Processes bytes appended to [`Client::read_buffer`].
     pub fn handle_read(&mut self, now: Now, id: ConnectionId) -> Result<(), SocketError> {
-        self.table.input(now.mono, id, None, None)?;
+        self.table.input(now.mono, id, Input::Read, None)?;
         self.settle(now.mono, id);
         Ok(())
+    }
+
+    /// Lends `id`'s decoder to its socket task; see [`LentDecoder`].
+    #[cfg_attr(not(feature = "host"), allow(dead_code))]
+    pub(crate) fn lend_decoder(&mut self, id: ConnectionId) -> Option<LentDecoder> {
+        self.table.conn_mut(id)?.lend_decoder()
+    }
+
+    /// The lent decoder is back with new bytes, perhaps verified.
+    #[cfg_attr(not(feature = "host"), allow(dead_code))]
+    pub(crate) fn handle_verified(&mut self, now: Now, id: ConnectionId, decoder: LentDecoder) {
+        if self
+            .table
+            .input(now.mono, id, Input::Verified(decoder), None)
+            .is_ok()
+        {
+            self.settle(now.mono, id);
+        }
     }
 
     /// `id`'s transport refused a frame of `size` bytes over the frame

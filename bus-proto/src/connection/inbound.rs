@@ -5,36 +5,94 @@ use crate::crypto::PeerId;
 use crate::handshake::{Binding, IncomingHello};
 use crate::time::Instant;
 use crate::wire::{
-    CloseReason, Command, DecodeError, Frame, FrameKeys, HEADER_SIZE, Integrity, Kind, Plane,
-    RejectStatus,
+    CloseReason, Command, DecodeError, Frame, FrameDecoder, FrameKeys, HEADER_SIZE, Integrity,
+    Kind, Plane, RejectStatus,
 };
 use alloc::boxed::Box;
+use bytes::BytesMut;
 
 /// Where a connection puts the replica-plane messages it decodes: its event
 /// queue (`None`), or straight to its owner.
 pub(crate) type Messages<'a, 's> = Option<&'a mut (dyn FnMut(Frame) + 's)>;
 
+/// A connection's decoder (its receive buffer, any partial frame, and the
+/// keys frames are verified with), lent to a socket task so that frames
+/// are verified without the lock the connection sits behind: the bytes
+/// read go into [`LentDecoder::buffer_mut`], [`LentDecoder::verify`]
+/// checks their checksums or tags, and the decoder goes back to the
+/// connection (in `bus_proto::host`, `Machine::handle_verified`), which
+/// then only parses the frames and decides what they mean.
+#[derive(Debug)]
+pub struct LentDecoder {
+    decoder: Box<FrameDecoder>,
+    /// The handshake is over, so nothing decoded can change how the frames
+    /// after it are verified or how large they may be.
+    settled: bool,
+}
+
+impl LentDecoder {
+    /// The receive buffer, to read into. Only append.
+    pub fn buffer_mut(&mut self) -> &mut BytesMut {
+        self.decoder.buffer_mut()
+    }
+
+    /// Checks the checksums or tags of the complete frames buffered
+    /// ([`FrameDecoder::verify_ahead`]). Checks nothing while the
+    /// connection is handshaking (a handshake frame changes how the next
+    /// ones verify): those frames are checked once the decoder is back.
+    pub fn verify(&mut self) {
+        if self.settled {
+            self.decoder.verify_ahead();
+        }
+    }
+}
+
 impl Connection {
+    /// Lends the decoder to a socket task; see [`LentDecoder`]. `None`
+    /// while it is already lent.
+    pub(crate) fn lend_decoder(&mut self) -> Option<LentDecoder> {
+        let decoder = self.decoder.take()?;
+        let settled = matches!(self.phase, Phase::Established);
+        Some(LentDecoder { decoder, settled })
+    }
+
+    /// Takes back the lent decoder, with new bytes and perhaps frames
+    /// already verified, and processes what it holds.
+    #[cfg_attr(not(feature = "host"), allow(dead_code))]
+    pub(crate) fn handle_verified(
+        &mut self,
+        now: Instant,
+        lent: LentDecoder,
+        messages: Messages<'_, '_>,
+    ) {
+        self.decoder = Some(lent.decoder);
+        self.handle_read_with(now, messages);
+    }
+
     /// Decodes and handles every complete frame buffered, stopping at a
     /// parked `hello` or a close.
     pub(super) fn process(&mut self, now: Instant, mut messages: Messages<'_, '_>) {
         if self.binding.is_none() {
             // The transport is still handshaking: its bytes wait, at most
             // a header's worth (a host feeds none before the binding).
-            let bytes = self.decoder.buffered();
+            let bytes = self.buffered();
             if bytes > HEADER_SIZE {
                 self.finish(CloseCause::Unauthenticated(Violation::EarlyData { bytes }));
             }
             return;
         }
-        if matches!(self.phase, Phase::HelloParked(_)) && self.decoder.buffered() > 0 {
+        if matches!(self.phase, Phase::HelloParked(_)) && self.buffered() > 0 {
             // An honest dialer sends nothing between `hello` and `welcome`;
             // refuse to buffer an unauthenticated stream while we decide.
-            let bytes = self.decoder.buffered();
+            let bytes = self.buffered();
             return self.finish(CloseCause::Unauthenticated(Violation::EarlyData { bytes }));
         }
         while self.closed.is_none() && !matches!(self.phase, Phase::HelloParked(_)) {
-            match self.decoder.next_frame() {
+            // Lent: the bytes are with the socket task, decoded there.
+            let Some(decoder) = &mut self.decoder else {
+                break;
+            };
+            match decoder.next_frame() {
                 Ok(Some(frame)) => {
                     self.last_received = now;
                     self.stats.frames_received += 1;
@@ -47,13 +105,18 @@ impl Connection {
         }
         if self.closed.is_none()
             && matches!(self.phase, Phase::HelloParked(_))
-            && self.decoder.buffered() > 0
+            && self.buffered() > 0
         {
             // Bytes that came with the `hello` (in the same read) are early
             // data too: refused before the gate runs (PROTOCOL.md §8.3).
-            let bytes = self.decoder.buffered();
+            let bytes = self.buffered();
             self.finish(CloseCause::Unauthenticated(Violation::EarlyData { bytes }));
         }
+    }
+
+    /// Bytes received but not yet decoded (none while the decoder is lent).
+    fn buffered(&self) -> usize {
+        self.decoder.as_ref().map_or(0, |d| d.buffered())
     }
 
     /// The transport refused a frame of `size` bytes over the limit
@@ -61,7 +124,7 @@ impl Connection {
     /// decoder closes on an oversize frame.
     pub fn refuse_frame_size(&mut self, size: u32) {
         if self.closed.is_none() {
-            let max = self.decoder.max_message_size();
+            let max = self.frame_limit();
             self.on_decode_error(DecodeError::SizeTooLarge { size, max });
         }
     }
@@ -182,9 +245,11 @@ impl Connection {
     /// direction is encoded (ours) or decoded (theirs).
     fn established(&mut self, now: Instant, keys: Option<FrameKeys>) {
         let integrity = keys.map_or(Integrity::Checksum, Integrity::Authenticated);
-        self.decoder.set_integrity(integrity.clone());
-        self.decoder
-            .set_max_message_size(self.limits.max_message_size);
+        // Set while the decoder is here: it is lent only once established.
+        if let Some(decoder) = &mut self.decoder {
+            decoder.set_integrity(integrity.clone());
+            decoder.set_max_message_size(self.limits.max_message_size);
+        }
         self.integrity_out = integrity;
         self.last_received = now;
         self.last_sent = now;

@@ -51,6 +51,7 @@
 
 mod error;
 mod inbound;
+pub use inbound::LentDecoder;
 pub(crate) use inbound::Messages;
 mod transmit;
 
@@ -221,7 +222,9 @@ pub struct Connection {
     limits: Limits,
     side: Side,
     phase: Phase,
-    decoder: FrameDecoder,
+    /// Boxed, so lending it to a socket task moves a pointer; `None` while
+    /// lent ([`LentDecoder`]).
+    decoder: Option<Box<FrameDecoder>>,
     integrity_out: Integrity,
     /// The transport's channel binding; `None` while the transport (TLS,
     /// WebSocket) is still handshaking: nothing is decoded until it is set.
@@ -293,7 +296,10 @@ impl Connection {
             phase,
             // Handshake frames have no body: an unauthenticated peer cannot
             // make us reserve more than a header.
-            decoder: FrameDecoder::new(Integrity::Checksum, HEADER_SIZE_U32),
+            decoder: Some(Box::new(FrameDecoder::new(
+                Integrity::Checksum,
+                HEADER_SIZE_U32,
+            ))),
             integrity_out: Integrity::Checksum,
             binding,
             cluster: 0,
@@ -424,7 +430,11 @@ impl Connection {
     /// handshake completes, `max_message_size` after. A transport that
     /// frames messages itself (WebSocket) applies the same limit.
     pub fn frame_limit(&self) -> u32 {
-        self.decoder.max_message_size()
+        match &self.decoder {
+            Some(decoder) => decoder.max_message_size(),
+            // Lent only once established, when the limit is final.
+            None => self.limits.max_message_size,
+        }
     }
 
     /// Acceptor: the dialer's `hello`, once received. Pass it to
@@ -492,8 +502,10 @@ impl Connection {
         bytes: &[u8],
         messages: Messages<'_, '_>,
     ) {
-        if self.closed.is_none() {
-            self.decoder.feed(bytes);
+        if self.closed.is_none()
+            && let Some(decoder) = &mut self.decoder
+        {
+            decoder.feed(bytes);
             self.process(now, messages);
         }
     }
@@ -502,9 +514,10 @@ impl Connection {
     /// readiness runtime reads into its spare capacity (e.g. tokio's
     /// `read_buf`); a completion runtime takes it with `core::mem::take`,
     /// lends it to the kernel and puts it back. Only append; then call
-    /// [`Connection::handle_read`].
-    pub fn read_buffer(&mut self) -> &mut BytesMut {
-        self.decoder.buffer_mut()
+    /// [`Connection::handle_read`]. `None` only while a host socket task
+    /// has the whole decoder ([`LentDecoder`]).
+    pub fn read_buffer(&mut self) -> Option<&mut BytesMut> {
+        self.decoder.as_deref_mut().map(FrameDecoder::buffer_mut)
     }
 
     /// Processes bytes appended to [`Connection::read_buffer`].
@@ -520,7 +533,15 @@ impl Connection {
         if self.closed.is_none() {
             self.process(now, messages);
         } else {
-            self.decoder.buffer_mut().clear();
+            self.clear_received();
+        }
+    }
+
+    /// Drops whatever was received and not yet decoded: the connection is
+    /// closed.
+    fn clear_received(&mut self) {
+        if let Some(decoder) = &mut self.decoder {
+            decoder.buffer_mut().clear();
         }
     }
 
@@ -926,7 +947,7 @@ impl Connection {
         self.ping = None;
         self.pong = None;
         self.closing = None;
-        self.decoder.buffer_mut().clear();
+        self.clear_received();
         self.events.push_back(Event::Closed {
             reason: cause.clone(),
         });

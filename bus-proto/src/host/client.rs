@@ -9,7 +9,7 @@ use super::signal::Waiters;
 use crate::client::identity::file::{ClientIdentity, IdentityError};
 use crate::client::{self, ClientEvent, ClientParams, ClientStats, RequestFailure, Reservation};
 use crate::config::ValidConfig;
-use crate::connection::{CloseCause, Transmit};
+use crate::connection::{CloseCause, LentDecoder, Transmit};
 use crate::crypto::KeyRing;
 use crate::entropy::Entropy;
 use crate::handshake::Binding;
@@ -178,6 +178,10 @@ impl Machine for ClientFront {
             *slot = buffer;
             let _ = self.client.handle_read(now, id);
         }
+    }
+
+    fn handle_verified(&mut self, now: Now, id: ConnectionId, decoder: LentDecoder) {
+        self.client.handle_verified(now, id, decoder);
     }
 
     fn deliver(&mut self) {

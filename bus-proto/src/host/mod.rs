@@ -37,6 +37,9 @@ macro_rules! forward_socket_io {
         fn take_read_buffer(&mut self, id: ConnectionId) -> Option<BytesMut> {
             self.$core.read_buffer(id).map(core::mem::take)
         }
+        fn lend_decoder(&mut self, id: ConnectionId) -> Option<LentDecoder> {
+            self.$core.lend_decoder(id)
+        }
         fn handle_eof(&mut self, now: Now, id: ConnectionId) {
             self.$core.handle_eof(now, id);
         }
@@ -133,7 +136,7 @@ pub use quic::{QuicPort, QuicStep};
 pub use shutdown::ShutdownReport;
 pub use socket::{Completion, MIN_READ_ROOM, Socket, Step};
 
-use crate::connection::Transmit;
+use crate::connection::{LentDecoder, Transmit};
 use crate::handshake::Binding;
 use crate::node::{Action, ConnectionId};
 use crate::time::{Instant, Now};
@@ -144,12 +147,19 @@ use core::net::SocketAddr;
 /// what the application reads from it. Implemented by [`NodeFront`] and
 /// [`ClientFront`].
 pub trait Machine: Send + 'static {
-    /// Lends `id`'s receive buffer (partial frames included) to the socket
-    /// task, which reads into it without the lock and then hands it back
-    /// with [`Machine::handle_read`].
+    /// Lends `id`'s receive buffer (partial frames included) to a task
+    /// that reads into it without the lock (a transport layer's, a QUIC
+    /// port's) and then hands it back with [`Machine::handle_read`].
     fn take_read_buffer(&mut self, id: ConnectionId) -> Option<BytesMut>;
     /// Returns the buffer with new bytes appended, and processes them.
     fn handle_read(&mut self, now: Now, id: ConnectionId, buffer: BytesMut);
+    /// Lends `id`'s whole decoder to its socket task, which reads into it
+    /// and verifies the frames' checksums or tags without the lock
+    /// ([`LentDecoder::verify`]), then hands it back with
+    /// [`Machine::handle_verified`].
+    fn lend_decoder(&mut self, id: ConnectionId) -> Option<LentDecoder>;
+    /// Returns the lent decoder with new bytes, and processes them.
+    fn handle_verified(&mut self, now: Now, id: ConnectionId, decoder: LentDecoder);
     /// The peer closed its side, or the socket failed.
     fn handle_eof(&mut self, now: Now, id: ConnectionId);
     /// `id`'s transport refused a frame of `size` bytes over the limit

@@ -7,7 +7,7 @@ use super::driver::{Runtime, Shared};
 use super::layer::{LayerError, Transport};
 use super::shutdown::{ShutdownReport, Tally};
 use crate::config::ValidConfig;
-use crate::connection::Transmit;
+use crate::connection::{LentDecoder, Transmit};
 use crate::crypto::KeyRing;
 use crate::entropy::Entropy;
 use crate::handshake::Binding;
@@ -215,6 +215,14 @@ impl Machine for NodeFront {
         // application for them.
         let (node, events, direct) = (&mut self.node, &mut self.events, &mut self.direct);
         let _ = node.handle_read_into(now, id, &mut |event| *direct |= events.push(event));
+    }
+
+    fn handle_verified(&mut self, now: Now, id: ConnectionId, decoder: LentDecoder) {
+        // As in `handle_read`: registered replicas' messages skip a queue.
+        let (node, events, direct) = (&mut self.node, &mut self.events, &mut self.direct);
+        node.handle_verified_into(now, id, decoder, &mut |event| {
+            *direct |= events.push(event);
+        });
     }
 
     fn deliver(&mut self) {

@@ -8,6 +8,7 @@ use super::driver::{MAX_DRAINING, Runtime, Shared, State};
 use super::layer::{FrameTooLarge, MAX_PENDING_WIRE, StreamLayer};
 use super::outgoing::Outgoing;
 use super::recycle::{self, KEEP_MIN, Spares};
+use crate::connection::LentDecoder;
 use crate::node::ConnectionId;
 use crate::time::Instant;
 use bytes::BytesMut;
@@ -69,7 +70,7 @@ pub const MIN_READ_ROOM: usize = 1024;
 pub struct Socket {
     id: ConnectionId,
     out: Outgoing,
-    inbox: Option<BytesMut>,
+    inbox: Option<Inbox>,
     /// The batch was handed whole to an owned-buffer write still running.
     writing: bool,
     /// The buffer was handed to an owned-buffer read still running.
@@ -100,6 +101,25 @@ pub struct Socket {
     read_room_grew: bool,
     /// Earlier receive buffers, reused once their bodies are dropped.
     spares: Option<Box<Spares>>,
+}
+
+/// What a socket reads into.
+#[derive(Debug)]
+enum Inbox {
+    /// A plain socket's: the connection's decoder, lent by the core.
+    Decoder(LentDecoder),
+    /// The socket's own buffer: a layer's wire bytes, or what a lingering
+    /// close discards.
+    Wire(BytesMut),
+}
+
+impl Inbox {
+    fn buffer(&mut self) -> &mut BytesMut {
+        match self {
+            Inbox::Decoder(decoder) => decoder.buffer_mut(),
+            Inbox::Wire(buffer) => buffer,
+        }
+    }
 }
 
 /// A socket under a transport layer: the socket reads wire bytes into its
@@ -160,9 +180,10 @@ impl Socket {
     fn make_read_room(&mut self) {
         let room = self.read_room;
         let grew = core::mem::take(&mut self.read_room_grew);
-        let Some(buffer) = &mut self.inbox else {
+        let Some(inbox) = &mut self.inbox else {
             return;
         };
+        let buffer = inbox.buffer();
         if buffer.capacity() - buffer.len() >= room {
             return;
         }
@@ -216,7 +237,7 @@ impl Socket {
     pub(super) fn layered(id: ConnectionId, layer: Box<dyn StreamLayer>) -> Self {
         let mut socket = Socket::new(id);
         // The socket's own wire buffer, always lent to reads.
-        socket.inbox = Some(BytesMut::new());
+        socket.inbox = Some(Inbox::Wire(BytesMut::new()));
         socket.layer = Some(Layered {
             layer,
             frames: BytesMut::new(),
@@ -238,8 +259,12 @@ impl Socket {
     /// report [`Completion::Read`]), for an adapter that writes and reads
     /// in place, both at once.
     pub fn io(&mut self) -> (&mut Outgoing, Option<&mut BytesMut>) {
+        if self.reading {
+            // Lent to an owned-buffer read ([`Socket::lend_inbox`]).
+            return (&mut self.out, None);
+        }
         self.make_read_room();
-        (&mut self.out, self.inbox.as_mut())
+        (&mut self.out, self.inbox.as_mut().map(Inbox::buffer))
     }
 
     /// Hands the whole loaded batch to an owned-buffer write; report its
@@ -252,10 +277,24 @@ impl Socket {
     /// Hands the receive buffer to an owned-buffer read; the read gives
     /// it back in [`Completion::Read`].
     pub fn lend_inbox(&mut self) -> Option<BytesMut> {
+        if self.reading {
+            return None;
+        }
         self.make_read_room();
-        let buffer = self.inbox.take()?;
+        let buffer = core::mem::take(self.inbox.as_mut()?.buffer());
         self.reading = true;
         Some(buffer)
+    }
+
+    /// A buffer an owned-buffer read gives back goes where it was taken
+    /// from.
+    fn put_back(&mut self, buffer: Option<BytesMut>) {
+        if let Some(buffer) = buffer {
+            match &mut self.inbox {
+                Some(inbox) => *inbox.buffer() = buffer,
+                None => self.inbox = Some(Inbox::Wire(buffer)),
+            }
+        }
     }
 }
 
@@ -327,7 +366,7 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
                 }
                 // Whatever is still lent is discarded into.
                 if socket.inbox.is_none() && !socket.reading {
-                    socket.inbox = Some(BytesMut::new());
+                    socket.inbox = Some(Inbox::Wire(BytesMut::new()));
                 }
             }
             if socket.linger.is_none() {
@@ -390,7 +429,7 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
             .as_ref()
             .is_none_or(|l| l.layer.pending_wire() <= MAX_PENDING_WIRE);
         if read && socket.inbox.is_none() && socket.layer.is_none() {
-            socket.inbox = state.machine.take_read_buffer(id);
+            socket.inbox = state.machine.lend_decoder(id).map(Inbox::Decoder);
         }
         read && socket.inbox.is_some()
     }
@@ -421,9 +460,12 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
             Completion::Read(result, buffer) if socket.draining => {
                 // A lingering close: what the peer still sends is dropped.
                 socket.reading = false;
-                let mut buffer = buffer.or_else(|| socket.inbox.take()).unwrap_or_default();
-                buffer.clear();
-                socket.inbox = Some(buffer);
+                socket.put_back(buffer);
+                socket
+                    .inbox
+                    .get_or_insert_with(|| Inbox::Wire(BytesMut::new()))
+                    .buffer()
+                    .clear();
                 socket.eof |= !matches!(result, Ok(n) if n > 0);
             }
             Completion::Read(result, buffer) => {
@@ -451,13 +493,18 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
         poll_fn(|cx| Self::poll_entry(&mut self.lock(), id, cx)).await;
     }
 
-    /// Bytes were read into the lent buffer (in place, or returned by an
-    /// owned-buffer read as `buffer`): the core processes them.
+    /// Bytes were read into the lent decoder's buffer (in place, or
+    /// returned by an owned-buffer read as `buffer`): their frames'
+    /// checksums or tags are checked here, outside the lock, and the core
+    /// then only parses and handles them.
     fn handle_read(self: &Arc<Self>, socket: &mut Socket, buffer: Option<BytesMut>) {
         let id = socket.id;
-        if let Some(buffer) = buffer.or_else(|| socket.inbox.take()) {
-            self.with_from(Some(id), |m, now| m.handle_read(now, id, buffer));
-        }
+        socket.put_back(buffer);
+        let Some(Inbox::Decoder(mut decoder)) = socket.inbox.take() else {
+            return;
+        };
+        decoder.verify();
+        self.with_from(Some(id), |m, now| m.handle_verified(now, id, decoder));
     }
 
     /// Wire bytes were read on a layered socket: the layer turns them
@@ -466,10 +513,9 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
     /// buffer without a copy when that is empty.
     fn handle_wire(self: &Arc<Self>, socket: &mut Socket, buffer: Option<BytesMut>) {
         let id = socket.id;
-        if let Some(buffer) = buffer {
-            socket.inbox = Some(buffer);
-        }
-        let (Some(layered), Some(wire)) = (&mut socket.layer, &mut socket.inbox) else {
+        socket.put_back(buffer);
+        let (Some(layered), Some(Inbox::Wire(wire))) = (&mut socket.layer, &mut socket.inbox)
+        else {
             return;
         };
         // A layer that stops at a frame which may change the frame limit
@@ -541,11 +587,11 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
     fn handle_eof(self: &Arc<Self>, socket: &mut Socket, buffer: Option<BytesMut>) {
         socket.eof = true;
         let id = socket.id;
-        if let Some(layered) = &mut socket.layer {
-            socket.inbox = buffer.or(socket.inbox.take());
-            if let Err(error) = layered.layer.read_eof() {
-                tracing::debug!(%id, %error, "transport ended without its close");
-            }
+        socket.put_back(buffer);
+        if let Some(layered) = &mut socket.layer
+            && let Err(error) = layered.layer.read_eof()
+        {
+            tracing::debug!(%id, %error, "transport ended without its close");
         }
         self.with_from(Some(id), |m, now| m.handle_eof(now, id));
     }
@@ -749,11 +795,8 @@ mod tests {
             assert_eq!(socket.read_room, expected);
         }
         // A partial frame moves with the buffer to its larger allocation.
-        socket
-            .inbox
-            .as_mut()
-            .expect("lent")
-            .extend_from_slice(b"partial");
+        let inbox = socket.inbox.as_mut().expect("lent");
+        inbox.buffer().extend_from_slice(b"partial");
         let (_, inbox) = socket.io();
         let inbox = inbox.expect("still reading");
         assert_eq!(&inbox[..], b"partial");
@@ -772,7 +815,7 @@ mod tests {
         // Fills the buffer, leaving a 7-byte partial frame, and delivers a
         // body that pins it; then makes room for the next read.
         let cycle = |socket: &mut super::Socket| {
-            let inbox = socket.inbox.as_mut().expect("lent");
+            let inbox = socket.inbox.as_mut().expect("lent").buffer();
             let room = inbox.capacity() - inbox.len();
             inbox.extend_from_slice(&std::vec![1; room]);
             let body = inbox.len() - 7;
@@ -793,7 +836,7 @@ mod tests {
         let first_address = first.as_ptr() as usize;
         drop(first);
         let _third = cycle(&mut socket);
-        let inbox = socket.inbox.as_ref().expect("lent");
+        let inbox = socket.inbox.as_mut().expect("lent").buffer();
         assert_eq!(
             inbox.as_ptr() as usize,
             first_address,

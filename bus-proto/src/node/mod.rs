@@ -70,7 +70,7 @@ pub use error::{AcceptError, NodeError, ReplyError, RouteError, SocketError};
 pub use table::{Action, ConnectionId, ConnectionInfo};
 
 use crate::config::ValidConfig;
-use crate::connection::{CloseCause, Connection, Event};
+use crate::connection::{CloseCause, Connection, Event, LentDecoder};
 use crate::crypto::{KeyRing, PeerId};
 use crate::dedup::DedupWindow;
 use crate::entropy::Entropy;
@@ -83,7 +83,7 @@ use alloc::collections::{BTreeMap, VecDeque};
 use bytes::{Bytes, BytesMut};
 use core::net::SocketAddr;
 use peers::Peers;
-use table::{Entry, Next, Origin, Socket, Table};
+use table::{Entry, Input, Next, Origin, Socket, Table};
 
 /// Who a node is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -736,18 +736,37 @@ impl Node {
         id: ConnectionId,
         bytes: &[u8],
     ) -> Result<(), SocketError> {
-        self.input(now, id, Some(bytes), None)
+        self.input(now, id, Input::Bytes(bytes), None)
     }
 
     /// `id`'s receive buffer, to read into without a copy; then call
     /// [`Node::handle_read`]. See [`Connection::read_buffer`].
     pub fn read_buffer(&mut self, id: ConnectionId) -> Option<&mut BytesMut> {
-        self.table.conn_mut(id).map(|c| c.read_buffer())
+        self.table.conn_mut(id).and_then(|c| c.read_buffer())
     }
 
     /// Processes bytes appended to [`Node::read_buffer`].
     pub fn handle_read(&mut self, now: Now, id: ConnectionId) -> Result<(), SocketError> {
-        self.input(now, id, None, None)
+        self.input(now, id, Input::Read, None)
+    }
+
+    /// Lends `id`'s decoder to its socket task; see [`LentDecoder`].
+    #[cfg_attr(not(feature = "host"), allow(dead_code))]
+    pub(crate) fn lend_decoder(&mut self, id: ConnectionId) -> Option<LentDecoder> {
+        self.table.conn_mut(id)?.lend_decoder()
+    }
+
+    /// The lent decoder is back with new bytes, perhaps verified; its
+    /// frames are handled as [`Node::handle_read_into`] handles them.
+    #[cfg_attr(not(feature = "host"), allow(dead_code))]
+    pub(crate) fn handle_verified_into(
+        &mut self,
+        now: Now,
+        id: ConnectionId,
+        decoder: LentDecoder,
+        deliver: &mut dyn FnMut(NodeEvent),
+    ) {
+        let _ = self.input(now, id, Input::Verified(decoder), Some(deliver));
     }
 
     /// [`Node::handle_read`] for a caller with its own event queue: a
@@ -762,7 +781,7 @@ impl Node {
         id: ConnectionId,
         deliver: &mut dyn FnMut(NodeEvent),
     ) -> Result<(), SocketError> {
-        self.input(now, id, None, Some(deliver))
+        self.input(now, id, Input::Read, Some(deliver))
     }
 
     /// Input for `id`: a registered replica's messages go straight to the
@@ -772,7 +791,7 @@ impl Node {
         &mut self,
         now: Now,
         id: ConnectionId,
-        bytes: Option<&[u8]>,
+        input: Input<'_>,
         direct: Option<&mut dyn FnMut(NodeEvent)>,
     ) -> Result<(), SocketError> {
         let events = &mut self.events;
@@ -785,7 +804,7 @@ impl Node {
                 }
             }
         };
-        self.table.input(now.mono, id, bytes, Some(&mut deliver))?;
+        self.table.input(now.mono, id, input, Some(&mut deliver))?;
         self.after_input(now, id);
         Ok(())
     }

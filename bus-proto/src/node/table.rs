@@ -5,7 +5,7 @@
 //! Shared by [`Node`](super::Node) and [`Client`](crate::client::Client).
 
 use super::SocketError;
-use crate::connection::{Connection, Messages, Side, Stats};
+use crate::connection::{Connection, LentDecoder, Messages, Side, Stats};
 use crate::crypto::PeerId;
 use crate::time::Instant;
 use alloc::boxed::Box;
@@ -13,6 +13,16 @@ use alloc::collections::{BTreeSet, VecDeque};
 use alloc::vec::Vec;
 use core::time::Duration;
 
+/// What a socket hands a connection.
+pub(crate) enum Input<'a> {
+    /// Bytes, copied in.
+    Bytes(&'a [u8]),
+    /// Bytes appended to the connection's read buffer.
+    Read,
+    /// The lent decoder, back with new bytes, perhaps verified.
+    #[cfg_attr(not(feature = "host"), allow(dead_code))]
+    Verified(LentDecoder),
+}
 /// Names one connection of a node or client for its whole life.
 ///
 /// The generation changes every time a slot is reused, so an id held after
@@ -344,15 +354,14 @@ impl Table {
         self.touch(id);
     }
 
-    /// Bytes read from `id`'s socket (`None`: appended to its read buffer).
-    /// Once the application knows the peer, its messages go to `messages`
-    /// rather than the connection's event queue; before, they wait behind
-    /// its `Established` event there.
+    /// Input from `id`'s socket. Once the application knows the peer, its
+    /// messages go to `messages` rather than the connection's event queue;
+    /// before, they wait behind its `Established` event there.
     pub(crate) fn input(
         &mut self,
         now: Instant,
         id: ConnectionId,
-        bytes: Option<&[u8]>,
+        input: Input<'_>,
         messages: Messages<'_, '_>,
     ) -> Result<(), SocketError> {
         let entry = self.get_mut(id).ok_or(SocketError::UnknownConnection(id))?;
@@ -360,9 +369,10 @@ impl Table {
         let Socket::Open(conn) = &mut entry.socket else {
             return Err(SocketError::UnknownConnection(id));
         };
-        match bytes {
-            Some(bytes) => conn.handle_input_with(now, bytes, messages),
-            None => conn.handle_read_with(now, messages),
+        match input {
+            Input::Bytes(bytes) => conn.handle_input_with(now, bytes, messages),
+            Input::Read => conn.handle_read_with(now, messages),
+            Input::Verified(decoder) => conn.handle_verified(now, decoder, messages),
         }
         Ok(())
     }

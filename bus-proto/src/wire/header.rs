@@ -232,6 +232,12 @@ impl Header {
         integrity: &Integrity,
         max_message_size: u32,
     ) -> Result<(Header, Parsed), DecodeError> {
+        Header::verify(h, integrity)?;
+        Header::parse_verified(h, max_message_size)
+    }
+
+    /// Checks the header's checksum or tag.
+    pub(crate) fn verify(h: &[u8; HEADER_SIZE], integrity: &Integrity) -> Result<(), DecodeError> {
         let received = u128::from_le_bytes(array(h, CHECKSUM));
         let computed = integrity.header_sum(&h[CHECKSUMMED]);
         if !integrity.matches(received, computed) {
@@ -240,6 +246,23 @@ impl Header {
                 Integrity::Authenticated(_) => DecodeError::HeaderTag,
             });
         }
+        Ok(())
+    }
+
+    /// The frame size and body checksum or tag a header declares, unchecked.
+    pub(crate) fn declared(h: &[u8; HEADER_SIZE]) -> Parsed {
+        Parsed {
+            size: u32::from_le_bytes(array(h, SIZE)),
+            body_sum: u128::from_le_bytes(array(h, CHECKSUM_BODY)),
+        }
+    }
+
+    /// [`Header::parse`] of a header whose checksum or tag [`Header::verify`]
+    /// already checked.
+    pub(crate) fn parse_verified(
+        h: &[u8; HEADER_SIZE],
+        max_message_size: u32,
+    ) -> Result<(Header, Parsed), DecodeError> {
         let raw_command = h[COMMAND][0];
         let version = u16::from_le_bytes(array(h, PROTOCOL));
         if version != PROTOCOL_VERSION {

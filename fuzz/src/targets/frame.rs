@@ -8,6 +8,16 @@ use bytes::Bytes;
 /// Decodes `stream` with a fresh decoder fed in `chunks` (sizes cycle; a 0
 /// chunk size is read as 1), collecting frames until the stream ends or fails.
 pub fn decode_chunked(stream: &[u8], chunks: &[usize]) -> (Vec<Frame>, Option<DecodeError>) {
+    decode_chunked_with(stream, chunks, false)
+}
+
+/// [`decode_chunked`], verifying each chunk's frames ahead first (as a
+/// socket task does outside its lock) if `ahead`.
+fn decode_chunked_with(
+    stream: &[u8],
+    chunks: &[usize],
+    ahead: bool,
+) -> (Vec<Frame>, Option<DecodeError>) {
     let mut decoder = FrameDecoder::new(Integrity::Checksum, FUZZ_MAX_MESSAGE);
     let mut frames = Vec::new();
     let mut rest = stream;
@@ -17,6 +27,9 @@ pub fn decode_chunked(stream: &[u8], chunks: &[usize]) -> (Vec<Frame>, Option<De
         let (now, later) = rest.split_at(n);
         rest = later;
         decoder.feed(now);
+        if ahead {
+            decoder.verify_ahead();
+        }
         loop {
             match decoder.next_frame() {
                 Ok(Some(frame)) => frames.push(frame),
@@ -31,8 +44,8 @@ pub fn decode_chunked(stream: &[u8], chunks: &[usize]) -> (Vec<Frame>, Option<De
 }
 
 /// Frame decoder: the first byte picks how many chunk sizes follow (one byte
-/// each); the rest is the stream. Whole and chunked decoding must agree on
-/// the frames and on the error.
+/// each); the rest is the stream. Whole and chunked decoding, and chunked
+/// decoding that verifies ahead, must agree on the frames and on the error.
 pub fn frame_decoder(data: &[u8]) {
     let Some((&n, rest)) = data.split_first() else {
         return;
@@ -41,8 +54,11 @@ pub fn frame_decoder(data: &[u8]) {
     let (chunk_bytes, stream) = rest.split_at(n);
     let chunks: Vec<usize> = chunk_bytes.iter().map(|&b| usize::from(b)).collect();
     let whole = decode_chunked(stream, &[stream.len().max(1)]);
-    let chunked = decode_chunked(stream, if chunks.is_empty() { &[1] } else { &chunks });
+    let chunks = if chunks.is_empty() { &[1][..] } else { &chunks };
+    let chunked = decode_chunked(stream, chunks);
     assert_eq!(whole, chunked, "chunking changed the decoded frames");
+    let ahead = decode_chunked_with(stream, chunks, true);
+    assert_eq!(whole, ahead, "verifying ahead changed the decoded frames");
 }
 
 /// Header parse and per-command validation. The first byte's low bit asks
