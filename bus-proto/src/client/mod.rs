@@ -40,7 +40,9 @@ pub mod identity;
 mod outstanding;
 
 use crate::config::ValidConfig;
-use crate::connection::{CloseCause, Connection, DialParams, Event, LentDecoder, Transmit};
+use crate::connection::{
+    CloseCause, Connection, DialParams, Event, LentDecoder, Transmit, Unsealed,
+};
 use crate::crypto::{KeyRing, PeerId};
 use crate::entropy::Entropy;
 use crate::handshake::Binding;
@@ -851,7 +853,16 @@ impl Client {
     /// socket; pair it with [`Client::poll_ready`].
     #[must_use]
     pub fn poll_transmit_for(&mut self, now: Now, id: ConnectionId) -> Option<Transmit> {
-        let transmit = self.table.conn_mut(id)?.poll_transmit(now.mono);
+        self.poll_unsealed_for(now, id).map(Unsealed::seal)
+    }
+
+    /// [`Client::poll_transmit_for`] but for the checksums or tags: seal
+    /// the batch ([`Unsealed::seal`]) after releasing any lock around the
+    /// client.
+    #[must_use]
+    #[inline]
+    pub fn poll_unsealed_for(&mut self, now: Now, id: ConnectionId) -> Option<Unsealed> {
+        let transmit = self.table.conn_mut(id)?.poll_unsealed(now.mono);
         self.settle(now.mono, id);
         if transmit.is_some() {
             // The queue has room again for requests a flush left.

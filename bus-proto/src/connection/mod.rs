@@ -56,7 +56,7 @@ pub(crate) use inbound::Messages;
 mod transmit;
 
 pub use error::{CloseCause, Deadline, DialError, SendError, Violation};
-pub use transmit::Transmit;
+pub use transmit::{Transmit, Unsealed};
 
 use crate::config::ValidConfig;
 use crate::crypto::{KeyRing, PeerId};
@@ -714,6 +714,14 @@ impl Connection {
     /// `max_batch` frames in all.
     #[must_use]
     pub fn poll_transmit(&mut self, now: Instant) -> Option<Transmit> {
+        self.poll_unsealed(now).map(Unsealed::seal)
+    }
+
+    /// [`Connection::poll_transmit`] but for the checksums or tags, which
+    /// [`Unsealed::seal`] computes: a caller that keeps the connection
+    /// behind a lock seals the batch after releasing it.
+    #[must_use]
+    pub fn poll_unsealed(&mut self, now: Instant) -> Option<Unsealed> {
         let max = self.limits.max_batch;
         // Sized up front: growing the buffer frame by frame would copy the
         // batch several times over.
@@ -731,7 +739,7 @@ impl Connection {
         let control = control.iter().filter(|&&c| c).count();
         let mut batch = TransmitBuilder::with_capacity(data + control, small);
         if let Some(header) = self.handshake_out.take() {
-            batch.push(&header, &Bytes::new());
+            batch.push_sealed(&header);
         }
         if let Some(reason) = self.fatal_close.take() {
             self.push_control(&mut batch, Kind::Close { reason });
@@ -754,7 +762,7 @@ impl Connection {
             }
             self.maybe_send_close(&mut batch, max);
         }
-        let transmit = batch.finish()?;
+        let transmit = batch.finish(&self.integrity_out)?;
         self.last_sent = now;
         self.stats.transmits += 1;
         self.stats.frames_sent += transmit.frames() as u64;
@@ -905,8 +913,8 @@ impl Connection {
     fn push_encoded(&mut self, batch: &mut TransmitBuilder, header: &Header, body: &Bytes) {
         // Queued frames passed `check_frame` in `send`, and control frames
         // are header-only, so encoding cannot fail.
-        let (integrity, max) = (&self.integrity_out, self.limits.max_message_size);
-        let encoded = batch.push_encoded(body, |h| header.encode_into(h, body, integrity, max));
+        let max = self.limits.max_message_size;
+        let encoded = batch.push_unsealed(body, |h| header.encode_unsealed(h, body.len(), max));
         if let Err(e) = encoded {
             debug_assert!(false, "checked frame failed to encode: {e}");
         }

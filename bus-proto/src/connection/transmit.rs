@@ -2,6 +2,7 @@
 //! vectored write.
 
 use crate::wire::layout::HEADER_SIZE;
+use crate::wire::{Header, Integrity};
 use alloc::vec::Vec;
 use bytes::{Bytes, BytesMut};
 
@@ -59,12 +60,108 @@ impl Transmit {
     }
 }
 
+/// A batch encoded but for its checksums or tags: [`Unsealed::seal`]
+/// computes them, so that a caller holding the connection behind a lock
+/// does the hashing (most of a frame's cost) after releasing it.
+///
+/// ```
+/// use bus_proto::connection::Connection;
+/// # fn write(_: &[bytes::Bytes]) {}
+/// # fn demo(connection: &mut Connection, now: bus_proto::time::Instant) {
+/// // Under the lock:
+/// let batch = connection.poll_unsealed(now);
+/// // Without it:
+/// if let Some(batch) = batch {
+///     write(batch.seal().segments());
+/// }
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct Unsealed {
+    /// Headers and the bodies copied next to them.
+    buf: BytesMut,
+    /// Bodies too large to copy, each after the header that ends at this
+    /// offset of `buf` (`None` rather than empty: cheaper to drop).
+    large: Option<Vec<(usize, Bytes)>>,
+    /// `buf` holds frames encoded whole (a handshake frame) up to here.
+    sealed: usize,
+    frames: usize,
+    len: usize,
+    integrity: Integrity,
+}
+
+impl Unsealed {
+    /// Frames in this batch.
+    pub fn frames(&self) -> usize {
+        self.frames
+    }
+
+    /// Total bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Never true for a batch returned by a connection.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Computes every frame's checksums or tags: the batch to write.
+    pub fn seal(self) -> Transmit {
+        let Unsealed {
+            mut buf,
+            large,
+            sealed,
+            frames,
+            len,
+            integrity,
+        } = self;
+        let mut at = sealed;
+        let mut bodies = large.iter().flatten().map(|(_, body)| body);
+        // Our own headers, so their sizes are as `push_unsealed` wrote.
+        while let Some(header) = buf.get(at..).and_then(|b| b.first_chunk::<HEADER_SIZE>()) {
+            let body_len = (Header::declared(header).size as usize).saturating_sub(HEADER_SIZE);
+            let start = at + HEADER_SIZE;
+            let (body, next) = match body_len <= COPY_BODY_MAX {
+                true => (buf.get(start..start + body_len), start + body_len),
+                false => (bodies.next().map(|b| &b[..]), start),
+            };
+            let body = body.unwrap_or_default();
+            let body_sum = integrity.body_sum(body);
+            if let Some(header) = buf[at..].first_chunk_mut::<HEADER_SIZE>() {
+                Header::seal_with(header, body_sum, &integrity);
+            }
+            at = next;
+        }
+        let mut segments = Vec::with_capacity(2 * large.as_ref().map_or(0, Vec::len) + 1);
+        if let Some(large) = large {
+            let mut split = 0;
+            for (end, body) in large {
+                segments.push(buf.split_to(end - split).freeze());
+                segments.push(body);
+                split = end;
+            }
+        }
+        if !buf.is_empty() {
+            segments.push(buf.freeze());
+        }
+        Transmit {
+            segments,
+            frames,
+            len,
+        }
+    }
+}
+
 /// Accumulates frames: headers and small bodies into one buffer, large
 /// bodies as their own zero-copy segments.
 #[derive(Default)]
 pub(crate) struct TransmitBuilder {
     buf: BytesMut,
-    out: Transmit,
+    large: Option<Vec<(usize, Bytes)>>,
+    sealed: usize,
+    frames: usize,
+    len: usize,
 }
 
 impl TransmitBuilder {
@@ -73,7 +170,7 @@ impl TransmitBuilder {
     pub(crate) fn with_capacity(frames: usize, small_bodies: usize) -> Self {
         TransmitBuilder {
             buf: BytesMut::with_capacity(frames * HEADER_SIZE + small_bodies),
-            out: Transmit::default(),
+            ..TransmitBuilder::default()
         }
     }
 
@@ -87,17 +184,23 @@ impl TransmitBuilder {
     }
 
     pub(crate) fn frames(&self) -> usize {
-        self.out.frames
+        self.frames
     }
 
-    pub(crate) fn push(&mut self, header: &[u8; HEADER_SIZE], body: &Bytes) {
+    /// Pushes a header-only frame encoded whole (a handshake frame, sealed
+    /// under the keys in force before the handshake's end). Only first.
+    pub(crate) fn push_sealed(&mut self, header: &[u8; HEADER_SIZE]) {
+        debug_assert!(self.buf.len() == self.sealed, "sealed frames come first");
         self.buf.extend_from_slice(header);
-        self.push_body(body);
+        self.sealed = self.buf.len();
+        self.frames += 1;
+        self.len += HEADER_SIZE;
     }
 
     /// Pushes a frame whose header `encode` writes in place, into zeroed
-    /// bytes at the end of the buffer. On error nothing is pushed.
-    pub(crate) fn push_encoded<E>(
+    /// bytes at the end of the buffer, but for its integrity fields:
+    /// [`Unsealed::seal`] fills those in. On error nothing is pushed.
+    pub(crate) fn push_unsealed<E>(
         &mut self,
         body: &Bytes,
         encode: impl FnOnce(&mut [u8; HEADER_SIZE]) -> Result<(), E>,
@@ -112,74 +215,105 @@ impl TransmitBuilder {
             self.buf.truncate(start);
             return Err(e);
         }
-        self.push_body(body);
-        Ok(())
-    }
-
-    fn push_body(&mut self, body: &Bytes) {
         if body.len() <= COPY_BODY_MAX {
             self.buf.extend_from_slice(body);
         } else {
-            self.out.segments.push(self.buf.split().freeze());
-            self.out.segments.push(body.clone());
+            let at = self.buf.len();
+            self.large.get_or_insert_default().push((at, body.clone()));
         }
-        self.out.frames += 1;
-        self.out.len += HEADER_SIZE + body.len();
+        self.frames += 1;
+        self.len += HEADER_SIZE + body.len();
+        Ok(())
     }
 
-    pub(crate) fn finish(mut self) -> Option<Transmit> {
-        if !self.buf.is_empty() {
-            self.out.segments.push(self.buf.freeze());
-        }
-        (self.out.frames > 0).then_some(self.out)
+    /// The batch, to be sealed under `integrity`; `None` if it is empty.
+    pub(crate) fn finish(self, integrity: &Integrity) -> Option<Unsealed> {
+        (self.frames > 0).then(|| Unsealed {
+            buf: self.buf,
+            large: self.large,
+            sealed: self.sealed,
+            frames: self.frames,
+            len: self.len,
+            integrity: integrity.clone(),
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::{EncodeError, Frame, FrameDecoder, Header, Integrity, Kind};
+    use crate::wire::{EncodeError, Frame, FrameDecoder, FrameKeys, Header, Integrity, Kind};
+    use proptest::prelude::*;
 
-    /// Headers encoded in place decode as the frames they describe; a
-    /// header that fails to encode leaves the batch as it was.
-    #[test]
-    fn headers_encoded_in_place_decode_and_failures_push_nothing() {
-        let integrity = Integrity::Checksum;
-        let mut batch = TransmitBuilder::with_capacity(3, 64);
-        let frames: Vec<Frame> = (0..2u8)
-            .map(|i| Frame {
-                header: Header::new(
-                    9,
-                    Kind::Message {
-                        operation: u32::from(i),
-                    },
-                ),
-                body: Bytes::from(alloc::vec![i; 10 + usize::from(i)]),
-            })
-            .collect();
-        for frame in &frames {
-            let encoded = batch.push_encoded(&frame.body, |h| {
-                frame
-                    .header
-                    .encode_into(h, &frame.body, &integrity, 1 << 20)
-            });
-            assert_eq!(encoded, Ok(()));
+    fn message(i: usize, len: usize) -> Frame {
+        Frame {
+            header: Header::new(
+                9,
+                Kind::Message {
+                    operation: u32::try_from(i).unwrap_or(0),
+                },
+            ),
+            body: Bytes::from(alloc::vec![u8::try_from(i).unwrap_or(0); len]),
         }
-        let too_large = Bytes::from_static(&[1; 100]);
-        let refused = batch.push_encoded(&too_large, |h| {
-            frames[0].header.encode_into(h, &too_large, &integrity, 300)
-        });
-        assert!(matches!(refused, Err(EncodeError::TooLarge { .. })));
-        let transmit = batch.finish().expect("two frames");
-        assert_eq!(transmit.frames(), 2);
-        let mut wire = Vec::new();
-        transmit.write_to(&mut wire);
-        assert_eq!(wire.len(), transmit.len());
-        let mut decoder = FrameDecoder::new(integrity, 1 << 20);
-        decoder.feed(&wire);
-        for frame in frames {
-            assert_eq!(decoder.next_frame(), Ok(Some(frame)));
+    }
+
+    proptest! {
+        /// A batch sealed after it was built decodes as the frames pushed:
+        /// a handshake frame encoded whole under the old integrity first,
+        /// then small bodies copied next to their headers and large ones
+        /// as their own segments, all sealed under the new integrity; a
+        /// header that fails to encode leaves the batch as it was.
+        #[test]
+        fn a_batch_sealed_later_decodes_as_the_frames_pushed(
+            lens in prop::collection::vec(
+                prop_oneof![0usize..=COPY_BODY_MAX, COPY_BODY_MAX + 1..2000],
+                0..8,
+            ),
+            handshake in any::<bool>(),
+            refuse_at in any::<prop::sample::Index>(),
+        ) {
+            let integrity = Integrity::Authenticated(FrameKeys::derive(&[7; 32]));
+            let first = Frame::control(Header::new(9, Kind::Ping { token: 5 }));
+            let first_wire = first.encode(&Integrity::Checksum, 1 << 20).unwrap();
+            let frames: Vec<Frame> = lens.iter().enumerate().map(|(i, &len)| message(i, len)).collect();
+            let mut batch = TransmitBuilder::with_capacity(frames.len() + 1, 64);
+            if handshake {
+                batch.push_sealed(&first_wire.header);
+            }
+            let refuse_at = refuse_at.index(frames.len() + 1);
+            for (i, frame) in frames.iter().enumerate() {
+                if i == refuse_at {
+                    let too_large = Bytes::from_static(&[1; 100]);
+                    let refused = batch.push_unsealed(&too_large, |h| {
+                        frame.header.encode_unsealed(h, too_large.len(), 300)
+                    });
+                    let too_large = matches!(refused, Err(EncodeError::TooLarge { .. }));
+                    prop_assert!(too_large, "{:?}", refused);
+                }
+                let pushed = batch.push_unsealed(&frame.body, |h| {
+                    frame.header.encode_unsealed(h, frame.body.len(), 1 << 20)
+                });
+                prop_assert_eq!(pushed, Ok(()));
+            }
+            let Some(unsealed) = batch.finish(&integrity) else {
+                prop_assert!(frames.is_empty() && !handshake);
+                return Ok(());
+            };
+            let transmit = unsealed.seal();
+            prop_assert_eq!(transmit.frames(), frames.len() + usize::from(handshake));
+            let mut wire = Vec::new();
+            transmit.write_to(&mut wire);
+            prop_assert_eq!(wire.len(), transmit.len());
+            let mut decoder = FrameDecoder::new(Integrity::Checksum, 1 << 20);
+            decoder.feed(&wire);
+            if handshake {
+                prop_assert_eq!(decoder.next_frame(), Ok(Some(first)));
+            }
+            decoder.set_integrity(integrity);
+            for frame in frames {
+                prop_assert_eq!(decoder.next_frame(), Ok(Some(frame)));
+            }
+            prop_assert_eq!(decoder.next_frame(), Ok(None));
         }
-        assert_eq!(decoder.next_frame(), Ok(None));
     }
 }

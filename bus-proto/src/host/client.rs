@@ -9,7 +9,7 @@ use super::signal::Waiters;
 use crate::client::identity::file::{ClientIdentity, IdentityError};
 use crate::client::{self, ClientEvent, ClientParams, ClientStats, RequestFailure, Reservation};
 use crate::config::ValidConfig;
-use crate::connection::{CloseCause, LentDecoder, Transmit};
+use crate::connection::{CloseCause, LentDecoder, Transmit, Unsealed};
 use crate::crypto::KeyRing;
 use crate::entropy::Entropy;
 use crate::handshake::Binding;

@@ -86,6 +86,9 @@ macro_rules! forward_socket_io {
         fn poll_transmit_for(&mut self, now: Now, id: ConnectionId) -> Option<Transmit> {
             self.$core.poll_transmit_for(now, id)
         }
+        fn poll_unsealed_for(&mut self, now: Now, id: ConnectionId) -> Option<Unsealed> {
+            self.$core.poll_unsealed_for(now, id)
+        }
         fn poll_ready(&mut self) -> Option<ConnectionId> {
             self.$core.poll_ready()
         }
@@ -136,7 +139,7 @@ pub use quic::{QuicPort, QuicStep};
 pub use shutdown::ShutdownReport;
 pub use socket::{Completion, MIN_READ_ROOM, Socket, Step};
 
-use crate::connection::{LentDecoder, Transmit};
+use crate::connection::{LentDecoder, Transmit, Unsealed};
 use crate::handshake::Binding;
 use crate::node::{Action, ConnectionId};
 use crate::time::{Instant, Now};
@@ -192,6 +195,10 @@ pub trait Machine: Send + 'static {
     fn connect_failed(&mut self, now: Now, id: ConnectionId);
     /// `id`'s next batch of bytes to write.
     fn poll_transmit_for(&mut self, now: Now, id: ConnectionId) -> Option<Transmit>;
+    /// [`Machine::poll_transmit_for`] but for the checksums or tags, which
+    /// the socket task computes after releasing the lock
+    /// ([`Unsealed::seal`]).
+    fn poll_unsealed_for(&mut self, now: Now, id: ConnectionId) -> Option<Unsealed>;
     /// A connection with something to write.
     fn poll_ready(&mut self) -> Option<ConnectionId>;
     /// A socket to open or close.

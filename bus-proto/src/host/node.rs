@@ -7,7 +7,7 @@ use super::driver::{Runtime, Shared};
 use super::layer::{LayerError, Transport};
 use super::shutdown::{ShutdownReport, Tally};
 use crate::config::ValidConfig;
-use crate::connection::{LentDecoder, Transmit};
+use crate::connection::{LentDecoder, Transmit, Unsealed};
 use crate::crypto::KeyRing;
 use crate::entropy::Entropy;
 use crate::handshake::Binding;

@@ -8,7 +8,7 @@ use super::driver::{MAX_DRAINING, Runtime, Shared, State};
 use super::layer::{FrameTooLarge, MAX_PENDING_WIRE, StreamLayer};
 use super::outgoing::Outgoing;
 use super::recycle::{self, KEEP_MIN, Spares};
-use crate::connection::LentDecoder;
+use crate::connection::{LentDecoder, Unsealed};
 use crate::node::ConnectionId;
 use crate::time::Instant;
 use bytes::BytesMut;
@@ -313,11 +313,8 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
             }
             if !socket.writing && socket.out.is_done() && state.machine.has_output(id) {
                 let now = self.runtime.now();
-                if let Some(batch) = state.machine.poll_transmit_for(now, id) {
-                    match socket.layer {
-                        None => socket.out.load(batch),
-                        Some(_) => transmit = Some(batch),
-                    }
+                transmit = state.machine.poll_unsealed_for(now, id);
+                if transmit.is_some() {
                     state.more_space();
                 }
                 self.after(&mut state, Some(id));
@@ -337,6 +334,8 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
             }
             (closing, read)
         };
+        // Sealed outside the lock: the hashing is most of a frame's cost.
+        let transmit = transmit.map(Unsealed::seal);
         if let Some(layered) = &mut socket.layer {
             if let Some(batch) = transmit
                 && let Err(error) = layered.layer.write_frames(batch)
@@ -358,6 +357,8 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
             if !socket.writing && socket.out.is_done() {
                 socket.out.load_with(|wire| layered.layer.take_wire(wire));
             }
+        } else if let Some(batch) = transmit {
+            socket.out.load(batch);
         }
         if closing {
             if socket.out.is_done() && !socket.writing {

@@ -70,7 +70,7 @@ pub use error::{AcceptError, NodeError, ReplyError, RouteError, SocketError};
 pub use table::{Action, ConnectionId, ConnectionInfo};
 
 use crate::config::ValidConfig;
-use crate::connection::{CloseCause, Connection, Event, LentDecoder};
+use crate::connection::{CloseCause, Connection, Event, LentDecoder, Unsealed};
 use crate::crypto::{KeyRing, PeerId};
 use crate::dedup::DedupWindow;
 use crate::entropy::Entropy;
@@ -933,8 +933,16 @@ impl Node {
         now: Now,
         id: ConnectionId,
     ) -> Option<crate::connection::Transmit> {
+        self.poll_unsealed_for(now, id).map(Unsealed::seal)
+    }
+
+    /// [`Node::poll_transmit_for`] but for the checksums or tags: seal the
+    /// batch ([`Unsealed::seal`]) after releasing any lock around the node.
+    #[must_use]
+    #[inline]
+    pub fn poll_unsealed_for(&mut self, now: Now, id: ConnectionId) -> Option<Unsealed> {
         let conn = self.table.conn_mut(id)?;
-        let transmit = conn.poll_transmit(now.mono);
+        let transmit = conn.poll_unsealed(now.mono);
         // Sending a queued `close` can finish the connection.
         self.settle(now.mono, id);
         transmit

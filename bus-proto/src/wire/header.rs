@@ -202,8 +202,22 @@ impl Header {
         integrity: &Integrity,
         max_message_size: u32,
     ) -> Result<(), EncodeError> {
+        self.encode_unsealed(h, body.len(), max_message_size)?;
+        Header::seal(h, body, integrity);
+        Ok(())
+    }
+
+    /// Writes every field of the header for a body of `body_len` bytes
+    /// into zeroed bytes, but the two integrity fields: [`Header::seal`]
+    /// fills those in, perhaps later and elsewhere.
+    pub(crate) fn encode_unsealed(
+        &self,
+        h: &mut [u8; HEADER_SIZE],
+        body_len: usize,
+        max_message_size: u32,
+    ) -> Result<(), EncodeError> {
         debug_assert!(h.iter().all(|&b| b == 0), "encoding over a used header");
-        let size = self.check(body.len(), max_message_size)?;
+        let size = self.check(body_len, max_message_size)?;
         h[CLUSTER].copy_from_slice(&self.cluster.to_le_bytes());
         h[SIZE].copy_from_slice(&size.to_le_bytes());
         h[VIEW].copy_from_slice(&self.view.to_le_bytes());
@@ -216,11 +230,20 @@ impl Header {
         if let Some(area) = &self.app.0 {
             h[area::APP].copy_from_slice(&area[..]);
         }
-        let body_sum = integrity.body_sum(body);
+        Ok(())
+    }
+
+    /// Fills in the integrity fields of a header whose other fields are
+    /// written ([`Header::encode_unsealed`]), for `body`.
+    pub(crate) fn seal(h: &mut [u8; HEADER_SIZE], body: &[u8], integrity: &Integrity) {
+        Header::seal_with(h, integrity.body_sum(body), integrity);
+    }
+
+    /// [`Header::seal`] with the body's checksum or tag already computed.
+    pub(crate) fn seal_with(h: &mut [u8; HEADER_SIZE], body_sum: u128, integrity: &Integrity) {
         h[CHECKSUM_BODY].copy_from_slice(&body_sum.to_le_bytes());
         let sum = integrity.header_sum(&h[CHECKSUMMED]);
         h[CHECKSUM].copy_from_slice(&sum.to_le_bytes());
-        Ok(())
     }
 
     /// Verifies and parses a header. Checks run in this order, so nothing the

@@ -7,6 +7,7 @@
 //! from one session secret so a body tag can never stand in for a header tag.
 
 use crate::crypto::mac::context;
+use alloc::sync::Arc;
 #[cfg(not(fuzzing))]
 use subtle::ConstantTimeEq;
 use zeroize::{Zeroize, ZeroizeOnDrop};
@@ -21,9 +22,17 @@ pub enum Integrity {
     Authenticated(FrameKeys),
 }
 
-/// The pair of keys behind authenticated frames. Zeroized on drop.
-#[derive(Clone, Zeroize, ZeroizeOnDrop)]
+/// The pair of keys behind authenticated frames, shared by the clones a
+/// connection hands out (its decoder, each batch it has sealed): a clone
+/// is a reference count, and the keys are zeroized when the last one is
+/// dropped.
+#[derive(Clone)]
 pub struct FrameKeys {
+    keys: Arc<KeyPair>,
+}
+
+#[derive(Zeroize, ZeroizeOnDrop)]
+struct KeyPair {
     header: [u8; 32],
     body: [u8; 32],
 }
@@ -38,8 +47,10 @@ impl FrameKeys {
     /// Derives the header and body tag keys from one session secret.
     pub fn derive(session_secret: &[u8; 32]) -> Self {
         FrameKeys {
-            header: blake3::derive_key(context::FRAME_HEADER, session_secret),
-            body: blake3::derive_key(context::FRAME_BODY, session_secret),
+            keys: Arc::new(KeyPair {
+                header: blake3::derive_key(context::FRAME_HEADER, session_secret),
+                body: blake3::derive_key(context::FRAME_BODY, session_secret),
+            }),
         }
     }
 }
@@ -60,7 +71,9 @@ impl Integrity {
     pub fn header_sum(&self, checksummed: &[u8]) -> u128 {
         match self {
             Integrity::Checksum => twox_hash::XxHash3_128::oneshot(checksummed),
-            Integrity::Authenticated(k) => truncate(blake3::keyed_hash(&k.header, checksummed)),
+            Integrity::Authenticated(k) => {
+                truncate(blake3::keyed_hash(&k.keys.header, checksummed))
+            }
         }
     }
 
@@ -68,7 +81,7 @@ impl Integrity {
     pub fn body_sum(&self, body: &[u8]) -> u128 {
         match self {
             Integrity::Checksum => twox_hash::XxHash3_128::oneshot(body),
-            Integrity::Authenticated(k) => truncate(blake3::keyed_hash(&k.body, body)),
+            Integrity::Authenticated(k) => truncate(blake3::keyed_hash(&k.keys.body, body)),
         }
     }
 }
