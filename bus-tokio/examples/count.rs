@@ -3,7 +3,8 @@
 //!
 //! - `count N` (or `count messages N`): replica 0 sends `N` messages to
 //!   replica 1, one `send_wait` each, and replica 1 reads them all;
-//! - `count batches N`: the same, sent 64 at a time with `send_batch_wait`;
+//! - `count batches N`: the same, sent 64 at a time with `send_batch_wait`
+//!   (`COUNT_RECV_MANY=1`: and taken 64 at a time with `recv_many`);
 //! - `count requests N`: a client sends `N` requests to replica 0 one after
 //!   another, and the node's application answers each;
 //! - `count handshakes N`: `N` clients connect to replica 0 one after
@@ -199,10 +200,19 @@ async fn messages(config: &ValidConfig, keys: KeyRing, messages: u32, batch: u32
             zero.send_batch_wait(1, &mut queue).await.expect("sent");
         }
     };
+    // `COUNT_RECV_MANY=1`: the application takes its events `batch` at a
+    // time (`recv_many`) instead of one by one.
+    let many = std::env::var("COUNT_RECV_MANY").is_ok_and(|m| m == "1");
     let receive = async {
         let mut received = 0;
+        let mut taken = Vec::with_capacity(batch as usize);
         while received < messages {
-            if let Some(NodeEvent::Message { .. }) = events.recv().await {
+            if many {
+                events.recv_many(&mut taken, batch as usize).await;
+                for event in taken.drain(..) {
+                    received += u32::from(matches!(event, NodeEvent::Message { .. }));
+                }
+            } else if let Some(NodeEvent::Message { .. }) = events.recv().await {
                 received += 1;
             }
         }

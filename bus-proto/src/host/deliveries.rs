@@ -132,6 +132,11 @@ impl Deliveries {
     pub(super) fn pop_into(&mut self, out: &mut Vec<NodeEvent>, limit: usize) -> usize {
         let mut moved = 0;
         while moved < limit {
+            if let Some(plane) = self.only_plane() {
+                // Nothing to take turns with: the rest comes from this one
+                // queue at once.
+                return moved + self.take_run(plane, out, limit - moved);
+            }
             let Some(turn) = self.take_turn() else {
                 break;
             };
@@ -139,6 +144,52 @@ impl Deliveries {
             moved += 1;
         }
         moved
+    }
+
+    /// The plane whose queue is the only one with events waiting.
+    fn only_plane(&self) -> Option<Plane> {
+        let [replica, client] = &self.planes;
+        match (replica.is_empty(), client.is_empty(), self.other.is_empty()) {
+            (false, true, true) => Some(Plane::Replica),
+            (true, false, true) => Some(Plane::Client),
+            _ => None,
+        }
+    }
+
+    /// Moves up to `limit` events from the front of `plane`'s queue into
+    /// `out`, uncounted as [`Deliveries::take_turn`] uncounts them one by
+    /// one: a connection's run of deliveries at once, and a threshold
+    /// crossed anywhere in the run noted.
+    fn take_run(&mut self, plane: Plane, out: &mut Vec<NodeEvent>, limit: usize) -> usize {
+        let queue = &mut self.planes[plane as usize];
+        let (len, capacity) = (queue.len(), self.capacity[plane as usize]);
+        let taken = len.min(limit);
+        // `take_turn` checks the length before each event leaves: it
+        // passes through every value from `len` down to `len - taken + 1`.
+        let crossed = |threshold: usize| len - taken < threshold && threshold <= len;
+        self.resumable |= crossed(capacity) || crossed(capacity.saturating_mul(2));
+        let mut run: Option<(ConnectionId, u32)> = None;
+        for event in queue.drain(..taken) {
+            if let (_, Some(id)) = classify(&event) {
+                match &mut run {
+                    Some((current, n)) if *current == id => *n += 1,
+                    _ => {
+                        if let Some((id, n)) = run.replace((id, 1)) {
+                            uncount_many(&mut self.waiting, &mut self.resumable, id, n);
+                        }
+                    }
+                }
+            }
+            out.push(event);
+        }
+        if let Some((id, n)) = run {
+            uncount_many(&mut self.waiting, &mut self.resumable, id, n);
+        }
+        self.turn = match plane {
+            Plane::Replica => 1,
+            Plane::Client => 2,
+        };
+        taken
     }
 
     /// The queue read next (a plane's, or 2 for diagnostics), its front
@@ -199,13 +250,7 @@ impl Deliveries {
         let Some(id) = id else {
             return;
         };
-        // An earlier connection of this slot: nothing to uncount.
-        if let Some(Some((current, n))) = self.waiting.get_mut(id.slot())
-            && *current == id
-        {
-            *n = n.saturating_sub(1);
-            self.resumable |= *n == 0;
-        }
+        uncount_many(&mut self.waiting, &mut self.resumable, id, 1);
     }
 
     /// Messages and requests of connection `id` waiting.
@@ -271,6 +316,23 @@ impl Deliveries {
     /// Whether the stream was dropped.
     pub(super) fn stream_dropped(&self) -> bool {
         self.dropped
+    }
+}
+
+/// Uncounts `n` deliveries of connection `id` from `waiting`; reaching
+/// none may let it read again (`resumable`).
+fn uncount_many(
+    waiting: &mut [Option<(ConnectionId, u32)>],
+    resumable: &mut bool,
+    id: ConnectionId,
+    n: u32,
+) {
+    // An earlier connection of this slot: nothing to uncount.
+    if let Some(Some((current, waiting))) = waiting.get_mut(id.slot())
+        && *current == id
+    {
+        *waiting = waiting.saturating_sub(n);
+        *resumable |= *waiting == 0;
     }
 }
 
@@ -412,6 +474,78 @@ mod tests {
             })
             .collect();
         assert_eq!(order, [0, 100, 1, 2]);
+    }
+
+    /// One of a few kinds of event, on one of three connections.
+    fn event(kind: u8, ids: &[ConnectionId; 3], operation: u32) -> NodeEvent {
+        let connection = ids[usize::from(kind / 4) % 3];
+        match kind % 4 {
+            0 | 1 => message(connection, operation),
+            2 => NodeEvent::Request {
+                request: crate::wire::RequestHeader {
+                    client: 7,
+                    request: u64::from(operation) + 1,
+                    operation,
+                },
+                connection,
+                app: crate::wire::AppHeader::ZERO,
+                body: Bytes::new(),
+            },
+            _ => NodeEvent::PeerConnected {
+                replica: 1,
+                connection,
+                remote: None,
+                local: None,
+            },
+        }
+    }
+
+    proptest::proptest! {
+        /// Taking events in bulk is taking them one by one: the same
+        /// events in the same order, and the same pauses and resumptions
+        /// after, whatever was queued and however much is taken at once.
+        #[test]
+        fn taking_in_bulk_is_taking_one_by_one(
+            ops in proptest::collection::vec((proptest::bool::ANY, 0u8..12, 1usize..20), 1..60),
+            capacity in 1usize..6,
+        ) {
+            let (mut node, now) = node();
+            let ids = [(); 3].map(|()| node.accept(now, Binding::NONE).expect("id"));
+            let mut bulk = Deliveries::new(capacity, capacity);
+            let mut single = Deliveries::new(capacity, capacity);
+            for (i, (push, kind, n)) in ops.into_iter().enumerate() {
+                let operation = u32::try_from(i).unwrap_or(0);
+                if push {
+                    for j in 0..n {
+                        let e = event(kind, &ids, operation * 100 + u32::try_from(j).unwrap_or(0));
+                        proptest::prop_assert_eq!(bulk.push(e.clone()), single.push(e));
+                    }
+                    continue;
+                }
+                let mut taken = std::vec::Vec::new();
+                let moved = bulk.pop_into(&mut taken, n);
+                let mut one_by_one = std::vec::Vec::new();
+                while one_by_one.len() < n {
+                    match single.pop() {
+                        Some(e) => one_by_one.push(e),
+                        None => break,
+                    }
+                }
+                proptest::prop_assert_eq!(moved, taken.len());
+                proptest::prop_assert_eq!(&taken, &one_by_one);
+                proptest::prop_assert_eq!(bulk.take_resumable(), single.take_resumable());
+                proptest::prop_assert_eq!(bulk.turn, single.turn);
+                for id in ids {
+                    proptest::prop_assert_eq!(bulk.waiting(id), single.waiting(id));
+                    for replica in [true, false] {
+                        proptest::prop_assert_eq!(
+                            bulk.should_pause(id, replica),
+                            single.should_pause(id, replica)
+                        );
+                    }
+                }
+            }
+        }
     }
 
     #[test]
