@@ -245,7 +245,7 @@ impl Connection {
     /// direction is encoded (ours) or decoded (theirs).
     fn established(&mut self, now: Instant, keys: Option<FrameKeys>) {
         let integrity = keys.map_or(Integrity::Checksum, Integrity::Authenticated);
-        // Set while the decoder is here: it is lent only once established.
+        // Called while processing what the decoder holds: it is here.
         if let Some(decoder) = &mut self.decoder {
             decoder.set_integrity(integrity.clone());
             decoder.set_max_message_size(self.limits.max_message_size);

@@ -432,8 +432,10 @@ impl Connection {
     pub fn frame_limit(&self) -> u32 {
         match &self.decoder {
             Some(decoder) => decoder.max_message_size(),
-            // Lent only once established, when the limit is final.
-            None => self.limits.max_message_size,
+            // Lent: the limit is the one `established` sets on it, or the
+            // handshake's.
+            None if self.is_established() => self.limits.max_message_size,
+            None => HEADER_SIZE_U32,
         }
     }
 

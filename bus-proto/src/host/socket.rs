@@ -594,7 +594,21 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
         {
             tracing::debug!(%id, %error, "transport ended without its close");
         }
-        self.with_from(Some(id), |m, now| m.handle_eof(now, id));
+        // A lent decoder goes back first (its frames were all handled; a
+        // partial one stays partial), so the core holds it for good.
+        let decoder = match socket.inbox.take() {
+            Some(Inbox::Decoder(decoder)) => Some(decoder),
+            other => {
+                socket.inbox = other;
+                None
+            }
+        };
+        self.with_from(Some(id), |m, now| {
+            if let Some(decoder) = decoder {
+                m.handle_verified(now, id, decoder);
+            }
+            m.handle_eof(now, id);
+        });
     }
 
     /// The socket failed or gave up (write error, linger passed): the core
@@ -606,7 +620,8 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
             m.handle_eof(now, id);
             // Bounded: a closed connection hands out at most its close.
             for _ in 0..1024 {
-                if m.poll_transmit_for(now, id).is_none() {
+                // Discarded: not worth sealing.
+                if m.poll_unsealed_for(now, id).is_none() {
                     break;
                 }
             }
