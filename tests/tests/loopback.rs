@@ -274,62 +274,66 @@ async fn an_oversized_or_corrupt_frame_closes_only_its_connection<B: Bus>() {
 /// Authenticated frames are verified by the socket task before the node
 /// sees them: in one write of three requests whose last body was changed
 /// in flight, the first two are delivered, and the third closes the
-/// connection with the body tag's error.
+/// connection with the body tag's error. With 50-byte bodies the three
+/// fit in the socket's first read (1 KiB of room); with 100-byte bodies
+/// the third frame's header comes in that read and its body in the next.
 async fn a_tampered_frame_closes_its_connection_after_the_frames_before_it<B: Bus>() {
     let mut tuned = quick();
     tuned.authenticated_frames = true;
     let config = tuned.validate().expect("valid");
     let mut members = cluster::<B>(&config, 1, |_| keys(6)).await;
-    let stream = raw(members[0].address).await;
-    let client = B::random_id();
-    let (mut stream, mut conn) = established_client(stream, &config, &keys(6), client, 0)
-        .await
-        .expect("the handshake completes");
-    assert!(conn.authenticated_frames());
-    // Once the node has the client's confirm, its socket task verifies
-    // what it reads next outside the lock.
-    wait_for::<B>(&mut members[0].events, "the client", |e| {
-        matches!(e, NodeEvent::ClientConnected { .. })
-    })
-    .await;
-    for request in 1..=3u64 {
-        let header = RequestHeader {
-            client,
-            request,
-            operation: 7,
-        };
-        let body = Bytes::from(vec![u8::try_from(request).unwrap(); 100]);
-        conn.send(Kind::Request(header), body).expect("queued");
-    }
-    let mut wire = outgoing_bytes(&mut conn);
-    assert_eq!(wire.len(), 3 * (HEADER_SIZE + 100), "one batch of three");
-    let last_body = 2 * (HEADER_SIZE + 100) + HEADER_SIZE;
-    wire[last_body + 50] ^= 1;
-    stream.write_all(&wire).await.expect("written");
-    for request in 1..=2u64 {
-        wait_for::<B>(
-            &mut members[0].events,
-            "a request before it",
-            |e| matches!(e, NodeEvent::Request { request: r, .. } if r.request == request),
-        )
-        .await;
-    }
-    let NodeEvent::ClientDisconnected { cause, .. } =
-        wait_for::<B>(&mut members[0].events, "the close", |e| {
-            matches!(
-                e,
-                NodeEvent::ClientDisconnected { .. } | NodeEvent::Request { .. }
-            )
+    for body_len in [50usize, 100] {
+        let stream = raw(members[0].address).await;
+        let client = B::random_id();
+        let (mut stream, mut conn) = established_client(stream, &config, &keys(6), client, 0)
+            .await
+            .expect("the handshake completes");
+        assert!(conn.authenticated_frames());
+        // Once the node has the client's confirm, its socket task verifies
+        // what it reads next outside the lock.
+        wait_for::<B>(&mut members[0].events, "the client", |e| {
+            matches!(e, NodeEvent::ClientConnected { .. })
         })
-        .await
-    else {
-        panic!("the tampered request was delivered");
-    };
-    assert_eq!(
-        cause,
-        CloseCause::Decode(DecodeError::BodyTag { size: 100 }),
-        "closed for {cause}"
-    );
+        .await;
+        for request in 1..=3u64 {
+            let header = RequestHeader {
+                client,
+                request,
+                operation: 7,
+            };
+            let body = Bytes::from(vec![u8::try_from(request).unwrap(); body_len]);
+            conn.send(Kind::Request(header), body).expect("queued");
+        }
+        let mut wire = outgoing_bytes(&mut conn);
+        let frame = HEADER_SIZE + body_len;
+        assert_eq!(wire.len(), 3 * frame, "one batch of three");
+        wire[2 * frame + HEADER_SIZE + body_len / 2] ^= 1;
+        stream.write_all(&wire).await.expect("written");
+        for request in 1..=2u64 {
+            wait_for::<B>(
+                &mut members[0].events,
+                "a request before it",
+                |e| matches!(e, NodeEvent::Request { request: r, .. } if r.request == request),
+            )
+            .await;
+        }
+        let NodeEvent::ClientDisconnected { cause, .. } =
+            wait_for::<B>(&mut members[0].events, "the close", |e| {
+                matches!(
+                    e,
+                    NodeEvent::ClientDisconnected { .. } | NodeEvent::Request { .. }
+                )
+            })
+            .await
+        else {
+            panic!("{body_len}-byte bodies: the tampered request was delivered");
+        };
+        assert_eq!(
+            cause,
+            CloseCause::Decode(DecodeError::BodyTag { size: body_len }),
+            "{body_len}-byte bodies: closed for {cause}"
+        );
+    }
 }
 
 async fn backpressure_reaches_the_sender_when_the_peer_stops_reading<B: Bus>() {
