@@ -167,13 +167,17 @@ impl<M: Machine, R: Runtime> QuicCore for HostCore<'_, M, R> {
         now: Now,
         id: ConnectionId,
     ) -> Option<crate::connection::Transmit> {
-        let mut state = self.shared.lock();
-        let batch = state.machine.poll_transmit_for(now, id);
-        if batch.is_some() {
-            state.more_space();
-        }
-        self.shared.after(&mut state, Some(id));
-        batch
+        let batch = {
+            let mut state = self.shared.lock();
+            let batch = state.machine.poll_unsealed_for(now, id);
+            if batch.is_some() {
+                state.more_space();
+            }
+            self.shared.after(&mut state, Some(id));
+            batch
+        };
+        // Sealed after the lock is released, as a socket task seals.
+        batch.map(crate::connection::Unsealed::seal)
     }
 
     fn reading_paused(&mut self, now: Now, id: ConnectionId) -> bool {
