@@ -88,7 +88,7 @@ impl Connection {
             return self.finish(CloseCause::Unauthenticated(Violation::EarlyData { bytes }));
         }
         while self.closed.is_none() && !matches!(self.phase, Phase::HelloParked(_)) {
-            // Lent: the bytes are with the socket task, decoded there.
+            // Lent: the bytes are with the socket task, which verifies them.
             let Some(decoder) = &mut self.decoder else {
                 break;
             };
