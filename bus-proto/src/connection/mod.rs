@@ -768,7 +768,7 @@ impl Connection {
         self.last_sent = now;
         self.stats.transmits += 1;
         self.stats.frames_sent += transmit.frames() as u64;
-        self.stats.bytes_sent += transmit.len() as u64;
+        self.stats.bytes_sent += transmit.bytes() as u64;
         Some(transmit)
     }
 

@@ -78,42 +78,32 @@ impl Transmit {
 /// ```
 #[derive(Debug)]
 pub struct Unsealed {
-    /// Headers and the bodies copied next to them.
-    buf: BytesMut,
-    /// Bodies too large to copy, each after the header that ends at this
-    /// offset of `buf` (`None` rather than empty: cheaper to drop).
-    large: Option<Vec<(usize, Bytes)>>,
-    /// `buf` holds frames encoded whole (a handshake frame) up to here.
-    sealed: usize,
-    frames: usize,
-    len: usize,
+    batch: TransmitBuilder,
     integrity: Integrity,
 }
 
 impl Unsealed {
     /// Frames in this batch.
     pub fn frames(&self) -> usize {
-        self.frames
+        self.batch.frames
     }
 
     /// Total bytes.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// Never true for a batch returned by a connection.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
+    pub(crate) fn bytes(&self) -> usize {
+        self.batch.len
     }
 
     /// Computes every frame's checksums or tags: the batch to write.
     pub fn seal(self) -> Transmit {
         let Unsealed {
-            mut buf,
-            large,
-            sealed,
-            frames,
-            len,
+            batch:
+                TransmitBuilder {
+                    mut buf,
+                    large,
+                    sealed,
+                    frames,
+                    len,
+                },
             integrity,
         } = self;
         let mut at = sealed;
@@ -154,11 +144,15 @@ impl Unsealed {
 }
 
 /// Accumulates frames: headers and small bodies into one buffer, large
-/// bodies as their own zero-copy segments.
-#[derive(Default)]
+/// bodies to become their own zero-copy segments once sealed.
+#[derive(Debug, Default)]
 pub(crate) struct TransmitBuilder {
+    /// Headers and the bodies copied next to them.
     buf: BytesMut,
+    /// Bodies too large to copy, each after the header that ends at this
+    /// offset of `buf` (`None` rather than empty: cheaper to drop).
     large: Option<Vec<(usize, Bytes)>>,
+    /// `buf` holds frames encoded whole (a handshake frame) up to here.
     sealed: usize,
     frames: usize,
     len: usize,
@@ -229,11 +223,7 @@ impl TransmitBuilder {
     /// The batch, to be sealed under `integrity`; `None` if it is empty.
     pub(crate) fn finish(self, integrity: &Integrity) -> Option<Unsealed> {
         (self.frames > 0).then(|| Unsealed {
-            buf: self.buf,
-            large: self.large,
-            sealed: self.sealed,
-            frames: self.frames,
-            len: self.len,
+            batch: self,
             integrity: integrity.clone(),
         })
     }

@@ -173,6 +173,14 @@ pub struct NodeFront {
 }
 
 impl NodeFront {
+    /// Runs socket input with a sink for a registered replica's messages,
+    /// which skip the core's queue: one move into the application's
+    /// instead of two. `deliver` wakes the application for them.
+    fn input_direct(&mut self, input: impl FnOnce(&mut node::Node, &mut dyn FnMut(NodeEvent))) {
+        let (node, events, direct) = (&mut self.node, &mut self.events, &mut self.direct);
+        input(node, &mut |event| *direct |= events.push(event));
+    }
+
     /// Restricts an accepted connection to a listener's one plane.
     fn only_plane(&mut self, id: ConnectionId, plane: Option<Plane>) {
         if let Some(plane) = plane {
@@ -210,19 +218,13 @@ impl Machine for NodeFront {
             return;
         };
         *slot = buffer;
-        // A registered replica's messages skip the core's queue: one move
-        // into the application's instead of two. `deliver` wakes the
-        // application for them.
-        let (node, events, direct) = (&mut self.node, &mut self.events, &mut self.direct);
-        let _ = node.handle_read_into(now, id, &mut |event| *direct |= events.push(event));
+        self.input_direct(|node, deliver| {
+            let _ = node.handle_read_into(now, id, deliver);
+        });
     }
 
     fn handle_verified(&mut self, now: Now, id: ConnectionId, decoder: LentDecoder) {
-        // As in `handle_read`: registered replicas' messages skip a queue.
-        let (node, events, direct) = (&mut self.node, &mut self.events, &mut self.direct);
-        node.handle_verified_into(now, id, decoder, &mut |event| {
-            *direct |= events.push(event);
-        });
+        self.input_direct(|node, deliver| node.handle_verified_into(now, id, decoder, deliver));
     }
 
     fn deliver(&mut self) {
