@@ -8,7 +8,7 @@ mod support {
 
 use bus_proto::config::{Config, ValidConfig};
 use bus_proto::connection::{
-    CloseCause, Connection, Deadline, DialParams, Event, SendError, Violation,
+    BatchBuffers, CloseCause, Connection, Deadline, DialParams, Event, SendError, Violation,
 };
 use bus_proto::crypto::{Key, KeyRing, PeerId};
 use bus_proto::entropy::SeededEntropy;
@@ -612,4 +612,72 @@ fn frames_after_the_peers_close_are_a_violation() {
             state: "after the peer's close"
         })]
     );
+}
+
+/// A written batch's buffer, given back, carries the next batches: they
+/// are built in the same allocation, and its stale bytes never reach the
+/// wire.
+#[test]
+fn a_batch_buffer_given_back_carries_the_next_batches() {
+    let (mut dialer, mut acceptor) = establish(&config());
+    let mut buffers = BatchBuffers::default();
+    let mut allocation = None;
+    for round in 0..4u8 {
+        let sent: Vec<Bytes> = (0..3u8)
+            .map(|i| Bytes::from(vec![round * 10 + i; 40 - usize::from(i)]))
+            .collect();
+        for body in &sent {
+            dialer
+                .send(Kind::Message { operation: 1 }, body.clone())
+                .unwrap();
+        }
+        let batch = dialer.poll_unsealed_in(T0, &mut buffers).unwrap();
+        assert!(
+            buffers.is_empty(),
+            "round {round}: the kept buffer is taken"
+        );
+        let [segment] = <[Bytes; 1]>::try_from(batch.seal().into_segments()).unwrap();
+        let start = segment.as_ptr() as usize;
+        let (first, end) = *allocation.get_or_insert((start, start + segment.len()));
+        assert!(
+            (first..end).contains(&start) && start + segment.len() <= end,
+            "round {round}: built in a new allocation"
+        );
+        acceptor.handle_input(T0, &segment);
+        let got: Vec<Bytes> = events(&mut acceptor)
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::Message(frame) => Some(frame.body),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(got, sent, "round {round}");
+        // Written: the buffer goes back, holding this batch's bytes.
+        buffers.reuse(segment.try_into_mut().expect("the batch's only holder"));
+        assert_eq!(buffers.len(), 1);
+    }
+}
+
+#[test]
+fn batch_buffers_keep_a_bounded_number_of_bounded_buffers() {
+    let mut buffers = BatchBuffers::default();
+    buffers.reuse(bytes::BytesMut::with_capacity(BatchBuffers::KEEP_MAX + 1));
+    assert!(buffers.is_empty(), "a buffer above the size bound is freed");
+    // Also when written bytes hide its allocation behind its start.
+    let written = bytes::BytesMut::from(&[1; BatchBuffers::KEEP_MAX + 1][..]).freeze();
+    let mut taken_back = written.try_into_mut().unwrap();
+    bytes::Buf::advance(&mut taken_back, BatchBuffers::KEEP_MAX + 1);
+    assert_eq!(taken_back.capacity(), 0);
+    buffers.reuse(taken_back);
+    assert!(
+        buffers.is_empty(),
+        "a written buffer above the size bound is freed"
+    );
+    buffers.reuse(bytes::BytesMut::with_capacity(BatchBuffers::KEEP_MAX));
+    assert_eq!(buffers.len(), 1, "a buffer at the size bound is kept");
+    let mut buffers = BatchBuffers::default();
+    for _ in 0..BatchBuffers::KEPT + 3 {
+        buffers.reuse(bytes::BytesMut::with_capacity(1024));
+    }
+    assert_eq!(buffers.len(), BatchBuffers::KEPT);
 }

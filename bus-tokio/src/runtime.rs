@@ -3,17 +3,18 @@
 
 use bus_proto::entropy::Entropy;
 use bus_proto::host::{
-    Completion, Machine, Outgoing, Platform, Runtime, Shared, Socket, StartError, Step, WallClock,
+    Completion, Machine, Outgoing, Platform, ReadInto, Runtime, Shared, Socket, StartError, Step,
+    WallClock,
 };
 use bus_proto::node::ConnectionId;
 use bus_proto::time::{Instant, Now};
-use bytes::BytesMut;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::net::tcp::ReadHalf;
 use tracing::Instrument;
 
 /// tokio, as the bus runs on it: its clock (so paused-time tests work)
@@ -188,24 +189,25 @@ async fn write_some<W: AsyncWrite + Unpin>(out: &mut Outgoing, writer: &mut W) -
 
 /// Reads into the spare capacity of the lent buffer. Cancel-safe: a read
 /// that did not complete appended nothing.
-async fn read_some<R: AsyncRead + Unpin>(
-    inbox: Option<&mut BytesMut>,
-    reader: &mut R,
-) -> io::Result<usize> {
-    let Some(buffer) = inbox else {
+async fn read_some(inbox: Option<ReadInto<'_>>, reader: &mut ReadHalf<'_>) -> io::Result<usize> {
+    let Some(mut inbox) = inbox else {
         return Ok(0);
     };
-    reader.read_buf(buffer).await
+    if !inbox.has_room() {
+        // Room is made once bytes are there: by then the application has
+        // often released the buffer, which is then reused in place.
+        std::future::poll_fn(|cx| reader.as_ref().poll_read_ready(cx)).await?;
+    }
+    reader.read_buf(inbox.buffer()).await
 }
 
-async fn run<M, R, W>(
+async fn run<M, W>(
     shared: &Arc<Shared<M, Tokio>>,
     socket: &mut Socket,
-    reader: &mut R,
+    reader: &mut ReadHalf<'_>,
     writer: &mut W,
 ) where
     M: Machine,
-    R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
     let id = socket.id();
@@ -225,7 +227,7 @@ async fn run<M, R, W>(
             shut = true;
             let _ = writer.shutdown().await;
         }
-        let (out, inbox) = socket.io();
+        let (out, inbox) = socket.io_deferred();
         let done = tokio::select! {
             biased;
             result = write_some(out, writer), if write => Completion::Wrote(result),

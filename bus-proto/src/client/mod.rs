@@ -41,7 +41,7 @@ mod outstanding;
 
 use crate::config::ValidConfig;
 use crate::connection::{
-    CloseCause, Connection, DialParams, Event, LentDecoder, Transmit, Unsealed,
+    BatchBuffers, CloseCause, Connection, DialParams, Event, LentDecoder, Transmit, Unsealed,
 };
 use crate::crypto::{KeyRing, PeerId};
 use crate::entropy::Entropy;
@@ -257,6 +257,8 @@ pub struct Client {
     events: VecDeque<ClientEvent>,
     shutting_down: bool,
     stats: ClientStats,
+    /// Buffers of written batches, for the next ones.
+    batch_buffers: BatchBuffers,
 }
 
 /// The lease's next block, for persistent identities.
@@ -354,6 +356,7 @@ impl Client {
             events: VecDeque::new(),
             shutting_down: false,
             stats: ClientStats::default(),
+            batch_buffers: BatchBuffers::default(),
         }
     }
 
@@ -862,13 +865,21 @@ impl Client {
     #[must_use]
     #[inline]
     pub fn poll_unsealed_for(&mut self, now: Now, id: ConnectionId) -> Option<Unsealed> {
-        let transmit = self.table.conn_mut(id)?.poll_unsealed(now.mono);
+        let conn = self.table.conn_mut(id)?;
+        let transmit = conn.poll_unsealed_in(now.mono, &mut self.batch_buffers);
         self.settle(now.mono, id);
         if transmit.is_some() {
             // The queue has room again for requests a flush left.
             self.flush();
         }
         transmit
+    }
+
+    /// Keeps the buffer of a written batch (taken back from its last
+    /// segment with [`bytes::Bytes::try_into_mut`]) for a later one:
+    /// bounded, see [`BatchBuffers`].
+    pub fn reuse_batch_buffer(&mut self, buffer: BytesMut) {
+        self.batch_buffers.reuse(buffer);
     }
 
     /// A connection that may have output, taken off the ready list: wake

@@ -56,7 +56,7 @@ pub(crate) use inbound::Messages;
 mod transmit;
 
 pub use error::{CloseCause, Deadline, DialError, SendError, Violation};
-pub use transmit::{Transmit, Unsealed};
+pub use transmit::{BatchBuffers, Transmit, Unsealed};
 
 use crate::config::ValidConfig;
 use crate::crypto::{KeyRing, PeerId};
@@ -724,6 +724,18 @@ impl Connection {
     /// behind a lock seals the batch after releasing it.
     #[must_use]
     pub fn poll_unsealed(&mut self, now: Instant) -> Option<Unsealed> {
+        self.poll_unsealed_in(now, &mut BatchBuffers::default())
+    }
+
+    /// [`Connection::poll_unsealed`], building the batch in a buffer from
+    /// `buffers`: give the buffer back ([`BatchBuffers::reuse`]) once the
+    /// batch is written, and the next batch allocates nothing.
+    #[must_use]
+    pub fn poll_unsealed_in(
+        &mut self,
+        now: Instant,
+        buffers: &mut BatchBuffers,
+    ) -> Option<Unsealed> {
         let max = self.limits.max_batch;
         // Sized up front: growing the buffer frame by frame would copy the
         // batch several times over.
@@ -739,7 +751,7 @@ impl Connection {
             self.closing.is_some(),
         ];
         let control = control.iter().filter(|&&c| c).count();
-        let mut batch = TransmitBuilder::with_capacity(data + control, small);
+        let mut batch = TransmitBuilder::in_buffer(buffers, data + control, small);
         if let Some(header) = self.handshake_out.take() {
             batch.push_sealed(&header);
         }
@@ -764,7 +776,7 @@ impl Connection {
             }
             self.maybe_send_close(&mut batch, max);
         }
-        let transmit = batch.finish(&self.integrity_out)?;
+        let transmit = batch.finish(&self.integrity_out, buffers)?;
         self.last_sent = now;
         self.stats.transmits += 1;
         self.stats.frames_sent += transmit.frames() as u64;

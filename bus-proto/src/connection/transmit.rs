@@ -95,14 +95,28 @@ impl Unsealed {
 
     /// Computes every frame's checksums or tags: the batch to write.
     pub fn seal(self) -> Transmit {
+        let (frames, len) = (self.batch.frames, self.batch.len);
+        let mut segments = Vec::new();
+        self.seal_into(&mut segments);
+        Transmit {
+            segments,
+            frames,
+            len,
+        }
+    }
+
+    /// [`Unsealed::seal`], appending the batch's segments to `segments`.
+    /// Returns the index of the last segment cut from the batch buffer:
+    /// once it is written and the others dropped, it holds that buffer
+    /// alone, to be reused ([`BatchBuffers::reuse`]).
+    pub(crate) fn seal_into(self, segments: &mut Vec<Bytes>) -> Option<usize> {
         let Unsealed {
             batch:
                 TransmitBuilder {
                     mut buf,
                     large,
                     sealed,
-                    frames,
-                    len,
+                    ..
                 },
             integrity,
         } = self;
@@ -123,22 +137,87 @@ impl Unsealed {
             }
             at = next;
         }
-        let mut segments = Vec::with_capacity(2 * large.as_ref().map_or(0, Vec::len) + 1);
+        segments.reserve(2 * large.as_ref().map_or(0, Vec::len) + 1);
+        let mut head = None;
         if let Some(large) = large {
             let mut split = 0;
             for (end, body) in large {
+                head = Some(segments.len());
                 segments.push(buf.split_to(end - split).freeze());
                 segments.push(body);
                 split = end;
             }
         }
         if !buf.is_empty() {
+            head = Some(segments.len());
             segments.push(buf.freeze());
         }
-        Transmit {
-            segments,
-            frames,
-            len,
+        head
+    }
+}
+
+/// Batch buffers kept for reuse once their bytes are written, so that a
+/// steady stream of batches allocates none.
+///
+/// Bounded: at most [`BatchBuffers::KEPT`] buffers, each of at most
+/// [`BatchBuffers::KEEP_MAX`] bytes. A buffer offered to a full pool, or a
+/// larger one, is freed.
+///
+/// ```
+/// use bus_proto::connection::BatchBuffers;
+/// let mut buffers = BatchBuffers::default();
+/// buffers.reuse(bytes::BytesMut::with_capacity(4096));
+/// assert_eq!(buffers.len(), 1);
+/// ```
+#[derive(Debug, Default)]
+pub struct BatchBuffers {
+    free: Vec<BytesMut>,
+}
+
+impl BatchBuffers {
+    /// Buffers kept at most.
+    pub const KEPT: usize = 16;
+    /// The largest buffer kept, in bytes: a batch of 64 small frames
+    /// (about 20 KiB) fits; a rare larger one is not worth holding.
+    pub const KEEP_MAX: usize = 64 << 10;
+
+    /// Keeps `buffer` (emptied) for a later batch, unless the pool is full
+    /// or the buffer is larger than [`BatchBuffers::KEEP_MAX`].
+    pub fn reuse(&mut self, mut buffer: BytesMut) {
+        if self.free.len() >= Self::KEPT {
+            return;
+        }
+        buffer.clear();
+        // Its whole allocation counts: a buffer taken back from written
+        // `Bytes` has it behind its start, not in `capacity()`.
+        if buffer.try_reclaim(Self::KEEP_MAX + 1) {
+            return;
+        }
+        // A buffer shared once stays shared: freezing it and taking it back
+        // ([`bytes::Bytes::try_into_mut`]) then allocates nothing.
+        drop(buffer.split_to(0));
+        self.free.push(buffer);
+    }
+
+    /// Buffers kept.
+    pub fn len(&self) -> usize {
+        self.free.len()
+    }
+
+    /// True if no buffer is kept.
+    pub fn is_empty(&self) -> bool {
+        self.free.is_empty()
+    }
+
+    /// An empty buffer with room for `need` bytes: the last one kept, or a
+    /// new one.
+    fn take(&mut self, need: usize) -> BytesMut {
+        match self.free.pop() {
+            Some(mut buffer) => {
+                buffer.reserve(need);
+                buffer
+            }
+            None => BytesMut::with_capacity(need),
         }
     }
 }
@@ -159,11 +238,15 @@ pub(crate) struct TransmitBuilder {
 }
 
 impl TransmitBuilder {
-    /// A builder whose buffer holds `frames` headers and `small_bodies`
-    /// bytes of copied bodies without growing.
-    pub(crate) fn with_capacity(frames: usize, small_bodies: usize) -> Self {
+    /// A builder whose buffer, from `buffers`, holds `frames` headers and
+    /// `small_bodies` bytes of copied bodies without growing.
+    pub(crate) fn in_buffer(
+        buffers: &mut BatchBuffers,
+        frames: usize,
+        small_bodies: usize,
+    ) -> Self {
         TransmitBuilder {
-            buf: BytesMut::with_capacity(frames * HEADER_SIZE + small_bodies),
+            buf: buffers.take(frames * HEADER_SIZE + small_bodies),
             ..TransmitBuilder::default()
         }
     }
@@ -220,9 +303,18 @@ impl TransmitBuilder {
         Ok(())
     }
 
-    /// The batch, to be sealed under `integrity`; `None` if it is empty.
-    pub(crate) fn finish(self, integrity: &Integrity) -> Option<Unsealed> {
-        (self.frames > 0).then(|| Unsealed {
+    /// The batch, to be sealed under `integrity`; `None` if it is empty,
+    /// its buffer then back in `buffers`.
+    pub(crate) fn finish(
+        self,
+        integrity: &Integrity,
+        buffers: &mut BatchBuffers,
+    ) -> Option<Unsealed> {
+        if self.frames == 0 {
+            buffers.reuse(self.buf);
+            return None;
+        }
+        Some(Unsealed {
             batch: self,
             integrity: integrity.clone(),
         })
@@ -261,12 +353,18 @@ mod tests {
             ),
             handshake in any::<bool>(),
             refuse_at in any::<prop::sample::Index>(),
+            stale in any::<bool>(),
         ) {
             let integrity = Integrity::Authenticated(FrameKeys::derive(&[7; 32]));
             let first = Frame::control(Header::new(9, Kind::Ping { token: 5 }));
             let first_wire = first.encode(&Integrity::Checksum, 1 << 20).unwrap();
             let frames: Vec<Frame> = lens.iter().enumerate().map(|(i, &len)| message(i, len)).collect();
-            let mut batch = TransmitBuilder::with_capacity(frames.len() + 1, 64);
+            // A kept buffer holding stale bytes must not show through.
+            let mut buffers = BatchBuffers::default();
+            if stale {
+                buffers.reuse(BytesMut::from(&[0xa5; 3000][..]));
+            }
+            let mut batch = TransmitBuilder::in_buffer(&mut buffers, frames.len() + 1, 64);
             if handshake {
                 batch.push_sealed(&first_wire.header);
             }
@@ -285,8 +383,10 @@ mod tests {
                 });
                 prop_assert_eq!(pushed, Ok(()));
             }
-            let Some(unsealed) = batch.finish(&integrity) else {
+            let Some(unsealed) = batch.finish(&integrity, &mut buffers) else {
                 prop_assert!(frames.is_empty() && !handshake);
+                // The unused buffer is kept.
+                prop_assert_eq!(buffers.len(), 1);
                 return Ok(());
             };
             let transmit = unsealed.seal();

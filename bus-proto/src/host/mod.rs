@@ -89,6 +89,9 @@ macro_rules! forward_socket_io {
         fn poll_unsealed_for(&mut self, now: Now, id: ConnectionId) -> Option<Unsealed> {
             self.$core.poll_unsealed_for(now, id)
         }
+        fn reuse_batch_buffer(&mut self, buffer: BytesMut) {
+            self.$core.reuse_batch_buffer(buffer);
+        }
         fn poll_ready(&mut self) -> Option<ConnectionId> {
             self.$core.poll_ready()
         }
@@ -137,7 +140,7 @@ pub use outgoing::{MAX_IOVECS, Outgoing, Slices};
 #[cfg(feature = "quic")]
 pub use quic::{QuicPort, QuicStep};
 pub use shutdown::ShutdownReport;
-pub use socket::{Completion, MIN_READ_ROOM, Socket, Step};
+pub use socket::{Completion, MIN_READ_ROOM, ReadInto, Socket, Step};
 
 use crate::connection::{LentDecoder, Transmit, Unsealed};
 use crate::handshake::Binding;
@@ -199,6 +202,9 @@ pub trait Machine: Send + 'static {
     /// the socket task computes after releasing the lock
     /// ([`Unsealed::seal`]).
     fn poll_unsealed_for(&mut self, now: Now, id: ConnectionId) -> Option<Unsealed>;
+    /// Keeps a written batch's buffer for a later batch (bounded: see
+    /// [`crate::connection::BatchBuffers`]).
+    fn reuse_batch_buffer(&mut self, buffer: BytesMut);
     /// A connection with something to write.
     fn poll_ready(&mut self) -> Option<ConnectionId>;
     /// A socket to open or close.

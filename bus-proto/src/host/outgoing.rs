@@ -1,7 +1,7 @@
 //! One batch being written, resumable after a partial write.
 
-use crate::connection::Transmit;
-use bytes::{Buf, Bytes};
+use crate::connection::{Transmit, Unsealed};
+use bytes::{Buf, Bytes, BytesMut};
 use std::io::IoSlice;
 use std::vec::Vec;
 
@@ -38,9 +38,16 @@ impl<'a> core::ops::Deref for Slices<'a> {
 /// with [`Outgoing::take`].
 #[derive(Debug, Default)]
 pub struct Outgoing {
+    /// Kept between batches, so loading one allocates nothing.
     segments: Vec<Bytes>,
     /// First segment not fully written.
     next: usize,
+    /// The segment cut last from the batch's own buffer, which holds that
+    /// buffer alone once the others are dropped.
+    head: Option<usize>,
+    /// That buffer, taken back once the batch was written, for the core
+    /// to reuse ([`Outgoing::take_spare`]).
+    spare: Option<BytesMut>,
 }
 
 impl Outgoing {
@@ -49,6 +56,23 @@ impl Outgoing {
         debug_assert!(self.is_done(), "a batch was dropped half written");
         self.segments = transmit.into_segments();
         self.next = 0;
+        self.head = None;
+    }
+
+    /// Seals `batch` into its segments and loads it; the previous batch
+    /// must be done. Its buffer comes back, once written, as
+    /// [`Outgoing::take_spare`].
+    pub fn load_unsealed(&mut self, batch: Unsealed) {
+        debug_assert!(self.is_done(), "a batch was dropped half written");
+        self.segments.clear();
+        self.next = 0;
+        self.head = batch.seal_into(&mut self.segments);
+    }
+
+    /// The buffer of the last batch written, if it came back whole: give
+    /// it to the core (`reuse_batch_buffer`) for the next one.
+    pub fn take_spare(&mut self) -> Option<BytesMut> {
+        self.spare.take()
     }
 
     /// Loads what `fill` appends (a layer's wire bytes); the previous
@@ -57,6 +81,7 @@ impl Outgoing {
         debug_assert!(self.is_done(), "a batch was dropped half written");
         self.segments.clear();
         self.next = 0;
+        self.head = None;
         fill(&mut self.segments);
         self.segments.retain(|s| !s.is_empty());
     }
@@ -101,9 +126,19 @@ impl Outgoing {
             }
         }
         if self.is_done() {
-            self.segments.clear();
-            self.next = 0;
+            self.finished();
         }
+    }
+
+    /// Drops the written segments, taking back the batch's buffer if
+    /// nothing else holds it.
+    fn finished(&mut self) {
+        let head = self.head.take().and_then(|i| self.segments.get_mut(i));
+        let head = head.map(core::mem::take);
+        self.segments.clear();
+        self.next = 0;
+        // After the other segments: they may share the buffer.
+        self.spare = head.and_then(|head| head.try_into_mut().ok());
     }
 
     /// Takes every unwritten segment, for an adapter that writes the whole
@@ -112,6 +147,7 @@ impl Outgoing {
         let mut segments = core::mem::take(&mut self.segments);
         segments.drain(..self.next.min(segments.len()));
         self.next = 0;
+        self.head = None;
         segments
     }
 }
@@ -126,8 +162,57 @@ mod tests {
     fn loaded(parts: &[&'static [u8]]) -> Outgoing {
         Outgoing {
             segments: parts.iter().map(|p| Bytes::from_static(p)).collect(),
-            next: 0,
+            ..Outgoing::default()
         }
+    }
+
+    /// A dialling connection's first batch (its hello), not yet sealed.
+    fn hello() -> crate::connection::Unsealed {
+        use crate::config::Config;
+        use crate::connection::{Connection, DialParams};
+        use crate::crypto::{Key, KeyRing, PeerId};
+        use crate::entropy::SeededEntropy;
+        use crate::handshake::Binding;
+        use crate::time::{Instant, UnixNanos};
+        let keys = KeyRing::new(Key::from_bytes([7; 32]));
+        let params = DialParams {
+            cluster: 1,
+            local: PeerId::Replica(0),
+            acceptor: 1,
+            keys: &keys,
+            binding: Binding::NONE,
+        };
+        let config = Config::default().validate().expect("valid");
+        let wall = UnixNanos::from_nanos(1_700_000_000_000_000_000);
+        let mut entropy = SeededEntropy::new(1);
+        let mut conn =
+            Connection::dial(Instant::ZERO, wall, &config, params, &mut entropy).expect("dial");
+        conn.poll_unsealed(Instant::ZERO).expect("a hello")
+    }
+
+    #[test]
+    fn a_written_batch_gives_its_buffer_back_once_nothing_else_holds_it() {
+        let mut out = Outgoing::default();
+        out.load_unsealed(hello());
+        let len: usize = out.slices().iter().map(|s| s.len()).sum();
+        out.advance(len - 1);
+        assert!(
+            out.take_spare().is_none(),
+            "not before the batch is written"
+        );
+        out.advance(1);
+        let mut spare = out.take_spare().expect("the buffer, written");
+        assert!(spare.is_empty());
+        assert!(spare.try_reclaim(len), "the batch's whole allocation");
+        assert!(out.take_spare().is_none(), "given once");
+
+        // A copy of the batch held elsewhere keeps the buffer from reuse.
+        out.load_unsealed(hello());
+        let held = out.slices().first().map(|s| Bytes::copy_from_slice(s));
+        let kept = out.segments.first().cloned();
+        out.advance(len);
+        assert!(out.take_spare().is_none());
+        assert_eq!(kept.map(|k| k.to_vec()), held.map(|h| h.to_vec()));
     }
 
     #[test]

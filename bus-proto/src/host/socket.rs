@@ -122,6 +122,73 @@ impl Inbox {
     }
 }
 
+/// The receive buffer lent to a socket's next read, given the room for
+/// that read only when asked ([`ReadInto::buffer`]).
+///
+/// A readiness-based adapter asks once the socket is readable: by then the
+/// application has often dropped the bodies of the last read, which pinned
+/// the buffer, so the buffer takes the next read in place instead of being
+/// replaced by a fresh allocation.
+#[derive(Debug)]
+pub struct ReadInto<'a> {
+    inbox: &'a mut Inbox,
+    room: usize,
+    grew: &'a mut bool,
+    spares: &'a mut Option<Box<Spares>>,
+}
+
+impl<'a> ReadInto<'a> {
+    /// The buffer has the room for the next read already: asking for it
+    /// costs nothing, so there is no reason to wait for readiness first.
+    pub fn has_room(&mut self) -> bool {
+        let buffer = self.inbox.buffer();
+        !*self.grew && buffer.capacity() - buffer.len() >= self.room
+    }
+
+    /// The buffer, with the room for the next read: append what is read,
+    /// then report [`Completion::Read`].
+    pub fn buffer(&mut self) -> &mut BytesMut {
+        self.make_room();
+        self.inbox.buffer()
+    }
+
+    /// [`ReadInto::buffer`], for as long as the borrow it came from.
+    pub fn into_buffer(mut self) -> &'a mut BytesMut {
+        self.make_room();
+        self.inbox.buffer()
+    }
+
+    /// Gives the receive buffer at least the room for the next read. Right
+    /// after the room grew, the buffer is moved to a fresh allocation of
+    /// the new size: `BytesMut` sizes later allocations by a buffer's
+    /// first one, so this keeps a busy connection's buffers uniform once
+    /// the room is at its largest. A buffer still pinned by delivered
+    /// bodies is set aside ([`Spares`]) and an earlier one the application
+    /// has released takes its place, so a busy connection cycles through a
+    /// few allocations instead of faulting in fresh pages.
+    fn make_room(&mut self) {
+        let room = self.room;
+        let grew = core::mem::take(self.grew);
+        let buffer = self.inbox.buffer();
+        if buffer.capacity() - buffer.len() >= room {
+            return;
+        }
+        // No longer pinned by delivered bodies: the partial frame moves to
+        // the front. (`reserve` would instead reallocate, copying the
+        // consumed bytes too.)
+        if !grew && buffer.try_reclaim(room) {
+            return;
+        }
+        if room < KEEP_MIN {
+            *buffer = recycle::moved(buffer, room);
+            return;
+        }
+        // Boxed, and only for busy connections: idle ones stay small.
+        let spares = self.spares.get_or_insert_with(Box::default);
+        spares.replace(buffer, room, !grew);
+    }
+}
+
 /// A socket under a transport layer: the socket reads wire bytes into its
 /// own buffer; the layer turns them into frame bytes for the core.
 struct Layered {
@@ -169,37 +236,14 @@ impl Socket {
         }
     }
 
-    /// Gives the receive buffer at least the room for the next read. Right
-    /// after the room grew, the buffer is moved to a fresh allocation of
-    /// the new size: `BytesMut` sizes later allocations by a buffer's
-    /// first one, so this keeps a busy connection's buffers uniform once
-    /// the room is at its largest. A buffer still pinned by delivered
-    /// bodies is set aside ([`Spares`]) and an earlier one the application
-    /// has released takes its place, so a busy connection cycles through a
-    /// few allocations instead of faulting in fresh pages.
-    fn make_read_room(&mut self) {
-        let room = self.read_room;
-        let grew = core::mem::take(&mut self.read_room_grew);
-        let Some(inbox) = &mut self.inbox else {
-            return;
-        };
-        let buffer = inbox.buffer();
-        if buffer.capacity() - buffer.len() >= room {
-            return;
-        }
-        // No longer pinned by delivered bodies: the partial frame moves to
-        // the front. (`reserve` would instead reallocate, copying the
-        // consumed bytes too.)
-        if !grew && buffer.try_reclaim(room) {
-            return;
-        }
-        if room < KEEP_MIN {
-            *buffer = recycle::moved(buffer, room);
-            return;
-        }
-        // Boxed, and only for busy connections: idle ones stay small.
-        let spares = self.spares.get_or_insert_with(Box::default);
-        spares.replace(buffer, room, !grew);
+    /// The lent receive buffer, made room in only when asked.
+    fn read_into(&mut self) -> Option<ReadInto<'_>> {
+        Some(ReadInto {
+            inbox: self.inbox.as_mut()?,
+            room: self.read_room,
+            grew: &mut self.read_room_grew,
+            spares: &mut self.spares,
+        })
     }
 
     /// Adapts the room for the next read to this one's `n` bytes: a read
@@ -259,12 +303,24 @@ impl Socket {
     /// report [`Completion::Read`]), for an adapter that writes and reads
     /// in place, both at once.
     pub fn io(&mut self) -> (&mut Outgoing, Option<&mut BytesMut>) {
+        let (out, into) = self.io_deferred();
+        (out, into.map(ReadInto::into_buffer))
+    }
+
+    /// [`Socket::io`], but the receive buffer is given its room only when
+    /// the read asks for it ([`ReadInto`]).
+    pub fn io_deferred(&mut self) -> (&mut Outgoing, Option<ReadInto<'_>>) {
         if self.reading {
             // Lent to an owned-buffer read ([`Socket::lend_inbox`]).
             return (&mut self.out, None);
         }
-        self.make_read_room();
-        (&mut self.out, self.inbox.as_mut().map(Inbox::buffer))
+        let into = self.inbox.as_mut().map(|inbox| ReadInto {
+            inbox,
+            room: self.read_room,
+            grew: &mut self.read_room_grew,
+            spares: &mut self.spares,
+        });
+        (&mut self.out, into)
     }
 
     /// Hands the whole loaded batch to an owned-buffer write; report its
@@ -280,8 +336,7 @@ impl Socket {
         if self.reading {
             return None;
         }
-        self.make_read_room();
-        let buffer = core::mem::take(self.inbox.as_mut()?.buffer());
+        let buffer = core::mem::take(self.read_into()?.buffer());
         self.reading = true;
         Some(buffer)
     }
@@ -311,6 +366,9 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
             if state.forced {
                 return Step::Exit;
             }
+            if let Some(buffer) = socket.out.take_spare() {
+                state.machine.reuse_batch_buffer(buffer);
+            }
             if !socket.writing && socket.out.is_done() && state.machine.has_output(id) {
                 let now = self.runtime.now();
                 transmit = state.machine.poll_unsealed_for(now, id);
@@ -335,9 +393,8 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
             (closing, read)
         };
         // Sealed outside the lock: the hashing is most of a frame's cost.
-        let transmit = transmit.map(Unsealed::seal);
         if let Some(layered) = &mut socket.layer {
-            if let Some(batch) = transmit
+            if let Some(batch) = transmit.map(Unsealed::seal)
                 && let Err(error) = layered.layer.write_frames(batch)
             {
                 tracing::debug!(%id, %error, "transport layer refused a batch");
@@ -358,7 +415,7 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
                 socket.out.load_with(|wire| layered.layer.take_wire(wire));
             }
         } else if let Some(batch) = transmit {
-            socket.out.load(batch);
+            socket.out.load_unsealed(batch);
         }
         if closing {
             if socket.out.is_done() && !socket.writing {
@@ -864,6 +921,37 @@ mod tests {
         assert!(socket.spares.is_some());
         socket.note_read(100, 128 << 10);
         assert!(socket.spares.is_none());
+    }
+
+    /// A small buffer pinned by the last read's body gets no room until
+    /// the read asks for it: asked after the application released the
+    /// body, the buffer takes the next read in place, without a new
+    /// allocation.
+    #[test]
+    fn room_made_when_the_read_asks_reuses_a_released_buffer() {
+        let shared = node_driver();
+        let mut socket = reading_socket(&shared);
+        let (_, into) = socket.io_deferred();
+        let inbox = into.expect("lent").into_buffer();
+        let start = inbox.as_ptr() as usize;
+        inbox.extend_from_slice(&[1; 300]);
+        let body = inbox.split_to(300).freeze();
+        let (_, into) = socket.io_deferred();
+        assert!(
+            !into.expect("lent").has_room(),
+            "room is short while pinned"
+        );
+        drop(body);
+        let (_, into) = socket.io_deferred();
+        let inbox = into.expect("lent").into_buffer();
+        assert_eq!(inbox.as_ptr() as usize, start, "the same allocation");
+        assert!(inbox.capacity() - inbox.len() >= super::MIN_READ_ROOM);
+        // Room made early, while pinned, is a fresh allocation.
+        inbox.extend_from_slice(&[2; 300]);
+        let body = inbox.split_to(300).freeze();
+        let (_, inbox) = socket.io();
+        assert_ne!(inbox.expect("lent").as_ptr() as usize, start);
+        drop(body);
     }
 
     /// A peer that sends pings and never reads makes a WebSocket layer

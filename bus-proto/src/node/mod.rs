@@ -70,7 +70,7 @@ pub use error::{AcceptError, NodeError, ReplyError, RouteError, SocketError};
 pub use table::{Action, ConnectionId, ConnectionInfo};
 
 use crate::config::ValidConfig;
-use crate::connection::{CloseCause, Connection, Event, LentDecoder, Unsealed};
+use crate::connection::{BatchBuffers, CloseCause, Connection, Event, LentDecoder, Unsealed};
 use crate::crypto::{KeyRing, PeerId};
 use crate::dedup::DedupWindow;
 use crate::entropy::Entropy;
@@ -265,6 +265,8 @@ pub struct Node {
     refusing_clients: bool,
     shutting_down: bool,
     stats: NodeStats,
+    /// Buffers of written batches, for the next ones.
+    batch_buffers: BatchBuffers,
 }
 
 impl core::fmt::Debug for Node {
@@ -321,6 +323,7 @@ impl Node {
             refusing_clients: false,
             shutting_down: false,
             stats: NodeStats::default(),
+            batch_buffers: BatchBuffers::default(),
         })
     }
 
@@ -942,10 +945,17 @@ impl Node {
     #[inline]
     pub fn poll_unsealed_for(&mut self, now: Now, id: ConnectionId) -> Option<Unsealed> {
         let conn = self.table.conn_mut(id)?;
-        let transmit = conn.poll_unsealed(now.mono);
+        let transmit = conn.poll_unsealed_in(now.mono, &mut self.batch_buffers);
         // Sending a queued `close` can finish the connection.
         self.settle(now.mono, id);
         transmit
+    }
+
+    /// Keeps the buffer of a written batch (taken back from its last
+    /// segment with [`bytes::Bytes::try_into_mut`]) for a later one:
+    /// bounded, see [`BatchBuffers`].
+    pub fn reuse_batch_buffer(&mut self, buffer: BytesMut) {
+        self.batch_buffers.reuse(buffer);
     }
 
     /// A connection that may have output (queued frames, a heartbeat, a
