@@ -187,6 +187,10 @@ struct Session {
     /// common case, as clients number upwards).
     high: Option<u64>,
     last_active: Instant,
+    /// The time this session is filed under in the LRU order: its
+    /// `last_active` when filed, so never later. Refiled lazily, only when
+    /// the order is walked: activity costs no B-tree update.
+    filed_at: Instant,
 }
 
 impl Session {
@@ -229,7 +233,8 @@ struct Marker {
 pub struct DedupWindow {
     limits: DedupLimits,
     sessions: BTreeMap<u128, Session>,
-    /// `(last_active, client)` for every session: the LRU order.
+    /// `(filed_at, client)` for every session: the LRU order, once entries
+    /// whose session was active since are refiled ([`DedupWindow::refile`]).
     lru: BTreeSet<(Instant, u128)>,
     cached_bytes: usize,
     /// Evicted sessions' markers, and their `(last_active, client)` order.
@@ -341,6 +346,7 @@ impl DedupWindow {
                     // Everything up to the floor was seen.
                     high: floor,
                     last_active: now,
+                    filed_at: now,
                 },
             );
             self.lru.insert((now, client));
@@ -464,7 +470,7 @@ impl DedupWindow {
     /// Removes a session without a marker.
     fn end_session(&mut self, client: u128) -> Option<Session> {
         let session = self.sessions.remove(&client)?;
-        self.lru.remove(&(session.last_active, client));
+        self.lru.remove(&(session.filed_at, client));
         self.cached_bytes -= session.bytes();
         Some(session)
     }
@@ -485,7 +491,9 @@ impl DedupWindow {
         }
     }
 
-    /// When [`DedupWindow::expire`] will next end a session.
+    /// When [`DedupWindow::expire`] may next end a session or drop a
+    /// marker: never later than that, and earlier only if a session was
+    /// active since it was last filed (calling `expire` then refiles it).
     pub fn next_expiry(&self) -> Option<Instant> {
         let oldest = [self.lru.first(), self.marker_order.first()];
         oldest
@@ -507,6 +515,9 @@ impl DedupWindow {
         while let Some(&(at, client)) = self.lru.first() {
             if now.saturating_duration_since(at) <= self.limits.ttl {
                 break;
+            }
+            if self.refile(at, client) {
+                continue;
             }
             self.end_session(client);
             count += 1;
@@ -541,17 +552,39 @@ impl DedupWindow {
             session.remove(0, &mut self.cached_bytes);
         }
         if now > last {
-            self.lru.remove(&(last, client));
-            self.lru.insert((now, client));
             session.last_active = now;
         }
         Some(session)
     }
 
+    /// Moves `client`'s LRU entry, filed at `at`, to its session's last
+    /// activity if that is later; returns whether it moved. A walk of the
+    /// order from the oldest that refiles each entry it meets finds the
+    /// sessions in their exact order of last activity: every other entry
+    /// is filed no earlier than the one in front, and active no earlier
+    /// than it is filed.
+    fn refile(&mut self, at: Instant, client: u128) -> bool {
+        let Some(session) = self.sessions.get_mut(&client) else {
+            return false;
+        };
+        let last = session.last_active;
+        if last == at {
+            return false;
+        }
+        session.filed_at = last;
+        self.lru.remove(&(at, client));
+        self.lru.insert((last, client));
+        true
+    }
+
     /// Evicts the least recently active session other than `keep`.
     fn evict_lru(&mut self, keep: u128) -> Option<u128> {
-        let victim = self.lru.iter().map(|&(_, c)| c).find(|&c| c != keep)?;
-        self.evict_client(victim);
-        Some(victim)
+        loop {
+            let &(at, victim) = self.lru.iter().find(|&&(_, c)| c != keep)?;
+            if !self.refile(at, victim) {
+                self.evict_client(victim);
+                return Some(victim);
+            }
+        }
     }
 }

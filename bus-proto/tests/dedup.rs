@@ -112,6 +112,24 @@ fn an_idle_session_ends_after_the_ttl_and_its_requests_are_fresh_again() {
     );
 }
 
+/// Activity after a session was filed in the LRU order moves its expiry:
+/// the window refiles it when the order is walked, so it ends exactly a
+/// TTL after its last activity, never earlier.
+#[test]
+fn a_session_active_since_it_was_filed_expires_a_ttl_after_its_last_activity() {
+    let mut w = DedupWindow::new(limits(8, 10, 1000, 100));
+    run(&mut w, 1, 1, b"a", t(0));
+    run(&mut w, 2, 1, b"b", t(10));
+    let _ = w.lookup(1, 1, t(50));
+    assert!(w.next_expiry().is_some_and(|at| at <= t(111)), "never late");
+    assert_eq!(w.expire(t(111)), 1, "only client 2, idle since 10");
+    let just_past = t(150).saturating_add(Duration::from_nanos(1));
+    assert_eq!(w.next_expiry(), Some(just_past), "refiled at 50");
+    assert_eq!(w.expire(t(150)), 0);
+    assert_eq!(w.expire(just_past), 1);
+    assert_eq!(w.clients(), 0);
+}
+
 /// Hazard 17: the map of clients is capped; the least recently active goes.
 #[test]
 fn the_client_map_is_capped_and_evicts_the_least_recently_active() {
