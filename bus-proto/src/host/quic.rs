@@ -180,6 +180,19 @@ impl<M: Machine, R: Runtime> QuicCore for HostCore<'_, M, R> {
         batch.map(crate::connection::Unsealed::seal)
     }
 
+    fn discard_output(&mut self, now: Now, id: ConnectionId) {
+        self.call(id, |m| {
+            // Bounded, as a socket that gives up is: a closed connection
+            // hands out at most its close. Discarded, so not sealed.
+            for _ in 0..1024 {
+                if m.poll_unsealed_for(now, id).is_none() {
+                    break;
+                }
+            }
+        });
+        self.shared.lock().more_space();
+    }
+
     fn reading_paused(&mut self, now: Now, id: ConnectionId) -> bool {
         self.shared.lock().note_pause(|| now, id)
     }

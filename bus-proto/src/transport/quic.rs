@@ -125,6 +125,11 @@ pub trait QuicCore {
     fn handle_eof(&mut self, now: Now, id: ConnectionId);
     /// `id`'s next batch of frames.
     fn poll_transmit_for(&mut self, now: Now, id: ConnectionId) -> Option<Transmit>;
+    /// Drops what `id` still has to write: nothing can carry it any more.
+    /// A core that seals its batches separately skips the sealing.
+    fn discard_output(&mut self, now: Now, id: ConnectionId) {
+        while self.poll_transmit_for(now, id).is_some() {}
+    }
     /// True while `id` should not be read (its deliveries wait). Asked
     /// before each read, so a core may note the pause.
     fn reading_paused(&mut self, now: Now, id: ConnectionId) -> bool;
@@ -677,7 +682,7 @@ impl QuicEndpoint {
             // this connection (a hello queued as the peer left) is handed
             // out and dropped, so the core can free it.
             conn.pending.clear();
-            while core.poll_transmit_for(now, bus).is_some() {}
+            core.discard_output(now, bus);
         }
         // The core's batches to the stream, whole, in order.
         if let Some(id) = conn.stream
@@ -704,7 +709,7 @@ impl QuicEndpoint {
                     Err(_) => {
                         conn.pending.clear();
                         core.handle_eof(now, bus);
-                        while core.poll_transmit_for(now, bus).is_some() {}
+                        core.discard_output(now, bus);
                         break;
                     }
                 }
@@ -783,7 +788,7 @@ impl QuicEndpoint {
             self.by_bus.remove(&bus);
             self.conns.remove(&handle);
             core.handle_eof(now, bus);
-            while core.poll_transmit_for(now, bus).is_some() {}
+            core.discard_output(now, bus);
             core.released(bus);
         }
     }
@@ -873,6 +878,9 @@ impl QuicCore for crate::node::Node {
     fn poll_transmit_for(&mut self, now: Now, id: ConnectionId) -> Option<Transmit> {
         crate::node::Node::poll_transmit_for(self, now, id)
     }
+    fn discard_output(&mut self, now: Now, id: ConnectionId) {
+        while crate::node::Node::poll_unsealed_for(self, now, id).is_some() {}
+    }
     fn reading_paused(&mut self, _: Now, id: ConnectionId) -> bool {
         self.connection(id).is_some_and(|c| c.reading_paused())
     }
@@ -900,6 +908,9 @@ impl QuicCore for crate::client::Client {
     }
     fn poll_transmit_for(&mut self, now: Now, id: ConnectionId) -> Option<Transmit> {
         crate::client::Client::poll_transmit_for(self, now, id)
+    }
+    fn discard_output(&mut self, now: Now, id: ConnectionId) {
+        while crate::client::Client::poll_unsealed_for(self, now, id).is_some() {}
     }
     fn reading_paused(&mut self, _: Now, _: ConnectionId) -> bool {
         false
