@@ -72,7 +72,6 @@ impl<K: Ord + Copy, V> SortedDeque<K, V> {
         self.find(key).is_ok()
     }
 
-    #[cfg(any(feature = "host", test))]
     pub(crate) fn get_mut(&mut self, key: K) -> Option<&mut V> {
         let at = self.find(key).ok()?;
         self.entries.get_mut(at).map(|(_, v)| v)

@@ -868,6 +868,44 @@ fn outstanding_requests_are_bounded_and_expire_and_unmatched_replies_are_dropped
     assert_eq!(first, 0);
 }
 
+/// Requests submitted faster than the connection's queue takes them wait
+/// their turn: each reaches the node once, in the order submitted, and is
+/// answered, however the full queue splits them.
+#[test]
+fn requests_beyond_a_full_send_queue_follow_in_order_once_it_drains() {
+    let c = {
+        let mut tuned = config();
+        tuned.max_message_size = 4096;
+        // Two 1,500-byte requests fill it.
+        tuned.send_queue_bytes = 4096;
+        tuned
+    };
+    let mut net = Net::new(valid(c), 1);
+    let j = net.add_client(0x77, 0);
+    net.run_for(Duration::from_millis(5));
+    let at = net.at();
+    let submitted: Vec<u64> = (0..10u8)
+        .map(|i| {
+            net.clients[j]
+                .request(at, 1, Bytes::from(vec![i; 1500]))
+                .unwrap()
+        })
+        .collect();
+    let mut executed = Vec::new();
+    for _ in 0..50 {
+        net.run_for(Duration::from_millis(1));
+        let at = net.at();
+        for request in requests(&net.take_node_events(0)) {
+            executed.push(request.request);
+            net.node(0).reply(at, request, Bytes::new()).unwrap();
+        }
+    }
+    assert_eq!(executed, submitted, "each once, in order");
+    net.run_for(Duration::from_millis(1));
+    assert_eq!(replies(&net.take_client_events(j)).len(), submitted.len());
+    assert_eq!(net.clients[j].outstanding(), 0);
+}
+
 /// A client that is shut down stays quiet: a later retarget neither dials
 /// nor arms a timer that is already due (no busy loop).
 #[test]

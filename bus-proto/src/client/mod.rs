@@ -641,8 +641,12 @@ impl Client {
                 sent_on: None,
             },
         );
-        self.unsent = true;
-        self.flush();
+        // Unless others wait already, only this one is unsent: queued
+        // alone instead of by a scan of everything outstanding.
+        match self.unsent {
+            true => self.flush(),
+            false => self.unsent = !self.send_outstanding(number),
+        }
     }
 
     /// The replica this client connects to.
@@ -1110,29 +1114,59 @@ impl Client {
         };
         let (client, mut resent, mut all) = (self.params.id, 0, true);
         for (&number, pending) in self.outstanding.unsent_on(id) {
-            let header = RequestHeader {
-                client,
-                request: number,
-                operation: pending.operation,
-            };
-            if conn
-                .send_with(
-                    pending.app.clone(),
-                    Kind::Request(header),
-                    pending.body.clone(),
-                )
-                .is_err()
-            {
+            let resending = pending.sent_on.is_some();
+            if !send_pending(conn, id, client, number, pending) {
                 all = false;
                 break;
             }
-            if pending.sent_on.is_some() {
-                resent += 1;
-            }
-            pending.sent_on = Some(id);
+            resent += u64::from(resending);
         }
         self.unsent = !all;
         self.stats.resent += resent;
         self.table.mark_ready(id);
     }
+
+    /// Queues outstanding request `number` on the current connection;
+    /// false if it could not be (no established connection, or its queue
+    /// is full).
+    fn send_outstanding(&mut self, number: u64) -> bool {
+        let Some(id) = self.current.filter(|_| self.established) else {
+            return false;
+        };
+        let (Some(conn), Some(pending)) =
+            (self.table.conn_mut(id), self.outstanding.get_mut(number))
+        else {
+            return false;
+        };
+        if !send_pending(conn, id, self.params.id, number, pending) {
+            return false;
+        }
+        self.table.mark_ready(id);
+        true
+    }
+}
+
+/// Queues `pending`, request `number` of `client`, on `conn` (connection
+/// `id`); false if its queue is full.
+fn send_pending(
+    conn: &mut Connection,
+    id: ConnectionId,
+    client: u128,
+    number: u64,
+    pending: &mut Pending,
+) -> bool {
+    let header = RequestHeader {
+        client,
+        request: number,
+        operation: pending.operation,
+    };
+    let app = pending.app.clone();
+    if conn
+        .send_with(app, Kind::Request(header), pending.body.clone())
+        .is_err()
+    {
+        return false;
+    }
+    pending.sent_on = Some(id);
+    true
 }

@@ -63,6 +63,10 @@ impl Outstanding {
         }
     }
 
+    pub(crate) fn get_mut(&mut self, number: u64) -> Option<&mut Pending> {
+        self.requests.get_mut(number)
+    }
+
     /// Takes the request a reply answers; `None` means the reply matches
     /// nothing outstanding (stale, duplicated or forged) and is dropped.
     pub(crate) fn take(&mut self, number: u64) -> Option<Pending> {
