@@ -242,6 +242,10 @@ pub struct DedupWindow {
     marker_order: BTreeSet<(Instant, u128)>,
     /// Markers dropped at the cap before their time.
     markers_dropped: u64,
+    /// How far, in nanoseconds, a session's activity may run ahead of the
+    /// time it is filed under before `touch` refiles it: a quarter of the
+    /// TTL.
+    refile_lag: u64,
 }
 
 impl DedupWindow {
@@ -259,6 +263,7 @@ impl DedupWindow {
             markers: BTreeMap::new(),
             marker_order: BTreeSet::new(),
             markers_dropped: 0,
+            refile_lag: u64::try_from(limits.ttl.as_nanos() / 4).unwrap_or(u64::MAX),
         }
     }
 
@@ -492,8 +497,9 @@ impl DedupWindow {
     }
 
     /// When [`DedupWindow::expire`] may next end a session or drop a
-    /// marker: never later than that, and earlier only if a session was
-    /// active since it was last filed (calling `expire` then refiles it).
+    /// marker: never later than that, and earlier (by at most a quarter of
+    /// the TTL) only if a session was active since it was last filed;
+    /// calling `expire` then refiles it.
     pub fn next_expiry(&self) -> Option<Instant> {
         let oldest = [self.lru.first(), self.marker_order.first()];
         oldest
@@ -509,7 +515,9 @@ impl DedupWindow {
 
     /// Ends every session idle for longer than the TTL, and drops markers
     /// as old; returns how many sessions ended. Costs
-    /// `O(expired * log n)`: it walks both orders from the oldest.
+    /// `O((expired + refiled) * log n)`: it walks both orders from the
+    /// oldest, refiling the sessions active since they were filed (each
+    /// at most a quarter of the TTL behind, see `touch`).
     pub fn expire(&mut self, now: Instant) -> usize {
         let mut count = 0;
         while let Some(&(at, client)) = self.lru.first() {
@@ -553,6 +561,15 @@ impl DedupWindow {
         }
         if now > last {
             session.last_active = now;
+            // Refiled now and then, not on every request: an active
+            // session's entry then lags at most a quarter of the TTL, so it
+            // neither wakes the timer early nor lengthens a later walk.
+            let filed = session.filed_at;
+            if now.as_nanos().saturating_sub(filed.as_nanos()) > self.refile_lag {
+                session.filed_at = now;
+                self.lru.remove(&(filed, client));
+                self.lru.insert((now, client));
+            }
         }
         Some(session)
     }

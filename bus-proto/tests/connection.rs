@@ -673,6 +673,15 @@ fn batch_buffers_keep_a_bounded_number_of_bounded_buffers() {
         buffers.is_empty(),
         "a written buffer above the size bound is freed"
     );
+    // A buffer still shared with another handle could pin anything.
+    let mut shared = bytes::BytesMut::from(&[1; 1 << 20][..]);
+    let other = shared.split_off(16);
+    buffers.reuse(shared);
+    assert!(
+        buffers.is_empty(),
+        "a buffer another handle holds is not kept"
+    );
+    drop(other);
     buffers.reuse(bytes::BytesMut::with_capacity(BatchBuffers::KEEP_MAX));
     assert_eq!(buffers.len(), 1, "a buffer at the size bound is kept");
     let mut buffers = BatchBuffers::default();

@@ -113,20 +113,25 @@ fn an_idle_session_ends_after_the_ttl_and_its_requests_are_fresh_again() {
 }
 
 /// Activity after a session was filed in the LRU order moves its expiry:
-/// the window refiles it when the order is walked, so it ends exactly a
+/// activity within a quarter of the TTL of the filing is refiled when the
+/// order is walked, later activity at once, so a session ends exactly a
 /// TTL after its last activity, never earlier.
 #[test]
 fn a_session_active_since_it_was_filed_expires_a_ttl_after_its_last_activity() {
+    let just_past = |ms| t(ms).saturating_add(Duration::from_nanos(1));
     let mut w = DedupWindow::new(limits(8, 10, 1000, 100));
     run(&mut w, 1, 1, b"a", t(0));
     run(&mut w, 2, 1, b"b", t(10));
-    let _ = w.lookup(1, 1, t(50));
-    assert!(w.next_expiry().is_some_and(|at| at <= t(111)), "never late");
+    // Within a quarter of the TTL: left filed at 0 until a walk.
+    let _ = w.lookup(1, 1, t(20));
+    assert_eq!(w.next_expiry(), Some(just_past(100)), "early, never late");
     assert_eq!(w.expire(t(111)), 1, "only client 2, idle since 10");
-    let just_past = t(150).saturating_add(Duration::from_nanos(1));
-    assert_eq!(w.next_expiry(), Some(just_past), "refiled at 50");
-    assert_eq!(w.expire(t(150)), 0);
-    assert_eq!(w.expire(just_past), 1);
+    assert_eq!(w.next_expiry(), Some(just_past(120)), "refiled at 20");
+    // Past a quarter of the TTL: refiled at once.
+    let _ = w.lookup(1, 1, t(60));
+    assert_eq!(w.next_expiry(), Some(just_past(160)));
+    assert_eq!(w.expire(t(160)), 0);
+    assert_eq!(w.expire(just_past(160)), 1);
     assert_eq!(w.clients(), 0);
 }
 

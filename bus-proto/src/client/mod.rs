@@ -879,9 +879,10 @@ impl Client {
         transmit
     }
 
-    /// Keeps the buffer of a written batch (taken back from its last
-    /// segment with [`bytes::Bytes::try_into_mut`]) for a later one:
-    /// bounded, see [`BatchBuffers`].
+    /// Keeps the buffer of a written batch for a later one: taken back
+    /// with [`bytes::Bytes::try_into_mut`] from the batch's segment cut
+    /// last from it, once written and the others dropped. Bounded, see
+    /// [`BatchBuffers`].
     pub fn reuse_batch_buffer(&mut self, buffer: BytesMut) {
         self.batch_buffers.reuse(buffer);
     }
@@ -1127,8 +1128,8 @@ impl Client {
     }
 
     /// Queues outstanding request `number` on the current connection;
-    /// false if it could not be (no established connection, or its queue
-    /// is full).
+    /// false if it could not be (no established connection, or the
+    /// connection refused it: a full queue, or closing).
     fn send_outstanding(&mut self, number: u64) -> bool {
         let Some(id) = self.current.filter(|_| self.established) else {
             return false;
@@ -1147,7 +1148,7 @@ impl Client {
 }
 
 /// Queues `pending`, request `number` of `client`, on `conn` (connection
-/// `id`); false if its queue is full.
+/// `id`); false if the connection refused it (a full queue, or closing).
 fn send_pending(
     conn: &mut Connection,
     id: ConnectionId,

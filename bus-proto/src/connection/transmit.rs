@@ -188,14 +188,19 @@ impl BatchBuffers {
             return;
         }
         buffer.clear();
+        // A buffer shared once stays shared: freezing it and taking it back
+        // ([`bytes::Bytes::try_into_mut`]) then allocates nothing.
+        drop(buffer.split_to(0));
+        // Only a buffer nothing else holds: another handle could otherwise
+        // pin an allocation of any size here.
+        let Ok(mut buffer) = buffer.freeze().try_into_mut() else {
+            return;
+        };
         // Its whole allocation counts: a buffer taken back from written
         // `Bytes` has it behind its start, not in `capacity()`.
         if buffer.try_reclaim(Self::KEEP_MAX + 1) {
             return;
         }
-        // A buffer shared once stays shared: freezing it and taking it back
-        // ([`bytes::Bytes::try_into_mut`]) then allocates nothing.
-        drop(buffer.split_to(0));
         self.free.push(buffer);
     }
 
@@ -212,6 +217,9 @@ impl BatchBuffers {
     /// An empty buffer with room for `need` bytes: the last one kept, or a
     /// new one.
     fn take(&mut self, need: usize) -> BytesMut {
+        if need == 0 {
+            return BytesMut::new();
+        }
         match self.free.pop() {
             Some(mut buffer) => {
                 buffer.reserve(need);
@@ -305,13 +313,17 @@ impl TransmitBuilder {
 
     /// The batch, to be sealed under `integrity`; `None` if it is empty,
     /// its buffer then back in `buffers`.
+    #[inline]
     pub(crate) fn finish(
         self,
         integrity: &Integrity,
         buffers: &mut BatchBuffers,
     ) -> Option<Unsealed> {
         if self.frames == 0 {
-            buffers.reuse(self.buf);
+            // One that never allocated is not worth keeping.
+            if self.buf.capacity() > 0 {
+                buffers.reuse(self.buf);
+            }
             return None;
         }
         Some(Unsealed {

@@ -203,8 +203,10 @@ pub trait Machine: Send + 'static {
     /// ([`Unsealed::seal`]).
     fn poll_unsealed_for(&mut self, now: Now, id: ConnectionId) -> Option<Unsealed>;
     /// Keeps a written batch's buffer for a later batch (bounded: see
-    /// [`crate::connection::BatchBuffers`]).
-    fn reuse_batch_buffer(&mut self, buffer: BytesMut);
+    /// [`crate::connection::BatchBuffers`]). By default it is dropped.
+    fn reuse_batch_buffer(&mut self, buffer: BytesMut) {
+        drop(buffer);
+    }
     /// A connection with something to write.
     fn poll_ready(&mut self) -> Option<ConnectionId>;
     /// A socket to open or close.

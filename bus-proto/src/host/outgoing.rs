@@ -38,7 +38,9 @@ impl<'a> core::ops::Deref for Slices<'a> {
 /// with [`Outgoing::take`].
 #[derive(Debug, Default)]
 pub struct Outgoing {
-    /// Kept between batches, so loading one allocates nothing.
+    /// Kept between batches, so loading one allocates nothing: as long as
+    /// the largest batch's (at most `2 * max_batch + 1` segments, 4 KiB at
+    /// the default).
     segments: Vec<Bytes>,
     /// First segment not fully written.
     next: usize,
@@ -138,7 +140,9 @@ impl Outgoing {
         self.segments.clear();
         self.next = 0;
         // After the other segments: they may share the buffer.
-        self.spare = head.and_then(|head| head.try_into_mut().ok());
+        if let Some(spare) = head.and_then(|head| head.try_into_mut().ok()) {
+            self.spare = Some(spare);
+        }
     }
 
     /// Takes every unwritten segment, for an adapter that writes the whole

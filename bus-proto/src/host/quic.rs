@@ -181,16 +181,16 @@ impl<M: Machine, R: Runtime> QuicCore for HostCore<'_, M, R> {
     }
 
     fn discard_output(&mut self, now: Now, id: ConnectionId) {
-        self.call(id, |m| {
+        let discarded = self.call(id, |m| {
             // Bounded, as a socket that gives up is: a closed connection
             // hands out at most its close. Discarded, so not sealed.
-            for _ in 0..1024 {
-                if m.poll_unsealed_for(now, id).is_none() {
-                    break;
-                }
-            }
+            (0..1024)
+                .take_while(|_| m.poll_unsealed_for(now, id).is_some())
+                .count()
         });
-        self.shared.lock().more_space();
+        if discarded > 0 {
+            self.shared.lock().more_space();
+        }
     }
 
     fn reading_paused(&mut self, now: Now, id: ConnectionId) -> bool {

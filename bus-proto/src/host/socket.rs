@@ -140,6 +140,8 @@ pub struct ReadInto<'a> {
 impl<'a> ReadInto<'a> {
     /// The buffer has the room for the next read already: asking for it
     /// costs nothing, so there is no reason to wait for readiness first.
+    /// False also right after the room grew: the buffer then moves to a
+    /// larger allocation.
     pub fn has_room(&mut self) -> bool {
         let buffer = self.inbox.buffer();
         !*self.grew && buffer.capacity() - buffer.len() >= self.room

@@ -951,9 +951,10 @@ impl Node {
         transmit
     }
 
-    /// Keeps the buffer of a written batch (taken back from its last
-    /// segment with [`bytes::Bytes::try_into_mut`]) for a later one:
-    /// bounded, see [`BatchBuffers`].
+    /// Keeps the buffer of a written batch for a later one: taken back
+    /// with [`bytes::Bytes::try_into_mut`] from the batch's segment cut
+    /// last from it, once written and the others dropped. Bounded, see
+    /// [`BatchBuffers`].
     pub fn reuse_batch_buffer(&mut self, buffer: BytesMut) {
         self.batch_buffers.reuse(buffer);
     }
