@@ -137,7 +137,8 @@ impl Unsealed {
             }
             at = next;
         }
-        segments.reserve(2 * large.as_ref().map_or(0, Vec::len) + 1);
+        // Exactly: a socket keeps this list while idle.
+        segments.reserve_exact(2 * large.as_ref().map_or(0, Vec::len) + 1);
         let mut head = None;
         if let Some(large) = large {
             let mut split = 0;

@@ -45,11 +45,10 @@ pub struct Outgoing {
     /// First segment not fully written.
     next: usize,
     /// The segment cut last from the batch's own buffer, which holds that
-    /// buffer alone once the others are dropped.
-    head: Option<usize>,
-    /// That buffer, taken back once the batch was written, for the core
-    /// to reuse ([`Outgoing::take_spare`]).
-    spare: Option<BytesMut>,
+    /// buffer alone once the others are dropped. Once the batch is written
+    /// it is the only segment left, kept for [`Outgoing::take_spare`]
+    /// (in place: an idle socket holds no extra field for it).
+    head: Option<u32>,
 }
 
 impl Outgoing {
@@ -68,13 +67,27 @@ impl Outgoing {
         debug_assert!(self.is_done(), "a batch was dropped half written");
         self.segments.clear();
         self.next = 0;
-        self.head = batch.seal_into(&mut self.segments);
+        let head = batch.seal_into(&mut self.segments);
+        self.head = head.and_then(|i| u32::try_from(i).ok());
     }
 
     /// The buffer of the last batch written, if it came back whole: give
     /// it to the core (`reuse_batch_buffer`) for the next one.
+    #[inline]
     pub fn take_spare(&mut self) -> Option<BytesMut> {
-        self.spare.take()
+        // Asked at every step; only a written batch has one.
+        if self.head.is_none() || !self.is_done() {
+            return None;
+        }
+        self.take_written()
+    }
+
+    fn take_written(&mut self) -> Option<BytesMut> {
+        let head = self.head.take()?;
+        let spare = self.segments.get_mut(head as usize).map(core::mem::take);
+        self.segments.clear();
+        self.next = 0;
+        spare?.try_into_mut().ok()
     }
 
     /// Loads what `fill` appends (a layer's wire bytes); the previous
@@ -132,16 +145,19 @@ impl Outgoing {
         }
     }
 
-    /// Drops the written segments, taking back the batch's buffer if
-    /// nothing else holds it.
+    /// Drops the written segments but the batch buffer's last one, kept
+    /// for [`Outgoing::take_spare`]: the others may share the buffer, so
+    /// they go first.
     fn finished(&mut self) {
-        let head = self.head.take().and_then(|i| self.segments.get_mut(i));
+        let head = self.head.take();
+        let head = head.and_then(|i| self.segments.get_mut(i as usize));
         let head = head.map(core::mem::take);
         self.segments.clear();
         self.next = 0;
-        // After the other segments: they may share the buffer.
-        if let Some(spare) = head.and_then(|head| head.try_into_mut().ok()) {
-            self.spare = Some(spare);
+        if let Some(head) = head {
+            self.segments.push(head);
+            self.next = 1;
+            self.head = Some(0);
         }
     }
 
@@ -205,6 +221,8 @@ mod tests {
             "not before the batch is written"
         );
         out.advance(1);
+        out.advance(0);
+        assert!(out.is_done() && out.slices().is_empty());
         let mut spare = out.take_spare().expect("the buffer, written");
         assert!(spare.is_empty());
         assert!(spare.try_reclaim(len), "the batch's whole allocation");
