@@ -89,6 +89,12 @@ impl Node {
     /// Backpressure records nothing (call again later). A client that is
     /// not connected gets the reply on its retry after reconnecting, if the
     /// session still holds it ([`ReplyError::Disconnected`] says).
+    ///
+    /// The window keeps the body for as long as it keeps the entry,
+    /// counting its length against `dedup_max_cached_bytes`. A body sliced
+    /// from a received message keeps that message's whole receive buffer
+    /// (up to the read chunk) alive meanwhile: reply with a copy
+    /// (`Bytes::copy_from_slice`) of a small part of a large message.
     pub fn reply(
         &mut self,
         now: Now,

@@ -225,6 +225,12 @@ impl<R: Platform> Node<R> {
 
     /// Answers a client request (from [`NodeEvent::Request`]). Retries of
     /// it are then answered from the dedup window.
+    ///
+    /// The window keeps the body for as long as it keeps the entry,
+    /// counting its length against `dedup_max_cached_bytes`. A body sliced
+    /// from a received message keeps that message's whole receive buffer
+    /// (up to the read chunk) alive meanwhile: reply with a copy
+    /// (`Bytes::copy_from_slice`) of a small part of a large message.
     pub fn reply(&self, request: RequestHeader, body: Bytes) -> Result<(), ReplyError> {
         self.shared.reply(request, AppHeader::ZERO, body)
     }
