@@ -564,11 +564,9 @@ impl DedupWindow {
             // Refiled now and then, not on every request: an active
             // session's entry then lags at most a quarter of the TTL, so it
             // neither wakes the timer early nor lengthens a later walk.
-            let filed = session.filed_at;
-            if now.as_nanos().saturating_sub(filed.as_nanos()) > self.refile_lag {
-                session.filed_at = now;
-                self.lru.remove(&(filed, client));
-                self.lru.insert((now, client));
+            let lag = now.as_nanos().saturating_sub(session.filed_at.as_nanos());
+            if lag > self.refile_lag {
+                file(&mut self.lru, session, client, now);
             }
         }
         Some(session)
@@ -588,9 +586,7 @@ impl DedupWindow {
         if last == at {
             return false;
         }
-        session.filed_at = last;
-        self.lru.remove(&(at, client));
-        self.lru.insert((last, client));
+        file(&mut self.lru, session, client, last);
         true
     }
 
@@ -604,4 +600,12 @@ impl DedupWindow {
             }
         }
     }
+}
+
+/// Moves `client`'s entry in the LRU order from where `session` is filed to
+/// `at`.
+fn file(lru: &mut BTreeSet<(Instant, u128)>, session: &mut Session, client: u128, at: Instant) {
+    lru.remove(&(session.filed_at, client));
+    lru.insert((at, client));
+    session.filed_at = at;
 }

@@ -83,11 +83,17 @@ impl Outgoing {
     }
 
     fn take_written(&mut self) -> Option<BytesMut> {
-        let head = self.head.take()?;
-        let spare = self.segments.get_mut(head as usize).map(core::mem::take);
+        self.take_head()?.try_into_mut().ok()
+    }
+
+    /// Empties the list but for the batch buffer's last segment, returned.
+    fn take_head(&mut self) -> Option<Bytes> {
+        let head = self.head.take();
+        let head = head.and_then(|i| self.segments.get_mut(i as usize));
+        let head = head.map(core::mem::take);
         self.segments.clear();
         self.next = 0;
-        spare?.try_into_mut().ok()
+        head
     }
 
     /// Loads what `fill` appends (a layer's wire bytes); the previous
@@ -149,12 +155,7 @@ impl Outgoing {
     /// for [`Outgoing::take_spare`]: the others may share the buffer, so
     /// they go first.
     fn finished(&mut self) {
-        let head = self.head.take();
-        let head = head.and_then(|i| self.segments.get_mut(i as usize));
-        let head = head.map(core::mem::take);
-        self.segments.clear();
-        self.next = 0;
-        if let Some(head) = head {
+        if let Some(head) = self.take_head() {
             self.segments.push(head);
             self.next = 1;
             self.head = Some(0);

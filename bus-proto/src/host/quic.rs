@@ -181,13 +181,7 @@ impl<M: Machine, R: Runtime> QuicCore for HostCore<'_, M, R> {
     }
 
     fn discard_output(&mut self, now: Now, id: ConnectionId) {
-        let discarded = self.call(id, |m| {
-            // Bounded, as a socket that gives up is: a closed connection
-            // hands out at most its close. Discarded, so not sealed.
-            (0..1024)
-                .take_while(|_| m.poll_unsealed_for(now, id).is_some())
-                .count()
-        });
+        let discarded = self.call(id, |m| super::socket::discard_output(m, now, id));
         if discarded > 0 {
             self.shared.lock().more_space();
         }

@@ -238,16 +238,6 @@ impl Socket {
         }
     }
 
-    /// The lent receive buffer, made room in only when asked.
-    fn read_into(&mut self) -> Option<ReadInto<'_>> {
-        Some(ReadInto {
-            inbox: self.inbox.as_mut()?,
-            room: self.read_room,
-            grew: &mut self.read_room_grew,
-            spares: &mut self.spares,
-        })
-    }
-
     /// Adapts the room for the next read to this one's `n` bytes: a read
     /// that filled its room doubles it, up to `max`. It never shrinks: a
     /// busy connection keeps reading into large buffers of one size, and
@@ -335,10 +325,8 @@ impl Socket {
     /// Hands the receive buffer to an owned-buffer read; the read gives
     /// it back in [`Completion::Read`].
     pub fn lend_inbox(&mut self) -> Option<BytesMut> {
-        if self.reading {
-            return None;
-        }
-        let buffer = core::mem::take(self.read_into()?.buffer());
+        // `None` while already lent.
+        let buffer = core::mem::take(self.io_deferred().1?.buffer());
         self.reading = true;
         Some(buffer)
     }
@@ -677,15 +665,22 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
         let id = socket.id;
         self.with_from(Some(id), |m, now| {
             m.handle_eof(now, id);
-            // Bounded: a closed connection hands out at most its close.
-            for _ in 0..1024 {
-                // Discarded: not worth sealing.
-                if m.poll_unsealed_for(now, id).is_none() {
-                    break;
-                }
-            }
+            discard_output(m, now, id);
         });
     }
+}
+
+/// Drops what `id` still had to write, unsealed (nothing will carry it),
+/// so the core frees the connection; returns how many batches went.
+/// Bounded: a closed connection hands out at most its close.
+pub(super) fn discard_output<M: Machine>(
+    m: &mut M,
+    now: crate::time::Now,
+    id: ConnectionId,
+) -> usize {
+    (0..1024)
+        .take_while(|_| m.poll_unsealed_for(now, id).is_some())
+        .count()
 }
 
 /// The span of one connection: its id, whether we accepted or dialled it,
