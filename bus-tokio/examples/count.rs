@@ -25,7 +25,9 @@
 //! page faults the workload took (Linux). With `COUNT_THREADS=N` it runs on
 //! a multi-thread runtime of `N` workers; with
 //! `COUNT_TRANSPORT=tls|ws|wss|quic` the replicas' messages go over that
-//! transport (a certificate made at start).
+//! transport (a certificate made at start). With `COUNT_SPAWN=1`, `count
+//! requests` runs the client's and the node's application loops as
+//! spawned tasks instead of inside `block_on`.
 //!
 //! Run it under callgrind at two sizes; the difference divided by the
 //! difference in `N` is the cost per message (or request round trip), free
@@ -283,21 +285,41 @@ async fn round_trips(config: &ValidConfig, keys: KeyRing, requests: u32, body: u
     };
     let client = Client::start(config, client_params, keys, address).expect("client");
     let body = Bytes::from(vec![0u8; body]);
-    let ask = async {
+    let asker = client.clone();
+    let ask = async move {
         for _ in 0..requests {
-            client.request(1, body.clone()).await.expect("answered");
+            asker.request(1, body.clone()).await.expect("answered");
         }
     };
-    let answer = async {
+    // The node outlives the answering loop, so its last reply is written.
+    let replier = node.clone();
+    let answer = async move {
         let mut answered = 0;
         while answered < requests {
             if let Some(NodeEvent::Request { request, body, .. }) = events.recv().await {
-                node.reply(request, body).expect("replied");
+                replier.reply(request, body).expect("replied");
                 answered += 1;
             }
         }
     };
-    tokio::join!(ask, answer);
+    join_maybe_spawned(ask, answer).await;
+    drop((client, node));
+}
+
+/// Runs both ends of a round trip to completion: inside `block_on`, or
+/// with `COUNT_SPAWN=1` as tasks of the runtime (on a multi-thread one,
+/// on its workers).
+async fn join_maybe_spawned(
+    ask: impl Future<Output = ()> + Send + 'static,
+    answer: impl Future<Output = ()> + Send + 'static,
+) {
+    if std::env::var("COUNT_SPAWN").is_ok_and(|s| s == "1") {
+        let (asked, answered) = tokio::join!(tokio::spawn(ask), tokio::spawn(answer));
+        asked.expect("the asking task");
+        answered.expect("the answering task");
+    } else {
+        tokio::join!(ask, answer);
+    }
 }
 
 /// The baselines: the same loopback and runtime, no bus.
@@ -401,7 +423,7 @@ mod baseline {
                 answerer.write_all(&frame).await.expect("answered");
             }
         };
-        tokio::join!(ask, answer);
+        super::join_maybe_spawned(ask, answer).await;
     }
 
     /// `connections` TCP connections to one listener, `in_flight` at a

@@ -5,9 +5,11 @@
 
 use super::Machine;
 use super::layer::{StreamLayer, Transport};
+use super::outgoing::Outgoing;
 use super::signal::{Signal, Waiters};
 use super::slots::Slots;
 use super::socket::Socket;
+use super::through::{self, Through, Writer};
 use crate::node::{Action, ConnectionId};
 use crate::time::{Instant, Now};
 use core::future::{Future, poll_fn};
@@ -44,6 +46,12 @@ pub trait Runtime: Send + Sync + Sized + 'static {
         job: impl FnOnce() -> T + Send + 'static,
         done: impl FnOnce(T) + Send + 'static,
     );
+    /// Whether a handle called on this thread writes an idle socket's
+    /// output itself (see [`Shared::write_through`]) rather than waking
+    /// the socket's task. By default it does not.
+    fn writes_through_here(&self) -> bool {
+        false
+    }
 }
 
 /// Driver settings.
@@ -92,6 +100,18 @@ pub(super) struct Entry {
     pub(super) named: bool,
     /// Queued in its port's `ready` list.
     pub(super) port_ready: bool,
+    /// The socket, for handles to write through ([`Shared::write_through`]).
+    pub(super) writer: Option<Writer>,
+    /// The socket task steps before a handle may write through: it holds
+    /// a batch, or was woken to look for one.
+    pub(super) task_turn: bool,
+    /// A handle is writing a batch through (released under the lock).
+    pub(super) through_busy: bool,
+    /// What a write-through left unwritten, for the socket task to write
+    /// first.
+    pub(super) leftover: Option<Box<Outgoing>>,
+    /// A write-through wrote after the core closed the connection.
+    pub(super) wrote_closing: bool,
 }
 
 #[cfg(feature = "quic")]
@@ -171,6 +191,8 @@ pub(super) struct State<M> {
     /// A send queue may have room: bumped whenever a batch leaves a queue.
     space_epoch: u64,
     space: Waiters,
+    /// Batches taken for write-through, written once the lock is released.
+    pub(super) through: Through,
 }
 
 fn changed<M>(state: &mut State<M>) -> &mut Waiters {
@@ -259,6 +281,7 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
                 changed: Waiters::default(),
                 space_epoch: 0,
                 space: Waiters::default(),
+                through: Through::default(),
             }),
             read_chunk: options.read_chunk.max(4096),
             linger: options.linger,
@@ -296,7 +319,8 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
     pub fn with_untimed<T>(self: &Arc<Self>, f: impl FnOnce(&mut M) -> T) -> T {
         let mut state = self.lock();
         let result = f(&mut state.machine);
-        self.after(&mut state, None);
+        self.after_writing(&mut state, None, true);
+        self.unlock_writing_through(state);
         result
     }
 
@@ -314,17 +338,52 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
     ) -> T {
         let mut state = self.lock();
         let result = f(&mut state.machine, self.runtime.now());
-        self.after(&mut state, caller);
+        self.after_writing(&mut state, caller, caller.is_none());
+        self.unlock_writing_through(state);
         result
     }
 
-    /// After any input: wake sockets with output (but not `caller`), open
-    /// and close sockets, deliver events, and move the timer earlier if
-    /// needed.
+    /// Releases the lock, then writes the batches [`Shared::after`] took
+    /// for write-through.
+    fn unlock_writing_through(self: &Arc<Self>, mut state: MutexGuard<'_, State<M>>) {
+        if state.through.is_empty() {
+            return;
+        }
+        let through = core::mem::take(&mut state.through);
+        drop(state);
+        self.finish_through(through);
+    }
+
+    /// After any input: wake sockets with output (but not `caller`),
+    /// open and close sockets, deliver events, and move the timer earlier
+    /// if needed.
     pub(super) fn after(self: &Arc<Self>, state: &mut State<M>, caller: Option<ConnectionId>) {
+        self.after_writing(state, caller, false);
+    }
+
+    /// [`Shared::after`]; if `write_through`, a socket whose task is idle is not
+    /// woken but its batch taken, for the caller to write once it releases
+    /// the lock ([`through`]).
+    fn after_writing(
+        self: &Arc<Self>,
+        state: &mut State<M>,
+        caller: Option<ConnectionId>,
+        write_through: bool,
+    ) {
         while let Some(id) = state.machine.poll_ready() {
-            if Some(id) == caller {
+            // Taking a batch marks its connection ready again.
+            if Some(id) == caller || state.through.has(id) {
                 continue;
+            }
+            if write_through
+                && through::eligible(&state.sockets, id)
+                && self.runtime.writes_through_here()
+                && self.take_through(state, id)
+            {
+                continue;
+            }
+            if let Some(entry) = state.sockets.get_mut(&id) {
+                entry.task_turn = true;
             }
             wake(&mut state.sockets, &mut state.ports, id);
         }
@@ -591,7 +650,8 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
     /// A socket task (or a dial that never opened one) ended.
     pub fn closed(&self, id: ConnectionId) {
         let mut state = self.lock();
-        if let Some(entry) = state.sockets.remove(&id) {
+        let entry = state.sockets.remove(&id);
+        if let Some(entry) = &entry {
             if entry.paused {
                 state.paused.retain(|&p| p != id);
             }
@@ -601,6 +661,10 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
         }
         state.changed.notify_all();
         state.more_space();
+        // The entry may hold the socket's last handle (its write-through
+        // writer): it is closed after the lock is released.
+        drop(state);
+        drop(entry);
     }
 
     /// Registers a socket accepted from `remote` on a listener of

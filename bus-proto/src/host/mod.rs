@@ -126,6 +126,7 @@ mod shutdown;
 mod signal;
 mod slots;
 mod socket;
+mod through;
 
 pub use client::{ClientFront, Link, Reply};
 pub use clock::{WALL_REFRESH, WallClock};
@@ -141,6 +142,7 @@ pub use outgoing::{MAX_IOVECS, Outgoing, Slices};
 pub use quic::{QuicPort, QuicStep};
 pub use shutdown::ShutdownReport;
 pub use socket::{Completion, MIN_READ_ROOM, ReadInto, Socket, Step};
+pub use through::TryWrite;
 
 use crate::connection::{LentDecoder, Transmit, Unsealed};
 use crate::handshake::Binding;

@@ -270,6 +270,11 @@ impl Socket {
     }
 
     /// A socket task for connection `id` whose bytes pass through `layer`.
+    /// Runs under a transport layer: what it writes is the layer's.
+    pub(super) fn is_layered(&self) -> bool {
+        self.layer.is_some()
+    }
+
     pub(super) fn layered(id: ConnectionId, layer: Box<dyn StreamLayer>) -> Self {
         let mut socket = Socket::new(id);
         // The socket's own wire buffer, always lent to reads.
@@ -351,6 +356,7 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
         let id = socket.id;
         let mut transmit = None;
         let mut frame_limit = None;
+        let mut busy = false;
         let (closing, read) = {
             let mut state = self.lock();
             if state.forced {
@@ -359,13 +365,28 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
             if let Some(buffer) = socket.out.take_spare() {
                 state.machine.reuse_batch_buffer(buffer);
             }
-            if !socket.writing && socket.out.is_done() && state.machine.has_output(id) {
+            let idle = !socket.writing && socket.out.is_done();
+            // A handle writing through holds the connection's output until
+            // it is done; what it left unwritten goes first.
+            if let Some(entry) = state.sockets.get_mut(&id) {
+                busy = entry.through_busy;
+                socket.closing_wrote |= core::mem::take(&mut entry.wrote_closing);
+                if let Some(rest) = entry.leftover.take_if(|_| idle && !busy) {
+                    socket.out = *rest;
+                }
+            }
+            if !busy && socket.out.is_done() && !socket.writing && state.machine.has_output(id) {
                 let now = self.runtime.now();
                 transmit = state.machine.poll_unsealed_for(now, id);
                 if transmit.is_some() {
                     state.more_space();
                 }
                 self.after(&mut state, Some(id));
+            }
+            let loaded = socket.writing || !socket.out.is_done() || transmit.is_some();
+            let entry = state.sockets.get_mut(&id);
+            if let Some(entry) = entry {
+                entry.task_turn = loaded;
             }
             let closing = state.sockets.get(&id).is_none_or(|e| e.closing);
             // Once per connection, and only while a subscriber listens.
@@ -408,7 +429,7 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
             socket.out.load_unsealed(batch);
         }
         if closing {
-            if socket.out.is_done() && !socket.writing {
+            if socket.out.is_done() && !socket.writing && !busy {
                 if socket.eof || !self.start_draining(socket) {
                     return Step::Exit;
                 }
@@ -719,7 +740,7 @@ pub(super) fn name_peer(span: &tracing::Span, peer: crate::crypto::PeerId) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::{Completion, Step};
     use crate::config::Config;
     use crate::crypto::{Key, KeyRing};
@@ -739,7 +760,7 @@ mod tests {
     use std::vec::Vec;
 
     /// A runtime whose clock stands still and whose timers never fire.
-    struct Frozen;
+    pub(crate) struct Frozen;
 
     impl Runtime for Frozen {
         fn now(&self) -> Now {
@@ -756,16 +777,23 @@ mod tests {
         ) {
             done(job());
         }
+        fn writes_through_here(&self) -> bool {
+            true
+        }
     }
 
     fn node_driver() -> Arc<Shared<NodeFront, Frozen>> {
-        let config = Config::default().validate().expect("default config");
-        let params = NodeParams {
+        node_driver_as(NodeParams {
             cluster: 1,
             replica: 0,
             replica_count: 1,
             accept_clients: true,
-        };
+        })
+    }
+
+    /// A node's driver on the frozen clock, with the key `[5; 32]`.
+    pub(crate) fn node_driver_as(params: NodeParams) -> Arc<Shared<NodeFront, Frozen>> {
+        let config = Config::default().validate().expect("default config");
         let keys = KeyRing::new(Key::from_bytes([5; 32]));
         let entropy = Box::new(SeededEntropy::new(3));
         let front = NodeFront::new(
@@ -816,7 +844,7 @@ mod tests {
         fn take_wire(&mut self, _: &mut Vec<bytes::Bytes>) {}
     }
 
-    struct HoardingFactory(Arc<AtomicUsize>);
+    pub(crate) struct HoardingFactory(pub(crate) Arc<AtomicUsize>);
 
     impl LayerFactory for HoardingFactory {
         fn name(&self) -> &'static str {
@@ -1060,7 +1088,7 @@ mod tests {
         shared.closed(socket.id());
     }
 
-    fn woken_now(shared: &Shared<NodeFront, Frozen>, id: ConnectionId) -> bool {
+    pub(crate) fn woken_now(shared: &Shared<NodeFront, Frozen>, id: ConnectionId) -> bool {
         let mut cx = Context::from_waker(Waker::noop());
         pin!(shared.woken(id)).poll(&mut cx).is_ready()
     }

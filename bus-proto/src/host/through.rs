@@ -1,0 +1,483 @@
+//! Write-through: a handle that gives a connection output (a send, a
+//! reply, a request) writes the batch to the socket itself when the
+//! socket's task is idle, instead of waking that task to do it. That
+//! takes a task wake-up, two steps and two waits off every message an
+//! application sends on a quiet connection (its round trip).
+//!
+//! A connection is written through only while its socket task holds no
+//! batch of its own and is not closing, and by one handle at a time
+//! (`Entry::through_busy`): bytes leave in the core's order. What the
+//! socket does not take at once (a full send buffer, an error) is handed
+//! to the socket task as a leftover it writes before anything newer.
+
+use super::Machine;
+use super::driver::{Entry, Runtime, Shared, State, wake};
+use super::outgoing::Outgoing;
+use super::slots::Slots;
+use crate::connection::Unsealed;
+use crate::node::ConnectionId;
+use std::boxed::Box;
+use std::io::{self, IoSlice};
+use std::sync::Arc;
+use std::vec::Vec;
+
+/// A socket any thread may write to without blocking, registered by an
+/// adapter whose socket allows it ([`Shared::write_through`]).
+///
+/// # Examples
+///
+/// ```
+/// use bus_proto::host::TryWrite;
+/// use std::io::{self, IoSlice, Write};
+/// use std::net::TcpStream;
+///
+/// /// A non-blocking std socket, as a readiness-based adapter holds it.
+/// struct Plain(TcpStream);
+///
+/// impl TryWrite for Plain {
+///     fn try_write(&self, slices: &[IoSlice<'_>]) -> io::Result<usize> {
+///         (&self.0).write_vectored(slices)
+///     }
+/// }
+/// ```
+pub trait TryWrite: Send + Sync + 'static {
+    /// Writes what the socket takes now of `slices`, in order, without
+    /// waiting: the count written, or an error (`WouldBlock` when it takes
+    /// nothing now). May be called from any thread, never by two at once
+    /// for one socket.
+    fn try_write(&self, slices: &[IoSlice<'_>]) -> io::Result<usize>;
+}
+
+/// Batches taken for write-through under the lock, written after it is
+/// released. Kept in the driver's state between uses, so writing through
+/// allocates nothing in steady state.
+#[derive(Default)]
+pub(super) struct Through {
+    batches: Vec<(ConnectionId, Unsealed, Arc<dyn TryWrite>)>,
+    /// The segment list each batch is sealed into.
+    out: Outgoing,
+}
+
+impl core::fmt::Debug for Through {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Through")
+            .field("batches", &self.batches.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Through {
+    pub(super) fn is_empty(&self) -> bool {
+        self.batches.is_empty()
+    }
+
+    pub(super) fn has(&self, id: ConnectionId) -> bool {
+        self.batches.iter().any(|(taken, ..)| *taken == id)
+    }
+}
+
+/// Whether a handle may write `id`'s output itself now.
+pub(super) fn eligible(sockets: &Slots<Entry>, id: ConnectionId) -> bool {
+    sockets.get(&id).is_some_and(|e| {
+        e.writer.is_some() && !e.task_turn && !e.through_busy && !e.closing && e.leftover.is_none()
+    })
+}
+
+/// A socket registered for write-through.
+#[derive(Clone)]
+pub(super) struct Writer(Arc<dyn TryWrite>);
+
+impl core::fmt::Debug for Writer {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("Writer")
+    }
+}
+
+/// How one written-through batch ended.
+enum Outcome {
+    /// Written whole: its buffer, if it came back, for the next batch.
+    Written(Option<bytes::BytesMut>),
+    /// The rest, for the socket task.
+    Leftover(Box<Outgoing>),
+}
+
+impl<M: Machine, R: Runtime> Shared<M, R> {
+    /// Lets the application's handles write `socket`'s output to `writer`
+    /// themselves while the socket's task is idle, on the threads where
+    /// [`Runtime::writes_through_here`] says so. An adapter calls it before
+    /// its socket task's first step, for a socket any thread may write to
+    /// without blocking (a readiness-based TCP socket). A socket under a
+    /// transport layer (TLS, WebSocket) writes the layer's bytes, not the
+    /// frames: it is not registered.
+    pub fn write_through(&self, socket: &super::Socket, writer: Arc<dyn TryWrite>) {
+        if socket.is_layered() {
+            return;
+        }
+        if let Some(entry) = self.lock().sockets.get_mut(&socket.id()) {
+            entry.writer = Some(Writer(writer));
+        }
+    }
+
+    /// Takes `id`'s next batch to write through, under the lock; false if
+    /// there was none.
+    pub(super) fn take_through(&self, state: &mut State<M>, id: ConnectionId) -> bool {
+        let Some(Writer(writer)) = state.sockets.get(&id).and_then(|e| e.writer.clone()) else {
+            return false;
+        };
+        let now = self.runtime.now();
+        let Some(batch) = state.machine.poll_unsealed_for(now, id) else {
+            return false;
+        };
+        if let Some(entry) = state.sockets.get_mut(&id) {
+            entry.through_busy = true;
+        }
+        state.through.batches.push((id, batch, writer));
+        state.more_space();
+        true
+    }
+
+    /// Writes the batches taken under the lock (which the caller has
+    /// released), then hands back their buffers, or what the sockets did
+    /// not take to their tasks.
+    pub(super) fn finish_through(self: &Arc<Self>, mut through: Through) {
+        let mut outcomes = Vec::new();
+        // Several batches only when one call gave output to several
+        // connections (a broadcast); one allocation for them is fine.
+        if through.batches.len() > 1 {
+            outcomes.reserve_exact(through.batches.len());
+        }
+        let mut single = None;
+        for (id, batch, writer) in through.batches.drain(..) {
+            let out = &mut through.out;
+            out.load_unsealed(batch);
+            let outcome = match write_now(out, &*writer) {
+                true => Outcome::Written(out.take_spare()),
+                false => Outcome::Leftover(Box::new(core::mem::take(out))),
+            };
+            match single {
+                None => single = Some((id, outcome)),
+                Some(_) => outcomes.push((id, outcome)),
+            }
+        }
+        let mut state = self.lock();
+        for (id, outcome) in single.into_iter().chain(outcomes) {
+            let State {
+                machine,
+                sockets,
+                ports,
+                ..
+            } = &mut *state;
+            let Some(entry) = sockets.get_mut(&id) else {
+                continue;
+            };
+            entry.through_busy = false;
+            // Bytes written once the core had closed the connection are
+            // its last words: the socket lingers for them.
+            entry.wrote_closing |= entry.closing;
+            let more = match outcome {
+                Outcome::Written(spare) => {
+                    if let Some(spare) = spare {
+                        machine.reuse_batch_buffer(spare);
+                    }
+                    entry.closing || machine.has_output(id)
+                }
+                Outcome::Leftover(rest) => {
+                    entry.leftover = Some(rest);
+                    true
+                }
+            };
+            if more {
+                wake(sockets, ports, id);
+            }
+        }
+        // Hand the (empty) lists back for the next write-through.
+        if state.through.batches.capacity() == 0 {
+            state.through = through;
+        }
+    }
+}
+
+/// Writes the loaded batch while the socket takes it; true once it is all
+/// written. An error leaves the rest to the socket task, whose own write
+/// then fails and ends the connection as any failed write does.
+fn write_now(out: &mut Outgoing, writer: &dyn TryWrite) -> bool {
+    while !out.is_done() {
+        match writer.try_write(&out.slices()) {
+            Ok(0) => return false,
+            Ok(written) => out.advance(written),
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return false,
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TryWrite;
+    use crate::config::Config;
+    use crate::connection::{Connection, DialParams, Event};
+    use crate::crypto::{Key, KeyRing, PeerId};
+    use crate::entropy::SeededEntropy;
+    use crate::handshake::Binding;
+    use crate::host::socket::tests::{Frozen, HoardingFactory, node_driver_as, woken_now};
+    use crate::host::{Completion, NodeFront, Runtime, Shared, Socket, Step, Transport};
+    use crate::node::NodeParams;
+    use bytes::Bytes;
+    use core::sync::atomic::{AtomicUsize, Ordering};
+    use std::io::{self, IoSlice};
+    use std::sync::{Arc, Mutex};
+    use std::vec;
+    use std::vec::Vec;
+
+    /// A socket's send buffer that takes `room` more bytes, then refuses.
+    #[derive(Default)]
+    struct Pipe {
+        bytes: Mutex<Vec<u8>>,
+        room: AtomicUsize,
+    }
+
+    impl Pipe {
+        fn take(&self) -> Vec<u8> {
+            core::mem::take(&mut *self.bytes.lock().unwrap())
+        }
+    }
+
+    impl TryWrite for Pipe {
+        fn try_write(&self, slices: &[IoSlice<'_>]) -> io::Result<usize> {
+            let room = self.room.load(Ordering::Relaxed);
+            if room == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let mut bytes = self.bytes.lock().unwrap();
+            let mut written = 0;
+            for slice in slices {
+                let take = slice.len().min(room - written);
+                bytes.extend_from_slice(&slice[..take]);
+                written += take;
+            }
+            self.room.fetch_sub(written, Ordering::Relaxed);
+            Ok(written)
+        }
+    }
+
+    /// Replica 1's driver with a socket accepted from replica 0 (a
+    /// sans-IO dialer here), registered for write-through to `pipe`, the
+    /// handshake done and the socket task idle.
+    struct Accepted {
+        shared: Arc<Shared<NodeFront, Frozen>>,
+        socket: Socket,
+        pipe: Arc<Pipe>,
+        dialer: Connection,
+    }
+
+    impl Accepted {
+        fn new() -> Self {
+            let shared = node_driver_as(NodeParams {
+                cluster: 1,
+                replica: 1,
+                replica_count: 2,
+                accept_clients: false,
+            });
+            let socket = shared
+                .accept_socket(None, &Transport::tcp())
+                .expect("accepted");
+            let pipe = Arc::new(Pipe {
+                room: AtomicUsize::new(usize::MAX),
+                ..Pipe::default()
+            });
+            shared.write_through(&socket, Arc::clone(&pipe) as Arc<dyn TryWrite>);
+            let config = Config::default().validate().expect("default config");
+            let keys = KeyRing::new(Key::from_bytes([5; 32]));
+            let params = DialParams {
+                cluster: 1,
+                local: PeerId::Replica(0),
+                acceptor: 1,
+                keys: &keys,
+                binding: Binding::NONE,
+            };
+            let now = Frozen.now();
+            let dialer = Connection::dial(
+                now.mono,
+                now.wall,
+                &config,
+                params,
+                &mut SeededEntropy::new(4),
+            )
+            .expect("a dial");
+            let mut accepted = Accepted {
+                shared,
+                socket,
+                pipe,
+                dialer,
+            };
+            for _ in 0..4 {
+                accepted.carry_to_node();
+                accepted.task_writes();
+                accepted.carry_to_dialer();
+            }
+            assert!(accepted.dialer.is_established(), "no handshake");
+            assert!(accepted.shared.is_connected(0), "replica 0 not registered");
+            accepted
+        }
+
+        /// The dialer's output, read by the socket task.
+        fn carry_to_node(&mut self) {
+            let mut bytes = Vec::new();
+            while let Some(transmit) = self.dialer.poll_transmit(Frozen.now().mono) {
+                transmit.write_to(&mut bytes);
+            }
+            if bytes.is_empty() {
+                return;
+            }
+            assert!(matches!(
+                self.shared.step(&mut self.socket),
+                Step::Run { read: true, .. }
+            ));
+            let (_, into) = self.socket.io_deferred();
+            into.expect("the receive buffer")
+                .buffer()
+                .extend_from_slice(&bytes);
+            let read = Completion::Read(Ok(bytes.len()), None);
+            assert!(self.shared.complete(&mut self.socket, read).is_continue());
+        }
+
+        /// The socket task steps and writes everything it loads, as its
+        /// own writes do (they wait for room); true if it wrote.
+        fn task_writes(&mut self) -> bool {
+            let mut wrote = false;
+            while let Step::Run { write: true, .. } = self.shared.step(&mut self.socket) {
+                let (out, _) = self.socket.io_deferred();
+                let mut bytes = self.pipe.bytes.lock().unwrap();
+                let written: usize = out.slices().iter().map(|s| s.len()).sum();
+                for slice in out.slices().iter() {
+                    bytes.extend_from_slice(slice);
+                }
+                drop(bytes);
+                out.advance(written);
+                let wrote_ok = Completion::Wrote(Ok(()));
+                assert!(
+                    self.shared
+                        .complete(&mut self.socket, wrote_ok)
+                        .is_continue()
+                );
+                wrote = true;
+            }
+            wrote
+        }
+
+        /// What reached the pipe, read by the dialer: the bodies of the
+        /// messages in it.
+        fn carry_to_dialer(&mut self) -> Vec<Bytes> {
+            let bytes = self.pipe.take();
+            self.dialer.handle_input(Frozen.now().mono, &bytes);
+            let mut bodies = Vec::new();
+            while let Some(event) = self.dialer.poll_event() {
+                match event {
+                    Event::Message(frame) => bodies.push(frame.body),
+                    Event::Established { .. } => {}
+                    Event::Closed { reason } => panic!("closed: {reason:?}"),
+                }
+            }
+            bodies
+        }
+
+        fn send(&self, body: &'static [u8]) {
+            self.shared
+                .send(0, 7, Bytes::from_static(body))
+                .expect("queued");
+        }
+    }
+
+    /// A send on a connection whose socket task is idle is written by the
+    /// sender: the bytes are in the socket when the call returns, and the
+    /// task is not woken.
+    #[test]
+    fn a_send_on_an_idle_socket_is_written_by_the_sender() {
+        let mut accepted = Accepted::new();
+        let id = accepted.socket.id();
+        let _ = woken_now(&accepted.shared, id);
+        accepted.send(b"through");
+        assert!(!woken_now(&accepted.shared, id), "the task was woken");
+        assert!(!accepted.task_writes(), "the task had something to write");
+        assert_eq!(
+            accepted.carry_to_dialer(),
+            vec![Bytes::from_static(b"through")]
+        );
+    }
+
+    /// What the socket does not take at once is left to its task, which
+    /// writes it before anything sent later: bytes leave whole and in
+    /// order.
+    #[test]
+    fn a_partial_write_through_is_finished_by_the_task_before_later_output() {
+        let mut accepted = Accepted::new();
+        let id = accepted.socket.id();
+        let _ = woken_now(&accepted.shared, id);
+        accepted.pipe.room.store(100, Ordering::Relaxed);
+        accepted.send(&[1; 300]);
+        assert_eq!(accepted.pipe.bytes.lock().unwrap().len(), 100);
+        assert!(woken_now(&accepted.shared, id), "the task was not told");
+        // The leftover goes first: a later send is not written through.
+        accepted.pipe.room.store(usize::MAX, Ordering::Relaxed);
+        accepted.send(b"later");
+        assert_eq!(accepted.pipe.bytes.lock().unwrap().len(), 100);
+        assert!(accepted.task_writes());
+        assert_eq!(
+            accepted.carry_to_dialer(),
+            vec![Bytes::from_static(&[1; 300]), Bytes::from_static(b"later")]
+        );
+        // Idle again: the next send is written through.
+        accepted.send(b"again");
+        assert_eq!(
+            accepted.carry_to_dialer(),
+            vec![Bytes::from_static(b"again")]
+        );
+    }
+
+    /// While the socket task holds a batch of its own, a send wakes the
+    /// task instead of writing: its bytes follow the task's batch.
+    #[test]
+    fn a_socket_task_holding_a_batch_keeps_the_output_in_order() {
+        let mut accepted = Accepted::new();
+        let id = accepted.socket.id();
+        accepted.pipe.room.store(0, Ordering::Relaxed);
+        accepted.send(b"first");
+        assert!(accepted.pipe.bytes.lock().unwrap().is_empty());
+        // The task loads the leftover and has not written it yet.
+        assert!(matches!(
+            accepted.shared.step(&mut accepted.socket),
+            Step::Run { write: true, .. }
+        ));
+        accepted.pipe.room.store(usize::MAX, Ordering::Relaxed);
+        let _ = woken_now(&accepted.shared, id);
+        accepted.send(b"second");
+        assert!(accepted.pipe.bytes.lock().unwrap().is_empty());
+        assert!(woken_now(&accepted.shared, id), "the task was not told");
+        assert!(accepted.task_writes());
+        assert_eq!(
+            accepted.carry_to_dialer(),
+            vec![Bytes::from_static(b"first"), Bytes::from_static(b"second")]
+        );
+    }
+
+    /// A socket under a transport layer writes the layer's bytes: frames
+    /// are never written through to it.
+    #[test]
+    fn a_layered_socket_is_not_written_through() {
+        let shared = node_driver_as(NodeParams {
+            cluster: 1,
+            replica: 1,
+            replica_count: 2,
+            accept_clients: false,
+        });
+        let pending = Arc::new(AtomicUsize::new(0));
+        let layered = Transport::layered(Arc::new(HoardingFactory(pending)));
+        let socket = shared.accept_socket(None, &layered).expect("accepted");
+        let pipe = Arc::new(Pipe::default());
+        shared.write_through(&socket, pipe as Arc<dyn TryWrite>);
+        let state = shared.lock();
+        let entry = state.sockets.get(&socket.id()).expect("registered");
+        assert!(entry.writer.is_none());
+    }
+}
