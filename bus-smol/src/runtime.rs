@@ -3,14 +3,15 @@
 
 use bus_proto::entropy::Entropy;
 use bus_proto::host::{
-    Completion, Machine, Outgoing, Platform, Runtime, Shared, Socket, StartError, Step, WallClock,
+    Completion, Machine, Outgoing, Platform, Runtime, Shared, Socket, StartError, Step, TryWrite,
+    WallClock,
 };
 use bus_proto::node::ConnectionId;
 use bus_proto::time::{Instant, Now};
 use bytes::BytesMut;
 use smol::future::{self, FutureExt};
 use smol::{Async, Executor, Timer};
-use std::io::{self, Write};
+use std::io::{self, IoSlice, Write};
 use std::net::{Shutdown, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -140,6 +141,13 @@ impl Runtime for Smol {
             .spawn(dial(Arc::clone(shared), id, replica));
     }
 
+    /// Everywhere: async-io keeps no readiness of its own to disturb, and
+    /// a handle's own write saves waking a socket task that runs on an
+    /// executor thread of its own.
+    fn writes_through_here(&self) -> bool {
+        true
+    }
+
     fn run_blocking<T: Send + 'static>(
         &self,
         job: impl FnOnce() -> T + Send + 'static,
@@ -198,11 +206,26 @@ async fn run_socket<M: Machine>(
     if let Err(error) = stream.get_ref().set_nodelay(true) {
         tracing::debug!(%id, %error, "TCP_NODELAY not set");
     }
-    run(&shared, &mut socket, &stream).await;
+    // Shared with the application's handles, which write a quiet
+    // connection's output through it themselves.
+    let stream = Arc::new(ThroughStream(stream));
+    shared.write_through(&socket, Arc::clone(&stream) as Arc<dyn TryWrite>);
+    run(&shared, &mut socket, &stream.0).await;
     // Best effort: tell the peer we are done writing.
-    let _ = stream.get_ref().shutdown(Shutdown::Write);
+    let _ = stream.0.get_ref().shutdown(Shutdown::Write);
     drop(stream);
     shared.closed(id);
+}
+
+/// A TCP socket the application's handles may write to ([`TryWrite`]):
+/// async-io keeps it non-blocking, so a write never waits.
+struct ThroughStream(Async<TcpStream>);
+
+impl TryWrite for ThroughStream {
+    fn try_write(&self, slices: &[IoSlice<'_>]) -> io::Result<usize> {
+        let mut socket = self.0.get_ref();
+        socket.write_vectored(slices)
+    }
 }
 
 /// One vectored write of the loaded batch. Cancel-safe: a write that did

@@ -183,8 +183,8 @@ async fn run_socket<M: Machine>(
     let writer = Arc::new(ThroughStream(writer));
     shared.write_through(&socket, Arc::clone(&writer) as Arc<dyn TryWrite>);
     run(&shared, &mut socket, &mut reader, writer.0.as_ref()).await;
-    // Best effort: tell the peer we are done writing.
-    let _ = shut_down(writer.0.as_ref());
+    // Dropping the write half tells the peer we are done writing (best
+    // effort); the socket closes once both halves are gone.
     drop((reader, writer));
     shared.closed(id);
 }

@@ -103,7 +103,8 @@ pub(super) struct Entry {
     /// The socket, for handles to write through ([`Shared::write_through`]).
     pub(super) writer: Option<Writer>,
     /// The socket task steps before a handle may write through: it holds
-    /// a batch, or was woken to look for one.
+    /// a batch, was woken to look for one, or a handle wrote through since
+    /// its last step.
     pub(super) task_turn: bool,
     /// A handle is writing a batch through (released under the lock).
     pub(super) through_busy: bool,
@@ -317,6 +318,7 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
     /// [`Shared::with`] for calls that take no time (sends): skips reading
     /// the clocks.
     pub fn with_untimed<T>(self: &Arc<Self>, f: impl FnOnce(&mut M) -> T) -> T {
+        let _unwind = through::OnUnwind(self);
         let mut state = self.lock();
         let result = f(&mut state.machine);
         self.after_writing(&mut state, None, true);
@@ -336,6 +338,7 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
         caller: Option<ConnectionId>,
         f: impl FnOnce(&mut M, Now) -> T,
     ) -> T {
+        let _unwind = through::OnUnwind(self);
         let mut state = self.lock();
         let result = f(&mut state.machine, self.runtime.now());
         self.after_writing(&mut state, caller, caller.is_none());
@@ -371,12 +374,17 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
         write_through: bool,
     ) {
         while let Some(id) = state.machine.poll_ready() {
-            // Taking a batch marks its connection ready again.
-            if Some(id) == caller || state.through.has(id) {
+            if Some(id) == caller {
+                continue;
+            }
+            // A handle writing it through (this one: taking a batch marks
+            // its connection ready again) wakes the task when it is done
+            // if there is more.
+            if state.sockets.get(&id).is_some_and(|e| e.through_busy) {
                 continue;
             }
             if write_through
-                && through::eligible(&state.sockets, id)
+                && through::eligible(state, id)
                 && self.runtime.writes_through_here()
                 && self.take_through(state, id)
             {
@@ -650,8 +658,7 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
     /// A socket task (or a dial that never opened one) ended.
     pub fn closed(&self, id: ConnectionId) {
         let mut state = self.lock();
-        let entry = state.sockets.remove(&id);
-        if let Some(entry) = &entry {
+        if let Some(entry) = state.sockets.remove(&id) {
             if entry.paused {
                 state.paused.retain(|&p| p != id);
             }
@@ -661,10 +668,6 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
         }
         state.changed.notify_all();
         state.more_space();
-        // The entry may hold the socket's last handle (its write-through
-        // writer): it is closed after the lock is released.
-        drop(state);
-        drop(entry);
     }
 
     /// Registers a socket accepted from `remote` on a listener of

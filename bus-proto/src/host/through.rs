@@ -4,21 +4,28 @@
 //! takes a task wake-up, two steps and two waits off every message an
 //! application sends on a quiet connection (its round trip).
 //!
-//! A connection is written through only while its socket task holds no
-//! batch of its own and is not closing, and by one handle at a time
+//! A connection is written through at most once per step of its socket
+//! task (a request, then the task reads the reply and steps: the next
+//! request is written through; a stream of sends without a yield has its
+//! first written through and the rest batched by the task), only while
+//! that task holds no batch of its own and is not closing, and by one
+//! handle at a time
 //! (`Entry::through_busy`): bytes leave in the core's order. What the
 //! socket does not take at once (a full send buffer, an error) is handed
 //! to the socket task as a leftover it writes before anything newer.
+//!
+//! "Handle" means any caller of [`Shared::with`] and its untimed variant
+//! outside a socket task: the application's, and the driver's own timer
+//! task, which so writes its heartbeats itself.
 
 use super::Machine;
-use super::driver::{Entry, Runtime, Shared, State, wake};
+use super::driver::{Runtime, Shared, State, wake};
 use super::outgoing::Outgoing;
-use super::slots::Slots;
 use crate::connection::Unsealed;
 use crate::node::ConnectionId;
 use std::boxed::Box;
 use std::io::{self, IoSlice};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::vec::Vec;
 
 /// A socket any thread may write to without blocking, registered by an
@@ -44,7 +51,8 @@ pub trait TryWrite: Send + Sync + 'static {
     /// Writes what the socket takes now of `slices`, in order, without
     /// waiting: the count written, or an error (`WouldBlock` when it takes
     /// nothing now). May be called from any thread, never by two at once
-    /// for one socket.
+    /// for one socket. It must not panic: the connection's other writers
+    /// wait until it returns.
     fn try_write(&self, slices: &[IoSlice<'_>]) -> io::Result<usize>;
 }
 
@@ -70,22 +78,52 @@ impl Through {
     pub(super) fn is_empty(&self) -> bool {
         self.batches.is_empty()
     }
+}
 
-    pub(super) fn has(&self, id: ConnectionId) -> bool {
-        self.batches.iter().any(|(taken, ..)| *taken == id)
+/// Held across a handle's call: if it panics after taking batches to
+/// write through and before writing them (with the lock held), the batches
+/// are dropped and their sockets' tasks woken, so no connection waits on a
+/// write nobody will finish.
+pub(super) struct OnUnwind<'a, M: Machine, R: Runtime>(pub(super) &'a Shared<M, R>);
+
+impl<M: Machine, R: Runtime> Drop for OnUnwind<'_, M, R> {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let mut state = self.0.lock();
+        let State {
+            sockets,
+            ports,
+            through,
+            ..
+        } = &mut *state;
+        for (id, ..) in through.batches.drain(..) {
+            if let Some(entry) = sockets.get_mut(&id) {
+                entry.through_busy = false;
+                entry.task_turn = true;
+                wake(sockets, ports, id);
+            }
+        }
     }
 }
 
 /// Whether a handle may write `id`'s output itself now.
-pub(super) fn eligible(sockets: &Slots<Entry>, id: ConnectionId) -> bool {
-    sockets.get(&id).is_some_and(|e| {
-        e.writer.is_some() && !e.task_turn && !e.through_busy && !e.closing && e.leftover.is_none()
-    })
+pub(super) fn eligible<M>(state: &State<M>, id: ConnectionId) -> bool {
+    !state.forced
+        && state.sockets.get(&id).is_some_and(|e| {
+            e.writer.is_some()
+                && !e.task_turn
+                && !e.through_busy
+                && !e.closing
+                && e.leftover.is_none()
+        })
 }
 
-/// A socket registered for write-through.
+/// A socket registered for write-through. Weak: the socket task owns the
+/// socket, which closes when the task ends, whatever the registry holds.
 #[derive(Clone)]
-pub(super) struct Writer(Arc<dyn TryWrite>);
+pub(super) struct Writer(Weak<dyn TryWrite>);
 
 impl core::fmt::Debug for Writer {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
@@ -114,14 +152,16 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
             return;
         }
         if let Some(entry) = self.lock().sockets.get_mut(&socket.id()) {
-            entry.writer = Some(Writer(writer));
+            entry.writer = Some(Writer(Arc::downgrade(&writer)));
         }
     }
 
     /// Takes `id`'s next batch to write through, under the lock; false if
     /// there was none.
     pub(super) fn take_through(&self, state: &mut State<M>, id: ConnectionId) -> bool {
-        let Some(Writer(writer)) = state.sockets.get(&id).and_then(|e| e.writer.clone()) else {
+        let writer = state.sockets.get(&id).and_then(|e| e.writer.as_ref());
+        // Gone if the socket task ended without reaching `closed`.
+        let Some(writer) = writer.and_then(|Writer(w)| w.upgrade()) else {
             return false;
         };
         let now = self.runtime.now();
@@ -130,6 +170,11 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
         };
         if let Some(entry) = state.sockets.get_mut(&id) {
             entry.through_busy = true;
+            // Once per turn of the socket task: until it next steps
+            // (after a read, say), later output waits for it, so an
+            // application sending message after message without yielding
+            // has them written in batches, not a write each.
+            entry.task_turn = true;
         }
         state.through.batches.push((id, batch, writer));
         state.more_space();
@@ -225,16 +270,21 @@ mod tests {
     use crate::node::NodeParams;
     use bytes::Bytes;
     use core::sync::atomic::{AtomicUsize, Ordering};
+    use std::boxed::Box;
     use std::io::{self, IoSlice};
     use std::sync::{Arc, Mutex};
     use std::vec;
     use std::vec::Vec;
+
+    /// Runs once, inside the next write.
+    type Hook = Box<dyn FnOnce() + Send>;
 
     /// A socket's send buffer that takes `room` more bytes, then refuses.
     #[derive(Default)]
     struct Pipe {
         bytes: Mutex<Vec<u8>>,
         room: AtomicUsize,
+        during_write: Mutex<Option<Hook>>,
     }
 
     impl Pipe {
@@ -245,6 +295,10 @@ mod tests {
 
     impl TryWrite for Pipe {
         fn try_write(&self, slices: &[IoSlice<'_>]) -> io::Result<usize> {
+            let hook = self.during_write.lock().unwrap().take();
+            if let Some(hook) = hook {
+                hook();
+            }
             let room = self.room.load(Ordering::Relaxed);
             if room == 0 {
                 return Err(io::ErrorKind::WouldBlock.into());
@@ -343,9 +397,9 @@ mod tests {
         }
 
         /// The socket task steps and writes everything it loads, as its
-        /// own writes do (they wait for room); true if it wrote.
-        fn task_writes(&mut self) -> bool {
-            let mut wrote = false;
+        /// own writes do (they wait for room); how many batches it wrote.
+        fn task_writes(&mut self) -> usize {
+            let mut wrote = 0;
             while let Step::Run { write: true, .. } = self.shared.step(&mut self.socket) {
                 let (out, _) = self.socket.io_deferred();
                 let mut bytes = self.pipe.bytes.lock().unwrap();
@@ -361,7 +415,7 @@ mod tests {
                         .complete(&mut self.socket, wrote_ok)
                         .is_continue()
                 );
-                wrote = true;
+                wrote += 1;
             }
             wrote
         }
@@ -399,10 +453,41 @@ mod tests {
         let _ = woken_now(&accepted.shared, id);
         accepted.send(b"through");
         assert!(!woken_now(&accepted.shared, id), "the task was woken");
-        assert!(!accepted.task_writes(), "the task had something to write");
+        assert_eq!(accepted.task_writes(), 0, "the task had something to write");
         assert_eq!(
             accepted.carry_to_dialer(),
             vec![Bytes::from_static(b"through")]
+        );
+    }
+
+    /// Once a handle wrote through, later output waits for the socket
+    /// task's next step and goes out in one batch: an application sending
+    /// without yielding gets batches, not a write per message. Once the
+    /// task has stepped, the next send is written through again.
+    #[test]
+    fn one_write_through_per_step_of_the_socket_task() {
+        let mut accepted = Accepted::new();
+        let id = accepted.socket.id();
+        let _ = woken_now(&accepted.shared, id);
+        accepted.send(b"first");
+        assert!(!woken_now(&accepted.shared, id));
+        accepted.send(b"second");
+        accepted.send(b"third");
+        assert!(woken_now(&accepted.shared, id), "the task was not told");
+        assert_eq!(
+            accepted.carry_to_dialer(),
+            vec![Bytes::from_static(b"first")]
+        );
+        assert_eq!(accepted.task_writes(), 1, "not one batch");
+        assert_eq!(
+            accepted.carry_to_dialer(),
+            vec![Bytes::from_static(b"second"), Bytes::from_static(b"third")]
+        );
+        accepted.send(b"fourth");
+        assert!(!woken_now(&accepted.shared, id));
+        assert_eq!(
+            accepted.carry_to_dialer(),
+            vec![Bytes::from_static(b"fourth")]
         );
     }
 
@@ -422,7 +507,7 @@ mod tests {
         accepted.pipe.room.store(usize::MAX, Ordering::Relaxed);
         accepted.send(b"later");
         assert_eq!(accepted.pipe.bytes.lock().unwrap().len(), 100);
-        assert!(accepted.task_writes());
+        assert_eq!(accepted.task_writes(), 2);
         assert_eq!(
             accepted.carry_to_dialer(),
             vec![Bytes::from_static(&[1; 300]), Bytes::from_static(b"later")]
@@ -435,8 +520,9 @@ mod tests {
         );
     }
 
-    /// While the socket task holds a batch of its own, a send wakes the
-    /// task instead of writing: its bytes follow the task's batch.
+    /// While the socket task holds a batch (here the leftover of a write
+    /// the socket refused), a send wakes the task instead of writing: its
+    /// bytes follow the task's batch.
     #[test]
     fn a_socket_task_holding_a_batch_keeps_the_output_in_order() {
         let mut accepted = Accepted::new();
@@ -454,10 +540,37 @@ mod tests {
         accepted.send(b"second");
         assert!(accepted.pipe.bytes.lock().unwrap().is_empty());
         assert!(woken_now(&accepted.shared, id), "the task was not told");
-        assert!(accepted.task_writes());
+        assert_eq!(accepted.task_writes(), 2);
         assert_eq!(
             accepted.carry_to_dialer(),
             vec![Bytes::from_static(b"first"), Bytes::from_static(b"second")]
+        );
+    }
+
+    /// A send while another handle writes the connection through is left
+    /// to the socket task, which the writer wakes once it is done: the
+    /// second message follows the first.
+    #[test]
+    fn a_send_during_a_write_through_follows_it() {
+        let mut accepted = Accepted::new();
+        let id = accepted.socket.id();
+        let shared = Arc::clone(&accepted.shared);
+        let send_inner = move || {
+            let inner = Bytes::from_static(b"inner");
+            shared.send(0, 7, inner).expect("queued");
+        };
+        *accepted.pipe.during_write.lock().unwrap() = Some(Box::new(send_inner));
+        let _ = woken_now(&accepted.shared, id);
+        accepted.send(b"outer");
+        assert!(woken_now(&accepted.shared, id), "the task was not told");
+        assert_eq!(
+            accepted.carry_to_dialer(),
+            vec![Bytes::from_static(b"outer")]
+        );
+        assert_eq!(accepted.task_writes(), 1);
+        assert_eq!(
+            accepted.carry_to_dialer(),
+            vec![Bytes::from_static(b"inner")]
         );
     }
 
