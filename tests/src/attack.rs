@@ -18,13 +18,27 @@ use std::pin::Pin;
 use std::task::Poll;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+/// Linux's errno for a non-blocking connect under way (std's
+/// `ErrorKind::InProgress` is not stable yet).
+const EINPROGRESS: i32 = 115;
+
 /// A TCP connection to `target` from `source` (any port): a loopback
 /// address other than 127.0.0.1 stands for another host.
+///
+/// Never blocks. Loopback connects complete at once while the accept queue
+/// has room; once it is full, the connect stays pending (its SYN is
+/// retried, still pressing on the listener) instead of blocking the
+/// thread, which on a single-threaded runtime also runs the node under
+/// attack: a blocking connect there stalled the node's accepts for the
+/// seconds of a SYN retry.
 pub fn connect_from(source: IpAddr, target: SocketAddr) -> std::io::Result<TcpStream> {
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
     socket.bind(&SocketAddr::new(source, 0).into())?;
-    // Loopback connects complete at once while the accept queue has room.
-    socket.connect(&target.into())?;
+    socket.set_nonblocking(true)?;
+    match socket.connect(&target.into()) {
+        Err(error) if error.raw_os_error() != Some(EINPROGRESS) => return Err(error),
+        _ => {}
+    }
     Ok(socket.into())
 }
 
@@ -43,7 +57,7 @@ pub async fn silent_flood<B: Bus>(
         for _ in 0..per_round {
             match connect_from(source, target) {
                 Ok(stream) => held.push_back(stream),
-                // The listener's queue is full: that is the point.
+                // Refused or out of ports: try again next round.
                 Err(_) => break,
             }
             while held.len() > hold {

@@ -21,6 +21,7 @@
 use super::Machine;
 use super::driver::{Runtime, Shared, State, wake};
 use super::outgoing::Outgoing;
+use super::socket::discard_output;
 use crate::connection::Unsealed;
 use crate::node::ConnectionId;
 use std::boxed::Box;
@@ -61,7 +62,8 @@ pub trait TryWrite: Send + Sync + 'static {
 /// allocates nothing in steady state.
 #[derive(Default)]
 pub(super) struct Through {
-    batches: Vec<(ConnectionId, Unsealed, Arc<dyn TryWrite>)>,
+    /// Each batch is taken out (`None`) as it is written.
+    batches: Vec<(ConnectionId, Option<Unsealed>, Arc<dyn TryWrite>)>,
     /// The segment list each batch is sealed into.
     out: Outgoing,
 }
@@ -81,29 +83,34 @@ impl Through {
 }
 
 /// Held across a handle's call: if it panics after taking batches to
-/// write through and before writing them (with the lock held), the batches
-/// are dropped and their sockets' tasks woken, so no connection waits on a
-/// write nobody will finish.
-pub(super) struct OnUnwind<'a, M: Machine, R: Runtime>(pub(super) &'a Shared<M, R>);
+/// write through (with the lock held), their connections end, as after a
+/// failed write, rather than wait on a write nobody will finish or lose
+/// those messages unnoticed.
+pub(super) struct OnUnwind<'a, M: Machine, R: Runtime>(pub(super) &'a Arc<Shared<M, R>>);
 
 impl<M: Machine, R: Runtime> Drop for OnUnwind<'_, M, R> {
     fn drop(&mut self) {
-        if !std::thread::panicking() {
-            return;
+        if std::thread::panicking() {
+            let mut state = self.0.lock();
+            let taken = core::mem::take(&mut state.through);
+            self.0.end_taken(&mut state, taken);
         }
-        let mut state = self.0.lock();
-        let State {
-            sockets,
-            ports,
-            through,
-            ..
-        } = &mut *state;
-        for (id, ..) in through.batches.drain(..) {
-            if let Some(entry) = sockets.get_mut(&id) {
-                entry.through_busy = false;
-                entry.task_turn = true;
-                wake(sockets, ports, id);
-            }
+    }
+}
+
+/// [`OnUnwind`] for the writing itself, outside the lock: the batches not
+/// yet handed back when a panic unwinds.
+struct Writing<'a, M: Machine, R: Runtime> {
+    shared: &'a Arc<Shared<M, R>>,
+    through: Through,
+}
+
+impl<M: Machine, R: Runtime> Drop for Writing<'_, M, R> {
+    fn drop(&mut self) {
+        if std::thread::panicking() && !self.through.is_empty() {
+            let mut state = self.shared.lock();
+            let taken = core::mem::take(&mut self.through);
+            self.shared.end_taken(&mut state, taken);
         }
     }
 }
@@ -176,7 +183,7 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
             // has them written in batches, not a write each.
             entry.task_turn = true;
         }
-        state.through.batches.push((id, batch, writer));
+        state.through.batches.push((id, Some(batch), writer));
         state.more_space();
         true
     }
@@ -184,26 +191,35 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
     /// Writes the batches taken under the lock (which the caller has
     /// released), then hands back their buffers, or what the sockets did
     /// not take to their tasks.
-    pub(super) fn finish_through(self: &Arc<Self>, mut through: Through) {
+    pub(super) fn finish_through(self: &Arc<Self>, through: Through) {
+        let mut writing = Writing {
+            shared: self,
+            through,
+        };
+        let Through { batches, out } = &mut writing.through;
         let mut outcomes = Vec::new();
         // Several batches only when one call gave output to several
         // connections (a broadcast); one allocation for them is fine.
-        if through.batches.len() > 1 {
-            outcomes.reserve_exact(through.batches.len());
+        if batches.len() > 1 {
+            outcomes.reserve_exact(batches.len());
         }
         let mut single = None;
-        for (id, batch, writer) in through.batches.drain(..) {
-            let out = &mut through.out;
+        for (id, batch, writer) in batches.iter_mut() {
+            let Some(batch) = batch.take() else { continue };
             out.load_unsealed(batch);
-            let outcome = match write_now(out, &*writer) {
+            let outcome = match write_now(out, &**writer) {
                 true => Outcome::Written(out.take_spare()),
                 false => Outcome::Leftover(Box::new(core::mem::take(out))),
             };
             match single {
-                None => single = Some((id, outcome)),
-                Some(_) => outcomes.push((id, outcome)),
+                None => single = Some((*id, outcome)),
+                Some(_) => outcomes.push((*id, outcome)),
             }
         }
+        // The sockets are let go of before the lock is taken.
+        batches.clear();
+        let through = core::mem::take(&mut writing.through);
+        drop(writing);
         let mut state = self.lock();
         for (id, outcome) in single.into_iter().chain(outcomes) {
             let State {
@@ -232,6 +248,7 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
                 }
             };
             if more {
+                entry.task_turn = true;
                 wake(sockets, ports, id);
             }
         }
@@ -239,6 +256,27 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
         if state.through.batches.capacity() == 0 {
             state.through = through;
         }
+    }
+}
+
+impl<M: Machine, R: Runtime> Shared<M, R> {
+    /// Ends the connections whose batches a panicking handle had taken:
+    /// what reached their sockets is unknown, so they end as after a
+    /// failed write, and their tasks are woken to close them.
+    fn end_taken(self: &Arc<Self>, state: &mut State<M>, mut taken: Through) {
+        if taken.is_empty() {
+            return;
+        }
+        let now = self.runtime.now();
+        for (id, ..) in taken.batches.drain(..) {
+            if let Some(entry) = state.sockets.get_mut(&id) {
+                entry.through_busy = false;
+                entry.task_turn = true;
+            }
+            state.machine.handle_eof(now, id);
+            discard_output(&mut state.machine, now, id);
+        }
+        self.after(state, None);
     }
 }
 
@@ -558,6 +596,11 @@ mod tests {
         let send_inner = move || {
             let inner = Bytes::from_static(b"inner");
             shared.send(0, 7, inner).expect("queued");
+            // The writer wakes the task once done, not this send.
+            assert!(
+                !woken_now(&shared, id),
+                "the busy connection's task was woken"
+            );
         };
         *accepted.pipe.during_write.lock().unwrap() = Some(Box::new(send_inner));
         let _ = woken_now(&accepted.shared, id);
@@ -572,6 +615,34 @@ mod tests {
             accepted.carry_to_dialer(),
             vec![Bytes::from_static(b"inner")]
         );
+    }
+
+    /// A writer that panics mid-write leaves its connection's byte stream
+    /// unknown: the connection ends, as after a failed write, and its task
+    /// is woken to close the socket, instead of waiting on a writer that
+    /// will never finish.
+    #[test]
+    fn a_panic_while_writing_through_ends_the_connection() {
+        let accepted = Accepted::new();
+        let id = accepted.socket.id();
+        let _ = woken_now(&accepted.shared, id);
+        let panics = || panic!("a writer failed");
+        *accepted.pipe.during_write.lock().unwrap() = Some(Box::new(panics));
+        let sent = std::panic::catch_unwind(core::panic::AssertUnwindSafe(|| {
+            accepted.send(b"lost");
+        }));
+        assert!(sent.is_err(), "the writer did not panic");
+        assert!(
+            !accepted.shared.is_connected(0),
+            "the connection is still up"
+        );
+        assert!(woken_now(&accepted.shared, id), "the task was not told");
+        let state = accepted.shared.lock();
+        let entry = state
+            .sockets
+            .get(&id)
+            .expect("registered until the task ends");
+        assert!(entry.closing && !entry.through_busy);
     }
 
     /// A socket under a transport layer writes the layer's bytes: frames
