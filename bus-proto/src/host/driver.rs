@@ -318,11 +318,12 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
     /// [`Shared::with`] for calls that take no time (sends): skips reading
     /// the clocks.
     pub fn with_untimed<T>(self: &Arc<Self>, f: impl FnOnce(&mut M) -> T) -> T {
-        let _unwind = through::OnUnwind(self);
+        let unwind = through::OnUnwind(self);
         let mut state = self.lock();
         let result = f(&mut state.machine);
         self.after_writing(&mut state, None, true);
         self.unlock_writing_through(state);
+        unwind.finished();
         result
     }
 
@@ -338,11 +339,12 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
         caller: Option<ConnectionId>,
         f: impl FnOnce(&mut M, Now) -> T,
     ) -> T {
-        let _unwind = through::OnUnwind(self);
+        let unwind = through::OnUnwind(self);
         let mut state = self.lock();
         let result = f(&mut state.machine, self.runtime.now());
         self.after_writing(&mut state, caller, caller.is_none());
         self.unlock_writing_through(state);
+        unwind.finished();
         result
     }
 

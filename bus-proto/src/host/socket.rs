@@ -384,11 +384,13 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
                 self.after(&mut state, Some(id));
             }
             let loaded = socket.writing || !socket.out.is_done() || transmit.is_some();
-            let entry = state.sockets.get_mut(&id);
-            if let Some(entry) = entry {
-                entry.task_turn = loaded;
-            }
-            let closing = state.sockets.get(&id).is_none_or(|e| e.closing);
+            let closing = match state.sockets.get_mut(&id) {
+                Some(entry) => {
+                    entry.task_turn = loaded;
+                    entry.closing
+                }
+                None => true,
+            };
             // Once per connection, and only while a subscriber listens.
             if !socket.named
                 && !socket.span.is_disabled()
@@ -1004,26 +1006,37 @@ pub(super) mod tests {
         ));
     }
 
-    /// A hello under the wrong key: the node answers `reject BadMac`.
-    fn impostor_hello() -> BytesMut {
+    /// A sans-IO connection dialling replica `acceptor` of cluster 1 as
+    /// `local`, under `key`, on the frozen clock.
+    pub(crate) fn frozen_dialer(
+        key: [u8; 32],
+        local: crate::crypto::PeerId,
+        acceptor: u8,
+    ) -> crate::connection::Connection {
         let config = Config::default().validate().expect("default config");
-        let keys = KeyRing::new(Key::from_bytes([9; 32]));
+        let keys = KeyRing::new(Key::from_bytes(key));
         let params = crate::connection::DialParams {
             cluster: 1,
-            local: crate::crypto::PeerId::Client(7),
-            acceptor: 0,
+            local,
+            acceptor,
             keys: &keys,
             binding: crate::handshake::Binding::NONE,
         };
         let now = Frozen.now();
-        let mut dialer = crate::connection::Connection::dial(
+        crate::connection::Connection::dial(
             now.mono,
             now.wall,
             &config,
             params,
             &mut SeededEntropy::new(4),
         )
-        .expect("a dial");
+        .expect("a dial")
+    }
+
+    /// A hello under the wrong key: the node answers `reject BadMac`.
+    fn impostor_hello() -> BytesMut {
+        let now = Frozen.now();
+        let mut dialer = frozen_dialer([9; 32], crate::crypto::PeerId::Client(7), 0);
         let mut hello = Vec::new();
         dialer
             .poll_transmit(now.mono)

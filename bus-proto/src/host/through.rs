@@ -62,10 +62,14 @@ pub trait TryWrite: Send + Sync + 'static {
 /// allocates nothing in steady state.
 #[derive(Default)]
 pub(super) struct Through {
-    /// Each batch is taken out (`None`) as it is written.
+    /// Each batch is taken out (`None`) as it is written. At most one per
+    /// connection, so bounded by the sockets.
     batches: Vec<(ConnectionId, Option<Unsealed>, Arc<dyn TryWrite>)>,
     /// The segment list each batch is sealed into.
     out: Outgoing,
+    /// How each batch ended, applied once the lock is taken again; as long
+    /// as `batches`, emptied at each use.
+    outcomes: Vec<(ConnectionId, Outcome)>,
 }
 
 impl core::fmt::Debug for Through {
@@ -82,24 +86,30 @@ impl Through {
     }
 }
 
-/// Held across a handle's call: if it panics after taking batches to
-/// write through (with the lock held), their connections end, as after a
-/// failed write, rather than wait on a write nobody will finish or lose
-/// those messages unnoticed.
+/// Held across a handle's call and [`OnUnwind::finished`] at its end: if
+/// the call unwinds instead after taking batches to write through (with
+/// the lock held), their connections end, as after a failed write, rather
+/// than wait on a write nobody will finish or lose those messages
+/// unnoticed.
 pub(super) struct OnUnwind<'a, M: Machine, R: Runtime>(pub(super) &'a Arc<Shared<M, R>>);
 
-impl<M: Machine, R: Runtime> Drop for OnUnwind<'_, M, R> {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            let mut state = self.0.lock();
-            let taken = core::mem::take(&mut state.through);
-            self.0.end_taken(&mut state, taken);
-        }
+impl<M: Machine, R: Runtime> OnUnwind<'_, M, R> {
+    /// The call returned: nothing to undo.
+    pub(super) fn finished(self) {
+        core::mem::forget(self);
     }
 }
 
-/// [`OnUnwind`] for the writing itself, outside the lock: the batches not
-/// yet handed back when a panic unwinds.
+impl<M: Machine, R: Runtime> Drop for OnUnwind<'_, M, R> {
+    fn drop(&mut self) {
+        let mut state = self.0.lock();
+        let taken = core::mem::take(&mut state.through);
+        self.0.end_taken(&mut state, taken);
+    }
+}
+
+/// [`OnUnwind`] for the writing itself, outside the lock: batches still
+/// held when it is dropped were not handed back (a panic unwound).
 struct Writing<'a, M: Machine, R: Runtime> {
     shared: &'a Arc<Shared<M, R>>,
     through: Through,
@@ -107,7 +117,7 @@ struct Writing<'a, M: Machine, R: Runtime> {
 
 impl<M: Machine, R: Runtime> Drop for Writing<'_, M, R> {
     fn drop(&mut self) {
-        if std::thread::panicking() && !self.through.is_empty() {
+        if !self.through.is_empty() {
             let mut state = self.shared.lock();
             let taken = core::mem::take(&mut self.through);
             self.shared.end_taken(&mut state, taken);
@@ -196,14 +206,11 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
             shared: self,
             through,
         };
-        let Through { batches, out } = &mut writing.through;
-        let mut outcomes = Vec::new();
-        // Several batches only when one call gave output to several
-        // connections (a broadcast); one allocation for them is fine.
-        if batches.len() > 1 {
-            outcomes.reserve_exact(batches.len());
-        }
-        let mut single = None;
+        let Through {
+            batches,
+            out,
+            outcomes,
+        } = &mut writing.through;
         for (id, batch, writer) in batches.iter_mut() {
             let Some(batch) = batch.take() else { continue };
             out.load_unsealed(batch);
@@ -211,17 +218,14 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
                 true => Outcome::Written(out.take_spare()),
                 false => Outcome::Leftover(Box::new(core::mem::take(out))),
             };
-            match single {
-                None => single = Some((*id, outcome)),
-                Some(_) => outcomes.push((*id, outcome)),
-            }
+            outcomes.push((*id, outcome));
         }
         // The sockets are let go of before the lock is taken.
         batches.clear();
-        let through = core::mem::take(&mut writing.through);
+        let mut through = core::mem::take(&mut writing.through);
         drop(writing);
         let mut state = self.lock();
-        for (id, outcome) in single.into_iter().chain(outcomes) {
+        for (id, outcome) in through.outcomes.drain(..) {
             let State {
                 machine,
                 sockets,
@@ -298,12 +302,11 @@ fn write_now(out: &mut Outgoing, writer: &dyn TryWrite) -> bool {
 #[cfg(test)]
 mod tests {
     use super::TryWrite;
-    use crate::config::Config;
-    use crate::connection::{Connection, DialParams, Event};
-    use crate::crypto::{Key, KeyRing, PeerId};
-    use crate::entropy::SeededEntropy;
-    use crate::handshake::Binding;
-    use crate::host::socket::tests::{Frozen, HoardingFactory, node_driver_as, woken_now};
+    use crate::connection::{Connection, Event};
+    use crate::crypto::PeerId;
+    use crate::host::socket::tests::{
+        Frozen, HoardingFactory, frozen_dialer, node_driver_as, woken_now,
+    };
     use crate::host::{Completion, NodeFront, Runtime, Shared, Socket, Step, Transport};
     use crate::node::NodeParams;
     use bytes::Bytes;
@@ -379,24 +382,8 @@ mod tests {
                 ..Pipe::default()
             });
             shared.write_through(&socket, Arc::clone(&pipe) as Arc<dyn TryWrite>);
-            let config = Config::default().validate().expect("default config");
-            let keys = KeyRing::new(Key::from_bytes([5; 32]));
-            let params = DialParams {
-                cluster: 1,
-                local: PeerId::Replica(0),
-                acceptor: 1,
-                keys: &keys,
-                binding: Binding::NONE,
-            };
-            let now = Frozen.now();
-            let dialer = Connection::dial(
-                now.mono,
-                now.wall,
-                &config,
-                params,
-                &mut SeededEntropy::new(4),
-            )
-            .expect("a dial");
+            // The node's key (`node_driver_as`).
+            let dialer = frozen_dialer([5; 32], PeerId::Replica(0), 1);
             let mut accepted = Accepted {
                 shared,
                 socket,
