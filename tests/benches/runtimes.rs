@@ -5,7 +5,12 @@
 //! ```sh
 //! cargo bench -p bus-tests --bench runtimes            # best of 3 runs
 //! cargo bench -p bus-tests --bench runtimes -- --quick # a tenth of the work, 1 run
+//! cargo bench -p bus-tests --bench runtimes -- compio  # the runtimes whose name has "compio"
 //! ```
+//!
+//! `--round-trips N` runs only the bus's round trip, N times, for callgrind:
+//! the instructions of two runs' difference over their N's difference are
+//! what one round trip costs on that runtime, start-up excluded.
 //!
 //! Beside each throughput it prints what a message cost the process: CPU
 //! time summed over its threads, and minor page faults (Linux `/proc`).
@@ -47,18 +52,73 @@ struct Row {
 }
 
 fn main() {
-    let quick = std::env::args().any(|a| a == "--quick");
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let quick = args.iter().any(|a| a == "--quick");
     let (scale, runs) = if quick { (10, 1) } else { (1, 3) };
+    let round_trips = args.iter().position(|a| a == "--round-trips").map(|at| {
+        match args.get(at + 1).and_then(|n| n.parse::<u64>().ok()) {
+            Some(n) => n,
+            None => panic!("--round-trips wants a count, as in --round-trips 2000"),
+        }
+    });
+    // Other arguments (cargo's own `--bench` and the count aside) pick
+    // runtimes by name.
+    let names: Vec<&String> = args
+        .iter()
+        .filter(|a| !a.starts_with("--") && a.parse::<u64>().is_err())
+        .collect();
+    let wanted = |name: &str| names.is_empty() || names.iter().any(|n| name.contains(n.as_str()));
     let config = Config::default().validate().expect("default config");
-    let rows = vec![
-        measure::<TokioMulti>(&config, scale, runs),
-        measure::<TokioCurrent>(&config, scale, runs),
-        measure::<Smol>(&config, scale, runs),
-        measure::<SmolExecutor>(&config, scale, runs),
-        measure::<CompioUring>(&config, scale, runs),
-        measure::<CompioPoll>(&config, scale, runs),
-    ];
-    print(&rows, config.max_batch, runs);
+    let mut rows = Vec::new();
+    let mut run = |name: &str,
+                   measure: fn(&ValidConfig, u64, u32) -> Row,
+                   round_trips_only: fn(&ValidConfig, u64)| {
+        if !wanted(name) {
+            return;
+        }
+        match round_trips {
+            Some(n) => round_trips_only(&config, n),
+            None => rows.push(measure(&config, scale, runs)),
+        }
+    };
+    run(
+        TokioMulti::NAME,
+        measure::<TokioMulti>,
+        round_trips_only::<TokioMulti>,
+    );
+    run(
+        TokioCurrent::NAME,
+        measure::<TokioCurrent>,
+        round_trips_only::<TokioCurrent>,
+    );
+    run(Smol::NAME, measure::<Smol>, round_trips_only::<Smol>);
+    run(
+        SmolExecutor::NAME,
+        measure::<SmolExecutor>,
+        round_trips_only::<SmolExecutor>,
+    );
+    run(
+        CompioUring::NAME,
+        measure::<CompioUring>,
+        round_trips_only::<CompioUring>,
+    );
+    run(
+        CompioPoll::NAME,
+        measure::<CompioPoll>,
+        round_trips_only::<CompioPoll>,
+    );
+    if round_trips.is_none() {
+        print(&rows, config.max_batch, runs);
+    }
+}
+
+/// `--round-trips`: only the bus's round trip, `n` times.
+fn round_trips_only<B: Bus>(config: &ValidConfig, n: u64) {
+    let (p50, p99) = B::run(bus_round_trip::<B>(config, n));
+    println!(
+        "{}: {n} round trips, p50 {p50:.1}us, p99 {p99:.1}us",
+        B::NAME
+    );
 }
 
 /// CPU time (ns, every thread) and minor page faults, per message.
