@@ -321,7 +321,7 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
         let unwind = through::OnUnwind(self);
         let mut state = self.lock();
         let result = f(&mut state.machine);
-        self.after_writing(&mut state, None, true);
+        self.after_writing(&mut state, None, Some(None));
         self.unlock_writing_through(state);
         unwind.finished();
         result
@@ -341,8 +341,10 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
     ) -> T {
         let unwind = through::OnUnwind(self);
         let mut state = self.lock();
-        let result = f(&mut state.machine, self.runtime.now());
-        self.after_writing(&mut state, caller, caller.is_none());
+        let now = self.runtime.now();
+        let result = f(&mut state.machine, now);
+        let write_through = caller.is_none().then_some(Some(now));
+        self.after_writing(&mut state, caller, write_through);
         self.unlock_writing_through(state);
         unwind.finished();
         result
@@ -363,17 +365,18 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
     /// open and close sockets, deliver events, and move the timer earlier
     /// if needed.
     pub(super) fn after(self: &Arc<Self>, state: &mut State<M>, caller: Option<ConnectionId>) {
-        self.after_writing(state, caller, false);
+        self.after_writing(state, caller, None);
     }
 
-    /// [`Shared::after`]; if `write_through`, a socket whose task is idle is not
-    /// woken but its batch taken, for the caller to write once it releases
-    /// the lock ([`through`]).
+    /// [`Shared::after`]; with `write_through`, a socket whose task is idle
+    /// is not woken but its batch taken, for the caller to write once it
+    /// releases the lock ([`through`]). It holds the time of the call if
+    /// the caller read it: taking a batch reads the clock only otherwise.
     fn after_writing(
         self: &Arc<Self>,
         state: &mut State<M>,
         caller: Option<ConnectionId>,
-        write_through: bool,
+        mut write_through: Option<Option<Now>>,
     ) {
         while let Some(id) = state.machine.poll_ready() {
             if Some(id) == caller {
@@ -385,10 +388,10 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
             if state.sockets.get(&id).is_some_and(|e| e.through_busy) {
                 continue;
             }
-            if write_through
+            if let Some(now) = &mut write_through
                 && through::eligible(state, id)
                 && self.runtime.writes_through_here()
-                && self.take_through(state, id)
+                && self.take_through(state, id, now)
             {
                 continue;
             }

@@ -24,6 +24,7 @@ use super::outgoing::Outgoing;
 use super::socket::discard_output;
 use crate::connection::Unsealed;
 use crate::node::ConnectionId;
+use crate::time::Now;
 use std::boxed::Box;
 use std::io::{self, IoSlice};
 use std::sync::{Arc, Weak};
@@ -174,14 +175,20 @@ impl<M: Machine, R: Runtime> Shared<M, R> {
     }
 
     /// Takes `id`'s next batch to write through, under the lock; false if
-    /// there was none.
-    pub(super) fn take_through(&self, state: &mut State<M>, id: ConnectionId) -> bool {
+    /// there was none. `now` is the time of the call, read here if the
+    /// caller has not.
+    pub(super) fn take_through(
+        &self,
+        state: &mut State<M>,
+        id: ConnectionId,
+        now: &mut Option<Now>,
+    ) -> bool {
         let writer = state.sockets.get(&id).and_then(|e| e.writer.as_ref());
         // Gone if the socket task ended without reaching `closed`.
         let Some(writer) = writer.and_then(|Writer(w)| w.upgrade()) else {
             return false;
         };
-        let now = self.runtime.now();
+        let now = *now.get_or_insert_with(|| self.runtime.now());
         let Some(batch) = state.machine.poll_unsealed_for(now, id) else {
             return false;
         };
