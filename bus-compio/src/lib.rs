@@ -56,6 +56,7 @@ mod listen;
 #[cfg(feature = "quic")]
 mod quic;
 mod runtime;
+mod through;
 
 pub use bus_proto;
 pub use bus_proto::client::Reservation;

@@ -1,10 +1,11 @@
 //! compio's half of the driver: the clock, timers, dial tasks and the task
 //! that owns each socket.
 
+use crate::through::Held;
 use bus_proto::entropy::Entropy;
 use bus_proto::host::{
     Completion, First, MAX_IOVECS, Machine, Platform, Runtime, Shared, Socket, StartError, Step,
-    TryWrite, WallClock, first,
+    WallClock, first,
 };
 use bus_proto::node::ConnectionId;
 use bus_proto::time::{Instant, Now};
@@ -13,12 +14,10 @@ use compio::BufResult;
 use compio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use compio::net::TcpStream;
 use std::future::{Future, poll_fn};
-use std::io::{self, IoSlice};
-use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::io;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::Poll;
 use std::thread::ThreadId;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -111,7 +110,7 @@ impl Runtime for Compio {
     /// own `send(2)` saves waking the socket's task and a trip through the
     /// completion queue.
     fn writes_through_here(&self) -> bool {
-        std::thread::current().id() == self.thread
+        cfg!(unix) && std::thread::current().id() == self.thread
     }
 
     fn run_blocking<T: Send + 'static>(
@@ -177,75 +176,17 @@ async fn run_socket<M: Machine>(
         tracing::debug!(%id, %error, "TCP_NODELAY not set");
     }
     // The application's handles write a quiet connection's output to the
-    // socket themselves.
-    // Dropped before the stream, even if the task is: from then on no
-    // handle writes to the descriptor.
-    let writer = Registered(Arc::new(ThroughStream::new(&stream)));
-    shared.write_through(&socket, Arc::clone(&writer.0) as Arc<dyn TryWrite>);
-    run(&shared, &mut socket, &stream).await;
-    drop(writer);
+    // socket themselves, until the task is done with it.
+    let held = Held::new(stream);
+    if let Some(writer) = held.writer() {
+        shared.write_through(&socket, writer);
+    }
+    run(&shared, &mut socket, held.stream()).await;
+    held.stop_writes();
     // Best effort: tell the peer we are done writing.
-    let _ = (&stream).shutdown().await;
-    drop(stream);
+    let _ = held.stream().shutdown().await;
+    drop(held);
     shared.closed(id);
-}
-
-/// A connection's socket as the application's handles write to it
-/// ([`TryWrite`]): `sendmsg(2)` with `MSG_DONTWAIT` on the descriptor
-/// compio's own operations use, so it never waits whatever mode the
-/// driver keeps the socket in. The socket task writes only while it holds
-/// a batch, and the driver lets no handle write through then, so the two
-/// never interleave. It borrows the descriptor rather than duplicate it:
-/// a node with 10,000 connections keeps 10,000 descriptors, not 20,000.
-struct ThroughStream {
-    fd: RawFd,
-    /// The runtime's thread, the only one that touches `fd`: the socket
-    /// task that owns the descriptor closes it there, never during a
-    /// write on that thread.
-    thread: ThreadId,
-    /// Cleared before the descriptor may close ([`Registered`]).
-    open: AtomicBool,
-}
-
-impl ThroughStream {
-    fn new(stream: &TcpStream) -> Self {
-        ThroughStream {
-            fd: stream.as_raw_fd(),
-            thread: std::thread::current().id(),
-            open: AtomicBool::new(true),
-        }
-    }
-}
-
-/// The socket task's hold on its [`ThroughStream`]: its drop, before the
-/// descriptor closes, makes every later write through it fail.
-struct Registered(Arc<ThroughStream>);
-
-impl Drop for Registered {
-    fn drop(&mut self) {
-        self.0.open.store(false, Ordering::Release);
-    }
-}
-
-impl TryWrite for ThroughStream {
-    fn try_write(&self, slices: &[IoSlice<'_>]) -> io::Result<usize> {
-        if !self.open.load(Ordering::Acquire) || std::thread::current().id() != self.thread {
-            return Err(io::ErrorKind::NotConnected.into());
-        }
-        // SAFETY: `fd` belongs to the socket task's `TcpStream`, which
-        // closes it on `thread` only, and only after clearing `open`
-        // (`Registered` is dropped first, the task ending or cancelled).
-        // On that thread nothing can close it during this call (nothing
-        // here yields), and `open` was still set: the descriptor stays
-        // open for the whole borrow. Other threads never reach it
-        // (checked above).
-        #[allow(unsafe_code)]
-        let fd = unsafe { BorrowedFd::borrow_raw(self.fd) };
-        // MSG_NOSIGNAL: a peer gone mid-write is an error, not SIGPIPE in
-        // a program that has not ignored it.
-        socket2::SockRef::from(&fd)
-            .send_vectored_with_flags(slices, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
-    }
 }
 
 /// Writes a whole batch, at most [`MAX_IOVECS`] segments per send.
@@ -329,63 +270,5 @@ async fn run<M: Machine>(shared: &Arc<Shared<M, Compio>>, socket: &mut Socket, s
         if shared.complete(socket, done).is_break() {
             return;
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{Registered, ThroughStream};
-    use bus_proto::host::TryWrite;
-    use compio::net::TcpStream;
-    use std::io::{IoSlice, Read};
-    use std::net::TcpListener;
-    use std::sync::Arc;
-
-    /// The one `unsafe` block: a handle's write reaches the peer in order
-    /// on the runtime's thread, and is refused on any other thread and
-    /// once the socket task has let go of the socket.
-    #[test]
-    fn writes_through_only_on_the_runtime_thread_while_registered() {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let address = listener.local_addr().expect("address");
-        compio::runtime::Runtime::new()
-            .expect("runtime")
-            .block_on(async move {
-                let stream = TcpStream::connect(address).await.expect("connect");
-                let (mut peer, _) = listener.accept().expect("accept");
-                let writer = Registered(Arc::new(ThroughStream::new(&stream)));
-
-                let written = writer
-                    .0
-                    .try_write(&[IoSlice::new(b"through "), IoSlice::new(b"the socket")])
-                    .expect("write on the runtime's thread");
-                assert_eq!(written, 18);
-                let mut received = [0u8; 18];
-                peer.read_exact(&mut received).expect("read");
-                assert_eq!(&received, b"through the socket");
-
-                let elsewhere = Arc::clone(&writer.0);
-                let refused =
-                    std::thread::spawn(move || elsewhere.try_write(&[IoSlice::new(b"x")]))
-                        .join()
-                        .expect("thread");
-                assert_eq!(
-                    refused.expect_err("another thread").kind(),
-                    std::io::ErrorKind::NotConnected
-                );
-
-                let kept = Arc::clone(&writer.0);
-                drop(writer);
-                let late = kept.try_write(&[IoSlice::new(b"late")]);
-                assert_eq!(
-                    late.expect_err("after the task let go").kind(),
-                    std::io::ErrorKind::NotConnected
-                );
-                drop(stream);
-                // Nothing but the first write reached the peer.
-                let mut rest = Vec::new();
-                peer.read_to_end(&mut rest).expect("read to the end");
-                assert!(rest.is_empty(), "{rest:?}");
-            });
     }
 }
