@@ -108,9 +108,9 @@ impl Runtime for Compio {
 
     /// On the runtime's thread, where the `!Send` handles run: a handle's
     /// own `send(2)` saves waking the socket's task and a trip through the
-    /// completion queue.
+    /// completion queue. (Only where sockets register a writer: Unix.)
     fn writes_through_here(&self) -> bool {
-        cfg!(unix) && std::thread::current().id() == self.thread
+        std::thread::current().id() == self.thread
     }
 
     fn run_blocking<T: Send + 'static>(

@@ -118,14 +118,16 @@ mod unix {
 #[cfg(all(test, unix))]
 mod tests {
     use super::Held;
+    use bus_proto::host::TryWrite;
     use compio::driver::{DriverType, ProactorBuilder};
     use compio::net::TcpStream;
     use std::io::{ErrorKind, IoSlice, Read};
     use std::net::TcpListener;
     use std::sync::Arc;
 
-    /// Runs `test` on a compio runtime with each driver.
-    fn on_each_driver(test: impl Fn(TcpListener) -> std::pin::Pin<Box<dyn Future<Output = ()>>>) {
+    /// Runs `test` on a compio runtime with each driver, given a connected
+    /// socket's holder, its writer and the peer's end (a std socket).
+    fn on_each_driver(test: impl Fn(Held, Arc<dyn TryWrite>, std::net::TcpStream)) {
         for driver in [DriverType::IoUring, DriverType::Poll] {
             let mut proactor = ProactorBuilder::new();
             proactor.driver_type(driver);
@@ -138,7 +140,14 @@ mod tests {
                 continue;
             };
             let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-            runtime.block_on(test(listener));
+            let address = listener.local_addr().expect("address");
+            runtime.block_on(async {
+                let stream = TcpStream::connect(address).await.expect("connect");
+                let (peer, _) = listener.accept().expect("accept");
+                let held = Held::new(stream);
+                let writer = held.writer().expect("a writer on Unix");
+                test(held, writer, peer);
+            });
         }
     }
 
@@ -147,41 +156,32 @@ mod tests {
     /// `stop_writes`, and after the socket's holder is dropped.
     #[test]
     fn writes_through_only_on_the_runtime_thread_while_held() {
-        on_each_driver(|listener| {
-            Box::pin(async move {
-                let address = listener.local_addr().expect("address");
-                let stream = TcpStream::connect(address).await.expect("connect");
-                let (mut peer, _) = listener.accept().expect("accept");
-                let held = Held::new(stream);
-                let writer = held.writer().expect("a writer on Unix");
+        on_each_driver(|held, writer, mut peer| {
+            let slices = [IoSlice::new(b"through "), IoSlice::new(b"the socket")];
+            assert_eq!(writer.try_write(&slices).expect("write"), 18);
+            let mut received = [0u8; 18];
+            peer.read_exact(&mut received).expect("read");
+            assert_eq!(&received, b"through the socket");
 
-                let slices = [IoSlice::new(b"through "), IoSlice::new(b"the socket")];
-                assert_eq!(writer.try_write(&slices).expect("write"), 18);
-                let mut received = [0u8; 18];
-                peer.read_exact(&mut received).expect("read");
-                assert_eq!(&received, b"through the socket");
+            let elsewhere = Arc::clone(&writer);
+            let refused = std::thread::spawn(move || elsewhere.try_write(&[IoSlice::new(b"x")]))
+                .join()
+                .expect("thread");
+            assert_eq!(
+                refused.expect_err("another thread").kind(),
+                ErrorKind::NotConnected
+            );
 
-                let elsewhere = Arc::clone(&writer);
-                let refused =
-                    std::thread::spawn(move || elsewhere.try_write(&[IoSlice::new(b"x")]))
-                        .join()
-                        .expect("thread");
-                assert_eq!(
-                    refused.expect_err("another thread").kind(),
-                    ErrorKind::NotConnected
-                );
-
-                held.stop_writes();
-                let late = writer.try_write(&[IoSlice::new(b"late")]);
-                assert_eq!(late.expect_err("stopped").kind(), ErrorKind::NotConnected);
-                drop(held);
-                let late = writer.try_write(&[IoSlice::new(b"later")]);
-                assert_eq!(late.expect_err("dropped").kind(), ErrorKind::NotConnected);
-                // Nothing but the first write reached the peer.
-                let mut rest = Vec::new();
-                peer.read_to_end(&mut rest).expect("read to the end");
-                assert!(rest.is_empty(), "{rest:?}");
-            })
+            held.stop_writes();
+            let late = writer.try_write(&[IoSlice::new(b"late")]);
+            assert_eq!(late.expect_err("stopped").kind(), ErrorKind::NotConnected);
+            drop(held);
+            let late = writer.try_write(&[IoSlice::new(b"later")]);
+            assert_eq!(late.expect_err("dropped").kind(), ErrorKind::NotConnected);
+            // Nothing but the first write reached the peer.
+            let mut rest = Vec::new();
+            peer.read_to_end(&mut rest).expect("read to the end");
+            assert!(rest.is_empty(), "{rest:?}");
         });
     }
 
@@ -190,28 +190,21 @@ mod tests {
     /// socket task), on either driver's socket.
     #[test]
     fn a_full_socket_refuses_a_write_through_at_once() {
-        on_each_driver(|listener| {
-            Box::pin(async move {
-                let address = listener.local_addr().expect("address");
-                let stream = TcpStream::connect(address).await.expect("connect");
-                let (_peer, _) = listener.accept().expect("accept");
-                let held = Held::new(stream);
-                let writer = held.writer().expect("a writer on Unix");
-                let chunk = vec![0u8; 64 << 10];
-                let mut written = 0usize;
-                let error = loop {
-                    match writer.try_write(&[IoSlice::new(&chunk)]) {
-                        Ok(n) => written += n,
-                        Err(error) => break error,
-                    }
-                    assert!(
-                        written < 1 << 30,
-                        "{written} bytes and the socket never filled"
-                    );
-                };
-                assert_eq!(error.kind(), ErrorKind::WouldBlock, "{error}");
-                assert!(written > 0);
-            })
+        on_each_driver(|_held, writer, _peer| {
+            let chunk = vec![0u8; 64 << 10];
+            let mut written = 0usize;
+            let error = loop {
+                match writer.try_write(&[IoSlice::new(&chunk)]) {
+                    Ok(n) => written += n,
+                    Err(error) => break error,
+                }
+                assert!(
+                    written < 1 << 30,
+                    "{written} bytes and the socket never filled"
+                );
+            };
+            assert_eq!(error.kind(), ErrorKind::WouldBlock, "{error}");
+            assert!(written > 0);
         });
     }
 }

@@ -18,10 +18,6 @@ use std::pin::Pin;
 use std::task::Poll;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// Linux's errno for a non-blocking connect under way (std's
-/// `ErrorKind::InProgress` is not stable yet).
-const EINPROGRESS: i32 = 115;
-
 /// A TCP connection to `target` from `source` (any port): a loopback
 /// address other than 127.0.0.1 stands for another host.
 ///
@@ -36,7 +32,8 @@ pub fn connect_from(source: IpAddr, target: SocketAddr) -> std::io::Result<TcpSt
     socket.bind(&SocketAddr::new(source, 0).into())?;
     socket.set_nonblocking(true)?;
     match socket.connect(&target.into()) {
-        Err(error) if error.raw_os_error() != Some(EINPROGRESS) => return Err(error),
+        // A connect under way (std's `ErrorKind::InProgress` is not stable).
+        Err(error) if error.raw_os_error() != Some(libc::EINPROGRESS) => return Err(error),
         _ => {}
     }
     Ok(socket.into())
